@@ -1,0 +1,312 @@
+"""The whole configuration: one TOML file validated by pydantic models.
+
+Precedence (highest first): environment ``PSWD__SECTION__KEY`` > the TOML file > defaults.
+Unknown keys are errors. :func:`load_config` raises :class:`ConfigError` listing every problem
+with its TOML path, e.g. ``devices[2].poll_interval_ms: must be ≥ 10``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pswd_gateway.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "DEVICE_MAPS_DIR",
+    "GatewayConfig",
+    "ListenerConfig",
+    "ModbusDeviceConfig",
+    "RedfishDeviceConfig",
+    "format_validation_error",
+    "is_loopback",
+    "load_config",
+]
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DEFAULT_CONFIG = DATA_DIR / "demo.toml"
+DEVICE_MAPS_DIR = DATA_DIR / "devices"
+
+DeviceName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` names only this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SiteConfig(_Strict):
+    """The site as the grid operator sees it, and which device plays which role."""
+
+    name: str = "pswd-site"
+    nominal_frequency_hz: Literal[50, 60] = 50
+    grid_import_limit_mw: Annotated[float, Field(gt=0, le=10_000)] = 400.0
+    grid_ramp_limit_mw_per_s: Annotated[float, Field(gt=0, le=10_000)] = 20.0
+    grid_meter: DeviceName = "grid_meter"
+    bess: DeviceName | None = "bess"
+    thermal: DeviceName | None = "thermal"
+    it_load: tuple[DeviceName, ...] = ()
+    """Redfish devices whose power readings sum to the IT load."""
+
+
+class _DeviceBase(_Strict):
+    name: DeviceName
+    enabled: bool = True
+    poll_interval_ms: Annotated[int, Field(ge=10, le=3_600_000)] = 100
+    timeout_ms: Annotated[int, Field(ge=1, le=60_000)] | None = None
+    """Per-request timeout; default: 80 % of the poll interval, at most 2 s."""
+    invalid_after_ms: Annotated[int, Field(ge=10, le=3_600_000)] | None = None
+    """How long without a good reading before points turn ``invalid`` (default 3 intervals,
+    at least 1 s)."""
+
+    @property
+    def poll_interval_s(self) -> float:
+        return self.poll_interval_ms / 1000.0
+
+    @property
+    def timeout_s(self) -> float:
+        if self.timeout_ms is not None:
+            return self.timeout_ms / 1000.0
+        return min(0.8 * self.poll_interval_s, 2.0)
+
+    @property
+    def invalid_after_s(self) -> float:
+        if self.invalid_after_ms is not None:
+            return self.invalid_after_ms / 1000.0
+        return max(3 * self.poll_interval_s, 1.0)
+
+
+class ModbusDeviceConfig(_DeviceBase):
+    """A Modbus TCP device described by a register map in ``config/devices/``."""
+
+    kind: Literal["modbus"] = "modbus"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+    unit_id: Annotated[int, Field(ge=0, le=255)] = 1
+    register_map: str
+    """Map name (``sunspec-bess`` → ``devices/sunspec-bess.toml`` beside the config file or
+    shipped with the gateway) or a path to a TOML file."""
+
+
+class RedfishDeviceConfig(_DeviceBase):
+    """A BMC (or an aggregator of BMCs) speaking DMTF Redfish over HTTP(S)."""
+
+    kind: Literal["redfish"] = "redfish"
+    poll_interval_ms: Annotated[int, Field(ge=10, le=3_600_000)] = 1000
+    base_url: str
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    verify_tls: bool = True
+    use_event_service: bool = True
+    """Subscribe to the BMC's EventService SSE stream when it offers one."""
+    chassis: tuple[str, ...] = ()
+    """Chassis ids to read; empty = every chassis in the collection."""
+    power_limit_writes: bool = False
+    """Whether the control cycle may set GPU power limits on this BMC."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url.rstrip("/")
+
+
+DeviceConfig = Annotated[ModbusDeviceConfig | RedfishDeviceConfig, Field(discriminator="kind")]
+
+
+class ListenerConfig(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)]
+
+
+class ListenersConfig(_Strict):
+    metrics: ListenerConfig = ListenerConfig(port=9464)
+    """Prometheus ``/metrics`` plus ``/healthz`` and ``/readyz``."""
+
+
+class StorageConfig(_Strict):
+    state_dir: Path = Path("var")
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class DaemonConfig(_Strict):
+    watchdog_grace_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    """A loop silent for longer than this is unhealthy: the systemd watchdog is not fed."""
+    shutdown_timeout_s: Annotated[float, Field(gt=0, le=30)] = 4.0
+
+
+class GatewayConfig(BaseSettings):
+    """The root of the configuration file."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix="PSWD__",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    site: SiteConfig = SiteConfig()
+    devices: tuple[DeviceConfig, ...] = ()
+    listeners: ListenersConfig = ListenersConfig()
+    storage: StorageConfig = StorageConfig()
+    logging: LoggingConfig = LoggingConfig()
+    daemon: DaemonConfig = DaemonConfig()
+    simulation: dict[str, Any] = Field(default_factory=dict)
+    """Settings of the site's digital twin (``pswd-gateway simulate``), validated by it."""
+
+    config_dir: Path = Field(default=Path(), exclude=True)
+    """Directory of the file this was loaded from (register maps are looked up beside it)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        del settings_cls, dotenv_settings, file_secret_settings
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> GatewayConfig:
+        names = [d.name for d in self.devices]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"device names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    def device(self, name: str) -> ModbusDeviceConfig | RedfishDeviceConfig:
+        for d in self.devices:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def register_map_path(self, ref: str) -> Path:
+        """Resolve a ``register_map`` reference to a file."""
+        candidates = [Path(ref)] if ref.endswith(".toml") else []
+        candidates += [self.config_dir / "devices" / f"{ref}.toml", DEVICE_MAPS_DIR / f"{ref}.toml"]
+        for c in candidates:
+            path = c if c.is_absolute() else (self.config_dir / c if c == Path(ref) else c)
+            if path.is_file():
+                return path
+        raise FileNotFoundError(
+            f"register map {ref!r} not found (looked in {self.config_dir / 'devices'} "
+            f"and {DEVICE_MAPS_DIR})"
+        )
+
+
+# pydantic error type -> message template (ctx keys substituted)
+_MESSAGES = {
+    "greater_than_equal": "must be ≥ {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be ≤ {le}",
+    "less_than": "must be < {lt}",
+    "extra_forbidden": "unknown key",
+    "missing": "required key is missing",
+    "string_pattern_mismatch": "must match {pattern}",
+    "literal_error": "must be one of {expected}",
+    "union_tag_invalid": "kind must be one of {expected_tags}, not {tag}",
+    "union_tag_not_found": "missing key 'kind' (one of: modbus, redfish)",
+}
+_UNION_TAGS = {"modbus", "redfish"}
+
+
+def _toml_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    parts = list(loc)
+    for i, part in enumerate(parts):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif i > 0 and isinstance(parts[i - 1], int) and part in _UNION_TAGS:
+            continue  # the discriminated union's branch name is not part of the TOML path
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """Turn a pydantic error into ``(toml.path, message)`` pairs."""
+    problems: list[tuple[str, str]] = []
+    for e in err.errors(include_url=False):
+        template = _MESSAGES.get(e["type"])
+        ctx = e.get("ctx", {})
+        try:
+            msg = template.format(**ctx) if template else None
+        except KeyError:
+            msg = None
+        if msg is None:
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            msg = msg[:1].lower() + msg[1:]
+        path = _toml_path(tuple(e["loc"]))
+        problems.append((f"{prefix}.{path}" if prefix and path else prefix or path, msg))
+    return problems
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file, turning syntax errors into a :class:`ConfigError`."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(str(path), [("", "file not found")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [("", f"not valid TOML: {exc}")]) from None
+
+
+def load_config(path: Path | None = None) -> GatewayConfig:
+    """Load and validate a configuration file (default: the embedded demo config)."""
+    path = path or DEFAULT_CONFIG
+    data = read_toml(path)
+    try:
+        cfg = GatewayConfig(**data, config_dir=path.resolve().parent)
+    except ValidationError as exc:
+        raise ConfigError(str(path), format_validation_error(exc)) from None
+    problems = [
+        (f"devices[{i}].register_map", str(exc))
+        for i, d in enumerate(cfg.devices)
+        if isinstance(d, ModbusDeviceConfig)
+        for exc in _missing_map(cfg, d.register_map)
+    ]
+    if problems:
+        raise ConfigError(str(path), problems)
+    return cfg
+
+
+def _missing_map(cfg: GatewayConfig, ref: str) -> list[FileNotFoundError]:
+    try:
+        cfg.register_map_path(ref)
+    except FileNotFoundError as exc:
+        return [exc]
+    return []

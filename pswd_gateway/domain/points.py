@@ -1,0 +1,66 @@
+"""Points: one measured or commanded value with IEC 61850-style quality and timestamps."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["Point", "Quality", "point_key", "split_key"]
+
+
+class Quality(enum.StrEnum):
+    """IEC 61850-7-3 validity, the part of quality every consumer must honour.
+
+    ``good`` — fresh reading; ``questionable`` — the device is late (a poll slot was missed
+    or timed out) and the value is the last one seen; ``invalid`` — the device is gone and
+    the value must not be used for control.
+    """
+
+    GOOD = "good"
+    QUESTIONABLE = "questionable"
+    INVALID = "invalid"
+
+    @property
+    def rank(self) -> int:
+        """Order used to combine qualities: the worst one wins."""
+        return _RANK[self]
+
+
+_RANK = {Quality.GOOD: 0, Quality.QUESTIONABLE: 1, Quality.INVALID: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """The latest value of one point.
+
+    ``name`` is ``"<device>.<point>"``; ``value`` is in SI units (W, var, V, A, Hz, °C, J,
+    ratio 0..1, s) named by ``unit``. ``source_ts`` is when the device says the value was
+    measured (or, when the device gives no time, when the request was sent); ``received_ts``
+    is when the gateway got it. Both are POSIX seconds.
+    """
+
+    name: str
+    value: float
+    unit: str
+    quality: Quality
+    source_ts: float
+    received_ts: float
+
+    @property
+    def device(self) -> str:
+        return split_key(self.name)[0]
+
+    def with_quality(self, quality: Quality) -> Point:
+        """The same reading with another quality (value and timestamps kept)."""
+        return Point(self.name, self.value, self.unit, quality, self.source_ts, self.received_ts)
+
+
+def point_key(device: str, point: str) -> str:
+    """The store key of a device's point."""
+    return f"{device}.{point}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """Split a store key into (device, point)."""
+    device, _, point = key.partition(".")
+    return device, point

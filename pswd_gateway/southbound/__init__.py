@@ -1,0 +1,1 @@
+"""Southbound: device drivers (Modbus TCP / SunSpec, Redfish) and the poll scheduler."""

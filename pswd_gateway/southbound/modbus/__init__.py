@@ -1,0 +1,1 @@
+"""Modbus TCP: declarative register maps, SunSpec models, the async client driver."""
