@@ -214,17 +214,20 @@ class GatewayConfig(BaseSettings):
         raise KeyError(name)
 
     def register_map_path(self, ref: str) -> Path:
-        """Resolve a ``register_map`` reference to a file."""
-        candidates = [Path(ref)] if ref.endswith(".toml") else []
-        candidates += [self.config_dir / "devices" / f"{ref}.toml", DEVICE_MAPS_DIR / f"{ref}.toml"]
-        for c in candidates:
-            path = c if c.is_absolute() else (self.config_dir / c if c == Path(ref) else c)
-            if path.is_file():
-                return path
-        raise FileNotFoundError(
-            f"register map {ref!r} not found (looked in {self.config_dir / 'devices'} "
-            f"and {DEVICE_MAPS_DIR})"
-        )
+        """Resolve a ``register_map`` reference (a map name or a ``.toml`` path) to a file."""
+        if ref.endswith(".toml"):
+            path = Path(ref)
+            candidates = [path if path.is_absolute() else self.config_dir / path]
+        else:
+            candidates = [
+                self.config_dir / "devices" / f"{ref}.toml",
+                DEVICE_MAPS_DIR / f"{ref}.toml",
+            ]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        places = dict.fromkeys(str(c.parent.resolve()) for c in candidates)
+        raise FileNotFoundError(f"register map {ref!r} not found in {' or '.join(places)}")
 
 
 # pydantic error type -> message template (ctx keys substituted)
@@ -261,7 +264,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[tupl
     problems: list[tuple[str, str]] = []
     for e in err.errors(include_url=False):
         template = _MESSAGES.get(e["type"])
-        ctx = e.get("ctx", {})
+        ctx = {k: _plain(v) for k, v in e.get("ctx", {}).items()}
         try:
             msg = template.format(**ctx) if template else None
         except KeyError:
@@ -272,6 +275,13 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[tupl
         path = _toml_path(tuple(e["loc"]))
         problems.append((f"{prefix}.{path}" if prefix and path else prefix or path, msg))
     return problems
+
+
+def _plain(value: object) -> object:
+    """1.0 → 1 so that messages read ``must be > 0``, not ``must be > 0.0``."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def read_toml(path: Path) -> dict[str, Any]:

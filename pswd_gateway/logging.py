@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
 
@@ -13,9 +13,15 @@ __all__ = ["configure_logging", "get_logger"]
 LogFormat = Literal["auto", "json", "console"]
 
 
-def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
-    """Configure structlog and the standard library logging it feeds (pymodbus, uvicorn)."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+def configure_logging(
+    level: str = "info", fmt: LogFormat = "auto", stream: TextIO | None = None
+) -> None:
+    """Configure structlog and the standard library logging it feeds (pymodbus, uvicorn).
+
+    Logs go to ``stream`` (default: standard error).
+    """
+    out = sys.stderr if stream is None else stream
+    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -24,20 +30,24 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer,
-        ])
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                renderer,
+            ],
+        )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

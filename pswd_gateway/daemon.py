@@ -1,0 +1,331 @@
+"""The daemon: wires the store, pollers and listeners; supervision, readiness, systemd, signals.
+
+Start order: store → drivers and pollers → metrics/health listener → READY=1. Stop order is the
+reverse. Each poller runs in a supervised task: a crash is logged, counted, and the task is
+restarted after a back-off; the systemd watchdog is fed only while every loop ticks on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sdnotify
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pswd_gateway import __version__
+from pswd_gateway.config import GatewayConfig, SiteConfig, load_config
+from pswd_gateway.errors import ConfigError, PswdError
+from pswd_gateway.logging import configure_logging, get_logger
+from pswd_gateway.northbound.asgi import AsgiListener
+from pswd_gateway.northbound.metrics import GatewayCollector, make_registry
+from pswd_gateway.southbound.base import Driver
+from pswd_gateway.southbound.factory import build_driver
+from pswd_gateway.southbound.poller import Poller, PollStats
+from pswd_gateway.store import PointStore
+
+__all__ = ["Gateway", "SystemdNotifier", "run_gateway"]
+
+log = get_logger("daemon")
+
+RESTART_BACKOFF_S = 1.0
+
+
+class SystemdNotifier:
+    """sd_notify READY/WATCHDOG/STOPPING/RELOADING; silent when not run by systemd."""
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self.enabled = bool(env.get("NOTIFY_SOCKET"))
+        usec = env.get("WATCHDOG_USEC", "")
+        self.watchdog_interval_s = int(usec) / 1e6 / 2 if usec.isdigit() and int(usec) else None
+        self._notifier = sdnotify.SystemdNotifier() if self.enabled else None
+
+    def notify(self, state: str) -> None:
+        if self._notifier is not None:
+            self._notifier.notify(state)
+
+
+@dataclass
+class _Supervised:
+    name: str
+    factory: Callable[[], Any]
+    task: asyncio.Task[None] | None = None
+    restarts: int = 0
+
+
+@dataclass
+class Gateway:
+    """One running gateway. ``start()``, then ``stop()``; or ``run()`` until a signal."""
+
+    config: GatewayConfig
+    config_path: Path | None = None
+    store: PointStore = field(default_factory=PointStore)
+    notifier: SystemdNotifier = field(default_factory=SystemdNotifier)
+    pollers: dict[str, Poller] = field(default_factory=dict, init=False)
+    drivers: dict[str, Driver] = field(default_factory=dict, init=False)
+    metrics_listener: AsgiListener | None = field(default=None, init=False)
+    started_at: float = field(default=0.0, init=False)
+    _supervised: dict[str, _Supervised] = field(default_factory=dict, init=False)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _watchdog_task: asyncio.Task[None] | None = field(default=None, init=False)
+    _ready: bool = field(default=False, init=False)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start pollers and listeners; READY=1 once every device had its first poll."""
+        self.started_at = time.monotonic()
+        log.info(
+            "gateway_starting",
+            version=__version__,
+            site=self.config.site.name,
+            devices=len(self.config.devices),
+        )
+        for device in self.config.devices:
+            if device.enabled:
+                self._add_poller(device.name)
+        listener = self.config.listeners.metrics
+        if listener.enabled:
+            self.metrics_listener = AsgiListener(
+                self._health_app(), listener.host, listener.port, name="metrics"
+            )
+            await self.metrics_listener.start()
+        await self._wait_first_polls(timeout_s=5.0)
+        self._ready = True
+        self.notifier.notify("READY=1")
+        self.notifier.notify(f"STATUS=polling {len(self.pollers)} devices")
+        if self.notifier.watchdog_interval_s:
+            self._watchdog_task = asyncio.create_task(
+                self._feed_watchdog(self.notifier.watchdog_interval_s), name="watchdog"
+            )
+        log.info(
+            "gateway_ready",
+            pollers=len(self.pollers),
+            metrics_port=self.metrics_listener.port if self.metrics_listener else None,
+        )
+
+    async def stop(self) -> None:
+        """Stop everything started, in reverse order, within the configured timeout."""
+        self.notifier.notify("STOPPING=1")
+        self._ready = False
+        log.info("gateway_stopping")
+        deadline = self.config.daemon.shutdown_timeout_s
+        try:
+            async with asyncio.timeout(deadline):
+                if self._watchdog_task is not None:
+                    self._watchdog_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._watchdog_task
+                if self.metrics_listener is not None:
+                    await self.metrics_listener.stop()
+                await asyncio.gather(*(self._remove_poller(n) for n in list(self.pollers)))
+        except TimeoutError:
+            log.error("gateway_stop_timeout", timeout_s=deadline)
+        log.info("gateway_stopped")
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, reload on SIGHUP, stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        try:
+            await self.start()
+            await self._stopping.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config file; apply what is safe, keep running on errors.
+
+        Applied: logging level/format, site limits and roles, devices added, removed or
+        changed (their pollers restart). Listener changes need a restart and are logged.
+        """
+        if self.config_path is None:
+            log.warning("reload_skipped", reason="started without a config file")
+            return
+        self.notifier.notify("RELOADING=1")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload_rejected", problems=[f"{p}: {m}" for p, m in exc.problems])
+            self.notifier.notify("READY=1")
+            return
+        if new.listeners != self.config.listeners:
+            log.warning("reload_requires_restart", section="listeners")
+        configure_logging(new.logging.level, new.logging.format)
+        old_devices = {d.name: d for d in self.config.devices if d.enabled}
+        new_devices = {d.name: d for d in new.devices if d.enabled}
+        changed = [n for n in old_devices if new_devices.get(n) != old_devices[n]]
+        added = [n for n in new_devices if n not in old_devices]
+        self.config = new.model_copy(update={"listeners": self.config.listeners})
+        for name in changed:
+            await self._remove_poller(name)
+        for name in changed + added:
+            if name in new_devices:
+                self._add_poller(name)
+        log.info("reload_applied", restarted=changed, added=added)
+        self.notifier.notify("READY=1")
+
+    # ---- health ------------------------------------------------------------------------------
+
+    def loops_healthy(self, now: float | None = None) -> tuple[bool, list[str]]:
+        """Whether every supervised loop ticked recently; the names of those that did not."""
+        now = time.monotonic() if now is None else now
+        grace = self.config.daemon.watchdog_grace_s
+        stale = [
+            name
+            for name, p in self.pollers.items()
+            if now - max(p.stats.last_tick, self.started_at) > max(grace, 3 * p.stats.interval_s)
+        ]
+        dead = [name for name, s in self._supervised.items() if s.task is None or s.task.done()]
+        bad = sorted(set(stale + dead))
+        return not bad, bad
+
+    def poll_stats(self) -> Sequence[PollStats]:
+        return [p.stats for p in self.pollers.values()]
+
+    def status(self) -> dict[str, Any]:
+        healthy, bad = self.loops_healthy()
+        return {
+            "version": __version__,
+            "site": self.config.site.name,
+            "ready": self._ready,
+            "healthy": healthy,
+            "unhealthy_loops": bad,
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "devices": {
+                s.device: {
+                    "up": s.up,
+                    "polls": s.polls_total,
+                    "errors": s.errors_total,
+                    "overruns": s.overruns_total,
+                    "last_error": s.last_error,
+                }
+                for s in self.poll_stats()
+            },
+        }
+
+    async def _feed_watchdog(self, interval_s: float) -> None:
+        while True:
+            healthy, bad = self.loops_healthy()
+            if healthy:
+                self.notifier.notify("WATCHDOG=1")
+            else:
+                log.error("watchdog_withheld", unhealthy_loops=bad)
+            await asyncio.sleep(interval_s)
+
+    def _health_app(self) -> Starlette:
+        collector = GatewayCollector(self.store, self._site, self.poll_stats)
+        registry = make_registry(collector)
+        ProcessCollector(registry=registry)
+
+        async def metrics(_: Request) -> Response:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+        async def healthz(_: Request) -> JSONResponse:
+            status = self.status()
+            return JSONResponse(status, status_code=200 if status["healthy"] else 503)
+
+        async def readyz(_: Request) -> JSONResponse:
+            status = self.status()
+            ok = status["ready"] and status["healthy"]
+            return JSONResponse(status, status_code=200 if ok else 503)
+
+        return Starlette(
+            routes=[
+                Route("/metrics", metrics),
+                Route("/healthz", healthz),
+                Route("/readyz", readyz),
+            ]
+        )
+
+    def _site(self) -> SiteConfig:
+        return self.config.site
+
+    # ---- pollers -----------------------------------------------------------------------------
+
+    def _add_poller(self, name: str) -> None:
+        device = self.config.device(name)
+        driver = build_driver(device, self.config)
+        poller = Poller(driver, self.store, invalid_after_s=device.invalid_after_s)
+        self.drivers[name] = driver
+        self.pollers[name] = poller
+        sup = _Supervised(f"poll:{name}", poller.run)
+        self._supervised[name] = sup
+        sup.task = asyncio.create_task(self._supervise(sup), name=sup.name)
+
+    async def _remove_poller(self, name: str) -> None:
+        sup = self._supervised.pop(name, None)
+        self.pollers.pop(name, None)
+        driver = self.drivers.pop(name, None)
+        if sup is not None and sup.task is not None:
+            sup.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sup.task
+        if driver is not None:
+            try:
+                await asyncio.wait_for(driver.close(), 1.0)
+            except (TimeoutError, PswdError, OSError) as exc:
+                log.warning("driver_close_failed", device=name, error=str(exc))
+
+    async def _supervise(self, sup: _Supervised) -> None:
+        while True:
+            try:
+                await sup.factory()
+                log.warning("task_returned", task=sup.name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                sup.restarts += 1
+                log.exception("task_crashed", task=sup.name, restarts=sup.restarts)
+            await asyncio.sleep(RESTART_BACKOFF_S)
+
+    async def _wait_first_polls(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(p.stats.polls_total > 0 for p in self.pollers.values()):
+                return
+            await asyncio.sleep(0.02)
+        slow = [n for n, p in self.pollers.items() if p.stats.polls_total == 0]
+        log.warning("ready_without_first_poll", devices=slow)
+
+
+async def run_gateway(config_path: Path | None) -> int:
+    """Entry point of ``pswd-gateway run``: returns the process exit code."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        configure_logging()
+        log.error(
+            "config_invalid",
+            source=exc.source,
+            problems=[f"{p}: {m}" if p else m for p, m in exc.problems],
+        )
+        return 2
+    configure_logging(config.logging.level, config.logging.format)
+    gateway = Gateway(config, config_path=config_path)
+    try:
+        await gateway.run()
+    except (PswdError, OSError) as exc:
+        log.error("gateway_failed", error=str(exc))
+        return 1
+    return 0

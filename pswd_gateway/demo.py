@@ -1,0 +1,239 @@
+"""``make demo``: the simulated site and the gateway on loopback, shown live.
+
+The twin runs in its own process (as real devices would), the gateway in this one. One Ctrl-C
+stops both. Logs go to ``<state_dir>/logs/`` so the live view stays readable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from pswd_gateway.config import GatewayConfig, ModbusDeviceConfig
+from pswd_gateway.daemon import Gateway
+from pswd_gateway.domain.points import Quality
+from pswd_gateway.logging import configure_logging
+
+__all__ = ["run_demo"]
+
+TWIN_START_TIMEOUT_S = 30.0
+
+
+def _endpoints(cfg: GatewayConfig) -> list[tuple[str, str, int]]:
+    out: list[tuple[str, str, int]] = []
+    for d in cfg.devices:
+        if isinstance(d, ModbusDeviceConfig):
+            out.append((d.name, d.host, d.port))
+        else:
+            url = urlsplit(d.base_url)
+            out.append((d.name, url.hostname or "127.0.0.1", url.port or 80))
+    return out
+
+
+async def _wait_for_ports(
+    endpoints: list[tuple[str, str, int]], proc: asyncio.subprocess.Process, timeout_s: float
+) -> list[str]:
+    """Wait until every endpoint accepts TCP; the names of those that never did."""
+    pending = list(endpoints)
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline and proc.returncode is None:
+        still: list[tuple[str, str, int]] = []
+        for name, host, port in pending:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 0.5)
+            except (OSError, TimeoutError):
+                still.append((name, host, port))
+            else:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        pending = still
+        if pending:
+            await asyncio.sleep(0.2)
+    return [name for name, _, _ in pending]
+
+
+def _fmt(value: float | None, scale: float, digits: int) -> str:
+    return "—" if value is None else f"{value / scale:,.{digits}f}"
+
+
+def _view(gw: Gateway, started: float) -> Group:
+    cfg = gw.config
+    site = cfg.site
+    snap = gw.store.snapshot(time.time())
+
+    def v(device: str | None, point: str) -> float | None:
+        return None if device is None else snap.value(f"{device}.{point}")
+
+    it = [v(d, "total_power") for d in site.it_load]
+    it_w = None if not it or None in it else sum(x for x in it if x is not None)
+    soc = v(site.bess, "soc")
+    plant = Table(title=f"{site.name} — live (Ctrl-C stops)", title_justify="left", expand=False)
+    for col in (
+        "grid MW",
+        "limit MW",
+        "IT MW",
+        "BESS MW",
+        "SoC %",
+        "CHW supply °C",
+        "heat export MW",
+        "heat supply °C",
+        "grid Hz",
+    ):
+        plant.add_column(col, justify="right")
+    plant.add_row(
+        _fmt(v(site.grid_meter, "active_power"), 1e6, 1),
+        f"{site.grid_import_limit_mw:,.0f}",
+        _fmt(it_w, 1e6, 1),
+        _fmt(v(site.bess, "active_power"), 1e6, 1),
+        _fmt(None if soc is None else soc * 100, 1, 1),
+        _fmt(v(site.thermal, "chw_supply_temp"), 1, 2),
+        _fmt(v(site.thermal, "heat_export_power"), 1e6, 1),
+        _fmt(v(site.thermal, "heat_supply_temp"), 1, 1),
+        _fmt(v(site.grid_meter, "frequency"), 1, 3),
+    )
+    devices = Table(title="devices", title_justify="left")
+    for col in (
+        "device",
+        "quality",
+        "polls",
+        "errors",
+        "overruns",
+        "lateness p50 ms",
+        "p99 ms",
+        "max ms",
+    ):
+        devices.add_column(col, justify="right" if col != "device" else "left")
+    style = {Quality.GOOD: "green", Quality.QUESTIONABLE: "yellow", Quality.INVALID: "red"}
+    for name, poller in gw.pollers.items():
+        s = poller.stats
+        points = snap.device(name).values()
+        worst = max((p.quality for p in points), key=lambda q: q.rank, default=None)
+        pct = s.lateness_percentiles()
+        devices.add_row(
+            name,
+            Text(worst.value, style=style[worst]) if worst else Text("no data", style="dim"),
+            str(s.polls_total),
+            str(s.errors_total),
+            str(s.overruns_total),
+            f"{pct.p50 * 1e3:.2f}",
+            f"{pct.p99 * 1e3:.2f}",
+            f"{pct.max * 1e3:.2f}",
+        )
+    footer = Text(f"uptime {time.monotonic() - started:,.0f} s", style="dim")
+    return Group(plant, devices, footer)
+
+
+def _plain_line(gw: Gateway) -> str:
+    site = gw.config.site
+    snap = gw.store.snapshot(time.time())
+    grid = snap.value(f"{site.grid_meter}.active_power")
+    bess = snap.value(f"{site.bess}.active_power") if site.bess else None
+    soc = snap.value(f"{site.bess}.soc") if site.bess else None
+    it = [snap.value(f"{d}.total_power") for d in site.it_load]
+    it_w = None if not it or None in it else sum(x for x in it if x is not None)
+    return (
+        f"grid {_fmt(grid, 1e6, 1)} MW  IT {_fmt(it_w, 1e6, 1)} MW  "
+        f"BESS {_fmt(bess, 1e6, 1)} MW  SoC {_fmt(None if soc is None else soc * 100, 1, 1)} %"
+    )
+
+
+async def run_demo(cfg: GatewayConfig, config_path: Path, duration_s: float | None) -> int:
+    """Run twin + gateway until Ctrl-C (or ``duration_s``); returns an exit code."""
+    console = Console()
+    log_dir = cfg.storage.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    gateway_log = (log_dir / "gateway.log").open("a", encoding="utf-8")
+    twin_log = (log_dir / "twin.log").open("ab")
+    configure_logging(cfg.logging.level, "json", stream=gateway_log)
+    console.print(
+        f"[bold]pswd-gateway demo[/] — site [cyan]{cfg.site.name}[/], config {config_path}"
+    )
+    console.print("starting the site's digital twin …")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pswd_gateway",
+        "simulate",
+        "--config",
+        str(config_path),
+        stdout=twin_log,
+        stderr=twin_log,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    gw: Gateway | None = None
+    try:
+        missing = await _wait_for_ports(_endpoints(cfg), proc, TWIN_START_TIMEOUT_S)
+        if missing:
+            console.print(
+                f"[red]the twin did not start[/] ({', '.join(missing)} not listening); "
+                f"see {log_dir / 'twin.log'}"
+            )
+            return 1
+        gw = Gateway(cfg, config_path=config_path)
+        await gw.start()
+        _print_listeners(console, cfg, gw, log_dir)
+        await _show(console, gw, duration_s)
+    finally:
+        if gw is not None:
+            await gw.stop()
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 5.0)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        gateway_log.close()
+        twin_log.close()
+        console.print("stopped: gateway and twin")
+    return 0
+
+
+def _print_listeners(console: Console, cfg: GatewayConfig, gw: Gateway, log_dir: Path) -> None:
+    table = Table(title="listening (loopback only)", title_justify="left")
+    table.add_column("service")
+    table.add_column("address")
+    if gw.metrics_listener is not None:
+        base = f"http://{gw.metrics_listener.host}:{gw.metrics_listener.port}"
+        table.add_row("Prometheus metrics", f"{base}/metrics")
+        table.add_row("health / readiness", f"{base}/healthz  {base}/readyz")
+    for name, host, port in _endpoints(cfg):
+        table.add_row(f"twin: {name}", f"{host}:{port}")
+    table.add_row("logs", f"{log_dir}/gateway.log, {log_dir}/twin.log")
+    console.print(table)
+
+
+async def _show(console: Console, gw: Gateway, duration_s: float | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    deadline = None if duration_s is None else started + duration_s
+    try:
+        if console.is_terminal:
+            with Live(_view(gw, started), console=console, refresh_per_second=4) as live:
+                while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                    live.update(_view(gw, started))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.25)
+        else:
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                console.print(_plain_line(gw))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+            console.print(_view(gw, started))
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,198 @@
+"""Prometheus: one collector that reads the store at scrape time (no per-update cost).
+
+Names use base units (``_watts``, ``_seconds``, ``_ratio``, ``_total``). A point whose quality is
+``invalid`` is not exported at all: an absent series means "unknown", never a stale value.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from pswd_gateway import __version__
+from pswd_gateway.config import SiteConfig
+from pswd_gateway.domain.points import Quality
+from pswd_gateway.southbound.poller import PollStats
+from pswd_gateway.store import PointStore, Snapshot
+
+__all__ = ["GatewayCollector", "SitePoint", "make_registry"]
+
+
+@dataclass(frozen=True, slots=True)
+class SitePoint:
+    """A site-level gauge: metric name, help text and how to find its value in a snapshot."""
+
+    metric: str
+    help: str
+    value: Callable[[Snapshot, SiteConfig], float | None]
+
+
+def _device_point(
+    role: Callable[[SiteConfig], str | None], point: str
+) -> Callable[[Snapshot, SiteConfig], float | None]:
+    def get(snap: Snapshot, site: SiteConfig) -> float | None:
+        device = role(site)
+        return None if device is None else snap.value(f"{device}.{point}")
+
+    return get
+
+
+def _it_load(snap: Snapshot, site: SiteConfig) -> float | None:
+    values = [snap.value(f"{d}.total_power") for d in site.it_load]
+    if not values or any(v is None for v in values):
+        return None
+    return sum(v for v in values if v is not None)
+
+
+SITE_POINTS: tuple[SitePoint, ...] = (
+    SitePoint(
+        "pswd_grid_active_power_watts",
+        "Active power at the grid connection; positive = import from the grid.",
+        _device_point(lambda s: s.grid_meter, "active_power"),
+    ),
+    SitePoint(
+        "pswd_grid_frequency_hertz",
+        "Grid frequency at the grid connection.",
+        _device_point(lambda s: s.grid_meter, "frequency"),
+    ),
+    SitePoint("pswd_it_load_active_power_watts", "Active power drawn by the IT load.", _it_load),
+    SitePoint(
+        "pswd_bess_active_power_watts",
+        "Battery active power; positive = discharging into the site.",
+        _device_point(lambda s: s.bess, "active_power"),
+    ),
+    SitePoint(
+        "pswd_bess_state_of_charge_ratio",
+        "Battery state of charge (0..1).",
+        _device_point(lambda s: s.bess, "soc"),
+    ),
+    SitePoint(
+        "pswd_chilled_water_supply_temperature_celsius",
+        "Chilled-water supply temperature.",
+        _device_point(lambda s: s.thermal, "chw_supply_temp"),
+    ),
+    SitePoint(
+        "pswd_heat_export_power_watts",
+        "Heat delivered to the municipal heating network.",
+        _device_point(lambda s: s.thermal, "heat_export_power"),
+    ),
+    SitePoint(
+        "pswd_heat_supply_temperature_celsius",
+        "Supply temperature of the municipal heating network.",
+        _device_point(lambda s: s.thermal, "heat_supply_temp"),
+    ),
+)
+
+
+class GatewayCollector(Collector):
+    """Reads the store and the pollers' statistics when Prometheus scrapes."""
+
+    def __init__(
+        self,
+        store: PointStore,
+        site: Callable[[], SiteConfig],
+        poll_stats: Callable[[], Sequence[PollStats]],
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._site = site
+        self._poll_stats = poll_stats
+        self._wall_clock = wall_clock
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # collected on demand; nothing to pre-register
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._store.snapshot(self._wall_clock())
+        site = self._site()
+        info = InfoMetricFamily("pswd_build", "Version of the running gateway.")
+        info.add_metric([], {"version": __version__, "site": site.name})
+        yield info
+        for sp in SITE_POINTS:
+            family = GaugeMetricFamily(sp.metric, sp.help)
+            value = sp.value(snap, site)
+            if value is not None:
+                family.add_metric([], value)
+            yield family
+        yield from self._device_metrics(snap, self._poll_stats())
+
+    def _device_metrics(self, snap: Snapshot, stats: Sequence[PollStats]) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "pswd_device_up", "1 when the device's last poll succeeded.", labels=["device"]
+        )
+        quality = GaugeMetricFamily(
+            "pswd_device_quality",
+            "1 for the device's current point quality (good, questionable, invalid).",
+            labels=["device", "quality"],
+        )
+        lateness = HistogramMetricFamily(
+            "pswd_poll_lateness_seconds",
+            "How late each poll started after its scheduled deadline.",
+            labels=["device"],
+        )
+        overruns = CounterMetricFamily(
+            "pswd_poll_overruns",
+            "Poll slots skipped because the previous one ran late.",
+            labels=["device"],
+        )
+        polls = CounterMetricFamily("pswd_polls", "Polls attempted.", labels=["device"])
+        errors = CounterMetricFamily("pswd_poll_errors", "Polls that failed.", labels=["device"])
+        timeouts = CounterMetricFamily(
+            "pswd_poll_timeouts", "Polls that ran past their timeout.", labels=["device"]
+        )
+        interval = GaugeMetricFamily(
+            "pswd_poll_interval_seconds", "Configured poll interval.", labels=["device"]
+        )
+        worst = _worst_quality_by_device(snap)
+        for s in stats:
+            labels = [s.device]
+            up.add_metric(labels, 1.0 if s.up else 0.0)
+            q = worst.get(s.device)
+            for candidate in Quality:
+                quality.add_metric([s.device, candidate.value], 1.0 if q is candidate else 0.0)
+            buckets: list[tuple[str, float]] = []
+            cumulative = 0
+            for bound, count in zip(s.lateness_buckets_s, s.lateness_bucket_counts, strict=False):
+                cumulative += count
+                buckets.append((_le(bound), cumulative))
+            buckets.append(("+Inf", s.lateness_count))
+            lateness.add_metric(labels, buckets, s.lateness_sum_s)
+            overruns.add_metric(labels, s.overruns_total)
+            polls.add_metric(labels, s.polls_total)
+            errors.add_metric(labels, s.errors_total)
+            timeouts.add_metric(labels, s.timeouts_total)
+            interval.add_metric(labels, s.interval_s)
+        yield from (up, quality, lateness, overruns, polls, errors, timeouts, interval)
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def _worst_quality_by_device(snap: Snapshot) -> dict[str, Quality]:
+    worst: dict[str, Quality] = {}
+    for p in snap:
+        device = p.device
+        current = worst.get(device)
+        if current is None or p.quality.rank > current.rank:
+            worst[device] = p.quality
+    return worst
+
+
+def make_registry(collector: GatewayCollector) -> CollectorRegistry:
+    """A registry holding only the gateway's collector (no process/platform defaults)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry

@@ -1,0 +1,152 @@
+"""Configuration: validation, TOML paths in errors, environment overrides, `config check`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pswd_gateway.cli import app
+from pswd_gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
+from pswd_gateway.errors import ConfigError
+
+BAD = """
+[site]
+grid_import_limit_mw = 0
+colour = "blue"
+
+[[devices]]
+name = "grid_meter"
+kind = "modbus"
+register_map = "sunspec-meter"
+
+[[devices]]
+name = "bess"
+kind = "modbus"
+register_map = "sunspec-bess"
+
+[[devices]]
+name = "thermal"
+kind = "modbus"
+register_map = "thermal-plant"
+poll_interval_ms = 5
+
+[[devices]]
+name = "bmc"
+kind = "redfish"
+base_url = "ftp://bmc"
+
+[listeners.metrics]
+port = 70000
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_demo_config_is_valid() -> None:
+    """The embedded default loads without a single problem."""
+    cfg = load_config(DEFAULT_CONFIG)
+    assert cfg.site.grid_meter == "grid_meter"
+    assert {d.name for d in cfg.devices} >= {"grid_meter", "bess", "thermal"}
+
+
+def test_every_problem_is_reported_with_its_toml_path(tmp_path: Path) -> None:
+    """All problems come back at once, each with the TOML path a person would look for."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, BAD))
+    assert info.value.problems == [
+        ("site.grid_import_limit_mw", "must be > 0"),
+        ("site.colour", "unknown key"),
+        ("devices[2].poll_interval_ms", "must be ≥ 10"),
+        ("devices[3].base_url", "must start with http:// or https://"),
+        ("listeners.metrics.port", "must be ≤ 65535"),
+    ]
+
+
+def test_missing_register_map_names_the_device(tmp_path: Path) -> None:
+    """A register map that does not exist is reported at the device that names it."""
+    text = '[[devices]]\nname = "m"\nkind = "modbus"\nregister_map = "no-such-map"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    [(path, message)] = info.value.problems
+    assert path == "devices[0].register_map"
+    assert "no-such-map" in message
+
+
+def test_device_names_must_be_unique(tmp_path: Path) -> None:
+    """Two devices with one name would share store keys; refuse it."""
+    text = '[[devices]]\nname = "m"\nkind = "modbus"\nregister_map = "thermal-plant"\n' * 2
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.problems == [("", "device names must be unique; repeated: m")]
+
+
+def test_unknown_device_kind_is_named(tmp_path: Path) -> None:
+    """A device kind the gateway does not speak is an error that lists the kinds it does."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, '[[devices]]\nname = "x"\nkind = "bacnet"\n'))
+    [(path, message)] = info.value.problems
+    assert path == "devices[0]"
+    for word in ("modbus", "redfish", "bacnet"):
+        assert word in message
+
+
+def test_toml_syntax_error_is_a_config_error(tmp_path: Path) -> None:
+    """A broken TOML file is reported as such, with the parser's line and column."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "[site\nname = 1"))
+    assert "not valid TOML" in info.value.problems[0][1]
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PSWD__SECTION__KEY beats the TOML file."""
+    monkeypatch.setenv("PSWD__SITE__GRID_RAMP_LIMIT_MW_PER_S", "7.5")
+    monkeypatch.setenv("PSWD__LOGGING__LEVEL", "debug")
+    cfg = load_config(write(tmp_path, "[site]\ngrid_ramp_limit_mw_per_s = 30\n"))
+    assert cfg.site.grid_ramp_limit_mw_per_s == 7.5
+    assert cfg.logging.level == "debug"
+
+
+def test_bad_environment_override_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An invalid override is an error at the same path as in the file."""
+    monkeypatch.setenv("PSWD__SITE__GRID_RAMP_LIMIT_MW_PER_S", "-1")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, ""))
+    assert info.value.problems == [("site.grid_ramp_limit_mw_per_s", "must be > 0")]
+
+
+def test_timeouts_default_from_the_poll_interval() -> None:
+    """Without timeout_ms a request may take 80 % of the interval; invalid after 3 intervals."""
+    cfg = GatewayConfig.model_validate(
+        {"devices": [{"name": "m", "kind": "modbus", "register_map": "x", "poll_interval_ms": 100}]}
+    )
+    device = cfg.devices[0]
+    assert device.timeout_s == pytest.approx(0.08)
+    assert device.invalid_after_s == pytest.approx(1.0)
+
+
+def test_config_check_prints_ok() -> None:
+    """`pswd-gateway config check` on a good file prints OK and exits 0."""
+    result = CliRunner().invoke(app, ["config", "check", str(DEFAULT_CONFIG)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "OK"
+
+
+def test_config_check_prints_each_error_line_and_exits_2(tmp_path: Path) -> None:
+    """On a bad file it prints one `path: message` line per problem and exits 2."""
+    result = CliRunner().invoke(app, ["config", "check", str(write(tmp_path, BAD))])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        "site.grid_import_limit_mw: must be > 0",
+        "site.colour: unknown key",
+        "devices[2].poll_interval_ms: must be ≥ 10",
+        "devices[3].base_url: must start with http:// or https://",
+        "listeners.metrics.port: must be ≤ 65535",
+    ]
