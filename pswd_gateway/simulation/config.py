@@ -1,0 +1,277 @@
+"""``[simulation]``: the settings of the site's digital twin.
+
+Every default is the demo site, so the ``[simulation]`` section of ``config/demo.toml`` stays
+short. Units are in the field names (``_mw``, ``_s``, ``_c``); the physics converts to SI once,
+when it is built.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pswd_gateway.config import is_loopback
+
+__all__ = [
+    "HALLS",
+    "BessSimConfig",
+    "FrequencyEvent",
+    "GridSimConfig",
+    "JobConfig",
+    "PortsConfig",
+    "RedfishSimConfig",
+    "SimulationConfig",
+    "ThermalSimConfig",
+    "TraceConfig",
+]
+
+HallName = Literal["gpu_hall_a", "gpu_hall_b"]
+HALLS: tuple[HallName, HallName] = ("gpu_hall_a", "gpu_hall_b")
+"""The two GPU halls of the site, each behind its own Redfish BMC endpoint."""
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+"""A TCP port; 0 picks a free one (tests)."""
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Efficiency = Annotated[float, Field(gt=0.0, le=1.0)]
+Seconds = Annotated[float, Field(gt=0.0, le=86_400.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PortsConfig(_Strict):
+    """Where each simulated device listens (0 = a free port, reported by ``Twin.endpoints``)."""
+
+    grid_meter: Port = 15020
+    bess: Port = 15021
+    thermal: Port = 15022
+    redfish: tuple[Port, Port] = (8000, 8001)
+    """The BMCs of ``gpu_hall_a`` and ``gpu_hall_b``, in that order."""
+
+    def of(self, device: str) -> int:
+        """The configured port of a device (``grid_meter`` … ``gpu_hall_b``)."""
+        if device in HALLS:
+            return self.redfish[HALLS.index(device)]
+        ports = {"grid_meter": self.grid_meter, "bess": self.bess, "thermal": self.thermal}
+        try:
+            return ports[device]
+        except KeyError:
+            raise KeyError(f"no simulated device {device!r}") from None
+
+
+class JobConfig(_Strict):
+    """One synchronous training job: compute phases at ``peak_mw``, communication at less.
+
+    Each iteration of ``period_s`` rises from the low level to ``peak_mw`` over ``edge_ms``,
+    computes for ``duty`` of the period, falls back over ``edge_ms`` and communicates at
+    ``peak_mw x (1 - depth)`` for the rest. Every ``checkpoint_every_s`` the job writes a
+    checkpoint for ``checkpoint_s`` at the low level. The whole pattern is scaled by a linear
+    ramp of ``ramp_up_s`` after ``start_s`` and ``ramp_down_s`` before the end.
+    """
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    start_s: Annotated[float, Field(ge=0.0)]
+    duration_s: Annotated[float, Field(gt=0.0)]
+    peak_mw: Annotated[float, Field(gt=0.0, le=1000.0)]
+    period_s: Annotated[float, Field(ge=0.1, le=600.0)] = 2.5
+    depth: Fraction = 0.85
+    duty: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.75
+    edge_ms: Annotated[float, Field(ge=1.0, le=10_000.0)] = 40.0
+    jitter: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
+    """Seeded per-iteration variation of the compute phase, as a fraction of it."""
+    ramp_up_s: Annotated[float, Field(ge=0.0)] = 10.0
+    ramp_down_s: Annotated[float, Field(ge=0.0)] = 2.0
+    checkpoint_every_s: Annotated[float, Field(gt=0.0)] | None = 300.0
+    checkpoint_s: Annotated[float, Field(ge=0.0)] = 10.0
+    halls: Annotated[tuple[HallName, ...], Field(min_length=1)] = HALLS
+    """Halls the job runs in; its power is split evenly between them."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobConfig:
+        if 4 * self.edge_ms / 1000.0 > self.period_s:
+            raise ValueError("period_s must be at least four edges (4 x edge_ms) long")
+        if self.ramp_up_s + self.ramp_down_s > self.duration_s:
+            raise ValueError("ramp_up_s + ramp_down_s must not exceed duration_s")
+        if len(set(self.halls)) != len(self.halls):
+            raise ValueError("halls must not repeat")
+        return self
+
+
+DEFAULT_JOBS: tuple[JobConfig, ...] = (
+    JobConfig(
+        name="llm-pretrain-a",
+        start_s=5.0,
+        duration_s=1500.0,
+        peak_mw=200.0,
+        period_s=2.5,
+        depth=0.9,
+        ramp_up_s=10.0,
+        ramp_down_s=5.0,
+    ),
+    JobConfig(
+        name="finetune-b",
+        start_s=1700.0,
+        duration_s=900.0,
+        peak_mw=80.0,
+        period_s=1.2,
+        depth=0.6,
+        ramp_up_s=5.0,
+        ramp_down_s=5.0,
+        checkpoint_every_s=120.0,
+        checkpoint_s=5.0,
+        halls=("gpu_hall_b",),
+    ),
+    JobConfig(
+        name="llm-pretrain-c",
+        start_s=2700.0,
+        duration_s=840.0,
+        peak_mw=180.0,
+        period_s=3.0,
+        depth=0.85,
+        ramp_up_s=3.0,
+        ramp_down_s=0.0,
+    ),
+)
+"""A one-hour demo: a 200 MW job from t=5 s, a fine-tune, and a job that stops abruptly."""
+
+
+class TraceConfig(_Strict):
+    """The IT load: an idle baseline plus the training jobs (or a recorded CSV trace)."""
+
+    baseline_mw: Annotated[float, Field(ge=0.0, le=1000.0)] = 20.0
+    """Idle servers, storage and network, split evenly between the halls."""
+    jobs: tuple[JobConfig, ...] = DEFAULT_JOBS
+    replay_csv: str | None = None
+    """A ``t_s,it_power_mw`` CSV file to replay instead of the jobs (split evenly per hall)."""
+    replay_loop: bool = True
+    """Start the replayed file over at its end (otherwise hold its last value)."""
+
+
+class BessSimConfig(_Strict):
+    """The battery and its power conversion system."""
+
+    power_mw: Annotated[float, Field(gt=0.0, le=2000.0)] = 250.0
+    energy_mwh: Annotated[float, Field(gt=0.0, le=20_000.0)] = 120.0
+    soc_min: Fraction = 0.1
+    soc_max: Fraction = 0.9
+    soc_initial: Fraction = 0.5
+    charge_efficiency: Efficiency = 0.95
+    discharge_efficiency: Efficiency = 0.95
+    response_ms: Annotated[float, Field(gt=0.0, le=10_000.0)] = 20.0
+    """Time for the AC power to settle (95 %) after a setpoint step: τ = response_ms / 3."""
+    ac_voltage_kv: Annotated[float, Field(gt=0.0, le=1000.0)] = 33.0
+    dc_voltage_v: Annotated[float, Field(gt=0.0, le=5000.0)] = 1200.0
+
+    @model_validator(mode="after")
+    def _soc_window(self) -> BessSimConfig:
+        if not self.soc_min < self.soc_max:
+            raise ValueError("soc_min must be below soc_max")
+        if not self.soc_min <= self.soc_initial <= self.soc_max:
+            raise ValueError("soc_initial must lie within [soc_min, soc_max]")
+        return self
+
+
+class FrequencyEvent(_Strict):
+    """A grid frequency excursion: linear fall to ``delta_hz``, hold, linear recovery."""
+
+    start_s: Annotated[float, Field(ge=0.0)]
+    delta_hz: Annotated[float, Field(ge=-5.0, le=5.0)] = -0.2
+    fall_s: Seconds = 2.0
+    hold_s: Annotated[float, Field(ge=0.0)] = 10.0
+    recover_s: Seconds = 20.0
+
+
+class GridSimConfig(_Strict):
+    """The point of common coupling: noise, voltage, power factor and frequency."""
+
+    nominal_frequency_hz: Literal[50, 60] = 50
+    voltage_kv: Annotated[float, Field(gt=0.0, le=1000.0)] = 132.0
+    power_factor: Annotated[float, Field(gt=0.5, le=1.0)] = 0.98
+    noise_mw: Annotated[float, Field(ge=0.0, le=100.0)] = 0.3
+    """Standard deviation of the seeded measurement/load noise on the grid active power."""
+    noise_interval_ms: Annotated[float, Field(ge=1.0, le=10_000.0)] = 20.0
+    frequency_wander_hz: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    """Standard deviation of the slow seeded wander of the frequency around nominal."""
+    events: tuple[FrequencyEvent, ...] = (
+        FrequencyEvent(start_s=120.0),
+        FrequencyEvent(start_s=1900.0, delta_hz=-0.5, fall_s=1.0, hold_s=5.0, recover_s=30.0),
+    )
+
+
+class ThermalSimConfig(_Strict):
+    """Chilled-water plant and the heat-recovery heat pump feeding a municipal network."""
+
+    chw_setpoint_c: Annotated[float, Field(ge=5.0, le=30.0)] = 18.0
+    chw_tau_s: Seconds = 60.0
+    """How fast the supply temperature follows its setpoint."""
+    load_tau_s: Seconds = 5.0
+    """Lag between IT power and heat arriving in the chilled water."""
+    chiller_tau_s: Seconds = 20.0
+    """Lag of the chillers' cooling duty behind the heat load (compressor staging)."""
+    chw_design_delta_t_k: Annotated[float, Field(gt=0.0, le=30.0)] = 6.0
+    chw_min_flow_m3_s: Annotated[float, Field(gt=0.0, le=100.0)] = 4.0
+    chw_max_flow_m3_s: Annotated[float, Field(gt=0.0, le=100.0)] = 15.0
+    chiller_cop: Annotated[float, Field(gt=1.0, le=20.0)] = 5.5
+    """Chiller COP at an 18 °C supply setpoint."""
+    chiller_cop_per_k: Annotated[float, Field(ge=0.0, le=0.2)] = 0.03
+    """Relative COP gain per kelvin of supply setpoint above 18 °C."""
+    heat_supply_setpoint_c: Annotated[float, Field(ge=70.0, le=90.0)] = 80.0
+    heat_return_c: Annotated[float, Field(ge=20.0, le=70.0)] = 45.0
+    heat_tau_s: Seconds = 120.0
+    heat_pump_tau_s: Seconds = 60.0
+    heat_demand_mw: Annotated[float, Field(ge=0.0, le=1000.0)] = 40.0
+    """What the municipal network takes when the heat pump can deliver it."""
+    heat_recovery_max_fraction: Fraction = 0.6
+    """At most this share of the IT heat is lifted by the heat pump."""
+    heat_pump_carnot_efficiency: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+
+    @model_validator(mode="after")
+    def _flows(self) -> ThermalSimConfig:
+        if self.chw_min_flow_m3_s > self.chw_max_flow_m3_s:
+            raise ValueError("chw_min_flow_m3_s must not exceed chw_max_flow_m3_s")
+        return self
+
+
+class RedfishSimConfig(_Strict):
+    """The GPU halls' BMCs."""
+
+    enabled: bool = True
+    """Start the Redfish BMC servers (off: Modbus devices only)."""
+    username: str = "pswd-demo"
+    password: str = "pswd-demo-bmc"  # noqa: S105 - the demo BMC credential, loopback only
+    racks_per_hall: Annotated[int, Field(ge=1, le=10_000)] = 100
+    rack_rated_kw: Annotated[float, Field(gt=0.0, le=100_000.0)] = 1500.0
+    """Upper end of a rack's power-limit range (and its rated power)."""
+    rack_min_limit_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
+    """Lower end of the power-limit range, as a fraction of the rated power."""
+    rack_spread: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+    """Seeded spread of the racks' shares of their hall's load."""
+
+
+class SimulationConfig(_Strict):
+    """The whole ``[simulation]`` section."""
+
+    host: str = "127.0.0.1"
+    seed: int = 42
+    tick_ms: Annotated[float, Field(ge=5.0, le=1000.0)] = 50.0
+    """Background integration tick; reads are computed at their exact time in between."""
+    truth_buffer_s: Annotated[float, Field(ge=1.0, le=3600.0)] = 120.0
+    """How far back ``truth_at`` can answer."""
+    ports: PortsConfig = PortsConfig()
+    trace: TraceConfig = TraceConfig()
+    bess: BessSimConfig = BessSimConfig()
+    grid: GridSimConfig = GridSimConfig()
+    thermal: ThermalSimConfig = ThermalSimConfig()
+    redfish: RedfishSimConfig = RedfishSimConfig()
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, host: str) -> str:
+        if not is_loopback(host):
+            raise ValueError(
+                "the twin simulates devices for tests and demos and listens on loopback only; "
+                "use 127.0.0.1, ::1 or localhost"
+            )
+        return host
