@@ -176,14 +176,15 @@ def _ac_measurements(
 class GridMeterBehaviour:
     """The revenue meter at the point of common coupling: SunSpec 1 + 701.
 
-    ``W`` > 0 means import (the site draws from the grid); ``TotWhAbs`` counts imported energy
-    and ``TotWhInj`` exported energy. With ``import_positive=False`` the meter follows the 701
-    text instead (W > 0 = the site injects).
+    By default the meter follows SunSpec 701's own sign: ``W`` > 0 means the site injects into
+    the grid, ``W`` < 0 that it draws from it; ``TotWhAbs`` counts imported (absorbed) energy and
+    ``TotWhInj`` exported energy. The gateway's ``sunspec-meter`` map flips the sign so that its
+    ``active_power`` is load-positive. ``import_positive=True`` serves W > 0 = import instead.
     """
 
     model_ids: tuple[int, ...] = (1, 701)
 
-    def __init__(self, cfg: SimulationConfig, *, import_positive: bool = True) -> None:
+    def __init__(self, cfg: SimulationConfig, *, import_positive: bool = False) -> None:
         self.config = cfg
         self.sign = 1.0 if import_positive else -1.0
 
@@ -207,8 +208,8 @@ class GridMeterBehaviour:
             var=self.sign * truth.grid_var,
             voltage_ll=truth.grid_voltage_v,
             hz=truth.frequency_hz,
-            wh_inj=exported if self.sign > 0 else imported,
-            wh_abs=imported if self.sign > 0 else exported,
+            wh_inj=exported,  # injected by the site into the grid, whatever the W sign
+            wh_abs=imported,
         )
 
     def apply(self, writes: Mapping[tuple[int, str], int | str]) -> ExcCodes | None:

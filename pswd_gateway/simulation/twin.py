@@ -275,7 +275,9 @@ class Twin:
         return min(samples), max(samples)
 
     def grid_power_range_w(self, start_posix: float, end_posix: float) -> tuple[float, float]:
-        """(lowest, highest) true grid active power (W, > 0 = import) between two POSIX times."""
+        """(lowest, highest) true grid active power (W, > 0 = import) between two POSIX times.
+
+        This is the physics' load-positive truth, whatever sign the meter serves."""
         return self.truth_range(start_posix, end_posix, lambda t: t.grid_w)
 
     # ------------------------------------------------------------------------------ the tick

@@ -149,12 +149,12 @@ async def test_bess_serves_models_1_701_702_704_802_at_consistent_addresses(
 
 
 async def test_grid_meter_values_decode_to_the_physics_truth(twin_site: Twin) -> None:
-    """701 W (import > 0), frequency and import energy, scaled by their SFs, equal the truth
-    within one resolution step."""
+    """701 W (SunSpec sign: injection > 0, so an importing site reads negative), frequency and
+    import energy, scaled by their SFs, equal the truth within one resolution step."""
     async with modbus(twin_site, "grid_meter") as client:
-        model, (lo, hi) = await read_model(client, twin_site, 701, lambda t: t.grid_w)
+        model, (lo, hi) = await read_model(client, twin_site, 701, lambda t: -t.grid_w)
         assert lo - 5e3 <= model.W.cvalue <= hi + 5e3
-        assert model.W.cvalue > 1e6  # the site imports
+        assert model.W.cvalue < -1e6  # the site imports
         model, (f_lo, f_hi) = await read_model(client, twin_site, 701, lambda t: t.frequency_hz)
         assert f_lo - 1e-3 <= model.Hz.cvalue <= f_hi + 1e-3
         model, (e_lo, e_hi) = await read_model(

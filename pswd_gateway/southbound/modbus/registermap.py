@@ -9,6 +9,7 @@ conversion to SI happens in :func:`pswd_gateway.domain.units.to_si`.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import struct
 import tomllib
@@ -92,7 +93,7 @@ class RegisterPoint(BaseModel):
     scale: float = 1.0
     offset: float = 0.0
     sf_address: Annotated[int, Field(ge=0, le=65535)] | None = None
-    """Address of a SunSpec ``sunssf`` register: value = raw × scale × 10^sf."""
+    """Address of a SunSpec ``sunssf`` register: value = raw * scale * 10**sf."""
     access: Literal["r", "rw"] = "r"
     minimum: float | None = None
     """Lowest value a write may carry (engineering unit); writes outside are refused."""
@@ -143,7 +144,7 @@ class RegisterMap(BaseModel):
             if p.name in names:
                 raise ValueError(f"point name {p.name!r} appears twice")
             names.add(p.name)
-        for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:], strict=False):
+        for (_, end_a, name_a), (start_b, _, name_b) in itertools.pairwise(spans):
             if start_b < end_a:
                 raise ValueError(f"points {name_a!r} and {name_b!r} overlap at register {start_b}")
         return self

@@ -1,0 +1,243 @@
+"""The poll scheduler: one task per device on absolute deadlines, with IEC 61850-style quality.
+
+- Deadlines are ``t0 + k·interval`` on the monotonic clock: no drift however long polls take.
+- A slot whose deadline passed by a whole interval (the previous poll was still running, or the
+  loop was late) is counted in ``overruns_total`` and skipped — never queued.
+- Each poll runs under ``asyncio.timeout(driver.timeout_s)``.
+- A failed or timed-out poll marks the device ``questionable`` at once; ``invalid_after_s``
+  without a good reading marks it ``invalid``; a good reading brings fresh ``good`` points.
+- A lost connection is re-established with exponential back-off (0.1 s doubling to 5 s) inside
+  the deadline grid: reconnect attempts happen only in poll slots, never in a tight loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pswd_gateway.domain.points import Quality
+from pswd_gateway.errors import DeviceError
+from pswd_gateway.logging import get_logger
+from pswd_gateway.southbound.base import Driver
+from pswd_gateway.store import PointStore
+
+__all__ = ["LATENESS_BUCKETS_S", "Percentiles", "PollStats", "Poller"]
+
+log = get_logger("poller")
+
+LATENESS_BUCKETS_S: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+RESERVOIR = 10_000
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
+LOG_EVERY_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Percentiles:
+    p50: float
+    p99: float
+    max: float
+
+
+@dataclass
+class PollStats:
+    """Plain counters of one poller; the metrics collector reads them at scrape time."""
+
+    device: str
+    interval_s: float
+    polls_total: int = 0
+    errors_total: int = 0
+    timeouts_total: int = 0
+    overruns_total: int = 0
+    reconnects_total: int = 0
+    lateness_buckets_s: tuple[float, ...] = LATENESS_BUCKETS_S
+    lateness_bucket_counts: list[int] = field(default_factory=lambda: [0] * len(LATENESS_BUCKETS_S))
+    lateness_sum_s: float = 0.0
+    lateness_count: int = 0
+    up: bool = False
+    quality: Quality | None = None
+    last_success_wall: float | None = None
+    last_error: str | None = None
+    last_tick: float = 0.0
+    """Monotonic time the loop last ran a slot (the watchdog's proof of life)."""
+    _recent: deque[float] = field(default_factory=lambda: deque(maxlen=RESERVOIR), repr=False)
+
+    def observe_lateness(self, lateness_s: float) -> None:
+        i = bisect.bisect_left(self.lateness_buckets_s, lateness_s)
+        if i < len(self.lateness_bucket_counts):
+            self.lateness_bucket_counts[i] += 1
+        self.lateness_sum_s += lateness_s
+        self.lateness_count += 1
+        self._recent.append(lateness_s)
+
+    def lateness_samples(self) -> list[float]:
+        """The most recent lateness samples (at most 10,000), oldest first."""
+        return list(self._recent)
+
+    def lateness_percentiles(self) -> Percentiles:
+        samples = sorted(self._recent)
+        if not samples:
+            return Percentiles(math.nan, math.nan, math.nan)
+        last = len(samples) - 1
+        return Percentiles(samples[round(0.5 * last)], samples[round(0.99 * last)], samples[-1])
+
+    def reset(self) -> None:
+        """Zero the counters (benchmarks measure after a warm-up)."""
+        self.polls_total = self.errors_total = self.timeouts_total = 0
+        self.overruns_total = self.reconnects_total = 0
+        self.lateness_bucket_counts = [0] * len(self.lateness_buckets_s)
+        self.lateness_sum_s = 0.0
+        self.lateness_count = 0
+        self._recent.clear()
+
+
+class Poller:
+    """Polls one driver on absolute deadlines and writes readings into the store."""
+
+    def __init__(
+        self,
+        driver: Driver,
+        store: PointStore,
+        *,
+        invalid_after_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.driver = driver
+        self.store = store
+        self.invalid_after_s = invalid_after_s
+        self._clock = clock
+        self._wall = wall_clock
+        self._sleep = sleep
+        self.stats = PollStats(driver.name, driver.poll_interval_s)
+        self._connected = False
+        self._backoff_s = BACKOFF_MIN_S
+        self._next_connect = 0.0
+        self._last_good = clock()
+        self._last_log = -math.inf
+
+    @property
+    def name(self) -> str:
+        return self.driver.name
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        interval = self.driver.poll_interval_s
+        t0 = self._clock()
+        self._last_good = t0
+        k = 0
+        try:
+            while True:
+                deadline = t0 + k * interval
+                now = self._clock()
+                if now < deadline:
+                    await self._sleep(deadline - now)
+                    now = self._clock()
+                missed = int((now - deadline) // interval)
+                if missed > 0:
+                    self.stats.overruns_total += missed
+                    self._log_rate_limited("poll_overrun", skipped=missed)
+                    k += missed
+                    deadline = t0 + k * interval
+                self.stats.last_tick = now
+                self.stats.observe_lateness(max(0.0, now - deadline))
+                await self.poll_once()
+                k += 1
+        finally:
+            self._connected = False
+
+    async def poll_once(self) -> None:
+        """One poll: connect if needed, read, update the store and the device's quality."""
+        self.stats.polls_total += 1
+        now = self._clock()
+        try:
+            if not self._connected:
+                if now < self._next_connect:
+                    raise DeviceError(self.name, "waiting to reconnect")  # noqa: TRY301
+                async with asyncio.timeout(self.driver.timeout_s):
+                    await self.driver.connect()
+                self._connected = True
+                self.stats.reconnects_total += 1
+            async with asyncio.timeout(self.driver.timeout_s):
+                points = await self.driver.read()
+        except TimeoutError:
+            self.stats.timeouts_total += 1
+            self._failed(now, f"no answer within {self.driver.timeout_s * 1e3:.0f} ms")
+        except DeviceError as exc:
+            self._failed(now, str(exc))
+        except OSError as exc:
+            self._failed(now, f"{type(exc).__name__}: {exc}")
+        else:
+            self._succeeded(now)
+            self.store.update(points)
+
+    async def write(self, point: str, value: float) -> None:
+        """Write one point through the driver within its timeout."""
+        async with asyncio.timeout(self.driver.timeout_s):
+            await self.driver.write(point, value)
+
+    def _succeeded(self, now: float) -> None:
+        self._backoff_s = BACKOFF_MIN_S
+        self._last_good = now
+        self.stats.last_success_wall = self._wall()
+        if not self.stats.up:
+            log.info("device_up", device=self.name)
+        self.stats.up = True
+        self.stats.quality = Quality.GOOD
+        self.stats.last_error = None
+
+    def _failed(self, now: float, reason: str) -> None:
+        was_waiting = reason == "waiting to reconnect"
+        if not was_waiting:
+            self.stats.errors_total += 1
+            self.stats.last_error = reason
+            if self._connected:
+                self._connected = False
+                asyncio.get_running_loop().create_task(self._close_quietly())
+            self._next_connect = now + self._backoff_s
+            self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+            self._log_rate_limited("poll_failed", error=reason)
+        else:
+            self.stats.errors_total += 1
+        self.stats.up = False
+        target = (
+            Quality.INVALID
+            if now - self._last_good >= self.invalid_after_s
+            else Quality.QUESTIONABLE
+        )
+        if self.stats.quality is not target:
+            self.stats.quality = target
+            event = "device_invalid" if target is Quality.INVALID else "device_questionable"
+            log.warning(event, device=self.name, error=self.stats.last_error)
+        self.store.mark_device(self.name, target)
+
+    async def _close_quietly(self) -> None:
+        try:
+            async with asyncio.timeout(self.driver.timeout_s):
+                await self.driver.close()
+        except (TimeoutError, DeviceError, OSError) as exc:
+            log.debug("driver_close_failed", device=self.name, error=str(exc))
+
+    def _log_rate_limited(self, event: str, **kw: object) -> None:
+        now = self._clock()
+        if now - self._last_log >= LOG_EVERY_S:
+            self._last_log = now
+            log.warning(event, device=self.name, **kw)
