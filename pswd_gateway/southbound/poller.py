@@ -108,6 +108,10 @@ class PollStats:
         self._recent.clear()
 
 
+class _WaitingToReconnect(Exception):  # noqa: N818 - a signal, not an error
+    """The back-off since the last failure has not elapsed: this slot is skipped."""
+
+
 class Poller:
     """Polls one driver on absolute deadlines and writes readings into the store."""
 
@@ -171,13 +175,15 @@ class Poller:
         try:
             if not self._connected:
                 if now < self._next_connect:
-                    raise DeviceError(self.name, "waiting to reconnect")  # noqa: TRY301
+                    raise _WaitingToReconnect  # noqa: TRY301
                 async with asyncio.timeout(self.driver.timeout_s):
                     await self.driver.connect()
                 self._connected = True
                 self.stats.reconnects_total += 1
             async with asyncio.timeout(self.driver.timeout_s):
                 points = await self.driver.read()
+        except _WaitingToReconnect:
+            self._failed(now, None)
         except TimeoutError:
             self.stats.timeouts_total += 1
             self._failed(now, f"no answer within {self.driver.timeout_s * 1e3:.0f} ms")
@@ -204,10 +210,10 @@ class Poller:
         self.stats.quality = Quality.GOOD
         self.stats.last_error = None
 
-    def _failed(self, now: float, reason: str) -> None:
-        was_waiting = reason == "waiting to reconnect"
-        if not was_waiting:
-            self.stats.errors_total += 1
+    def _failed(self, now: float, reason: str | None) -> None:
+        """A failed slot; ``reason`` is None when the slot was skipped during back-off."""
+        self.stats.errors_total += 1
+        if reason is not None:
             self.stats.last_error = reason
             if self._connected:
                 self._connected = False
@@ -215,8 +221,6 @@ class Poller:
             self._next_connect = now + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
             self._log_rate_limited("poll_failed", error=reason)
-        else:
-            self.stats.errors_total += 1
         self.stats.up = False
         target = (
             Quality.INVALID

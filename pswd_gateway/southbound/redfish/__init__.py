@@ -1,0 +1,1 @@
+"""Redfish (DMTF): BMC telemetry and GPU power limits over HTTP(S)."""
