@@ -122,7 +122,8 @@ async def test_redfish_power_readings_arrive(gateway: Gateway, twin: Twin) -> No
     """The halls' BMCs report their racks' power; the two halls sum to the IT load."""
     await wait_for(
         lambda: all(gateway.store.get(f"{h}.total_power") for h in ("gpu_hall_a", "gpu_hall_b")),
-        10, "Redfish readings",
+        10,
+        "Redfish readings",
     )
     snap = gateway.store.snapshot(time.time())
     total = sum(snap.value(f"{h}.total_power") or 0.0 for h in ("gpu_hall_a", "gpu_hall_b"))
@@ -136,17 +137,29 @@ async def test_stopped_device_turns_questionable_then_invalid_and_recovers(
 ) -> None:
     """A device that stops answering is questionable at once, invalid later, good when back."""
     key = "bess.soc"
-    await wait_for(lambda: (p := gateway.store.get(key)) is not None and p.quality is Quality.GOOD,
-                   5, "a good BESS reading")
+    await wait_for(
+        lambda: (p := gateway.store.get(key)) is not None and p.quality is Quality.GOOD,
+        5,
+        "a good BESS reading",
+    )
     await twin.pause_device("bess")
-    await wait_for(lambda: gateway.store.get(key).quality is Quality.QUESTIONABLE,  # type: ignore[union-attr]
-                   5, "questionable")
-    await wait_for(lambda: gateway.store.get(key).quality is Quality.INVALID,  # type: ignore[union-attr]
-                   10, "invalid")
+    await wait_for(
+        lambda: gateway.store.get(key).quality is Quality.QUESTIONABLE,  # type: ignore[union-attr]
+        5,
+        "questionable",
+    )
+    await wait_for(
+        lambda: gateway.store.get(key).quality is Quality.INVALID,  # type: ignore[union-attr]
+        10,
+        "invalid",
+    )
     assert gateway.store.snapshot(time.time()).value(key) is None, "invalid is never a value"
     await twin.resume_device("bess")
-    await wait_for(lambda: gateway.store.get(key).quality is Quality.GOOD,  # type: ignore[union-attr]
-                   15, "recovery to good")
+    await wait_for(
+        lambda: gateway.store.get(key).quality is Quality.GOOD,  # type: ignore[union-attr]
+        15,
+        "recovery to good",
+    )
 
 
 async def test_metrics_show_site_and_poll_figures(gateway: Gateway) -> None:
@@ -159,9 +172,14 @@ async def test_metrics_show_site_and_poll_figures(gateway: Gateway) -> None:
         health = await client.get(f"{url}/healthz")
         ready = await client.get(f"{url}/readyz")
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    for name in ("pswd_grid_active_power_watts", "pswd_it_load_active_power_watts",
-                 "pswd_bess_state_of_charge_ratio", "pswd_poll_lateness_seconds",
-                 "pswd_poll_overruns", "pswd_device_up"):
+    for name in (
+        "pswd_grid_active_power_watts",
+        "pswd_it_load_active_power_watts",
+        "pswd_bess_state_of_charge_ratio",
+        "pswd_poll_lateness_seconds",
+        "pswd_poll_overruns",
+        "pswd_device_up",
+    ):
         assert name in families, name
     up = {s.labels["device"]: s.value for s in families["pswd_device_up"].samples}
     assert up["grid_meter"] == 1.0
@@ -177,11 +195,14 @@ async def test_metrics_pass_promtool(gateway: Gateway) -> None:
     assert gateway.metrics_listener is not None
     await asyncio.sleep(0.3)
     async with httpx.AsyncClient(timeout=5.0) as client:
-        text = (await client.get(
-            f"http://127.0.0.1:{gateway.metrics_listener.port}/metrics")).text
+        text = (await client.get(f"http://127.0.0.1:{gateway.metrics_listener.port}/metrics")).text
     proc = await asyncio.create_subprocess_exec(
-        "promtool", "check", "metrics", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "promtool",
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(text.encode()), 30)
     assert proc.returncode == 0, out.decode()
@@ -197,9 +218,11 @@ async def test_sigterm_stops_the_daemon_cleanly(twin: Twin, tmp_path: Path) -> N
     path = tmp_path / "gateway.toml"
     path.write_text(tomli_w.dumps(cfg), encoding="utf-8")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(  # noqa: ASYNC220 - a real process, waited on below with timeouts
+    proc = subprocess.Popen(
         [sys.executable, "-m", "pswd_gateway", "run", "--config", str(path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     try:
         assert proc.stdout is not None
@@ -223,4 +246,3 @@ async def test_sigterm_stops_the_daemon_cleanly(twin: Twin, tmp_path: Path) -> N
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-

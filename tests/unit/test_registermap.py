@@ -53,7 +53,7 @@ def test_integer_registers_round_trip(
     sf: int,
     use_sf: bool,
 ) -> None:
-    """decode(encode(raw × scale × 10^sf)) gives back the value for every integer type/order."""
+    """decode(encode(raw * scale * 10**sf)) gives back the value for every integer type/order."""
     lo, hi = INT_RANGES[data_type]
     raw = data.draw(st.integers(lo, hi))
     point = RegisterPoint(
@@ -92,7 +92,7 @@ def test_word_order_little_swaps_words() -> None:
 def test_value_that_does_not_fit_is_refused() -> None:
     """Encoding 40,000 into an int16 is an error that names the point and the type."""
     p = RegisterPoint(name="setpoint", address=0, type=DataType.INT16, unit="kW")
-    with pytest.raises(ValueError, match="setpoint.*int16"):
+    with pytest.raises(ValueError, match=r"setpoint.*int16"):
         encode_point(p, 40_000)
 
 
