@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pswd_gateway.config import GatewayConfig
+from pswd_gateway.logging import configure_logging
 from pswd_gateway.southbound.factory import build_driver
 from pswd_gateway.southbound.poller import Poller
 from pswd_gateway.store import PointStore
@@ -63,12 +64,18 @@ async def _start_servers(count: int) -> tuple[asyncio.subprocess.Process, list[i
         stdin=asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), timeout=60.0)
-    if not line:
-        await proc.wait()
-        raise RuntimeError(f"benchmark servers exited with {proc.returncode} before listening")
-    ports: list[int] = json.loads(line)["ports"]
-    return proc, ports
+    try:
+        async with asyncio.timeout(120.0):
+            while line := await proc.stdout.readline():
+                if line.startswith(b'{"ports"'):
+                    ports: list[int] = json.loads(line)["ports"]
+                    return proc, ports
+    except TimeoutError:
+        pass
+    if proc.returncode is None:
+        proc.kill()
+    await proc.wait()
+    raise RuntimeError(f"benchmark servers did not start (exit status {proc.returncode})")
 
 
 async def _stop_servers(proc: asyncio.subprocess.Process) -> float:
@@ -170,6 +177,7 @@ async def run_poll_bench(
     counts: list[int], interval_ms: int, duration_s: float, as_json: bool
 ) -> int:
     """Run the benchmark for each N in ``counts``; print a table or JSON. Exit code 0."""
+    configure_logging("warning", "json")
     console = Console(stderr=as_json)
     results: list[PollBenchResult] = []
     for n in counts:

@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 
+from pswd_gateway.logging import configure_logging
 from pswd_gateway.simulation.clock import SimClock
 from pswd_gateway.simulation.config import SimulationConfig
 from pswd_gateway.simulation.devices import GridMeterBehaviour, SiteContext
@@ -21,6 +22,7 @@ from pswd_gateway.simulation.sunspec_bank import SunSpecBank
 
 
 async def serve(count: int) -> None:
+    configure_logging("warning", "json")  # logs to stderr: stdout carries only the JSON lines
     cfg = SimulationConfig()
     site = SiteContext(SitePhysics(cfg), SimClock())
     servers = [
