@@ -178,7 +178,7 @@ async def run_poll_bench(
 ) -> int:
     """Run the benchmark for each N in ``counts``; print a table or JSON. Exit code 0."""
     configure_logging("warning", "json")
-    console = Console(stderr=as_json)
+    console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 140)
     results: list[PollBenchResult] = []
     for n in counts:
         console.print(f"polling {n} devices every {interval_ms} ms for {duration_s:g} s …")

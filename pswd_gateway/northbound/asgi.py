@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -15,6 +16,16 @@ from pswd_gateway.logging import get_logger
 __all__ = ["AsgiListener"]
 
 log = get_logger("asgi")
+
+START_TIMEOUT_S = 10.0
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside our event loop: the daemon owns SIGINT/SIGTERM, not the listener."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 @dataclass
@@ -31,7 +42,9 @@ class AsgiListener:
 
     async def start(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets it can tell are TCP;
+        # without it every response waits ~40 ms for Nagle's algorithm.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self.port))
@@ -52,12 +65,16 @@ class AsgiListener:
             server_header=False,
             timeout_graceful_shutdown=1,
         )
-        self._server = uvicorn.Server(config)
+        self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=self.name)
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
         while not self._server.started:
             if self._task.done():
                 await self._task  # surfaces the start-up error
                 raise RuntimeError(f"{self.name} listener stopped during start-up")
+            if asyncio.get_running_loop().time() > deadline:
+                await self.stop()
+                raise RuntimeError(f"{self.name} listener did not start within {START_TIMEOUT_S} s")
             await asyncio.sleep(0.01)
         log.info("listener_started", listener=self.name, host=self.host, port=self.port)
 

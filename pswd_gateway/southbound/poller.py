@@ -44,6 +44,8 @@ LATENESS_BUCKETS_S: tuple[float, ...] = (
     1.0,
 )
 RESERVOIR = 10_000
+CONNECT_TIMEOUT_S = 2.0
+"""Connecting (TCP, sessions, SunSpec chain check) is not latency-critical: at least this long."""
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 LOG_EVERY_S = 10.0
@@ -176,7 +178,7 @@ class Poller:
             if not self._connected:
                 if now < self._next_connect:
                     raise _WaitingToReconnect  # noqa: TRY301
-                async with asyncio.timeout(self.driver.timeout_s):
+                async with asyncio.timeout(max(self.driver.timeout_s, CONNECT_TIMEOUT_S)):
                     await self.driver.connect()
                 self._connected = True
                 self.stats.reconnects_total += 1

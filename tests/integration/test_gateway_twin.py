@@ -102,7 +102,8 @@ async def test_grid_meter_readings_reach_the_store_at_10_hz_matching_the_twin(
 
 async def test_bess_and_thermal_points_arrive_in_si_units(gateway: Gateway) -> None:
     """SunSpec scale factors and the thermal register map decode to SI units."""
-    await wait_for(lambda: gateway.store.get("thermal.chw_supply_temp") is not None, 5, "thermal")
+    for key in ("thermal.chw_supply_temp", "bess.soc", "bess.power_rating"):
+        await wait_for(lambda k=key: gateway.store.get(k) is not None, 10, key)  # type: ignore[misc]
     snap = gateway.store.snapshot(time.time())
     soc = snap.value("bess.soc")
     assert soc is not None

@@ -1,5 +1,5 @@
 """The twin's Redfish BMCs: one server per GPU hall on loopback, paused and resumed like the
-Modbus devices. Skipped while the Redfish twin server is not implemented."""
+Modbus devices."""
 
 from __future__ import annotations
 
@@ -23,10 +23,7 @@ async def twin_with_bmcs(twin_config: SimulationConfig) -> AsyncIterator[Twin]:
     )
     twin = Twin(cfg)
     try:
-        try:
-            await twin.start()
-        except NotImplementedError:
-            pytest.skip("the Redfish twin server is not implemented yet")
+        await twin.start()
         yield twin
     finally:
         await twin.stop()

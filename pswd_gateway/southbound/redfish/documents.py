@@ -1,0 +1,289 @@
+"""Reading Redfish documents: pure functions from decoded JSON to rack samples, no I/O.
+
+Everything here takes whatever a BMC sent (any JSON value, possibly hostile) and either returns
+plain data or raises :class:`~pswd_gateway.errors.DeviceError` — never ``KeyError``,
+``TypeError`` or ``OverflowError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import unquote
+
+from pswd_gateway.errors import DeviceError
+
+__all__ = [
+    "ChassisNames",
+    "ChassisSample",
+    "ControlLimits",
+    "error_summary",
+    "link",
+    "members",
+    "parse_control",
+    "parse_environment_metrics",
+    "parse_metric_report",
+    "safe_path",
+]
+
+MAX_PATH_CHARS: Final = 2048
+
+# MetricProperty of a MetricReport entry: <chassis URI>/EnvironmentMetrics#/<property path>
+_METRIC_PROPERTY = re.compile(r"/redfish/v1/Chassis/([^/#?]+)/EnvironmentMetrics/?#/(.+)")
+_POWER, _INLET, _LIMIT = (
+    "PowerWatts/Reading",
+    "TemperatureCelsius/Reading",
+    "PowerLimitWatts/SetPoint",
+)
+_PROPERTIES: Final = frozenset({_POWER, _INLET, _LIMIT})
+_UNSAFE = re.compile(r"[^a-z0-9_]+")
+_PATH_OK = re.compile(r"/[\x21-\x7e]*")
+_RESERVED: Final = frozenset({"total"})
+"""Prefixes that would collide with the device's own points (``total_power``)."""
+_MAX_PREFIX: Final = 48
+
+
+@dataclass(frozen=True, slots=True)
+class ChassisSample:
+    """One chassis' readings in SI units; ``None`` where the BMC gave no usable value.
+
+    ``source_ts`` is the BMC's timestamp of the reading (POSIX seconds), or when the request
+    was sent when the BMC gave none.
+    """
+
+    power_w: float | None = None
+    inlet_temp_c: float | None = None
+    power_limit_w: float | None = None
+    source_ts: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ControlLimits:
+    """What a ``Control`` resource says about a power limit."""
+
+    set_point_w: float | None
+    allowable_min_w: float | None
+    allowable_max_w: float | None
+    control_mode: str | None
+
+    def allows(self, watts: float) -> bool:
+        """Whether ``watts`` is finite and inside [AllowableMin, AllowableMax] (when given)."""
+        if not math.isfinite(watts):
+            return False
+        lo, hi = self.allowable_min_w, self.allowable_max_w
+        return (lo is None or watts >= lo) and (hi is None or watts <= hi)
+
+
+def number(value: object) -> float | None:
+    """A finite float from a JSON number or numeric string; ``None`` for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        result = float(value) if abs(value) < 1e300 else math.inf
+    elif isinstance(value, str) and len(value) <= 64:
+        try:
+            result = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return result if math.isfinite(result) else None
+
+
+def timestamp(value: object) -> float | None:
+    """POSIX seconds from an ISO 8601 / RFC 3339 string; ``None`` when it is not one.
+
+    A time without a zone is taken as UTC (Redfish requires an offset; some BMCs omit it).
+    """
+    if not isinstance(value, str) or not 10 <= len(value) <= 64:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        result = parsed.timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+    return result if math.isfinite(result) else None
+
+
+def safe_path(ref: object) -> str | None:
+    """A service-relative path from an ``@odata.id`` / URI property, fragment removed.
+
+    Only absolute paths on the same service are accepted: a document that points at another
+    host (``http://elsewhere/…``, ``//elsewhere/…``) would otherwise receive our session token.
+    """
+    if not isinstance(ref, str) or len(ref) > MAX_PATH_CHARS:
+        return None
+    path = ref.partition("#")[0]
+    if not _PATH_OK.fullmatch(path) or path.startswith("//"):
+        return None
+    return path
+
+
+def link(doc: object, key: str) -> str | None:
+    """The path of a navigation property ``{"key": {"@odata.id": "…"}}``."""
+    if not isinstance(doc, Mapping):
+        return None
+    ref = doc.get(key)
+    return safe_path(ref.get("@odata.id")) if isinstance(ref, Mapping) else None
+
+
+def members(doc: object) -> list[str]:
+    """The member paths of a resource collection (bad members are skipped)."""
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("Members"), list):
+        return []
+    out: list[str] = []
+    for member in doc["Members"]:
+        path = safe_path(member.get("@odata.id")) if isinstance(member, Mapping) else None
+        if path is not None:
+            out.append(path)
+    return out
+
+
+def chassis_id_of(path: str) -> str:
+    """The last segment of a chassis URI, percent-decoded (``…/Chassis/R%201`` → ``R 1``)."""
+    return unquote(path.rstrip("/").rsplit("/", 1)[-1])
+
+
+def parse_metric_report(device: str, doc: object, received: float) -> dict[str, ChassisSample]:
+    """Per-chassis samples from a ``MetricReport`` (keyed by chassis id).
+
+    Entries whose ``MetricProperty`` is a chassis' ``EnvironmentMetrics#/PowerWatts/Reading``,
+    ``…/TemperatureCelsius/Reading`` or ``…/PowerLimitWatts/SetPoint`` are used; other entries and
+    entries with a value that is not a finite number are skipped. Timestamps come from the entry,
+    else the report, else ``received``. Raises :class:`DeviceError` when ``doc`` is not a
+    MetricReport at all.
+    """
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("MetricValues"), list):
+        raise DeviceError(device, "the metric report has no MetricValues list")
+    report_ts = timestamp(doc.get("Timestamp"))
+    default_ts = received if report_ts is None else report_ts
+    found: dict[str, dict[str, float]] = {}
+    stamps: dict[str, float] = {}
+    for entry in doc["MetricValues"]:
+        if not isinstance(entry, Mapping):
+            continue
+        prop = entry.get("MetricProperty")
+        match = _METRIC_PROPERTY.fullmatch(prop) if isinstance(prop, str) else None
+        if match is None or match.group(2) not in _PROPERTIES:
+            continue
+        value = number(entry.get("MetricValue"))
+        if value is None:
+            continue
+        cid = unquote(match.group(1))
+        found.setdefault(cid, {})[match.group(2)] = value
+        ts = timestamp(entry.get("Timestamp"))
+        stamps[cid] = min(stamps.get(cid, math.inf), default_ts if ts is None else ts)
+    return {
+        cid: ChassisSample(
+            power_w=values.get(_POWER),
+            inlet_temp_c=values.get(_INLET),
+            power_limit_w=values.get(_LIMIT),
+            source_ts=stamps[cid],
+        )
+        for cid, values in found.items()
+    }
+
+
+def _reading(doc: Mapping[str, Any], section: str, field: str) -> float | None:
+    excerpt = doc.get(section)
+    return number(excerpt.get(field)) if isinstance(excerpt, Mapping) else None
+
+
+def parse_environment_metrics(device: str, doc: object, sent: float) -> ChassisSample:
+    """A chassis sample from its ``EnvironmentMetrics`` resource (no timestamp: ``sent``).
+
+    A limit whose ``ControlMode`` is ``Disabled`` is no limit.
+    """
+    if not isinstance(doc, Mapping):
+        raise DeviceError(device, "EnvironmentMetrics is not a JSON object")
+    limit = doc.get("PowerLimitWatts")
+    disabled = isinstance(limit, Mapping) and limit.get("ControlMode") == "Disabled"
+    return ChassisSample(
+        power_w=_reading(doc, "PowerWatts", "Reading"),
+        inlet_temp_c=_reading(doc, "TemperatureCelsius", "Reading"),
+        power_limit_w=None if disabled else _reading(doc, "PowerLimitWatts", "SetPoint"),
+        source_ts=sent,
+    )
+
+
+def power_limit_uri(doc: object) -> str | None:
+    """Where ``EnvironmentMetrics.PowerLimitWatts`` says its Control lives."""
+    if not isinstance(doc, Mapping):
+        return None
+    excerpt = doc.get("PowerLimitWatts")
+    return safe_path(excerpt.get("DataSourceUri")) if isinstance(excerpt, Mapping) else None
+
+
+def parse_control(device: str, doc: object) -> ControlLimits:
+    """The set point and its allowed range from a ``Control`` resource."""
+    if not isinstance(doc, Mapping):
+        raise DeviceError(device, "the Control resource is not a JSON object")
+    mode = doc.get("ControlMode")
+    return ControlLimits(
+        set_point_w=number(doc.get("SetPoint")),
+        allowable_min_w=number(doc.get("AllowableMin")),
+        allowable_max_w=number(doc.get("AllowableMax")),
+        control_mode=mode if isinstance(mode, str) else None,
+    )
+
+
+def error_summary(body: object) -> str:
+    """The first message of a Redfish error body (``error.@Message.ExtendedInfo``), or ``""``."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("error"), Mapping):
+        return ""
+    error = body["error"]
+    info = error.get("@Message.ExtendedInfo")
+    if isinstance(info, list) and info and isinstance(info[0], Mapping):
+        message, message_id = info[0].get("Message"), info[0].get("MessageId")
+    else:
+        message, message_id = error.get("message"), error.get("code")
+    parts = [str(p)[:300] for p in (message_id, message) if isinstance(p, str) and p]
+    return ": ".join(parts)
+
+
+class ChassisNames:
+    """Point-name prefixes for chassis ids, stable and unique.
+
+    ``Rack001`` → ``rack001``; characters outside ``[a-z0-9_]`` become ``_``; a prefix that would
+    not start with a letter gets ``c_``. Two ids that would share a prefix (``Rack-1``,
+    ``rack_1``), an id that would shadow ``total_power``, and over-long ids get a short hash of the
+    id appended, so every point name matches ``^[a-z][a-z0-9_]*$`` and names never collide.
+    """
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._prefix: dict[str, str] = {}
+        self._chassis: dict[str, str] = {}
+        for cid in sorted(set(ids)):
+            self.prefix(cid)
+
+    def prefix(self, chassis_id: str) -> str:
+        """The prefix of ``chassis_id`` (assigned on first use)."""
+        known = self._prefix.get(chassis_id)
+        if known is not None:
+            return known
+        base = _UNSAFE.sub("_", chassis_id.lower()).strip("_")
+        if not base[:1].isalpha():
+            base = f"c_{base}".rstrip("_")
+        salt = 0
+        while base in self._chassis or base in _RESERVED or len(base) > _MAX_PREFIX:
+            key = f"{salt}:{chassis_id}".encode("utf-8", "replace")
+            digest = hashlib.blake2s(key, digest_size=4).hexdigest()
+            base = f"{base[: _MAX_PREFIX - 9].rstrip('_')}_{digest}"
+            salt += 1
+        self._prefix[chassis_id] = base
+        self._chassis[base] = chassis_id
+        return base
+
+    def chassis(self, prefix: str) -> str | None:
+        """The chassis id behind a prefix, ``None`` when no chassis has it."""
+        return self._chassis.get(prefix)
+
+    def __len__(self) -> int:
+        return len(self._prefix)
