@@ -11,6 +11,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from pswd_gateway import __version__
+from pswd_gateway.cli_workload import workload_app
 from pswd_gateway.config import DEFAULT_CONFIG, load_config
 from pswd_gateway.errors import ConfigError
 
@@ -21,8 +22,15 @@ app = typer.Typer(
 )
 config_app = typer.Typer(no_args_is_help=True, help="Check configuration files.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks behind docs/benchmarks.md.")
+token_app = typer.Typer(no_args_is_help=True, help="Bearer tokens of the workload API.")
+api_app = typer.Typer(no_args_is_help=True, help="The workload API's OpenAPI document.")
+audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
+app.add_typer(workload_app, name="workload")
+app.add_typer(token_app, name="token")
+app.add_typer(api_app, name="api")
+app.add_typer(audit_app, name="audit")
 
 ConfigOption = Annotated[
     Path | None,
@@ -141,6 +149,108 @@ def bench_poll(
     from pswd_gateway.bench.poll import run_poll_bench  # noqa: PLC0415
 
     raise typer.Exit(asyncio.run(run_poll_bench(devices, interval_ms, duration_s, as_json)))
+
+
+@bench_app.command("api")
+def bench_api(
+    rate: Annotated[float, typer.Option(min=1.0, help="POST requests per second.")] = 200.0,
+    duration_s: Annotated[float, typer.Option(min=1.0, help="Measured time.")] = 20.0,
+    preload: Annotated[int, typer.Option(min=0, help="Workloads journalled first.")] = 1000,
+    solver: Annotated[
+        list[int] | None,
+        typer.Option("--solver", help="Also time the MILP re-plan for N workloads (repeatable)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """POST latency at a fixed rate against a real `pswd-gateway run`, and solver times."""
+    from pswd_gateway.bench.api import run_api_bench  # noqa: PLC0415
+
+    raise typer.Exit(
+        asyncio.run(run_api_bench(rate, duration_s, preload, solver or [100, 1000], as_json))
+    )
+
+
+@token_app.command("new")
+def token_new(
+    name: Annotated[str, typer.Option(help="Who holds it (shown in the audit log).")],
+    role: Annotated[str, typer.Option(help="viewer, submitter, operator or admin.")],
+) -> None:
+    """Make a random token; print it once, and the [[api.tokens]] entry that admits it."""
+    import secrets  # noqa: PLC0415
+
+    from pswd_gateway.config import ApiTokenConfig  # noqa: PLC0415
+    from pswd_gateway.northbound.http_api.security import hash_token  # noqa: PLC0415
+
+    token = "pswd_" + secrets.token_urlsafe(32)
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    try:
+        entry = ApiTokenConfig(name=name, role=role, sha256=hash_token(token))
+    except ValidationError as exc:
+        from pswd_gateway.config import format_validation_error  # noqa: PLC0415
+
+        for path, message in format_validation_error(exc):
+            print(f"{path}: {message}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    print(f"token (give it to {name}; it is not stored anywhere): {token}")
+    print()
+    print("[[api.tokens]]")
+    print(f'name = "{entry.name}"')
+    print(f'role = "{entry.role}"')
+    print(f'sha256 = "{entry.sha256}"')
+
+
+@token_app.command("hash")
+def token_hash(token: Annotated[str, typer.Argument(help="The token to hash.")]) -> None:
+    """Print the SHA-256 that api.tokens stores for TOKEN."""
+    from pswd_gateway.northbound.http_api.security import hash_token  # noqa: PLC0415
+
+    print(hash_token(token))
+
+
+@api_app.command("spec")
+def api_spec(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here (default: stdout).")
+    ] = None,
+) -> None:
+    """Print the OpenAPI document (docs/api.yaml is this output, checked in)."""
+    from pswd_gateway.northbound.http_api.spec import openapi_yaml  # noqa: PLC0415
+
+    text = openapi_yaml()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        print(f"wrote {output}")
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOption = None) -> None:
+    """Walk the audit chain in the journal; exit 1 at the first broken link."""
+    from pswd_gateway.journal import Journal, JournalError  # noqa: PLC0415
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        _fail(exc)
+    path = cfg.storage.journal_path
+    if not path.exists():
+        print(f"{path}: no journal yet")
+        raise typer.Exit(1)
+    try:
+        journal = Journal(path, cfg.storage.journal_synchronous)
+    except JournalError as exc:
+        print(str(exc), file=sys.stderr)
+        raise typer.Exit(1) from None
+    try:
+        count, broken = journal.verify_audit()
+    finally:
+        journal.close()
+    if broken is not None:
+        print(f"{path}: audit chain broken at entry {broken} (after {count} good entries)")
+        raise typer.Exit(1)
+    print(f"OK: {count} audit entries, chain intact ({path})")
 
 
 def _fail(exc: ConfigError) -> NoReturn:

@@ -7,12 +7,14 @@ with its TOML path, e.g. ``devices[2].poll_interval_ms: must be ≥ 10``.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,11 +29,17 @@ from pswd_gateway.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "DEMO_TOKEN_SHA256",
     "DEVICE_MAPS_DIR",
+    "ApiConfig",
+    "ApiTokenConfig",
+    "ForecastConfig",
     "GatewayConfig",
     "ListenerConfig",
     "ModbusDeviceConfig",
     "RedfishDeviceConfig",
+    "Role",
+    "SchedulingConfig",
     "format_validation_error",
     "is_loopback",
     "load_config",
@@ -144,13 +152,148 @@ class ListenerConfig(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)]
 
 
+class TlsListenerConfig(ListenerConfig):
+    """A listener that must use TLS whenever it is reachable from another machine."""
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_off_loopback(self) -> TlsListenerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or none")
+        if self.enabled and self.tls_cert is None and not is_loopback(self.host):
+            raise ValueError(
+                f"a plaintext listener on {self.host} is reachable from other machines; "
+                "set tls_cert and tls_key (see certs/README.md) or bind 127.0.0.1"
+            )
+        return self
+
+
 class ListenersConfig(_Strict):
     metrics: ListenerConfig = ListenerConfig(port=9464)
     """Prometheus ``/metrics`` plus ``/healthz`` and ``/readyz``."""
+    api: TlsListenerConfig = TlsListenerConfig(port=8080)
+    """The workload HTTP API (``/v1``)."""
+
+
+Role = Literal["viewer", "submitter", "operator", "admin"]
+
+DEMO_TOKEN_SHA256 = {
+    hashlib.sha256(f"pswd-demo-{role}".encode()).hexdigest(): role
+    for role in ("submitter", "viewer", "operator", "admin")
+}
+"""The published demo tokens (``pswd-demo-<role>``): refused on any non-loopback listener."""
+
+
+class ApiTokenConfig(_Strict):
+    """A bearer token of the HTTP API, stored as its SHA-256 (``pswd-gateway token hash``)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+    role: Role
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ApiConfig(_Strict):
+    tokens: tuple[ApiTokenConfig, ...] = ()
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1_048_576
+    """Larger request bodies get 413 before they are read."""
+    rate_limit_per_s: Annotated[float, Field(gt=0, le=100_000)] = 500.0
+    """Requests per second per token (burst: one second's worth); beyond it 429."""
+    sse_heartbeat_s: Annotated[float, Field(gt=0, le=300)] = 15.0
+    page_size_max: Annotated[int, Field(ge=1, le=10_000)] = 500
+
+    @model_validator(mode="after")
+    def _unique(self) -> ApiConfig:
+        names = [t.name for t in self.tokens]
+        if len(set(names)) != len(names):
+            raise ValueError("token names must be unique")
+        hashes = [t.sha256 for t in self.tokens]
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("two tokens have the same hash")
+        return self
+
+
+class ForecastConfig(_Strict):
+    """Where the carbon-intensity (and optionally price) forecast comes from."""
+
+    source: Literal["simulated", "file", "carbon_aware_sdk"] = "simulated"
+    path: Path | None = None
+    """``file``: a CSV (``time,carbon_g_per_kwh[,price_per_mwh]``) or JSON file."""
+    url: str | None = None
+    """``carbon_aware_sdk``: base URL of a Green Software Foundation Carbon Aware SDK WebAPI."""
+    location: str = "pswd-demo"
+    refresh_s: Annotated[float, Field(ge=1, le=86_400)] = 300.0
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+    @model_validator(mode="after")
+    def _needs(self) -> ForecastConfig:
+        if self.source == "file" and self.path is None:
+            raise ValueError("source 'file' needs path")
+        if self.source == "carbon_aware_sdk" and not self.url:
+            raise ValueError("source 'carbon_aware_sdk' needs url")
+        return self
+
+
+class DemandResponseWindow(_Strict):
+    """A period in which the grid operator asked for a lower import limit."""
+
+    start: AwareDatetime
+    end: AwareDatetime
+    import_limit_mw: Annotated[float, Field(ge=0, le=10_000)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DemandResponseWindow:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class SchedulingConfig(_Strict):
+    """Carbon-aware placement of announced workloads and the site's planning figures."""
+
+    slot_minutes: Annotated[int, Field(ge=1, le=60)] = 5
+    horizon_h: Annotated[int, Field(ge=1, le=168)] = 48
+    base_load_mw: Annotated[float, Field(ge=0, le=10_000)] = 30.0
+    """Site load that is not an announced workload (idle IT, cooling, auxiliaries)."""
+    cooling_capacity_mw: Annotated[float, Field(gt=0, le=10_000)] = 400.0
+    """Heat the chilled-water plant can reject (≈ IT power it can carry)."""
+    bess_power_mw: Annotated[float, Field(ge=0, le=10_000)] = 250.0
+    bess_usable_energy_mwh: Annotated[float, Field(ge=0, le=100_000)] = 96.0
+    chw_supply_setpoint_c: Annotated[float, Field(ge=5, le=30)] = 18.0
+    precool_max_k: Annotated[float, Field(ge=0, le=5)] = 1.0
+    """Largest pre-cooling offset, for a workload as large as the cooling capacity."""
+    precool_lead_s: Annotated[float, Field(ge=0, le=7200)] = 300.0
+    heat_recovery_max_fraction: Annotated[float, Field(ge=0, le=1)] = 0.6
+    heat_demand_mw: Annotated[float, Field(ge=0, le=10_000)] = 40.0
+    price_weight_kg_per_currency: Annotated[float, Field(ge=0)] = 0.0
+    """Objective = kg CO2e + this x energy cost (0: carbon only)."""
+    prepare_lead_s: Annotated[float, Field(ge=0, le=86_400)] = 900.0
+    """How long before its start a workload moves to ``preparing``."""
+    ready_lead_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    """How long before its start a prepared workload is ``ready``."""
+    replan_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    """Global re-optimisation at most this often, when something changed."""
+    solver_time_limit_s: Annotated[float, Field(gt=0, le=600)] = 2.0
+    forecast: ForecastConfig = ForecastConfig()
+    demand_response: tuple[DemandResponseWindow, ...] = ()
+
+    @model_validator(mode="after")
+    def _leads(self) -> SchedulingConfig:
+        if self.ready_lead_s > self.prepare_lead_s:
+            raise ValueError("ready_lead_s must not exceed prepare_lead_s")
+        return self
 
 
 class StorageConfig(_Strict):
     state_dir: Path = Path("var")
+    """Relative paths are taken from the working directory."""
+    journal_synchronous: Literal["full", "normal"] = "full"
+    """SQLite ``synchronous`` in WAL mode: ``full`` survives power loss, ``normal`` a crash."""
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "pswd.db"
 
 
 class LoggingConfig(_Strict):
@@ -178,6 +321,8 @@ class GatewayConfig(BaseSettings):
     site: SiteConfig = SiteConfig()
     devices: tuple[DeviceConfig, ...] = ()
     listeners: ListenersConfig = ListenersConfig()
+    api: ApiConfig = ApiConfig()
+    scheduling: SchedulingConfig = SchedulingConfig()
     storage: StorageConfig = StorageConfig()
     logging: LoggingConfig = LoggingConfig()
     daemon: DaemonConfig = DaemonConfig()
@@ -205,6 +350,14 @@ class GatewayConfig(BaseSettings):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"device names must be unique; repeated: {', '.join(dupes)}")
+        demo = [t.name for t in self.api.tokens if t.sha256 in DEMO_TOKEN_SHA256]
+        api = self.listeners.api
+        if demo and api.enabled and not is_loopback(api.host):
+            raise ValueError(
+                f"api.tokens {', '.join(demo)} are the published demo tokens and listeners.api "
+                f"binds {api.host}: demo credentials are for loopback only; "
+                "create your own with `pswd-gateway token new`"
+            )
         return self
 
     def device(self, name: str) -> ModbusDeviceConfig | RedfishDeviceConfig:

@@ -1,8 +1,10 @@
 """The daemon: wires the store, pollers and listeners; supervision, readiness, systemd, signals.
 
-Start order: store → drivers and pollers → metrics/health listener → READY=1. Stop order is the
-reverse. Each poller runs in a supervised task: a crash is logged, counted, and the task is
-restarted after a back-off; the systemd watchdog is fed only while every loop ticks on time.
+Start order: store → journal → forecast → workload service → drivers and pollers → metrics
+and API listeners → READY=1. Stop order is the reverse (event streams are ended first, so the
+API listener closes at once). Each poller runs in a supervised task: a crash is logged,
+counted, and the task is restarted after a back-off; the systemd watchdog is fed only while
+every loop ticks on time.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +31,16 @@ from starlette.routing import Route
 from pswd_gateway import __version__
 from pswd_gateway.config import GatewayConfig, SiteConfig, load_config
 from pswd_gateway.errors import ConfigError, PswdError
+from pswd_gateway.integration.feed import ForecastFeed
+from pswd_gateway.integration.forecasts import build_forecast_provider
+from pswd_gateway.journal import AsyncJournal
 from pswd_gateway.logging import configure_logging, get_logger
 from pswd_gateway.northbound.asgi import AsgiListener
+from pswd_gateway.northbound.http_api import ApiContext, create_app
+from pswd_gateway.northbound.http_api.site import site_view
 from pswd_gateway.northbound.metrics import GatewayCollector, make_registry
+from pswd_gateway.scheduling.scheduler import Scheduler
+from pswd_gateway.scheduling.service import WorkloadService
 from pswd_gateway.southbound.base import Driver
 from pswd_gateway.southbound.factory import build_driver
 from pswd_gateway.southbound.poller import Poller, PollStats
@@ -77,6 +87,10 @@ class Gateway:
     pollers: dict[str, Poller] = field(default_factory=dict, init=False)
     drivers: dict[str, Driver] = field(default_factory=dict, init=False)
     metrics_listener: AsgiListener | None = field(default=None, init=False)
+    api_listener: AsgiListener | None = field(default=None, init=False)
+    journal: AsyncJournal | None = field(default=None, init=False)
+    forecast: ForecastFeed | None = field(default=None, init=False)
+    workloads: WorkloadService | None = field(default=None, init=False)
     started_at: float = field(default=0.0, init=False)
     _supervised: dict[str, _Supervised] = field(default_factory=dict, init=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
@@ -94,6 +108,7 @@ class Gateway:
             site=self.config.site.name,
             devices=len(self.config.devices),
         )
+        await self._start_workloads()
         for device in self.config.devices:
             if device.enabled:
                 self._add_poller(device.name)
@@ -103,6 +118,22 @@ class Gateway:
                 self._health_app(), listener.host, listener.port, name="metrics"
             )
             await self.metrics_listener.start()
+        api = self.config.listeners.api
+        if api.enabled and self.workloads is not None:
+            context = ApiContext(
+                self.workloads,
+                site_view(self.store, self._site, self.workloads),
+                lambda: self._ready,
+            )
+            self.api_listener = AsgiListener(
+                create_app(self.config.api, context),
+                api.host,
+                api.port,
+                name="api",
+                tls_cert=api.tls_cert,
+                tls_key=api.tls_key,
+            )
+            await self.api_listener.start()
         await self._wait_first_polls(timeout_s=5.0)
         self._ready = True
         self.notifier.notify("READY=1")
@@ -115,7 +146,32 @@ class Gateway:
             "gateway_ready",
             pollers=len(self.pollers),
             metrics_port=self.metrics_listener.port if self.metrics_listener else None,
+            api_port=self.api_listener.port if self.api_listener else None,
         )
+
+    async def _start_workloads(self) -> None:
+        """Journal, forecast and the workload service (before any listener can reach them)."""
+        cfg = self.config
+        self.journal = AsyncJournal.open(cfg.storage.journal_path, cfg.storage.journal_synchronous)
+        sched = cfg.scheduling
+        slot_s = sched.slot_minutes * 60
+        self.forecast = ForecastFeed(
+            build_forecast_provider(sched.forecast, cfg.config_dir, slot_s),
+            horizon=timedelta(hours=sched.horizon_h),
+            slot_s=slot_s,
+            refresh_s=sched.forecast.refresh_s,
+        )
+        try:
+            async with asyncio.timeout(sched.forecast.timeout_s + 1.0):
+                await self.forecast.refresh()
+        except TimeoutError:
+            log.warning("forecast_first_fetch_slow", timeout_s=sched.forecast.timeout_s)
+        self.workloads = WorkloadService(
+            cfg, self.journal, Scheduler(sched, cfg.site), self.forecast.current
+        )
+        self.forecast.on_update = self.workloads.mark_dirty
+        await self.workloads.start()
+        self._start_task("forecast", self.forecast.run)
 
     async def stop(self) -> None:
         """Stop everything started, in reverse order, within the configured timeout."""
@@ -129,9 +185,17 @@ class Gateway:
                     self._watchdog_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await self._watchdog_task
-                if self.metrics_listener is not None:
-                    await self.metrics_listener.stop()
+                if self.workloads is not None:
+                    self.workloads.hub.close()  # ends event streams so the listener can close
+                for listener in (self.api_listener, self.metrics_listener):
+                    if listener is not None:
+                        await listener.stop()
+                await self._stop_task("forecast")
+                if self.workloads is not None:
+                    await self.workloads.stop()
                 await asyncio.gather(*(self._remove_poller(n) for n in list(self.pollers)))
+                if self.journal is not None:
+                    await self.journal.close()
         except TimeoutError:
             log.error("gateway_stop_timeout", timeout_s=deadline)
         log.info("gateway_stopped")
@@ -197,6 +261,8 @@ class Gateway:
             if now - max(p.stats.last_tick, self.started_at) > max(grace, 3 * p.stats.interval_s)
         ]
         dead = [name for name, s in self._supervised.items() if s.task is None or s.task.done()]
+        if self.workloads is not None:
+            dead += [t.get_name() for t in self.workloads.tasks if t.done()]
         bad = sorted(set(stale + dead))
         return not bad, bad
 
@@ -262,6 +328,18 @@ class Gateway:
         return self.config.site
 
     # ---- pollers -----------------------------------------------------------------------------
+
+    def _start_task(self, name: str, factory: Callable[[], Any]) -> None:
+        sup = _Supervised(name, factory)
+        self._supervised[name] = sup
+        sup.task = asyncio.create_task(self._supervise(sup), name=name)
+
+    async def _stop_task(self, name: str) -> None:
+        sup = self._supervised.pop(name, None)
+        if sup is not None and sup.task is not None:
+            sup.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sup.task
 
     def _add_poller(self, name: str) -> None:
         device = self.config.device(name)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 __all__ = [
     "ConfigError",
     "DeviceError",
     "DeviceTimeoutError",
+    "DoesNotFitError",
+    "ForbiddenError",
+    "ForecastError",
+    "IdempotencyConflictError",
+    "NotFoundError",
     "PswdError",
     "SecurityPolicyError",
     "WriteRefusedError",
@@ -44,3 +51,58 @@ class DeviceTimeoutError(DeviceError):
 
 class WriteRefusedError(DeviceError):
     """A write was refused before it reached the device (out of range, read-only point)."""
+
+
+class ForecastError(PswdError):
+    """A forecast source could not be read or said something invalid; ``source`` names it."""
+
+    def __init__(self, source: str, message: str) -> None:
+        self.source = source
+        super().__init__(f"forecast {source}: {message}")
+
+
+class DoesNotFitError(PswdError):
+    """A workload cannot be placed inside its window.
+
+    ``binding_constraint`` names the limit that rules it out; ``earliest_feasible_start`` is the
+    first start (past the deadline, within the planning horizon) at which it would fit, if any.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        binding_constraint: str,
+        earliest_feasible_start: datetime | None,
+    ) -> None:
+        self.reason = reason
+        self.binding_constraint = binding_constraint
+        self.earliest_feasible_start = earliest_feasible_start
+        super().__init__(reason)
+
+
+class NotFoundError(PswdError):
+    """No such object (a workload id, …); ``what`` names it."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(f"{what} not found")
+
+
+class ForbiddenError(PswdError):
+    """The caller's role does not allow this; the message says which role would."""
+
+
+class IdempotencyConflictError(PswdError):
+    """An ``Idempotency-Key`` reused for another body (``mismatch``) or still in flight."""
+
+    def __init__(self, key: str, kind: str) -> None:
+        self.key = key
+        self.kind = kind
+        if kind == "mismatch":
+            msg = (
+                f"Idempotency-Key {key!r} was already used with a different request body; "
+                "use a new key for a new request"
+            )
+        else:
+            msg = f"a request with Idempotency-Key {key!r} is still being processed; retry shortly"
+        super().__init__(msg)

@@ -7,6 +7,7 @@ import contextlib
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -37,6 +38,8 @@ class AsgiListener:
     port: int
     name: str = "http"
     stop_timeout_s: float = 2.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     _server: uvicorn.Server | None = field(default=None, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
 
@@ -64,6 +67,8 @@ class AsgiListener:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=1,
+            ssl_certfile=self.tls_cert,
+            ssl_keyfile=self.tls_key,
         )
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=self.name)

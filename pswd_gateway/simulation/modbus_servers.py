@@ -155,7 +155,7 @@ class ModbusDeviceServer:
             log.warning("modbus_device_shutdown_timeout", device=self.name, port=self._port)
         log.info("modbus_device_stopped", device=self.name, port=self._port)
 
-    async def _action(  # noqa: PLR0917 - pymodbus SimAction signature
+    async def _action(
         self,
         function_code: int,
         start_address: int,

@@ -1,0 +1,587 @@
+"""The journal: SQLite in WAL mode holding workloads, their transitions, events and the audit chain.
+
+Everything the gateway acknowledges is committed here first. One connection, used from one
+worker thread (:class:`AsyncJournal` hands calls to it), so writes are serialised and the audit
+hash chain has a single order. Schema changes are numbered migrations tracked in
+``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pswd_gateway.domain.workloads import (
+    Action,
+    Allocation,
+    Announcement,
+    StateChange,
+    Workload,
+    WorkloadState,
+)
+from pswd_gateway.errors import PswdError
+from pswd_gateway.logging import get_logger
+
+__all__ = [
+    "AsyncJournal",
+    "AuditEntry",
+    "EventRow",
+    "IdempotencyRecord",
+    "Journal",
+    "JournalError",
+    "Transition",
+    "format_ts",
+    "parse_ts",
+]
+
+log = get_logger("journal")
+
+T = TypeVar("T")
+
+GENESIS_HASH = "0" * 64
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: workloads, transitions, events, idempotency keys, audit chain
+    """
+    CREATE TABLE workloads (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        state TEXT NOT NULL,
+        announcement TEXT NOT NULL,
+        allocation TEXT,
+        earliest_start TEXT NOT NULL,
+        deadline TEXT NOT NULL,
+        scheduled_start TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX workloads_state_seq ON workloads (state, seq);
+    CREATE TABLE transitions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        workload_id TEXT NOT NULL REFERENCES workloads (id),
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        action TEXT,
+        reason TEXT,
+        actor TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX transitions_workload ON transitions (workload_id, id);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        type TEXT NOT NULL,
+        workload_id TEXT,
+        at TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE TABLE idempotency (
+        owner TEXT NOT NULL,
+        key TEXT NOT NULL,
+        request_sha256 TEXT NOT NULL,
+        workload_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (owner, key)
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        role TEXT,
+        action TEXT NOT NULL,
+        target TEXT,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    """,
+)
+
+
+class JournalError(PswdError):
+    """The journal cannot be opened or written; ``path`` names the database."""
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        self.path = str(path)
+        super().__init__(f"journal {path}: {message}")
+
+
+def format_ts(ts: datetime) -> str:
+    """UTC, microseconds, ``Z``: sorts as text in time order."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_ts(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One entry of the event stream; ``id`` is assigned on commit."""
+
+    type: str
+    workload_id: str | None
+    at: datetime
+    data: dict[str, Any]
+    id: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "workload_id": self.workload_id,
+            "at": format_ts(self.at),
+            "data": self.data,
+        }
+
+
+@dataclass(frozen=True)
+class Transition:
+    workload_id: str
+    from_state: WorkloadState | None
+    to_state: WorkloadState
+    action: Action | None
+    reason: str | None
+    actor: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit chain: who did what to which target, and how it ended."""
+
+    actor: str
+    role: str | None
+    action: str
+    target: str | None
+    outcome: Literal["accepted", "refused", "failed"]
+    detail: dict[str, Any]
+    at: datetime
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    owner: str
+    key: str
+    request_sha256: str
+    workload_id: str
+
+
+def _audit_hash(prev_hash: str, entry: AuditEntry) -> str:
+    body = json.dumps(
+        {
+            "at": format_ts(entry.at),
+            "actor": entry.actor,
+            "role": entry.role,
+            "action": entry.action,
+            "target": entry.target,
+            "outcome": entry.outcome,
+            "detail": entry.detail,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+class Journal:
+    """Synchronous journal on one SQLite connection. Use it from one thread at a time."""
+
+    def __init__(self, path: Path, synchronous: Literal["full", "normal"] = "full") -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(path, str(exc)) from exc
+        self._last_hash = self._tail_hash()
+
+    # ---- schema -------------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise JournalError(
+                self.path,
+                f"schema version {version} is newer than this gateway knows "
+                f"({len(MIGRATIONS)}); upgrade the gateway or restore a matching backup",
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self._tx():
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={number}")
+            log.info("journal_migrated", path=str(self.path), version=number)
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db, self._resync)
+
+    def _resync(self) -> None:
+        """After a rollback the audit tail is whatever the database holds."""
+        self._last_hash = self._tail_hash()
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def insert_workload(
+        self,
+        workload: Workload,
+        transitions: Sequence[Transition],
+        events: Sequence[EventRow],
+        audit: AuditEntry,
+        idempotency: IdempotencyRecord | None = None,
+    ) -> list[EventRow]:
+        """Commit a new workload with its first transitions, events and audit line atomically."""
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO workloads (id, owner, state, announcement, allocation, "
+                "earliest_start, deadline, scheduled_start, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    workload.id,
+                    workload.owner,
+                    workload.state.value,
+                    workload.announcement.model_dump_json(),
+                    _allocation_json(workload.allocation),
+                    format_ts(workload.announcement.earliest_start),
+                    format_ts(workload.announcement.timing_constraints.deadline),
+                    _scheduled(workload.allocation),
+                    format_ts(workload.created_at),
+                    format_ts(workload.updated_at),
+                ),
+            )
+            if idempotency is not None:
+                self._db.execute(
+                    "INSERT INTO idempotency (owner, key, request_sha256, workload_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        idempotency.owner,
+                        idempotency.key,
+                        idempotency.request_sha256,
+                        idempotency.workload_id,
+                        format_ts(workload.created_at),
+                    ),
+                )
+            self._insert_transitions(transitions)
+            committed = self._insert_events(events)
+            self._append_audit(audit)
+        return committed
+
+    def update_workload(
+        self,
+        workload_id: str,
+        state: WorkloadState,
+        allocation: Allocation | None,
+        updated_at: datetime,
+        transitions: Sequence[Transition],
+        events: Sequence[EventRow],
+        audit: AuditEntry | None,
+    ) -> list[EventRow]:
+        """Commit a state and/or allocation change with its transitions, events and audit."""
+        with self._tx():
+            cur = self._db.execute(
+                "UPDATE workloads SET state = ?, allocation = ?, scheduled_start = ?, "
+                "updated_at = ? WHERE id = ?",
+                (
+                    state.value,
+                    _allocation_json(allocation),
+                    _scheduled(allocation),
+                    format_ts(updated_at),
+                    workload_id,
+                ),
+            )
+            if cur.rowcount != 1:
+                raise JournalError(self.path, f"no workload {workload_id!r} to update")
+            self._insert_transitions(transitions)
+            committed = self._insert_events(events)
+            if audit is not None:
+                self._append_audit(audit)
+        return committed
+
+    def audit(self, entry: AuditEntry) -> None:
+        with self._tx():
+            self._append_audit(entry)
+
+    def _insert_transitions(self, transitions: Iterable[Transition]) -> None:
+        self._db.executemany(
+            "INSERT INTO transitions (workload_id, from_state, to_state, action, reason, actor, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    t.workload_id,
+                    t.from_state.value if t.from_state else None,
+                    t.to_state.value,
+                    t.action.value if t.action else None,
+                    t.reason,
+                    t.actor,
+                    format_ts(t.at),
+                )
+                for t in transitions
+            ],
+        )
+
+    def _insert_events(self, events: Iterable[EventRow]) -> list[EventRow]:
+        committed = []
+        for e in events:
+            cur = self._db.execute(
+                "INSERT INTO events (type, workload_id, at, data) VALUES (?, ?, ?, ?)",
+                (e.type, e.workload_id, format_ts(e.at), json.dumps(e.data, default=str)),
+            )
+            committed.append(
+                EventRow(e.type, e.workload_id, e.at, e.data, id=int(cur.lastrowid or 0))
+            )
+        return committed
+
+    def _append_audit(self, entry: AuditEntry) -> None:
+        digest = _audit_hash(self._last_hash, entry)
+        self._db.execute(
+            "INSERT INTO audit (at, actor, role, action, target, outcome, detail, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                format_ts(entry.at),
+                entry.actor,
+                entry.role,
+                entry.action,
+                entry.target,
+                entry.outcome,
+                json.dumps(entry.detail, sort_keys=True, default=str),
+                self._last_hash,
+                digest,
+            ),
+        )
+        self._last_hash = digest
+
+    def _tail_hash(self) -> str:
+        row = self._db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        return str(row[0]) if row else GENESIS_HASH
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def get_workload(self, workload_id: str, *, history: bool = True) -> Workload | None:
+        row = self._db.execute(
+            "SELECT id, owner, state, announcement, allocation, created_at, updated_at "
+            "FROM workloads WHERE id = ?",
+            (workload_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return self._workload(row, self._history(workload_id) if history else ())
+
+    def list_workloads(
+        self,
+        *,
+        states: Sequence[WorkloadState] = (),
+        owner: str | None = None,
+        start_after: datetime | None = None,
+        start_before: datetime | None = None,
+        after_seq: int = 0,
+        limit: int = 100,
+    ) -> tuple[list[Workload], int | None]:
+        """A page in announcement order and the cursor (``seq``) of the next page, if any.
+
+        ``start_after``/``start_before`` filter on the scheduled start.
+        """
+        where = ["seq > ?"]
+        args: list[Any] = [after_seq]
+        if states:
+            where.append(f"state IN ({', '.join('?' for _ in states)})")
+            args.extend(s.value for s in states)
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if start_after is not None:
+            where.append("scheduled_start >= ?")
+            args.append(format_ts(start_after))
+        if start_before is not None:
+            where.append("scheduled_start < ?")
+            args.append(format_ts(start_before))
+        rows = self._db.execute(
+            "SELECT id, owner, state, announcement, allocation, created_at, updated_at, seq "  # noqa: S608 - only placeholders are joined in
+            f"FROM workloads WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            (*args, limit + 1),
+        ).fetchall()
+        page = [self._workload(r, ()) for r in rows[:limit]]
+        cursor = int(rows[limit - 1][7]) if len(rows) > limit else None
+        return page, cursor
+
+    def active_workloads(self) -> list[Workload]:
+        """Every workload not in a final state, in announcement order (for start-up)."""
+        active = [s.value for s in WorkloadState if s not in _FINAL]
+        rows = self._db.execute(
+            "SELECT id, owner, state, announcement, allocation, created_at, updated_at "  # noqa: S608 - only placeholders are joined in
+            f"FROM workloads WHERE state IN ({', '.join('?' for _ in active)}) ORDER BY seq",
+            active,
+        ).fetchall()
+        return [self._workload(r, ()) for r in rows]
+
+    def count_workloads(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM workloads").fetchone()[0])
+
+    def find_idempotency(self, owner: str, key: str) -> IdempotencyRecord | None:
+        row = self._db.execute(
+            "SELECT request_sha256, workload_id FROM idempotency WHERE owner = ? AND key = ?",
+            (owner, key),
+        ).fetchone()
+        return IdempotencyRecord(owner, key, row[0], row[1]) if row else None
+
+    def events_after(self, event_id: int, limit: int = 500) -> list[EventRow]:
+        rows = self._db.execute(
+            "SELECT id, type, workload_id, at, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (event_id, limit),
+        ).fetchall()
+        return [EventRow(r[1], r[2], parse_ts(r[3]), json.loads(r[4]), id=r[0]) for r in rows]
+
+    def last_event_id(self) -> int:
+        row = self._db.execute("SELECT max(id) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def verify_audit(self) -> tuple[int, int | None]:
+        """Walk the audit chain: (entries checked, id of the first broken entry or None)."""
+        prev = GENESIS_HASH
+        count = 0
+        for row in self._db.execute(
+            "SELECT id, at, actor, role, action, target, outcome, detail, prev_hash, hash "
+            "FROM audit ORDER BY id"
+        ):
+            entry = AuditEntry(
+                actor=row[2],
+                role=row[3],
+                action=row[4],
+                target=row[5],
+                outcome=row[6],
+                detail=json.loads(row[7]),
+                at=parse_ts(row[1]),
+            )
+            if row[8] != prev or _audit_hash(prev, entry) != row[9]:
+                return count, int(row[0])
+            prev = row[9]
+            count += 1
+        return count, None
+
+    def audit_entries(self, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT id, at, actor, role, action, target, outcome, detail FROM audit "
+            "WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ).fetchall()
+        keys = ("id", "at", "actor", "role", "action", "target", "outcome", "detail")
+        return [dict(zip(keys, (*r[:7], json.loads(r[7])), strict=True)) for r in rows]
+
+    def _history(self, workload_id: str) -> tuple[StateChange, ...]:
+        rows = self._db.execute(
+            "SELECT to_state, at, action, reason FROM transitions WHERE workload_id = ? "
+            "ORDER BY id",
+            (workload_id,),
+        ).fetchall()
+        return tuple(
+            StateChange(
+                state=WorkloadState(r[0]),
+                at=parse_ts(r[1]),
+                action=Action(r[2]) if r[2] else None,
+                reason=r[3],
+            )
+            for r in rows
+        )
+
+    @staticmethod
+    def _workload(row: Sequence[Any], history: tuple[StateChange, ...]) -> Workload:
+        return Workload(
+            id=row[0],
+            owner=row[1],
+            state=WorkloadState(row[2]),
+            announcement=Announcement.model_validate_json(row[3]),
+            allocation=Allocation.model_validate_json(row[4]) if row[4] else None,
+            created_at=parse_ts(row[5]),
+            updated_at=parse_ts(row[6]),
+            history=history,
+        )
+
+
+_FINAL = frozenset(
+    {
+        WorkloadState.COMPLETED,
+        WorkloadState.CANCELLED,
+        WorkloadState.FAILED,
+        WorkloadState.EXPIRED,
+    }
+)
+
+
+def _allocation_json(allocation: Allocation | None) -> str | None:
+    return allocation.model_dump_json() if allocation is not None else None
+
+
+def _scheduled(allocation: Allocation | None) -> str | None:
+    return format_ts(allocation.scheduled_start) if allocation is not None else None
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``; ``ROLLBACK`` on any error."""
+
+    def __init__(self, db: sqlite3.Connection, on_rollback: Callable[[], None]) -> None:
+        self._db = db
+        self._on_rollback = on_rollback
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                raise
+        else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        self._on_rollback()
+
+
+class AsyncJournal:
+    """The journal for asyncio code: every call runs on the journal's own worker thread."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.sync = journal
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+
+    @classmethod
+    def open(cls, path: Path, synchronous: Literal["full", "normal"] = "full") -> AsyncJournal:
+        return cls(Journal(path, synchronous))
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        except sqlite3.Error as exc:
+            raise JournalError(self.sync.path, str(exc)) from exc
+
+    async def close(self) -> None:
+        await self.call(self.sync.close)
+        self._executor.shutdown(wait=True)

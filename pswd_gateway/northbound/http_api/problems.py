@@ -1,0 +1,175 @@
+"""RFC 9457 problem details: every error the API gives names what was wrong and where."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from pydantic_core import InitErrorDetails, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pswd_gateway.config import format_validation_error
+
+__all__ = [
+    "PROBLEM_JSON",
+    "FieldProblem",
+    "Problem",
+    "ProblemError",
+    "problem_response",
+    "validation_problems",
+]
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_PREFIX = "urn:pswd:problem:"
+
+
+class FieldProblem(BaseModel):
+    """One thing wrong with the request."""
+
+    pointer: str
+    """JSON Pointer into the body (``#/power_profile/peak_power_mw``), or ``query:NAME`` /
+    ``header:NAME`` for parameters."""
+    detail: str
+    rule: str
+    """The rule it broke, e.g. ``greater_than``, ``timezone_aware``, ``extra_forbidden``."""
+
+
+class Problem(BaseModel):
+    """An error answer (``application/problem+json``, RFC 9457)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[FieldProblem] | None = None
+
+
+class ProblemError(Exception):
+    """Raise to answer with a problem; ``extra`` adds members (e.g. ``earliest_feasible_start``)."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        errors: Sequence[FieldProblem] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.errors = list(errors) if errors is not None else None
+        self.extra = extra
+
+
+def problem_response(request: Request | None, exc: ProblemError) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": TYPE_PREFIX + exc.slug,
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+    }
+    if request is not None:
+        body["instance"] = request.url.path
+    if exc.errors is not None:
+        body["errors"] = [e.model_dump() for e in exc.errors]
+    body.update(exc.extra)
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers, media_type=PROBLEM_JSON)
+
+
+def validation_problems(errors: Sequence[Any]) -> list[FieldProblem]:
+    """FastAPI/pydantic validation errors → field problems with JSON pointers."""
+    out = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ())]
+        where, path = (loc[0], loc[1:]) if loc else ("body", [])
+        ctx = e.get("ctx") or {}
+        field = ctx.get("field")
+        if isinstance(field, str):
+            path = [*path, *field.split(".")]
+        detail = _detail(e)
+        if where == "body":
+            pointer = "#/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in path)
+        else:
+            pointer = f"{where}:{'.'.join(path)}"
+        out.append(FieldProblem(pointer=pointer, detail=detail, rule=str(e.get("type", "invalid"))))
+    return out
+
+
+def _detail(error: Mapping[str, Any]) -> str:
+    kind = error.get("type", "")
+    if kind == "json_invalid":
+        return f"the body is not valid JSON: {error.get('ctx', {}).get('error', 'parse error')}"
+    if kind == "timezone_aware":
+        return "must carry a timezone (e.g. 2026-11-25T14:00:00Z)"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    return _config_wording(error)
+
+
+def _config_wording(error: Mapping[str, Any]) -> str:
+    """The same wording as config errors (``must be > 0``) where a template exists."""
+    try:
+        err = ValidationError.from_exception_data(
+            "request",
+            [
+                InitErrorDetails(
+                    type=error["type"],
+                    loc=(),
+                    input=error.get("input"),
+                    ctx=error.get("ctx") or {},
+                )
+            ],
+        )
+    except (KeyError, TypeError, ValueError):
+        return str(error.get("msg", "invalid"))
+    (_, message), *_ = format_validation_error(err)
+    return message
+
+
+async def handle_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ProblemError)
+    return problem_response(request, exc)
+
+
+async def handle_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = validation_problems(exc.errors())
+    summary = "; ".join(f"{e.pointer}: {e.detail}" for e in errors[:5])
+    return problem_response(
+        request,
+        ProblemError(
+            422,
+            "validation",
+            "The request is not valid",
+            summary or "invalid request",
+            errors=errors,
+        ),
+    )
+
+
+async def handle_http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http")
+    detail = str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no such resource: {request.url.path}"
+    return problem_response(
+        request,
+        ProblemError(exc.status_code, slug, detail, detail, headers=exc.headers),
+    )

@@ -1,0 +1,130 @@
+"""Bearer tokens → identities, per-token rate limits, and the request-body size limit."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pswd_gateway.config import ApiConfig
+from pswd_gateway.domain.identity import Identity
+from pswd_gateway.northbound.http_api.problems import ProblemError, problem_response
+
+__all__ = ["BodyLimit", "RateLimiter", "TokenBook", "hash_token"]
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenBook:
+    """The configured tokens, looked up by the SHA-256 of what the caller presents."""
+
+    def __init__(self, config: ApiConfig) -> None:
+        self._by_hash = {t.sha256: Identity(t.name, t.role) for t in config.tokens}
+
+    def identify(self, token: str) -> Identity | None:
+        return self._by_hash.get(hash_token(token))
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+@dataclass
+class RateLimiter:
+    """A token bucket per identity: ``rate_per_s`` sustained, one second's worth of burst."""
+
+    rate_per_s: float
+    clock: Callable[[], float] = time.monotonic
+    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+
+    def allow(self, key: str) -> float:
+        """0 when allowed, else the seconds to wait."""
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(self.rate_per_s, now)
+        bucket.tokens = min(self.rate_per_s, bucket.tokens + (now - bucket.stamp) * self.rate_per_s)
+        bucket.stamp = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) / self.rate_per_s
+
+
+class BodyLimit:
+    """ASGI middleware: bodies over ``max_bytes`` get 413 before the app sees them.
+
+    The body is read here (bounded) and handed on whole, so an oversized upload costs at most
+    ``max_bytes`` of memory and never reaches JSON parsing.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            None,
+            ProblemError(
+                413,
+                "body-too-large",
+                "Request body too large",
+                f"the body exceeds the limit of {self.max_bytes} bytes (api.max_body_bytes)",
+                max_body_bytes=self.max_bytes,
+            ),
+        )
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,711 @@
+"""Carbon-aware placement of announced workloads, inside the site's limits.
+
+The planning grid is ``slot_minutes`` slots from the current slot over ``horizon_h`` (plus a
+day of tail so that jobs starting near the end are costed whole). A job at start ``s`` draws its
+mean power in every slot it overlaps, in proportion to the overlap. Per slot:
+
+- grid import: ``base + Σ jobs - d ≤ limit`` where ``limit`` is the site's import limit or a
+  lower demand-response limit, and ``d`` is battery discharge, ``0 ≤ d ≤ bess_power_mw``,
+  ``Σ d·Δt ≤ bess_usable_energy_mwh`` (no recharge credited: a conservative budget);
+- cooling: ``base + Σ jobs ≤ cooling_capacity_mw``.
+
+The objective is the jobs' carbon (kg CO2e from the forecast) plus ``price_weight x cost``, a
+tiny penalty on battery use, and a tiny earliness tie-break.
+
+Two entry points:
+
+- :meth:`Scheduler.place` puts one new job among the others, which stay where they are. This
+  is exact (every candidate start is checked) and vectorised; it answers the HTTP POST.
+- :meth:`Scheduler.optimise` re-plans every movable job together as a MILP solved by HiGHS
+  (highspy), warm-started from the current plan, within a time limit. Candidate starts per job
+  are pruned to ``max_candidates`` (the earliest, the latest, the current, and the lowest-carbon
+  rest), which keeps 1,000 jobs tractable.
+
+HiGHS was chosen over CP-SAT because the model is a plain MILP with continuous battery
+variables and real-valued carbon costs (CP-SAT needs integer coefficients), and highspy is a
+small wheel with no further dependencies.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import highspy
+import numpy as np
+import numpy.typing as npt
+
+from pswd_gateway.config import SchedulingConfig, SiteConfig
+from pswd_gateway.domain.workloads import (
+    Allocation,
+    Announcement,
+    BindingConstraint,
+    Explanation,
+    Flexibility,
+)
+from pswd_gateway.errors import DoesNotFitError
+from pswd_gateway.scheduling.model import (
+    CarbonForecast,
+    OptimiseResult,
+    PlacedJob,
+    SiteForecast,
+    SiteForecastSlot,
+)
+from pswd_gateway.scheduling.plan import build_physical_plan
+
+__all__ = ["Scheduler"]
+
+Array = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
+
+TAIL_S = 86_400
+BATTERY_PENALTY_KG_PER_MWH = 1e-3
+EARLINESS_KG_PER_SLOT = 1e-6
+UNPLACED_PENALTY_KG = 1e9
+TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class _Grid:
+    start: datetime
+    slot_s: int
+    n: int
+    """Slots including the tail."""
+    n_start: int
+    """Starts are allowed in the first ``n_start`` slots (the horizon)."""
+
+    @property
+    def slot_h(self) -> float:
+        return self.slot_s / 3600.0
+
+    def offset(self, t: datetime) -> float:
+        return (t - self.start).total_seconds() / self.slot_s
+
+    def at(self, offset: float) -> datetime:
+        return self.start + timedelta(seconds=offset * self.slot_s)
+
+
+@dataclass(frozen=True)
+class _Site:
+    grid: _Grid
+    limit: Array
+    dr: npt.NDArray[np.bool_]
+    carbon: Array
+    price: Array | None
+    fixed: Array
+    """Base load plus every job held where it is."""
+    source: str
+
+    @property
+    def base_excess_mwh(self) -> float:
+        """Battery energy the held jobs already need (import above the limit)."""
+        return float(np.maximum(self.fixed - self.limit, 0.0).sum()) * self.grid.slot_h
+
+
+@dataclass
+class _LoadCache:
+    grid: _Grid | None = None
+    jobs: dict[str, tuple[datetime, Array]] = field(default_factory=dict)
+    total: Array = field(default_factory=lambda: np.zeros(0))
+
+
+def _coverage(starts: Array, duration: float, n: int) -> Array:
+    """Fraction of each slot (columns) covered by a job starting at each offset (rows)."""
+    k = np.arange(n, dtype=float)
+    s = starts[:, None]
+    out: Array = np.clip(np.minimum(s + duration, k + 1.0) - np.maximum(s, k), 0.0, 1.0)
+    return out
+
+
+class Scheduler:
+    """Places workloads; stateless apart from its configuration (safe from several threads)."""
+
+    def __init__(
+        self, scheduling: SchedulingConfig, site: SiteConfig, max_candidates: int = 48
+    ) -> None:
+        self.cfg = scheduling
+        self.site = site
+        self.max_candidates = max_candidates
+        self._cache = _LoadCache()
+        self._cache_lock = threading.Lock()
+
+    # ---- the grid and the site over it ----
+
+    def _grid(self, now: datetime) -> _Grid:
+        slot_s = self.cfg.slot_minutes * 60
+        epoch = now.timestamp()
+        start = now - timedelta(seconds=epoch % slot_s)
+        n_start = self.cfg.horizon_h * 3600 // slot_s
+        return _Grid(start, slot_s, n_start + TAIL_S // slot_s, n_start)
+
+    def _held_load(self, grid: _Grid, fixed: Sequence[PlacedJob], *, cached: bool) -> Array:
+        """Base load plus the held jobs; ``cached`` keeps a running total between calls."""
+        if not cached:
+            load = np.full(grid.n, self.cfg.base_load_mw)
+            for job in fixed:
+                load += self._job_load(job.announcement, grid.offset(job.start), grid)
+            return load
+        with self._cache_lock:
+            cache = self._cache
+            if cache.grid != grid:
+                cache.grid = grid
+                cache.jobs = {}
+                cache.total = np.full(grid.n, self.cfg.base_load_mw)
+            seen = set()
+            for job in fixed:
+                seen.add(job.id)
+                old = cache.jobs.get(job.id)
+                if old is not None and old[0] == job.start:
+                    continue
+                if old is not None:
+                    cache.total -= old[1]
+                vec = self._job_load(job.announcement, grid.offset(job.start), grid)
+                cache.jobs[job.id] = (job.start, vec)
+                cache.total += vec
+            for gone in [k for k in cache.jobs if k not in seen]:
+                cache.total -= cache.jobs.pop(gone)[1]
+            return cache.total.copy()
+
+    def _site(
+        self,
+        grid: _Grid,
+        forecast: CarbonForecast,
+        fixed: Sequence[PlacedJob],
+        *,
+        cached: bool = False,
+    ) -> _Site:
+        limit = np.full(grid.n, self.site.grid_import_limit_mw)
+        dr = np.zeros(grid.n, dtype=bool)
+        for window in self.cfg.demand_response:
+            a = max(0, math.floor(grid.offset(window.start)))
+            b = min(grid.n, math.ceil(grid.offset(window.end)))
+            if a < b:
+                lower = limit[a:b] > window.import_limit_mw
+                dr[a:b] |= lower
+                limit[a:b] = np.minimum(limit[a:b], window.import_limit_mw)
+        sampled = forecast.resampled(grid.start, grid.slot_s, grid.n)
+        price = None
+        if sampled.price_per_mwh is not None:
+            price = np.asarray(sampled.price_per_mwh)
+        load = self._held_load(grid, fixed, cached=cached)
+        carbon = np.asarray(sampled.carbon_g_per_kwh)
+        return _Site(grid, limit, dr, carbon, price, load, forecast.source)
+
+    @staticmethod
+    def _job_load(a: Announcement, start_offset: float, grid: _Grid) -> Array:
+        duration = a.power_profile.duration_estimate_sec / grid.slot_s
+        cov = _coverage(np.array([start_offset]), duration, grid.n)[0]
+        load: Array = a.power_profile.mean_power_mw() * cov
+        return load
+
+    def _candidates(self, a: Announcement, grid: _Grid, now: datetime) -> Array:
+        """Candidate start offsets: the first possible instant, then every slot boundary."""
+        first = max(a.earliest_start, now)
+        last = a.latest_start
+        lo = grid.offset(first)
+        hi = min(grid.offset(last), float(grid.n_start))
+        if lo > hi + TOL:
+            return np.zeros(0)
+        if a.flexibility is Flexibility.FIXED:
+            return np.array([lo])
+        aligned = np.arange(math.ceil(lo - TOL), math.floor(hi + TOL) + 1, dtype=float)
+        aligned = aligned[aligned > lo + TOL]
+        return np.concatenate(([lo], aligned))
+
+    # ---- evaluation of one job's candidates ---------------------------------------------------
+
+    def _evaluate(
+        self, a: Announcement, starts: Array, site: _Site
+    ) -> tuple[Array, dict[BindingConstraint, npt.NDArray[np.bool_]], Array, Array]:
+        """Per candidate: cost, violated constraints, carbon kg, worst excess over the battery.
+
+        Only the slots the candidates can touch are computed; battery energy used elsewhere
+        by the others is added as a constant.
+        """
+        grid = site.grid
+        mean = a.power_profile.mean_power_mw()
+        duration = a.power_profile.duration_estimate_sec / grid.slot_s
+        lo = max(0, math.floor(float(starts.min())))
+        hi = min(grid.n, math.ceil(float(starts.max()) + duration) + 1)
+        cov = _coverage(starts - lo, duration, hi - lo)
+        fixed, limit = site.fixed[lo:hi], site.limit[lo:hi]
+        load = fixed[None, :] + mean * cov
+        excess = np.maximum(load - limit[None, :], 0.0)
+        outside = site.base_excess_mwh - float(np.maximum(fixed - limit, 0.0).sum()) * grid.slot_h
+        battery_energy = excess.sum(axis=1) * grid.slot_h + outside
+        touched = cov > 0
+        over_power: Mask = np.asarray(
+            ((excess > self.cfg.bess_power_mw + TOL) & touched).any(axis=1)
+        )
+        over_energy = battery_energy > self.cfg.bess_usable_energy_mwh + TOL
+        over_cooling: Mask = np.asarray(
+            ((load > self.cfg.cooling_capacity_mw + TOL) & touched).any(axis=1)
+        )
+        dr_hit: Mask = np.asarray(((excess > TOL) & site.dr[None, lo:hi] & touched).any(axis=1))
+        energy_mwh = mean * cov * grid.slot_h
+        carbon = energy_mwh @ site.carbon[lo:hi]
+        cost = carbon.copy()
+        if site.price is not None and self.cfg.price_weight_kg_per_currency > 0:
+            cost += self.cfg.price_weight_kg_per_currency * (energy_mwh @ site.price[lo:hi])
+        cost += battery_energy * BATTERY_PENALTY_KG_PER_MWH
+        cost += starts * EARLINESS_KG_PER_SLOT
+        violations: dict[BindingConstraint, npt.NDArray[np.bool_]] = {
+            "demand_response": over_power & dr_hit,
+            "grid_import_limit": over_power & ~dr_hit,
+            "bess_power": np.zeros_like(over_power),
+            "bess_energy": over_energy & ~over_power,
+            "cooling_capacity": over_cooling,
+        }
+        worst = (np.where(touched, excess, 0.0) - self.cfg.bess_power_mw).max(axis=1)
+        return cost, violations, carbon, worst
+
+    def _price(self, a: Announcement, start: float, site: _Site) -> float | None:
+        if site.price is None:
+            return None
+        cov = _coverage(
+            np.array([start]), a.power_profile.duration_estimate_sec / site.grid.slot_s, site.grid.n
+        )
+        return float((a.power_profile.mean_power_mw() * cov[0] * site.grid.slot_h) @ site.price)
+
+    # ---- place one ----
+
+    def place(
+        self,
+        workload_id: str,
+        announcement: Announcement,
+        others: Sequence[PlacedJob],
+        forecast: CarbonForecast,
+        now: datetime,
+    ) -> Allocation:
+        """The cheapest feasible start for one job, the others held; else DoesNotFitError."""
+        del workload_id
+        grid = self._grid(now)
+        site = self._site(grid, forecast, others, cached=True)
+        starts = self._candidates(announcement, grid, now)
+        if len(starts) == 0:
+            raise DoesNotFitError(
+                f"its window has passed: the latest start was "
+                f"{announcement.latest_start.isoformat()}",
+                "deadline",
+                None,
+            )
+        cost, violations, carbon, worst = self._evaluate(announcement, starts, site)
+        feasible = ~np.logical_or.reduce(list(violations.values()))
+        if not feasible.any():
+            raise self._does_not_fit(announcement, starts, violations, worst, site, now)
+        best = int(np.argmin(np.where(feasible, cost, np.inf)))
+        return self._allocation(
+            announcement, starts, best, cost, violations, carbon, site, now, solver="insert"
+        )
+
+    def _does_not_fit(
+        self,
+        a: Announcement,
+        starts: Array,
+        violations: Mapping[BindingConstraint, npt.NDArray[np.bool_]],
+        worst: Array,
+        site: _Site,
+        now: datetime,
+    ) -> DoesNotFitError:
+        counts = {k: int(v.sum()) for k, v in violations.items()}
+        binding = max(counts, key=lambda k: counts[k])
+        grid = site.grid
+        span = f"{_t(grid.at(starts[0]))} and {_t(grid.at(starts[-1]))}"
+        if binding in {"grid_import_limit", "demand_response"}:
+            what = (
+                "the demand-response import limit"
+                if binding == "demand_response"
+                else f"the {self.site.grid_import_limit_mw:g} MW import limit"
+            )
+            reason = (
+                f"at every start between {span} the grid import would exceed {what} by more "
+                f"than the battery's {self.cfg.bess_power_mw:g} MW can cover "
+                f"(by at least {max(float(worst.min()), 0.0):.1f} MW)"
+            )
+        elif binding == "bess_energy":
+            reason = (
+                f"at every start between {span} the battery would need more than its "
+                f"{self.cfg.bess_usable_energy_mwh:g} MWh to hold the import under its limit"
+            )
+        else:
+            reason = (
+                f"at every start between {span} the heat load would exceed the "
+                f"{self.cfg.cooling_capacity_mw:g} MW cooling capacity"
+            )
+        later = self._earliest_feasible(a, site, now)
+        return DoesNotFitError(reason, binding, later)
+
+    def _earliest_feasible(self, a: Announcement, site: _Site, now: datetime) -> datetime | None:
+        grid = site.grid
+        lo = max(grid.offset(a.earliest_start), grid.offset(now))
+        starts = np.arange(math.ceil(lo), grid.n_start + 1, dtype=float)
+        if len(starts) == 0:
+            return None
+        _, violations, _, _ = self._evaluate(a, starts, site)
+        feasible = ~np.logical_or.reduce(list(violations.values()))
+        if not feasible.any():
+            return None
+        return grid.at(float(starts[int(np.argmax(feasible))]))
+
+    def _allocation(
+        self,
+        a: Announcement,
+        starts: Array,
+        chosen: int,
+        cost: Array,
+        violations: Mapping[BindingConstraint, npt.NDArray[np.bool_]],
+        carbon: Array,
+        site: _Site,
+        now: datetime,
+        *,
+        solver: str,
+    ) -> Allocation:
+        grid = site.grid
+        start = grid.at(float(starts[chosen]))
+        ramp, battery, cooling = build_physical_plan(a, start, self.cfg, self.site)
+        expected, run_now = float(carbon[chosen]), float(carbon[0])
+        binding, reason = self._explain(a, starts, chosen, cost, violations, carbon, site)
+        return Allocation(
+            scheduled_start=start,
+            scheduled_end=start + a.duration,
+            grid_ramp_plan=ramp,
+            battery_reservation=battery,
+            cooling_preposition=cooling,
+            expected_carbon_kg=round(expected, 3),
+            run_now_carbon_kg=round(run_now, 3),
+            carbon_saved_kg=round(run_now - expected, 3),
+            expected_cost=self._price(a, float(starts[chosen]), site),
+            explanation=Explanation(
+                chosen_slot_start=start, binding_constraint=binding, reason=reason
+            ),
+            solver=solver,
+            planned_at=now,
+            forecast_source=site.source,
+        )
+
+    def _explain(
+        self,
+        a: Announcement,
+        starts: Array,
+        chosen: int,
+        cost: Array,
+        violations: Mapping[BindingConstraint, npt.NDArray[np.bool_]],
+        carbon: Array,
+        site: _Site,
+    ) -> tuple[BindingConstraint, str]:
+        saved = float(carbon[0] - carbon[chosen])
+        start = _t(site.grid.at(float(starts[chosen])))
+        if a.flexibility is Flexibility.FIXED:
+            return "fixed_start", f"fixed start at {start} as announced"
+        cleanest = int(np.argmin(cost))
+        if cost[chosen] <= cost[cleanest] + 1e-6:
+            later = self._cleaner_after_window(a, site, float(carbon[chosen]))
+            if later is not None:
+                return "deadline", (
+                    f"lowest-carbon start in the window ({start}, saves {saved:,.0f} kg CO2e "
+                    f"against starting at once); a cleaner start at {_t(later)} lies past the "
+                    "deadline"
+                )
+            if chosen == 0:
+                return "none", f"starting at once ({start}) is the lowest-carbon choice"
+            return "none", (
+                f"lowest-carbon start in the window: {start}, saving {saved:,.0f} kg CO2e "
+                "against starting at once"
+            )
+        better = cost < cost[chosen] - 1e-6
+        counts = {k: int((v & better).sum()) for k, v in violations.items()}
+        binding = max(counts, key=lambda k: counts[k])
+        return binding, (
+            f"start {start} (saves {saved:,.0f} kg CO2e against starting at once); every "
+            f"lower-carbon start would break the {binding.replace('_', ' ')}"
+        )
+
+    def _cleaner_after_window(
+        self, a: Announcement, site: _Site, chosen_carbon: float
+    ) -> datetime | None:
+        grid = site.grid
+        lo = math.floor(grid.offset(a.latest_start)) + 1
+        if lo >= grid.n_start:
+            return None
+        starts = np.arange(lo, grid.n_start, dtype=float)
+        cov = _coverage(starts, a.power_profile.duration_estimate_sec / grid.slot_s, grid.n)
+        carbon = (a.power_profile.mean_power_mw() * cov * grid.slot_h) @ site.carbon
+        best = int(np.argmin(carbon))
+        if carbon[best] < chosen_carbon * (1 - 1e-3):
+            return grid.at(float(starts[best]))
+        return None
+
+    # ---- global re-plan -----------------------------------------------------------------------
+
+    def optimise(  # noqa: PLR0915 - one model, built in one place
+        self,
+        movable: Sequence[tuple[str, Announcement]],
+        fixed: Sequence[PlacedJob],
+        forecast: CarbonForecast,
+        now: datetime,
+        *,
+        current: Mapping[str, datetime] | None = None,
+        time_limit_s: float | None = None,
+    ) -> OptimiseResult:
+        """Re-place every movable job at once (MILP, HiGHS); ``fixed`` jobs stay put."""
+        t0 = time.perf_counter()
+        current = current or {}
+        grid = self._grid(now)
+        site = self._site(grid, forecast, fixed)
+        unplaced: dict[str, DoesNotFitError] = {}
+        jobs: list[tuple[str, Announcement, Array, Array, Array, Array]] = []
+        for workload_id, a in movable:
+            starts = self._candidates(a, grid, now)
+            if workload_id in current:
+                here = grid.offset(current[workload_id])
+                if len(starts) and starts[0] - TOL <= here <= starts[-1] + TOL:
+                    starts = np.unique(np.append(starts, here))
+            if len(starts) == 0:
+                unplaced[workload_id] = DoesNotFitError("its window has passed", "deadline", None)
+                continue
+            starts = self._prune(a, starts, site, current.get(workload_id), grid)
+            cov = _coverage(starts, a.power_profile.duration_estimate_sec / grid.slot_s, grid.n)
+            power = a.power_profile.mean_power_mw() * cov
+            cost, _, carbon, _ = self._evaluate_costs(a, starts, power, site)
+            jobs.append((workload_id, a, starts, power, cost, carbon))
+
+        lp, n_x, battery_rows = self._model(jobs, site)
+        h = highspy.Highs()  # type: ignore[no-untyped-call]
+        h.setOptionValue("output_flag", False)  # noqa: FBT003 - highspy option API
+        h.setOptionValue("threads", 1)
+        h.setOptionValue("mip_rel_gap", 1e-4)
+        h.setOptionValue("time_limit", float(time_limit_s or self.cfg.solver_time_limit_s))
+        h.passModel(lp)
+        warm = self._warm_start(jobs, current, grid, site, lp.num_col_, n_x, battery_rows)
+        if warm is not None:
+            solution = highspy.HighsSolution()
+            solution.col_value = list(warm)
+            solution.value_valid = True
+            h.setSolution(solution)
+        h.run()
+        status = h.modelStatusToString(h.getModelStatus())
+        info = h.getInfo()
+        values = np.asarray(h.getSolution().col_value) if info.primal_solution_status else None
+
+        allocations: dict[str, Allocation] = {}
+        objective = 0.0
+        col = 0
+        for j, (workload_id, a, starts, _, cost, carbon) in enumerate(jobs):
+            k = len(starts)
+            chosen = None
+            if values is not None:
+                picks = values[col : col + k]
+                if picks.max(initial=0.0) > 0.5:
+                    chosen = int(np.argmax(picks))
+            col += k
+            if chosen is None:
+                unplaced[workload_id] = DoesNotFitError(
+                    "no start in its window fits with the other workloads",
+                    "grid_import_limit",
+                    None,
+                )
+                continue
+            del j
+            _, violations, _, _ = self._evaluate(a, starts, site)
+            allocations[workload_id] = self._allocation(
+                a, starts, chosen, cost, violations, carbon, site, now, solver="highs-milp"
+            )
+            objective += float(carbon[chosen])
+        return OptimiseResult(
+            allocations=allocations,
+            unplaced=unplaced,
+            status=status,
+            objective_kg=objective,
+            solve_s=time.perf_counter() - t0,
+            candidates=n_x,
+            mip_gap=float(info.mip_gap) if math.isfinite(info.mip_gap) else 0.0,
+        )
+
+    def _model(  # noqa: PLR0915 - one model, built in one place
+        self,
+        jobs: Sequence[tuple[str, Announcement, Array, Array, Array, Array]],
+        site: _Site,
+    ) -> tuple[highspy.HighsLp, int, npt.NDArray[np.int64]]:
+        """The MILP in column form: x[j,c] per candidate, unplaced[j], battery d[t].
+
+        Import and cooling rows are only added for slots where the held load plus every job at
+        its most demanding candidate could break the limit: the others can never bind.
+        """
+        grid = site.grid
+        potential = site.fixed.copy()
+        for *_, power, _, _ in jobs:
+            potential += power.max(axis=0)
+        import_slots = np.nonzero(potential > site.limit + TOL)[0]
+        cool_slots = np.nonzero(potential > self.cfg.cooling_capacity_mw + TOL)[0]
+        import_row = np.full(grid.n, -1)
+        import_row[import_slots] = np.arange(len(import_slots))
+        cool_row = np.full(grid.n, -1)
+        cool_row[cool_slots] = len(import_slots) + np.arange(len(cool_slots))
+        row_assign = len(import_slots) + len(cool_slots)
+        row_energy = row_assign + len(jobs)
+        n_rows = row_energy + 1
+
+        col_index: list[npt.NDArray[np.int64]] = []
+        col_value: list[Array] = []
+        col_count: list[npt.NDArray[np.int64]] = []
+        costs: list[Array] = []
+        for j, (_, _, starts, power, cost, _) in enumerate(jobs):
+            k = len(starts)
+            parts_i: list[npt.NDArray[np.int64]] = []
+            parts_v: list[Array] = []
+            parts_c: list[npt.NDArray[np.int64]] = []
+            for rows_of in (import_row, cool_row):
+                sub = power[:, rows_of >= 0] if (rows_of >= 0).any() else np.zeros((k, 0))
+                rows = rows_of[rows_of >= 0]
+                c_idx, t_idx = np.nonzero(sub > 0)
+                parts_i.append(rows[t_idx] + 0 * c_idx)
+                parts_v.append(sub[c_idx, t_idx])
+                parts_c.append(c_idx)
+            parts_i.append(np.full(k, row_assign + j))
+            parts_v.append(np.ones(k))
+            parts_c.append(np.arange(k))
+            cand = np.concatenate(parts_c)
+            order = np.argsort(cand, kind="stable")
+            col_index.append(np.concatenate(parts_i)[order])
+            col_value.append(np.concatenate(parts_v)[order])
+            col_count.append(np.bincount(cand, minlength=k))
+            costs.append(cost)
+        n_x = sum(len(c) for c in costs)
+        # one 'unplaced' column per job
+        col_index.append(row_assign + np.arange(len(jobs)))
+        col_value.append(np.ones(len(jobs)))
+        col_count.append(np.ones(len(jobs), dtype=np.int64))
+        costs.append(np.array([UNPLACED_PENALTY_KG * (1 + a.priority) for _, a, *_ in jobs]))
+        # d[t] for the import rows that exist
+        nb = len(import_slots)
+        col_index.append(np.column_stack((np.arange(nb), np.full(nb, row_energy))).ravel())
+        col_value.append(np.tile([-1.0, grid.slot_h], nb))
+        col_count.append(np.full(nb, 2))
+        costs.append(np.full(nb, BATTERY_PENALTY_KG_PER_MWH * grid.slot_h))
+
+        counts = np.concatenate(col_count)
+        n_cols = len(counts)
+        row_lower = np.full(n_rows, -highspy.kHighsInf)
+        row_upper = np.zeros(n_rows)
+        row_upper[:nb] = (site.limit - site.fixed)[import_slots]
+        row_upper[nb:row_assign] = (self.cfg.cooling_capacity_mw - site.fixed)[cool_slots]
+        row_lower[row_assign:row_energy] = 1.0
+        row_upper[row_assign:row_energy] = 1.0
+        row_upper[row_energy] = self.cfg.bess_usable_energy_mwh
+        col_upper = np.ones(n_cols)
+        col_upper[n_cols - nb :] = self.cfg.bess_power_mw
+
+        lp = highspy.HighsLp()
+        lp.num_col_ = n_cols
+        lp.num_row_ = n_rows
+        lp.col_cost_ = np.concatenate(costs)
+        lp.col_lower_ = np.zeros(n_cols)
+        lp.col_upper_ = col_upper
+        lp.row_lower_ = row_lower
+        lp.row_upper_ = row_upper
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = np.concatenate(([0], np.cumsum(counts))).astype(np.int32)
+        lp.a_matrix_.index_ = np.concatenate(col_index).astype(np.int32)
+        lp.a_matrix_.value_ = np.concatenate(col_value)
+        lp.integrality_ = [highspy.HighsVarType.kInteger] * (n_x + len(jobs)) + [
+            highspy.HighsVarType.kContinuous
+        ] * nb
+        return lp, n_x, import_slots
+
+    def _evaluate_costs(
+        self, a: Announcement, starts: Array, power: Array, site: _Site
+    ) -> tuple[Array, None, Array, None]:
+        grid = site.grid
+        energy = power * grid.slot_h
+        carbon = energy @ site.carbon
+        cost = carbon + starts * EARLINESS_KG_PER_SLOT
+        if site.price is not None and self.cfg.price_weight_kg_per_currency > 0:
+            cost = cost + self.cfg.price_weight_kg_per_currency * (energy @ site.price)
+        del a
+        return cost, None, carbon, None
+
+    def _prune(
+        self, a: Announcement, starts: Array, site: _Site, current: datetime | None, grid: _Grid
+    ) -> Array:
+        if len(starts) <= self.max_candidates:
+            return starts
+        cov = _coverage(starts, a.power_profile.duration_estimate_sec / grid.slot_s, grid.n)
+        carbon = (cov * grid.slot_h) @ site.carbon
+        keep = {0, len(starts) - 1}
+        if current is not None:
+            keep.add(int(np.argmin(np.abs(starts - grid.offset(current)))))
+        for i in np.argsort(carbon, kind="stable"):
+            if len(keep) >= self.max_candidates:
+                break
+            keep.add(int(i))
+        return starts[sorted(keep)]
+
+    def _warm_start(
+        self,
+        jobs: Sequence[tuple[str, Announcement, Array, Array, Array, Array]],
+        current: Mapping[str, datetime],
+        grid: _Grid,
+        site: _Site,
+        n_cols: int,
+        n_x: int,
+        battery_slots: npt.NDArray[np.int64],
+    ) -> Array | None:
+        """The current plan as a MIP start, when every job has one and it is feasible."""
+        x = np.zeros(n_cols)
+        load = site.fixed.copy()
+        col = 0
+        for j, (workload_id, _, starts, power, _, _) in enumerate(jobs):
+            here = current.get(workload_id)
+            if here is None:
+                return None
+            c = int(np.argmin(np.abs(starts - grid.offset(here))))
+            if abs(starts[c] - grid.offset(here)) > TOL:
+                return None
+            x[col + c] = 1.0
+            load += power[c]
+            col += len(starts)
+            del j
+        excess = np.maximum(load - site.limit, 0.0)
+        if (excess > self.cfg.bess_power_mw + TOL).any():
+            return None
+        if excess.sum() * grid.slot_h > self.cfg.bess_usable_energy_mwh + TOL:
+            return None
+        if (load > self.cfg.cooling_capacity_mw + TOL).any():
+            return None
+        x[n_x + len(jobs) :] = excess[battery_slots]
+        return x
+
+    # ---- the site forecast ----
+
+    def site_forecast(
+        self, placed: Sequence[PlacedJob], forecast: CarbonForecast, now: datetime
+    ) -> SiteForecast:
+        grid = self._grid(now)
+        site = self._site(grid, forecast, placed, cached=True)
+        slots = []
+        for t in range(grid.n_start):
+            load = float(site.fixed[t])
+            limit = float(site.limit[t])
+            bess = min(self.cfg.bess_power_mw, max(0.0, load - limit))
+            slots.append(
+                SiteForecastSlot(
+                    start=grid.at(t),
+                    site_load_mw=load,
+                    grid_import_mw=load - bess,
+                    bess_mw=bess,
+                    heat_export_mw=min(
+                        self.cfg.heat_demand_mw, self.cfg.heat_recovery_max_fraction * load
+                    ),
+                    carbon_g_per_kwh=float(site.carbon[t]),
+                    import_limit_mw=limit,
+                )
+            )
+        return SiteForecast(grid.start, grid.slot_s, tuple(slots), forecast.source)
+
+
+def _t(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%d %H:%MZ")

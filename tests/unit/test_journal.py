@@ -1,0 +1,163 @@
+"""The SQLite journal: atomic commits, migrations, pagination, events and the audit chain."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pswd_gateway.domain.workloads import Action, Announcement, Workload, WorkloadState
+from pswd_gateway.journal import (
+    AuditEntry,
+    EventRow,
+    IdempotencyRecord,
+    Journal,
+    JournalError,
+    Transition,
+)
+
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+ANNOUNCEMENT = Announcement.model_validate(
+    {
+        "workload_type": "ai_training",
+        "power_profile": {
+            "peak_power_mw": 200,
+            "ramp_rate_mw_per_sec": 50,
+            "duration_estimate_sec": 3600,
+        },
+        "timing_constraints": {
+            "earliest_start_time": "2026-11-25T14:00:00Z",
+            "deadline": "2026-11-25T20:00:00Z",
+        },
+    }
+)
+
+
+def workload(i: int, state: WorkloadState = WorkloadState.SCHEDULED) -> Workload:
+    return Workload(
+        id=f"wl_{i:04d}",
+        owner="alice" if i % 2 else "bob",
+        state=state,
+        announcement=ANNOUNCEMENT,
+        created_at=T0 + timedelta(seconds=i),
+        updated_at=T0 + timedelta(seconds=i),
+    )
+
+
+def audit(action: str = "workload.announce", outcome: str = "accepted") -> AuditEntry:
+    return AuditEntry("alice", "submitter", action, None, outcome, {"n": 1}, T0)  # type: ignore[arg-type]
+
+
+def insert(j: Journal, i: int, key: str | None = None) -> list[EventRow]:
+    w = workload(i)
+    return j.insert_workload(
+        w,
+        [Transition(w.id, None, WorkloadState.ANNOUNCED, None, None, "alice", T0)],
+        [EventRow("workload.announced", w.id, T0, {"i": i})],
+        audit(),
+        IdempotencyRecord("alice", key, "h", w.id) if key else None,
+    )
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Journal:
+    j = Journal(tmp_path / "state" / "pswd.db")
+    yield j  # type: ignore[misc]
+    j.close()
+
+
+def test_opens_in_wal_mode_at_the_latest_schema(journal: Journal) -> None:
+    mode = journal._db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    assert journal.schema_version == 1
+
+
+def test_a_newer_schema_is_refused_with_advice(tmp_path: Path) -> None:
+    path = tmp_path / "pswd.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(JournalError, match="newer than this gateway knows"):
+        Journal(path)
+
+
+def test_inserted_workloads_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "pswd.db"
+    j = Journal(path)
+    events = insert(j, 1, key="k1")
+    j.close()
+    j = Journal(path)
+    got = j.get_workload("wl_0001")
+    assert got is not None
+    assert got.announcement == ANNOUNCEMENT
+    assert got.history[0].state is WorkloadState.ANNOUNCED
+    assert j.events_after(0)[0].id == events[0].id
+    assert j.find_idempotency("alice", "k1") == IdempotencyRecord("alice", "k1", "h", "wl_0001")
+    j.close()
+
+
+def test_a_failed_commit_leaves_nothing_behind(journal: Journal) -> None:
+    insert(journal, 1, key="k")
+    with pytest.raises(sqlite3.IntegrityError):
+        insert(journal, 2, key="k")  # same idempotency key: the whole transaction rolls back
+    assert journal.get_workload("wl_0002") is None
+    assert journal.count_workloads() == 1
+    assert journal.verify_audit() == (1, None)
+
+
+def test_updates_record_the_transition(journal: Journal) -> None:
+    insert(journal, 1)
+    w = workload(1)
+    journal.update_workload(
+        w.id,
+        WorkloadState.RUNNING,
+        None,
+        T0 + timedelta(hours=2),
+        [
+            Transition(
+                w.id,
+                WorkloadState.SCHEDULED,
+                WorkloadState.RUNNING,
+                Action.START,
+                "go",
+                "alice",
+                T0,
+            )
+        ],
+        [],
+        audit("workload.start"),
+    )
+    got = journal.get_workload(w.id)
+    assert got is not None
+    assert got.state is WorkloadState.RUNNING
+    assert [h.action for h in got.history] == [None, Action.START]
+    with pytest.raises(JournalError, match="no workload"):
+        journal.update_workload("wl_nope", WorkloadState.RUNNING, None, T0, [], [], None)
+
+
+def test_pages_follow_announcement_order_with_filters(journal: Journal) -> None:
+    for i in range(1, 8):
+        insert(journal, i)
+    page, cursor = journal.list_workloads(limit=3)
+    assert [w.id for w in page] == ["wl_0001", "wl_0002", "wl_0003"]
+    assert cursor is not None
+    page, cursor = journal.list_workloads(limit=3, after_seq=cursor)
+    assert [w.id for w in page] == ["wl_0004", "wl_0005", "wl_0006"]
+    page, cursor = journal.list_workloads(limit=3, after_seq=cursor or 0)
+    assert [w.id for w in page] == ["wl_0007"]
+    assert cursor is None
+    mine, _ = journal.list_workloads(owner="bob")
+    assert {w.owner for w in mine} == {"bob"}
+    none, _ = journal.list_workloads(states=[WorkloadState.RUNNING])
+    assert none == []
+
+
+def test_the_audit_chain_detects_an_edited_entry(journal: Journal) -> None:
+    for i in range(3):
+        insert(journal, i)
+    journal.audit(audit("workload.cancel", "refused"))
+    assert journal.verify_audit() == (4, None)
+    journal._db.execute("UPDATE audit SET outcome = 'accepted' WHERE id = 4")
+    assert journal.verify_audit() == (3, 4)
