@@ -2,6 +2,10 @@
 
 The twin runs in its own process (as real devices would), the gateway in this one. One Ctrl-C
 stops both. Logs go to ``<state_dir>/logs/`` so the live view stays readable.
+
+Playing the ML platform's part, the demo announces a 200 MW training job through the real HTTP
+API (with the demo submitter token), reports its start when the site says it is ready, and
+shows it move through its states next to the plant.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ import contextlib
 import signal
 import sys
 import time
+from collections import deque
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,14 +26,30 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from pswd_gateway.client import ApiError, AsyncPswdClient
 from pswd_gateway.config import GatewayConfig, ModbusDeviceConfig
 from pswd_gateway.daemon import Gateway
 from pswd_gateway.domain.points import Quality
+from pswd_gateway.domain.workloads import WorkloadState
 from pswd_gateway.logging import configure_logging
 
 __all__ = ["run_demo"]
 
 TWIN_START_TIMEOUT_S = 30.0
+DEMO_TOKEN = "pswd-demo-submitter"  # noqa: S105 - the published demo token, loopback only
+DEMO_JOB_LEAD_S = 30.0
+DEMO_JOB = {
+    "workload_type": "ai_training",
+    "name": "llm-pretrain-demo",
+    "flexibility": "fixed",
+    "power_profile": {
+        "peak_power_mw": 200,
+        "ramp_rate_mw_per_sec": 50,
+        "duration_estimate_sec": 1800,
+        "oscillation_period_sec": 2.5,
+        "oscillation_depth_mw": 180,
+    },
+}
 
 
 def _endpoints(cfg: GatewayConfig) -> list[tuple[str, str, int]]:
@@ -67,7 +90,7 @@ def _fmt(value: float | None, scale: float, digits: int) -> str:
     return "—" if value is None else f"{value / scale:,.{digits}f}"
 
 
-def _view(gw: Gateway, started: float) -> Group:
+def _view(gw: Gateway, started: float, events: Sequence[str] = ()) -> Group:
     cfg = gw.config
     site = cfg.site
     snap = gw.store.snapshot(time.time())
@@ -131,7 +154,31 @@ def _view(gw: Gateway, started: float) -> Group:
             f"{pct.max * 1e3:.2f}",
         )
     footer = Text(f"uptime {time.monotonic() - started:,.0f} s", style="dim")
-    return Group(plant, devices, footer)
+    return Group(plant, devices, _workloads_view(gw, events), footer)
+
+
+def _workloads_view(gw: Gateway, events: Sequence[str]) -> Group:
+    table = Table(title="workloads (HTTP API)", title_justify="left")
+    for col in ("id", "name", "state", "start", "battery MW / MWh", "CO2e kg", "why"):
+        table.add_column(col, justify="left" if col in {"id", "name", "state", "why"} else "right")
+    now = datetime.now(UTC)
+    service = gw.workloads
+    for w in service.active.values() if service is not None else ():
+        a = w.allocation
+        if a is None:
+            continue
+        due = (a.scheduled_start - now).total_seconds()
+        table.add_row(
+            w.id,
+            w.announcement.name or w.announcement.workload_type,
+            w.state.value,
+            f"in {due:,.0f} s" if due > 0 else f"{-due:,.0f} s ago",
+            f"{a.battery_reservation.power_mw:,.0f} / {a.battery_reservation.energy_mwh:.3f}",
+            f"{a.expected_carbon_kg:,.0f}",
+            a.explanation.binding_constraint,
+        )
+    lines = Text("\n".join(events) if events else "no events yet", style="dim")
+    return Group(table, lines)
 
 
 def _plain_line(gw: Gateway) -> str:
@@ -183,7 +230,14 @@ async def run_demo(cfg: GatewayConfig, config_path: Path, duration_s: float | No
         gw = Gateway(cfg, config_path=config_path)
         await gw.start()
         _print_listeners(console, cfg, gw, log_dir)
-        await _show(console, gw, duration_s)
+        events: deque[str] = deque(maxlen=6)
+        job = asyncio.create_task(_play_ml_platform(gw, events), name="demo-job")
+        try:
+            await _show(console, gw, duration_s, events)
+        finally:
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
     finally:
         if gw is not None:
             await gw.stop()
@@ -208,13 +262,85 @@ def _print_listeners(console: Console, cfg: GatewayConfig, gw: Gateway, log_dir:
         base = f"http://{gw.metrics_listener.host}:{gw.metrics_listener.port}"
         table.add_row("Prometheus metrics", f"{base}/metrics")
         table.add_row("health / readiness", f"{base}/healthz  {base}/readyz")
+    if gw.api_listener is not None:
+        api = f"http://{gw.api_listener.host}:{gw.api_listener.port}"
+        table.add_row("workload API", f"{api}/v1  (token pswd-demo-submitter, demo only)")
+        table.add_row(
+            "follow it",
+            f"pswd-gateway workload watch --url {api} --token pswd-demo-viewer --since 0",
+        )
     for name, host, port in _endpoints(cfg):
         table.add_row(f"twin: {name}", f"{host}:{port}")
     table.add_row("logs", f"{log_dir}/gateway.log, {log_dir}/twin.log")
     console.print(table)
 
 
-async def _show(console: Console, gw: Gateway, duration_s: float | None) -> None:
+async def _play_ml_platform(gw: Gateway, events: deque[str]) -> None:
+    """Announce the demo job over HTTP, then report its start once the site is ready."""
+    if gw.api_listener is None or gw.workloads is None:
+        return
+    url = f"http://{gw.api_listener.host}:{gw.api_listener.port}"
+    start = datetime.now(UTC) + timedelta(seconds=DEMO_JOB_LEAD_S)
+    body = DEMO_JOB | {
+        "timing_constraints": {
+            "earliest_start_time": start.isoformat(),
+            "deadline": (start + timedelta(hours=1)).isoformat(),
+        }
+    }
+    follow = asyncio.create_task(_follow_events(gw, events))
+    async with AsyncPswdClient(url, DEMO_TOKEN) as pswd:
+        for leftover in list(gw.workloads.active.values()):
+            if leftover.announcement.name == DEMO_JOB["name"]:
+                await pswd.workload.cancel(leftover.id, "demo: left over from an earlier run")
+        try:
+            workload = await pswd.workload.announce(body)
+        except ApiError as exc:
+            events.append(f"announcement refused: {exc}")
+            follow.cancel()
+            return
+        try:
+            await _start_when_ready(gw, pswd, workload.id)
+            await asyncio.Event().wait()
+        finally:
+            follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow
+            if workload.id in gw.workloads.active:
+                with contextlib.suppress(ApiError, OSError):
+                    await pswd.workload.cancel(workload.id, "demo stopped")
+
+
+async def _start_when_ready(gw: Gateway, pswd: AsyncPswdClient, workload_id: str) -> None:
+    assert gw.workloads is not None
+    while (current := gw.workloads.active.get(workload_id)) is not None:
+        alloc = current.allocation
+        due = alloc is not None and datetime.now(UTC) >= alloc.scheduled_start
+        if current.state is WorkloadState.READY or (
+            due and current.state in {WorkloadState.SCHEDULED, WorkloadState.PREPARING}
+        ):
+            await pswd.workload.start(workload_id, "demo: the training job starts")
+            return
+        await asyncio.sleep(0.2)
+
+
+async def _follow_events(gw: Gateway, events: deque[str]) -> None:
+    if gw.workloads is None:
+        return
+    async with gw.workloads.hub.subscribe() as queue:
+        while (event := await queue.get()) is not None:
+            at = event.at.astimezone(UTC).strftime("%H:%M:%S")
+            if event.type == "workload.state_changed":
+                what = f"{event.data.get('from') or '·'} → {event.data.get('to')}"
+                if event.data.get("reason"):
+                    what += f" ({event.data['reason']})"
+            else:
+                what = event.type
+            events.append(f"{at}  #{event.id}  {event.workload_id}  {what}")
+
+
+async def _show(
+    console: Console, gw: Gateway, duration_s: float | None, events: Sequence[str] = ()
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -223,17 +349,21 @@ async def _show(console: Console, gw: Gateway, duration_s: float | None) -> None
     deadline = None if duration_s is None else started + duration_s
     try:
         if console.is_terminal:
-            with Live(_view(gw, started), console=console, refresh_per_second=4) as live:
+            with Live(_view(gw, started, events), console=console, refresh_per_second=4) as live:
                 while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                    live.update(_view(gw, started))
+                    live.update(_view(gw, started, events))
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 0.25)
         else:
+            printed = 0
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 console.print(_plain_line(gw))
+                while events and printed < len(events):
+                    console.print(events[printed])
+                    printed += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
-            console.print(_view(gw, started))
+            console.print(_view(gw, started, events))
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

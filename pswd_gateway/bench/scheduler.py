@@ -67,11 +67,12 @@ def run_scheduler_bench(n_workloads: int, seed: int = 1) -> dict[str, float | in
     refused = 0
     for i, a in enumerate(jobs):
         try:
-            alloc = scheduler.place(f"w{i}", a, placed, forecast, NOW)
+            alloc = scheduler.place(f"w{i}", a, None, forecast, NOW)
         except DoesNotFitError:
             refused += 1
             continue
         placed.append(PlacedJob(f"w{i}", a, alloc.scheduled_start))
+        scheduler.hold(placed[-1])
         greedy_kg += alloc.expected_carbon_kg
     insert_all_s = time.perf_counter() - t0
     extra = bench_workloads(200, seed + 1)
@@ -79,7 +80,7 @@ def run_scheduler_bench(n_workloads: int, seed: int = 1) -> dict[str, float | in
     for i, a in enumerate(extra):
         t = time.perf_counter()
         with contextlib.suppress(DoesNotFitError):
-            scheduler.place(f"x{i}", a, placed, forecast, NOW)
+            scheduler.place(f"x{i}", a, None, forecast, NOW)
         samples.append((time.perf_counter() - t) * 1000)
     current = {p.id: p.start for p in placed}
     result = scheduler.optimise(

@@ -109,7 +109,7 @@ class _Site:
 @dataclass
 class _LoadCache:
     grid: _Grid | None = None
-    jobs: dict[str, tuple[datetime, Array]] = field(default_factory=dict)
+    jobs: dict[str, tuple[PlacedJob, Array]] = field(default_factory=dict)
     total: Array = field(default_factory=lambda: np.zeros(0))
 
 
@@ -142,41 +142,58 @@ class Scheduler:
         n_start = self.cfg.horizon_h * 3600 // slot_s
         return _Grid(start, slot_s, n_start + TAIL_S // slot_s, n_start)
 
-    def _held_load(self, grid: _Grid, fixed: Sequence[PlacedJob], *, cached: bool) -> Array:
-        """Base load plus the held jobs; ``cached`` keeps a running total between calls."""
-        if not cached:
+    # ---- the book of held jobs (kept by the caller, so a placement costs O(1) in their number)
+
+    def hold(self, job: PlacedJob) -> None:
+        """Record that ``job`` holds its start (replaces an earlier record of the same id)."""
+        with self._cache_lock:
+            cache = self._cache
+            old = cache.jobs.pop(job.id, None)
+            if old is not None and cache.grid is not None:
+                cache.total -= old[1]
+            vec = (
+                self._job_load(job.announcement, cache.grid.offset(job.start), cache.grid)
+                if cache.grid is not None
+                else np.zeros(0)
+            )
+            cache.jobs[job.id] = (job, vec)
+            if cache.grid is not None:
+                cache.total += vec
+
+    def release(self, workload_id: str) -> None:
+        """Forget a held job (it ended, or moved to a state the plan no longer holds)."""
+        with self._cache_lock:
+            old = self._cache.jobs.pop(workload_id, None)
+            if old is not None and self._cache.grid is not None:
+                self._cache.total -= old[1]
+
+    def held(self) -> list[PlacedJob]:
+        with self._cache_lock:
+            return [job for job, _ in self._cache.jobs.values()]
+
+    def _held_load(self, grid: _Grid, fixed: Sequence[PlacedJob] | None) -> Array:
+        """Base load plus the held jobs: ``fixed``, or (None) the book kept by hold/release."""
+        if fixed is not None:
             load = np.full(grid.n, self.cfg.base_load_mw)
             for job in fixed:
                 load += self._job_load(job.announcement, grid.offset(job.start), grid)
             return load
         with self._cache_lock:
             cache = self._cache
-            if cache.grid != grid:
+            if cache.grid != grid:  # a new slot began: recompute every held job once
                 cache.grid = grid
-                cache.jobs = {}
                 cache.total = np.full(grid.n, self.cfg.base_load_mw)
-            seen = set()
-            for job in fixed:
-                seen.add(job.id)
-                old = cache.jobs.get(job.id)
-                if old is not None and old[0] == job.start:
-                    continue
-                if old is not None:
-                    cache.total -= old[1]
-                vec = self._job_load(job.announcement, grid.offset(job.start), grid)
-                cache.jobs[job.id] = (job.start, vec)
-                cache.total += vec
-            for gone in [k for k in cache.jobs if k not in seen]:
-                cache.total -= cache.jobs.pop(gone)[1]
+                for key, (job, _) in list(cache.jobs.items()):
+                    vec = self._job_load(job.announcement, grid.offset(job.start), grid)
+                    cache.jobs[key] = (job, vec)
+                    cache.total += vec
             return cache.total.copy()
 
     def _site(
         self,
         grid: _Grid,
         forecast: CarbonForecast,
-        fixed: Sequence[PlacedJob],
-        *,
-        cached: bool = False,
+        fixed: Sequence[PlacedJob] | None,
     ) -> _Site:
         limit = np.full(grid.n, self.site.grid_import_limit_mw)
         dr = np.zeros(grid.n, dtype=bool)
@@ -191,7 +208,7 @@ class Scheduler:
         price = None
         if sampled.price_per_mwh is not None:
             price = np.asarray(sampled.price_per_mwh)
-        load = self._held_load(grid, fixed, cached=cached)
+        load = self._held_load(grid, fixed)
         carbon = np.asarray(sampled.carbon_g_per_kwh)
         return _Site(grid, limit, dr, carbon, price, load, forecast.source)
 
@@ -277,14 +294,18 @@ class Scheduler:
         self,
         workload_id: str,
         announcement: Announcement,
-        others: Sequence[PlacedJob],
+        others: Sequence[PlacedJob] | None,
         forecast: CarbonForecast,
         now: datetime,
     ) -> Allocation:
-        """The cheapest feasible start for one job, the others held; else DoesNotFitError."""
+        """The cheapest feasible start for one job, the others held; else DoesNotFitError.
+
+        ``others=None`` uses the book kept with :meth:`hold`/:meth:`release` (what the workload
+        service does: a placement then costs the same with 10 or 10,000 jobs held).
+        """
         del workload_id
         grid = self._grid(now)
-        site = self._site(grid, forecast, others, cached=True)
+        site = self._site(grid, forecast, others)
         starts = self._candidates(announcement, grid, now)
         if len(starts) == 0:
             raise DoesNotFitError(
@@ -431,9 +452,13 @@ class Scheduler:
         lo = math.floor(grid.offset(a.latest_start)) + 1
         if lo >= grid.n_start:
             return None
-        starts = np.arange(lo, grid.n_start, dtype=float)
-        cov = _coverage(starts, a.power_profile.duration_estimate_sec / grid.slot_s, grid.n)
-        carbon = (a.power_profile.mean_power_mw() * cov * grid.slot_h) @ site.carbon
+        starts = np.arange(lo, grid.n_start)
+        duration = a.power_profile.duration_estimate_sec / grid.slot_s
+        whole, part = int(duration), duration - int(duration)
+        cum = np.concatenate(([0.0], np.cumsum(site.carbon)))
+        ends = np.minimum(starts + whole, grid.n - 1)
+        per_mw = cum[ends] - cum[starts] + part * site.carbon[ends]  # prefix sums: O(n)
+        carbon = a.power_profile.mean_power_mw() * grid.slot_h * per_mw
         best = int(np.argmin(carbon))
         if carbon[best] < chosen_carbon * (1 - 1e-3):
             return grid.at(float(starts[best]))
@@ -682,10 +707,10 @@ class Scheduler:
     # ---- the site forecast ----
 
     def site_forecast(
-        self, placed: Sequence[PlacedJob], forecast: CarbonForecast, now: datetime
+        self, placed: Sequence[PlacedJob] | None, forecast: CarbonForecast, now: datetime
     ) -> SiteForecast:
         grid = self._grid(now)
-        site = self._site(grid, forecast, placed, cached=True)
+        site = self._site(grid, forecast, placed)
         slots = []
         for t in range(grid.n_start):
             load = float(site.fixed[t])

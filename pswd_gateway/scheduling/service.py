@@ -130,6 +130,7 @@ class WorkloadService:
     replans_total: int = field(default=0, init=False)
     last_replan: dict[str, Any] = field(default_factory=dict, init=False)
     _active: dict[str, Workload] = field(default_factory=dict, init=False)
+    _placed: dict[str, PlacedJob] = field(default_factory=dict, init=False)
     _inflight_keys: dict[tuple[str, str], str] = field(default_factory=dict, init=False)
     _version: int = field(default=0, init=False)
     _planned_version: int = field(default=0, init=False)
@@ -140,7 +141,9 @@ class WorkloadService:
     async def load(self) -> None:
         """Read the active workloads and the event position from the journal."""
         active = await self.journal.call(self.journal.sync.active_workloads)
-        self._active = {w.id: w for w in active}
+        self._active, self._placed = {}, {}
+        for w in active:
+            self._track(w, w.id)
         self.hub.last_id = await self.journal.call(self.journal.sync.last_event_id)
         self._version += 1
         log.info("workloads_loaded", active=len(self._active), last_event_id=self.hub.last_id)
@@ -234,9 +237,7 @@ class WorkloadService:
         now = self.clock()
         workload_id = new_workload_id()
         try:
-            allocation = self.scheduler.place(
-                workload_id, announcement, self.placed(), self.forecast(), now
-            )
+            allocation = self.scheduler.place(workload_id, announcement, None, self.forecast(), now)
         except DoesNotFitError as exc:
             await self._refuse(
                 who,
@@ -265,7 +266,7 @@ class WorkloadService:
             updated_at=now,
             history=history,
         )
-        self._active[workload_id] = workload  # reserves its capacity before any await
+        self._track(workload, workload_id)  # reserves its capacity before any await
         self._version += 1
         transitions = [
             Transition(workload_id, None, WorkloadState.ANNOUNCED, None, None, who.name, now),
@@ -305,7 +306,7 @@ class WorkloadService:
                 self.journal.sync.insert_workload, workload, transitions, events, audit, record
             )
         except BaseException:
-            self._active.pop(workload_id, None)
+            self._track(None, workload_id)
             raise
         self.announcements_total += 1
         self.hub.publish(committed)
@@ -366,10 +367,7 @@ class WorkloadService:
             }
         )
         previous = self._active.get(workload.id)
-        if new_state in TERMINAL_STATES:
-            self._active.pop(workload.id, None)
-        else:
-            self._active[workload.id] = updated
+        self._track(updated, workload.id)
         self._version += 1
         events = [_state_event(workload.id, current.state, new_state, now, action, None, reason)]
         if allocation is not None and allocation != current.allocation:
@@ -405,8 +403,7 @@ class WorkloadService:
                 audit,
             )
         except BaseException:
-            if previous is not None:
-                self._active[workload.id] = previous
+            self._track(previous, workload.id)
             raise
         self.hub.publish(committed)
         log.info(
@@ -427,16 +424,30 @@ class WorkloadService:
             raise NotFoundError(f"workload {workload_id!r}")
         return workload
 
-    def placed(self, *, exclude: str | None = None) -> list[PlacedJob]:
+    def placed(self) -> list[PlacedJob]:
         """Every active workload with an allocation, as the scheduler sees it."""
-        return [
-            PlacedJob(w.id, w.announcement, w.allocation.scheduled_start)
-            for w in self._active.values()
-            if w.allocation is not None and w.id != exclude
-        ]
+        return list(self._placed.values())
+
+    def _track(self, workload: Workload | None, workload_id: str) -> None:
+        """Keep ``_active`` and the scheduler's view of it in step (one place for both)."""
+        alloc = workload.allocation if workload is not None else None
+        if workload is None or workload.state in TERMINAL_STATES or alloc is None:
+            if workload is not None and workload.state not in TERMINAL_STATES:
+                self._active[workload_id] = workload
+            else:
+                self._active.pop(workload_id, None)
+            if self._placed.pop(workload_id, None) is not None:
+                self.scheduler.release(workload_id)
+            return
+        self._active[workload_id] = workload
+        held = self._placed.get(workload_id)
+        if held is None or held.start != alloc.scheduled_start:
+            job = PlacedJob(workload_id, workload.announcement, alloc.scheduled_start)
+            self._placed[workload_id] = job
+            self.scheduler.hold(job)
 
     def site_forecast(self) -> SiteForecast:
-        return self.scheduler.site_forecast(self.placed(), self.forecast(), self.clock())
+        return self.scheduler.site_forecast(None, self.forecast(), self.clock())
 
     # ---- timers ----
 
@@ -460,7 +471,8 @@ class WorkloadService:
             elif workload.state is WorkloadState.SCHEDULED and now >= start - timedelta(
                 seconds=sched.prepare_lead_s
             ):
-                action, reason = Action.PREPARE, "start within prepare_lead_s"
+                action = Action.PREPARE
+                reason = "start is near: preparing battery, cooling, grid ramp"
             elif workload.state is WorkloadState.PREPARING and now >= start - timedelta(
                 seconds=sched.ready_lead_s
             ):
