@@ -131,6 +131,9 @@ class WorkloadService:
     last_replan: dict[str, Any] = field(default_factory=dict, init=False)
     _active: dict[str, Workload] = field(default_factory=dict, init=False)
     _placed: dict[str, PlacedJob] = field(default_factory=dict, init=False)
+    _due: dict[str, tuple[tuple[WorkloadState, datetime], datetime]] = field(
+        default_factory=dict, init=False
+    )
     _inflight_keys: dict[tuple[str, str], str] = field(default_factory=dict, init=False)
     _version: int = field(default=0, init=False)
     _planned_version: int = field(default=0, init=False)
@@ -141,7 +144,7 @@ class WorkloadService:
     async def load(self) -> None:
         """Read the active workloads and the event position from the journal."""
         active = await self.journal.call(self.journal.sync.active_workloads)
-        self._active, self._placed = {}, {}
+        self._active, self._placed, self._due = {}, {}, {}
         for w in active:
             self._track(w, w.id)
         self.hub.last_id = await self.journal.call(self.journal.sync.last_event_id)
@@ -436,6 +439,7 @@ class WorkloadService:
                 self._active[workload_id] = workload
             else:
                 self._active.pop(workload_id, None)
+                self._due.pop(workload_id, None)
             if self._placed.pop(workload_id, None) is not None:
                 self.scheduler.release(workload_id)
             return
@@ -459,6 +463,11 @@ class WorkloadService:
             if workload.allocation is None:
                 continue
             start = workload.allocation.scheduled_start
+            key = (workload.state, start)
+            cached = self._due.get(workload.id)
+            if cached is not None and cached[0] == key and now < cached[1]:
+                continue  # nothing is due yet: skip the arithmetic below
+            self._due[workload.id] = (key, self._next_due(workload, start))
             action: Action | None = None
             reason = None
             late = now - workload.announcement.latest_start
@@ -479,6 +488,19 @@ class WorkloadService:
                 action, reason = Action.MAKE_READY, "site prepared"
             if action is not None:
                 await self._transition(workload, action, SYSTEM, reason)
+
+    def _next_due(self, workload: Workload, start: datetime) -> datetime:
+        """The earliest time ``tick`` could act on this workload in its present state."""
+        sched = self.config.scheduling
+        waiting = {WorkloadState.SCHEDULED, WorkloadState.PREPARING, WorkloadState.READY}
+        if workload.state not in waiting:
+            return datetime.max.replace(tzinfo=UTC)
+        due = workload.announcement.latest_start + timedelta(seconds=EXPIRE_GRACE_S)
+        if workload.state is WorkloadState.SCHEDULED:
+            due = min(due, start - timedelta(seconds=sched.prepare_lead_s))
+        elif workload.state is WorkloadState.PREPARING:
+            due = min(due, start - timedelta(seconds=sched.ready_lead_s))
+        return due
 
     async def replan(self, time_limit_s: float | None = None) -> int:
         """Re-optimise every movable workload; returns how many allocations changed."""

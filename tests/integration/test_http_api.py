@@ -124,6 +124,8 @@ async def test_the_seed_example_gets_201_with_an_allocation(api: Api) -> None:
     assert r.status_code == 201, r.text
     w = r.json()
     assert r.headers["location"] == f"/v1/workloads/{w['id']}"
+    assert r.headers["server-timing"].startswith("app;dur=")
+    assert float(r.headers["server-timing"].removeprefix("app;dur=")) >= 0.0
     assert w["state"] == "scheduled"
     alloc = w["allocation"]
     for key in (

@@ -56,7 +56,12 @@ from pswd_gateway.northbound.http_api.schemas import (
     SiteOut,
     WorkloadPage,
 )
-from pswd_gateway.northbound.http_api.security import BodyLimit, RateLimiter, TokenBook
+from pswd_gateway.northbound.http_api.security import (
+    BodyLimit,
+    RateLimiter,
+    ServerTiming,
+    TokenBook,
+)
 from pswd_gateway.scheduling.service import WorkloadService
 
 __all__ = ["ApiContext", "create_app"]
@@ -101,6 +106,7 @@ def create_app(config: ApiConfig, context: ApiContext | None = None) -> FastAPI:
     )
     app.state.context = context
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(ServerTiming)
     app.add_exception_handler(ProblemError, handle_problem)
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(StarletteHTTPException, handle_http)

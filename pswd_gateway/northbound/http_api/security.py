@@ -13,7 +13,7 @@ from pswd_gateway.config import ApiConfig
 from pswd_gateway.domain.identity import Identity
 from pswd_gateway.northbound.http_api.problems import ProblemError, problem_response
 
-__all__ = ["BodyLimit", "RateLimiter", "TokenBook", "hash_token"]
+__all__ = ["BodyLimit", "RateLimiter", "ServerTiming", "TokenBook", "hash_token"]
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -118,6 +118,32 @@ class BodyLimit:
         )
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+class ServerTiming:
+    """ASGI middleware: every response carries ``Server-Timing: app;dur=<ms>`` (W3C).
+
+    The time from the request reaching the application to its response headers, so a client
+    can tell the gateway's own share of a latency from the network's and its own.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+
+        async def timed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ms = (time.perf_counter() - t0) * 1000.0
+                headers = [*message.get("headers", ()), (b"server-timing", b"app;dur=%.2f" % ms)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, timed)
 
 
 def _content_length(scope: Scope) -> int | None:
