@@ -170,6 +170,63 @@ def bench_api(
     )
 
 
+@bench_app.command("smoothing")
+def bench_smoothing(
+    trace: Annotated[
+        Path | None,
+        typer.Option(help="IT-load trace, CSV `t_s,it_power_mw` (default: the twin's generator)."),
+    ] = None,
+    announcements: Annotated[
+        Path | None,
+        typer.Option(help="JSON list of announcements in trace seconds (see docs/control.md)."),
+    ] = None,
+    ramp_limit_mw_per_s: Annotated[float, typer.Option(min=0.1)] = 20.0,
+    sample_ms: Annotated[
+        float, typer.Option(min=1.0, max=1000.0, help="Controller reading interval.")
+    ] = 20.0,
+    duration_s: Annotated[
+        float, typer.Option(min=10.0, max=14_400.0, help="Generated trace length.")
+    ] = 3600.0,
+    no_optimum: Annotated[
+        bool, typer.Option("--no-optimum", help="Skip the perfect-foresight LP.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Replay an IT-load trace through the predictive and reactive controllers and the
+    perfect-foresight optimum (simulated time)."""
+    import json  # noqa: PLC0415
+
+    from pswd_gateway.bench.smoothing import default_setup, render, run_smoothing  # noqa: PLC0415
+
+    setup = default_setup(ramp_limit_mw_per_s, sample_ms / 1000.0)
+    try:
+        result = run_smoothing(
+            trace, announcements, setup=setup, duration_s=duration_s, with_optimum=not no_optimum
+        )
+    except ConfigError as exc:
+        for where, problem in exc.problems:
+            typer.echo(f"{exc.source}: {where}: {problem}" if where else problem, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(result, indent=2) if as_json else render(result))
+
+
+@bench_app.command("control-latency")
+def bench_control_latency(
+    duration_s: Annotated[float, typer.Option(min=2.0, help="Length of each phase.")] = 20.0,
+    rate: Annotated[
+        float, typer.Option(min=1.0, help="API requests/s in the loaded phase.")
+    ] = 200.0,
+    meter_poll_ms: Annotated[
+        int, typer.Option(min=10, max=1000, help="Grid meter and battery poll interval.")
+    ] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Reading→setpoint latency and cycle lateness on the twin, quiet and under API load."""
+    from pswd_gateway.bench.control import run_control_bench  # noqa: PLC0415
+
+    raise typer.Exit(asyncio.run(run_control_bench(duration_s, rate, meter_poll_ms, as_json)))
+
+
 @token_app.command("new")
 def token_new(
     name: Annotated[str, typer.Option(help="Who holds it (shown in the audit log).")],

@@ -33,6 +33,7 @@ __all__ = [
     "DEVICE_MAPS_DIR",
     "ApiConfig",
     "ApiTokenConfig",
+    "ControlConfig",
     "ForecastConfig",
     "GatewayConfig",
     "ListenerConfig",
@@ -285,6 +286,48 @@ class SchedulingConfig(_Strict):
         return self
 
 
+class ControlConfig(_Strict):
+    """``[control]``: the control cycle and its controllers (see docs/control.md)."""
+
+    enabled: bool = False
+    """Write setpoints to devices. Off by default: a gateway only observes until told to act."""
+    cycle_ms: Annotated[int, Field(ge=20, le=1000)] = 100
+    """The cycle also runs at once whenever the grid meter delivers a fresh reading."""
+    predictive: bool = True
+    """Use announcements (feed-forward); ``false`` runs the reactive limiter alone."""
+    ramp_margin: Annotated[float, Field(gt=0.1, le=1.0)] = 0.8
+    band_low_hz: Annotated[float, Field(gt=0.0, le=10.0)] = 0.1
+    band_high_hz: Annotated[float, Field(gt=0.0, le=25.0)] = 2.0
+    """The oscillation band to attenuate; the limiter's filter is set by ``band_low_hz``."""
+    soc_min: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    soc_max: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
+    soc_target: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    soc_restore_s: Annotated[float, Field(gt=0.0, le=86_400.0)] = 120.0
+    bess_power_mw: Annotated[float, Field(gt=0.0, le=10_000.0)] | None = None
+    """Inverter rating; default: the BESS's own 702 WMaxRtg reading."""
+    bess_energy_mwh: Annotated[float, Field(gt=0.0, le=100_000.0)] | None = None
+    """Nameplate energy; default: the BESS's own 802 energy rating reading."""
+    write_timeout_ms: Annotated[int, Field(ge=5, le=5_000)] = 50
+    chw_supply_setpoint_c: Annotated[float, Field(ge=5.0, le=30.0)] = 18.0
+    """Chilled-water supply temperature the thermal controller holds."""
+    chw_setpoint_range_c: tuple[float, float] = (8.0, 26.0)
+    heat_supply_setpoint_c: Annotated[float, Field(ge=70.0, le=90.0)] = 80.0
+    """Municipal heat network supply temperature the heat-recovery heat pump holds."""
+    announce_lead_s: Annotated[float, Field(ge=0.0, le=86_400.0)] = 900.0
+    """How far ahead an announced job starts to move the battery's SoC target."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ControlConfig:
+        if not self.soc_min < self.soc_target < self.soc_max:
+            raise ValueError("need soc_min < soc_target < soc_max")
+        if not self.band_low_hz < self.band_high_hz:
+            raise ValueError("band_low_hz must be below band_high_hz")
+        lo, hi = self.chw_setpoint_range_c
+        if not lo <= self.chw_supply_setpoint_c <= hi:
+            raise ValueError("chw_supply_setpoint_c must lie within chw_setpoint_range_c")
+        return self
+
+
 class StorageConfig(_Strict):
     state_dir: Path = Path("var")
     """Relative paths are taken from the working directory."""
@@ -323,6 +366,7 @@ class GatewayConfig(BaseSettings):
     listeners: ListenersConfig = ListenersConfig()
     api: ApiConfig = ApiConfig()
     scheduling: SchedulingConfig = SchedulingConfig()
+    control: ControlConfig = ControlConfig()
     storage: StorageConfig = StorageConfig()
     logging: LoggingConfig = LoggingConfig()
     daemon: DaemonConfig = DaemonConfig()

@@ -31,7 +31,9 @@ from starlette.routing import Route
 
 from pswd_gateway import __version__
 from pswd_gateway.config import GatewayConfig, SiteConfig, load_config
-from pswd_gateway.errors import ConfigError, PswdError
+from pswd_gateway.control.cycle import ControlCycle, SetpointWrite
+from pswd_gateway.control.grid import Announced, Fallback
+from pswd_gateway.errors import ConfigError, DeviceError, PswdError
 from pswd_gateway.integration.feed import ForecastFeed
 from pswd_gateway.integration.forecasts import build_forecast_provider
 from pswd_gateway.journal import AsyncJournal
@@ -52,6 +54,10 @@ __all__ = ["Gateway", "SystemdNotifier", "run_gateway"]
 log = get_logger("daemon")
 
 RESTART_BACKOFF_S = 1.0
+SETPOINT_FLUSH_S = 1.0
+SETPOINT_BUFFER_MAX = 100_000
+FALLBACK_NOTICE_S = 5.0
+"""At most one power request on the event stream per this many seconds."""
 GC_GEN0_THRESHOLD = 10_000
 GC_UNFREEZE_INTERVAL_S = 3600.0
 
@@ -92,12 +98,16 @@ class Gateway:
     metrics_listener: AsgiListener | None = field(default=None, init=False)
     api_listener: AsgiListener | None = field(default=None, init=False)
     journal: AsyncJournal | None = field(default=None, init=False)
+    control: ControlCycle | None = field(default=None, init=False)
     heap: HeapKeeper | None = None
     """Garbage-collector tuning; set by ``pswd-gateway run`` (it is process-wide)."""
     forecast: ForecastFeed | None = field(default=None, init=False)
     workloads: WorkloadService | None = field(default=None, init=False)
     started_at: float = field(default=0.0, init=False)
     _supervised: dict[str, _Supervised] = field(default_factory=dict, init=False)
+    _setpoint_buffer: list[SetpointWrite] = field(default_factory=list, init=False)
+    _setpoints_dropped: int = field(default=0, init=False)
+    _last_fallback_notice: float = field(default=-1e9, init=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _watchdog_task: asyncio.Task[None] | None = field(default=None, init=False)
     _ready: bool = field(default=False, init=False)
@@ -140,6 +150,8 @@ class Gateway:
             )
             await self.api_listener.start()
         await self._wait_first_polls(timeout_s=5.0)
+        await self._start_control()
+        self._start_task("setpoint-journal", self._flush_setpoints)
         if self.heap is not None:
             self.heap.install()
         self._ready = True
@@ -180,6 +192,81 @@ class Gateway:
         await self.workloads.start()
         self._start_task("forecast", self.forecast.run)
 
+    async def _start_control(self) -> None:
+        """The control cycle (after the pollers: it needs their readings)."""
+        cfg = self.config
+        self.control = ControlCycle(
+            cfg.control,
+            self._site(),
+            self.store,
+            self._write_device,
+            jobs=self._announced_jobs,
+            record=self._record_setpoints,
+            on_fallback=self._on_fallback,
+        )
+        await self.control.start()
+
+    async def _write_device(self, device: str, point: str, value: float) -> None:
+        driver = self.drivers.get(device)
+        if driver is None:
+            raise DeviceError(device, "no such device, or it is disabled")
+        await driver.write(point, value)
+
+    def _announced_jobs(self, now: float) -> list[Announced]:
+        if self.workloads is None:
+            return []
+        horizon = now + self.config.control.announce_lead_s
+        jobs = []
+        for placed in self.workloads.placed():
+            a = placed.announcement
+            start = placed.start.timestamp()
+            end = start + a.power_profile.duration_estimate_sec
+            if start > horizon or end < now - 60.0:
+                continue
+            profile = a.power_profile
+            level = profile.peak_power_mw - (profile.oscillation_depth_mw or 0.0) / 2.0
+            jobs.append(Announced(start, end, level * 1e6, profile.ramp_rate_mw_per_sec * 1e6))
+        return jobs
+
+    async def _record_setpoints(self, writes: list[SetpointWrite]) -> None:
+        self._setpoint_buffer.extend(writes)
+        if len(self._setpoint_buffer) > SETPOINT_BUFFER_MAX:
+            del self._setpoint_buffer[: len(self._setpoint_buffer) - SETPOINT_BUFFER_MAX]
+            self._setpoints_dropped += 1
+
+    async def _flush_setpoints(self) -> None:
+        """Setpoint history goes to the journal once a second, in one transaction."""
+        while True:
+            await asyncio.sleep(SETPOINT_FLUSH_S)
+            await self._flush_setpoints_once()
+
+    async def _flush_setpoints_once(self) -> None:
+        if not self._setpoint_buffer or self.journal is None:
+            return
+        rows = [
+            (w.at, w.device, w.point, w.value, w.ok, w.error, w.latency_s)
+            for w in self._setpoint_buffer
+        ]
+        self._setpoint_buffer.clear()
+        await self.journal.call(self.journal.sync.record_setpoints, rows)
+
+    def _on_fallback(self, fallback: Fallback) -> None:
+        now = time.monotonic()
+        if self.workloads is None or now - self._last_fallback_notice < FALLBACK_NOTICE_S:
+            return
+        self._last_fallback_notice = now
+        log.warning("workload_fallback", reason=fallback.reason)
+        asyncio.get_running_loop().create_task(
+            self.workloads.site_notice(
+                "power_request",
+                {
+                    "reason": fallback.reason,
+                    "shortfall_mw": round(fallback.shortfall_w / 1e6, 3),
+                    "ramp_mw_per_s": round(fallback.ramp_w_per_s / 1e6, 3),
+                },
+            )
+        )
+
     async def stop(self) -> None:
         """Stop everything started, in reverse order, within the configured timeout."""
         self.notifier.notify("STOPPING=1")
@@ -200,6 +287,10 @@ class Gateway:
                     if listener is not None:
                         await listener.stop()
                 await self._stop_task("forecast")
+                if self.control is not None:
+                    await self.control.stop()
+                await self._stop_task("setpoint-journal")
+                await self._flush_setpoints_once()
                 if self.workloads is not None:
                     await self.workloads.stop()
                 await asyncio.gather(*(self._remove_poller(n) for n in list(self.pollers)))
@@ -309,7 +400,12 @@ class Gateway:
             await asyncio.sleep(interval_s)
 
     def _health_app(self) -> Starlette:
-        collector = GatewayCollector(self.store, self._site, self.poll_stats)
+        collector = GatewayCollector(
+            self.store,
+            self._site,
+            self.poll_stats,
+            control_stats=lambda: self.control.stats if self.control is not None else None,
+        )
         registry = make_registry(collector)
         ProcessCollector(registry=registry)
 

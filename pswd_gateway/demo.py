@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 import time
@@ -38,6 +39,9 @@ __all__ = ["run_demo"]
 TWIN_START_TIMEOUT_S = 30.0
 DEMO_TOKEN = "pswd-demo-submitter"  # noqa: S105 - the published demo token, loopback only
 DEMO_JOB_LEAD_S = 30.0
+"""When the twin's start time cannot be read: announce for now + this."""
+DEMO_JOB_TWIN_START_S = 45.0
+"""When the demo job starts in the twin's IT-load trace (``[[simulation.trace.jobs]]``)."""
 DEMO_JOB = {
     "workload_type": "ai_training",
     "name": "llm-pretrain-demo",
@@ -102,10 +106,15 @@ def _view(gw: Gateway, started: float, events: Sequence[str] = ()) -> Group:
     it_w = None if not it or None in it else sum(x for x in it if x is not None)
     soc = v(site.bess, "soc")
     plant = Table(title=f"{site.name} — live (Ctrl-C stops)", title_justify="left", expand=False)
+    control = gw.control.stats if gw.control is not None else None
+    ramp = control.grid_ramp_w_per_s() if control is not None else None
+    setpoint = control.last.bess_setpoint_w if control and control.last else None
     for col in (
         "grid MW",
         "limit MW",
+        "ramp MW/s",
         "IT MW",
+        "BESS set MW",
         "BESS MW",
         "SoC %",
         "CHW supply °C",
@@ -117,7 +126,9 @@ def _view(gw: Gateway, started: float, events: Sequence[str] = ()) -> Group:
     plant.add_row(
         _fmt(v(site.grid_meter, "active_power"), 1e6, 1),
         f"{site.grid_import_limit_mw:,.0f}",
+        _ramp_cell(ramp, site.grid_ramp_limit_mw_per_s),
         _fmt(it_w, 1e6, 1),
+        _fmt(setpoint, 1e6, 1),
         _fmt(v(site.bess, "active_power"), 1e6, 1),
         _fmt(None if soc is None else soc * 100, 1, 1),
         _fmt(v(site.thermal, "chw_supply_temp"), 1, 2),
@@ -157,6 +168,15 @@ def _view(gw: Gateway, started: float, events: Sequence[str] = ()) -> Group:
     return Group(plant, devices, _workloads_view(gw, events), footer)
 
 
+def _ramp_cell(ramp_w_per_s: float | None, limit_mw_per_s: float) -> Text:
+    """``+3.2 / 20``, red when over the limit."""
+    if ramp_w_per_s is None:
+        return Text("—")
+    mw = ramp_w_per_s / 1e6
+    style = "red" if abs(mw) > limit_mw_per_s else "green"
+    return Text(f"{mw:+.1f} / {limit_mw_per_s:g}", style=style)
+
+
 def _workloads_view(gw: Gateway, events: Sequence[str]) -> Group:
     table = Table(title="workloads (HTTP API)", title_justify="left")
     for col in ("id", "name", "state", "start", "battery MW / MWh", "CO2e kg", "why"):
@@ -189,8 +209,10 @@ def _plain_line(gw: Gateway) -> str:
     soc = snap.value(f"{site.bess}.soc") if site.bess else None
     it = [snap.value(f"{d}.total_power") for d in site.it_load]
     it_w = None if not it or None in it else sum(x for x in it if x is not None)
+    ramp = gw.control.stats.grid_ramp_w_per_s() if gw.control is not None else None
     return (
-        f"grid {_fmt(grid, 1e6, 1)} MW  IT {_fmt(it_w, 1e6, 1)} MW  "
+        f"grid {_fmt(grid, 1e6, 1)} MW  ramp {_fmt(ramp, 1e6, 1)} / "
+        f"{site.grid_ramp_limit_mw_per_s:g} MW/s  IT {_fmt(it_w, 1e6, 1)} MW  "
         f"BESS {_fmt(bess, 1e6, 1)} MW  SoC {_fmt(None if soc is None else soc * 100, 1, 1)} %"
     )
 
@@ -231,7 +253,9 @@ async def run_demo(cfg: GatewayConfig, config_path: Path, duration_s: float | No
         await gw.start()
         _print_listeners(console, cfg, gw, log_dir)
         events: deque[str] = deque(maxlen=6)
-        job = asyncio.create_task(_play_ml_platform(gw, events), name="demo-job")
+        job = asyncio.create_task(
+            _play_ml_platform(gw, events, log_dir / "twin.log"), name="demo-job"
+        )
         try:
             await _show(console, gw, duration_s, events)
         finally:
@@ -275,12 +299,31 @@ def _print_listeners(console: Console, cfg: GatewayConfig, gw: Gateway, log_dir:
     console.print(table)
 
 
-async def _play_ml_platform(gw: Gateway, events: deque[str]) -> None:
-    """Announce the demo job over HTTP, then report its start once the site is ready."""
+def _twin_started_at(twin_log: Path) -> float | None:
+    """The POSIX time of the twin's t = 0, from its ``twin_started`` log line."""
+    try:
+        lines = twin_log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "twin_started" not in line:
+            continue
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            value = json.loads(line).get("posix_start")
+            return float(value) if value is not None else None
+    return None
+
+
+async def _play_ml_platform(gw: Gateway, events: deque[str], twin_log: Path) -> None:
+    """Announce the demo job over HTTP (for when the twin will start it), then report its start
+    once the site is ready."""
     if gw.api_listener is None or gw.workloads is None:
         return
     url = f"http://{gw.api_listener.host}:{gw.api_listener.port}"
+    t0 = _twin_started_at(twin_log)
     start = datetime.now(UTC) + timedelta(seconds=DEMO_JOB_LEAD_S)
+    if t0 is not None and t0 + DEMO_JOB_TWIN_START_S > time.time() + 10.0:
+        start = datetime.fromtimestamp(t0 + DEMO_JOB_TWIN_START_S, UTC)
     body = DEMO_JOB | {
         "timing_constraints": {
             "earliest_start_time": start.isoformat(),

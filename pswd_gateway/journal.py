@@ -104,6 +104,19 @@ MIGRATIONS: tuple[str, ...] = (
         hash TEXT NOT NULL
     );
     """,
+    """
+    CREATE TABLE setpoints (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        device TEXT NOT NULL,
+        point TEXT NOT NULL,
+        value REAL NOT NULL,
+        ok INTEGER NOT NULL,
+        error TEXT,
+        latency_s REAL NOT NULL
+    );
+    CREATE INDEX setpoints_at ON setpoints (at);
+    """,
 )
 
 
@@ -122,6 +135,10 @@ def format_ts(ts: datetime) -> str:
 
 def parse_ts(text: str) -> datetime:
     return datetime.fromisoformat(text)
+
+
+SetpointRow = tuple[float, str, str, float, bool, str | None, float]
+"""``(at POSIX s, device, point, value, ok, error, latency_s)``."""
 
 
 @dataclass(frozen=True)
@@ -324,6 +341,37 @@ class Journal:
     def audit(self, entry: AuditEntry) -> None:
         with self._tx():
             self._append_audit(entry)
+
+    def append_events(self, events: Iterable[EventRow]) -> list[EventRow]:
+        """Commit events that belong to no transition (site notices); returns them with ids."""
+        with self._tx():
+            return self._insert_events(events)
+
+    def record_setpoints(
+        self, rows: Iterable[tuple[float, str, str, float, bool, str | None, float]]
+    ) -> int:
+        """Store setpoint writes ``(at POSIX s, device, point, value, ok, error, latency_s)``."""
+        batch = [
+            (format_ts(datetime.fromtimestamp(at, UTC)), d, p, v, int(ok), e, lat)
+            for at, d, p, v, ok, e, lat in rows
+        ]
+        with self._tx():
+            self._db.executemany(
+                "INSERT INTO setpoints (at, device, point, value, ok, error, latency_s) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                batch,
+            )
+        return len(batch)
+
+    def setpoints(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest setpoint writes, newest first."""
+        cur = self._db.execute(
+            "SELECT at, device, point, value, ok, error, latency_s FROM setpoints "
+            "ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        keys = ("at", "device", "point", "value", "ok", "error", "latency_s")
+        return [dict(zip(keys, row, strict=True)) for row in cur.fetchall()]
 
     def _insert_transitions(self, transitions: Iterable[Transition]) -> None:
         self._db.executemany(

@@ -129,7 +129,7 @@ def _body(i: int, now: datetime) -> dict[str, Any]:
     }
 
 
-def _pct(samples: list[float], q: float) -> float:
+def percentile(samples: list[float], q: float) -> float:
     if not samples:
         return float("nan")
     ordered = sorted(samples)
@@ -152,7 +152,7 @@ async def _preload(http: httpx.AsyncClient, n: int, concurrency: int = 16) -> in
     return failures
 
 
-async def _open_loop(
+async def open_loop(
     http: httpx.AsyncClient, rate: float, duration_s: float, offset: int
 ) -> tuple[list[float], list[float], dict[int, int]]:
     """Requests at fixed times, whether or not earlier ones answered (open loop).
@@ -230,9 +230,9 @@ async def measure_api(rate: float, duration_s: float, preload: int) -> dict[str,
                 limits=limits,
                 timeout=10.0,
             ) as http:
-                await _open_loop(http, rate, 2.0, preload)  # warm-up, not counted
+                await open_loop(http, rate, 2.0, preload)  # warm-up, not counted
                 cpu0 = _cpu_s(proc.pid)
-                latencies, server_ms, statuses = await _open_loop(
+                latencies, server_ms, statuses = await open_loop(
                     http, rate, duration_s, preload + 10_000
                 )
                 cpu = (_cpu_s(proc.pid) - cpu0) / duration_s
@@ -247,12 +247,12 @@ async def measure_api(rate: float, duration_s: float, preload: int) -> dict[str,
         "preload_s": round(preload_s, 2),
         "requests": len(ms),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "p50_ms": round(_pct(ms, 0.50), 2),
-        "p99_ms": round(_pct(ms, 0.99), 2),
+        "p50_ms": round(percentile(ms, 0.50), 2),
+        "p99_ms": round(percentile(ms, 0.99), 2),
         "max_ms": round(max(ms), 2) if ms else None,
         "mean_ms": round(statistics.fmean(ms), 2) if ms else None,
-        "server_p50_ms": round(_pct(server_ms, 0.50), 2),
-        "server_p99_ms": round(_pct(server_ms, 0.99), 2),
+        "server_p50_ms": round(percentile(server_ms, 0.50), 2),
+        "server_p99_ms": round(percentile(server_ms, 0.99), 2),
         "server_max_ms": round(max(server_ms), 2) if server_ms else None,
         "gateway_cpu_cores": round(cpu, 3),
     }

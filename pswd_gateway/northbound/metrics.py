@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from pswd_gateway import __version__
 from pswd_gateway.config import SiteConfig
+from pswd_gateway.control.cycle import ControlStats
 from pswd_gateway.domain.points import Quality
 from pswd_gateway.southbound.poller import PollStats
 from pswd_gateway.store import PointStore, Snapshot
@@ -104,8 +105,10 @@ class GatewayCollector(Collector):
         site: Callable[[], SiteConfig],
         poll_stats: Callable[[], Sequence[PollStats]],
         *,
+        control_stats: Callable[[], ControlStats | None] = lambda: None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self._control_stats = control_stats
         self._store = store
         self._site = site
         self._poll_stats = poll_stats
@@ -127,6 +130,9 @@ class GatewayCollector(Collector):
                 family.add_metric([], value)
             yield family
         yield from self._device_metrics(snap, self._poll_stats())
+        control = self._control_stats()
+        if control is not None:
+            yield from _control_metrics(control)
 
     def _device_metrics(self, snap: Snapshot, stats: Sequence[PollStats]) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -175,6 +181,82 @@ class GatewayCollector(Collector):
             timeouts.add_metric(labels, s.timeouts_total)
             interval.add_metric(labels, s.interval_s)
         yield from (up, quality, lateness, overruns, polls, errors, timeouts, interval)
+
+
+def _control_metrics(c: ControlStats) -> Iterator[Metric]:
+    for name, help_text, value in (
+        ("pswd_control_runs", "Control cycle runs.", c.runs_total),
+        (
+            "pswd_control_meter_runs",
+            "Runs triggered by a fresh grid-meter reading.",
+            c.meter_runs_total,
+        ),
+        ("pswd_control_writes", "Setpoint writes to devices.", c.writes_total),
+        (
+            "pswd_control_write_failures",
+            "Setpoint writes that failed or timed out.",
+            c.write_failures_total,
+        ),
+        (
+            "pswd_control_fallbacks",
+            "Runs that asked workloads to ramp (battery could not cover).",
+            c.fallbacks_total,
+        ),
+        ("pswd_control_skipped", "Runs without a usable grid or battery reading.", c.skipped_total),
+    ):
+        counter = CounterMetricFamily(name, help_text)
+        counter.add_metric([], value)
+        yield counter
+    for name, help_text, samples in (
+        (
+            "pswd_control_cycle_lateness_seconds",
+            "Lateness of timer-driven control runs (recent samples).",
+            c.lateness_s,
+        ),
+        (
+            "pswd_control_reading_to_setpoint_seconds",
+            "From a grid-meter reading arriving to the battery setpoint written (recent samples).",
+            c.reading_to_setpoint_s,
+        ),
+    ):
+        gauge = GaugeMetricFamily(name, help_text, labels=["quantile"])
+        if samples:
+            ordered = sorted(samples)
+            for q in (0.5, 0.99, 1.0):
+                gauge.add_metric([repr(q)], ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+        yield gauge
+    last = c.last
+    for name, help_text, reading in (
+        (
+            "pswd_control_bess_setpoint_watts",
+            "Battery setpoint of the last run; > 0 discharges.",
+            None if last is None else last.bess_setpoint_w,
+        ),
+        (
+            "pswd_control_grid_plan_watts",
+            "Grid draw the limiter planned in the last run.",
+            None if last is None else last.grid_plan_w,
+        ),
+        (
+            "pswd_control_announced_planned_watts",
+            "Grid draw planned for announced jobs (feed-forward).",
+            None if last is None else last.planned_announced_w,
+        ),
+        (
+            "pswd_control_soc_target_ratio",
+            "State of charge the battery is steered to.",
+            None if last is None else last.soc_target,
+        ),
+        (
+            "pswd_grid_ramp_watts_per_second",
+            "Grid import rate of change: the last 1 s mean against the 1 s before.",
+            c.grid_ramp_w_per_s(),
+        ),
+    ):
+        gauge = GaugeMetricFamily(name, help_text)
+        if reading is not None:
+            gauge.add_metric([], reading)
+        yield gauge
 
 
 def _le(bound: float) -> str:

@@ -450,6 +450,13 @@ class WorkloadService:
             self._placed[workload_id] = job
             self.scheduler.hold(job)
 
+    async def site_notice(self, kind: str, data: dict[str, Any]) -> None:
+        """Journal and publish an event that concerns every workload (e.g. a power request)."""
+        events = await self.journal.call(
+            self.journal.sync.append_events, [EventRow(kind, None, self.clock(), data)]
+        )
+        self.hub.publish(events)
+
     def site_forecast(self) -> SiteForecast:
         return self.scheduler.site_forecast(None, self.forecast(), self.clock())
 

@@ -119,7 +119,11 @@ class Twin:
             await self.stop()
             raise
         self._tick_task = asyncio.create_task(self._tick(), name="twin-tick")
-        log.info("twin_started", endpoints={k: f"{h}:{p}" for k, (h, p) in self.endpoints.items()})
+        log.info(
+            "twin_started",
+            endpoints={k: f"{h}:{p}" for k, (h, p) in self.endpoints.items()},
+            posix_start=round(self.clock.posix(0.0), 3),
+        )
 
     async def stop(self) -> None:
         """Stop the tick and every server; idempotent, never leaves a listener behind."""

@@ -10,6 +10,7 @@ import pytest
 
 from pswd_gateway.domain.workloads import Action, Announcement, Workload, WorkloadState
 from pswd_gateway.journal import (
+    MIGRATIONS,
     AuditEntry,
     EventRow,
     IdempotencyRecord,
@@ -71,7 +72,7 @@ def journal(tmp_path: Path) -> Journal:
 def test_opens_in_wal_mode_at_the_latest_schema(journal: Journal) -> None:
     mode = journal._db.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
-    assert journal.schema_version == 1
+    assert journal.schema_version == len(MIGRATIONS)
 
 
 def test_a_newer_schema_is_refused_with_advice(tmp_path: Path) -> None:
@@ -161,3 +162,22 @@ def test_the_audit_chain_detects_an_edited_entry(journal: Journal) -> None:
     assert journal.verify_audit() == (4, None)
     journal._db.execute("UPDATE audit SET outcome = 'accepted' WHERE id = 4")
     assert journal.verify_audit() == (3, 4)
+
+
+def test_setpoint_writes_and_site_notices_are_kept(journal: Journal) -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    n = journal.record_setpoints(
+        [
+            (at, "bess", "power_setpoint", 12.5e6, True, None, 0.002),
+            (at + 0.1, "bess", "power_setpoint", 0.0, False, "timed out after 50 ms", 0.05),
+        ]
+    )
+    assert n == 2
+    latest = journal.setpoints(limit=5)
+    assert [r["value"] for r in latest] == [0.0, 12.5e6]
+    assert latest[0]["ok"] == 0
+    assert latest[0]["error"] == "timed out after 50 ms"
+    (event,) = journal.append_events(
+        [EventRow("power_request", None, datetime(2026, 1, 1, tzinfo=UTC), {"shortfall_mw": 5.0})]
+    )
+    assert event.id > 0

@@ -49,6 +49,10 @@ class ModbusDriver:
         self._plan = read_plan(regmap.points)
         self._units = {p.name: to_si(1.0, p.unit)[1] for p in regmap.points}
         self._client: AsyncModbusTcpClient | None = None
+        self._sf_cache: dict[int, int] = {}
+        self._io = asyncio.Lock()
+        """One request in flight per connection: a setpoint write between two read blocks of a
+        poll, never beside one (pymodbus would match the answers to the wrong requests)."""
 
     @property
     def name(self) -> str:
@@ -132,18 +136,23 @@ class ModbusDriver:
             )
         sf = None
         if p.sf_address is not None:
-            sf = _signed16((await self._read_block(p.sf_address, 1))[0])
+            # Scale factors are fixed by the device (SunSpec): read once, not on every write.
+            sf = self._sf_cache.get(p.sf_address)
+            if sf is None:
+                sf = _signed16((await self._read_block(p.sf_address, 1))[0])
+                self._sf_cache[p.sf_address] = sf
         try:
             regs = encode_point(p, native, self.regmap.orders(p), sf)
         except ValueError as exc:
             raise WriteRefusedError(self.name, str(exc)) from None
         client = self._require_client()
         try:
-            reply = await client.write_registers(p.address, regs, device_id=self.cfg.unit_id)
+            async with self._io:
+                reply = await client.write_registers(p.address, regs, device_id=self.cfg.unit_id)
         except (ModbusException, OSError) as exc:
             raise DeviceError(self.name, f"write {point} at {p.address}: {exc}") from None
         self._check(reply, f"write {point} at {p.address}")
-        log.info("device_write", device=self.name, point=point, value=native, unit=p.unit)
+        log.debug("device_write", device=self.name, point=point, value=native, unit=p.unit)
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -165,9 +174,10 @@ class ModbusDriver:
         client = self._require_client()
         what = f"registers {start}..{start + count - 1}"
         try:
-            reply = await client.read_holding_registers(
-                start, count=count, device_id=self.cfg.unit_id
-            )
+            async with self._io:
+                reply = await client.read_holding_registers(
+                    start, count=count, device_id=self.cfg.unit_id
+                )
         except (ModbusException, OSError, asyncio.IncompleteReadError) as exc:
             raise DeviceError(self.name, f"read {what}: {exc}") from None
         self._check(reply, f"read {what}")

@@ -1,0 +1,1 @@
+"""Infrastructure control: the 100 ms cycle and its pure controllers."""

@@ -1,0 +1,329 @@
+"""Grid-side control: what the battery does so that the grid sees a smooth, limited draw.
+
+Pure functions of (state, reading, announced jobs, settings); no I/O, no clock. Each step runs
+the controllers in a fixed order and the arbiter last:
+
+1. *Predictive feed-forward* (:func:`expected_announced_w`, :func:`planned_announced_w`): each
+   announced job contributes the load it will draw (its own fast ramp) and, separately, the
+   grid draw planned for it: a ramp at the planning rate centred on the job's rise, so that
+   the 40 ms start lands on the battery and the grid has already taken half of it.
+2. *Grid ramp limiter*: the rest of the site load, what nobody announced, passes a two-stage
+   low-pass filter (cut-off half the lowest oscillation band, so the training rhythm is
+   attenuated); the grid target is that plus the planned draw plus the SoC bias, followed at
+   no more than ``ramp_margin x ramp limit``.
+3. *SoC management* (:func:`soc_bias_w`): a slow pull towards the target SoC, raised before an
+   announced start and lowered before an announced stop by the energy the ramp will need.
+4. *Arbiter*: hard limits win, in this order: the grid import limit, the inverter rating, the
+   SoC window. What the battery cannot cover goes to the grid, and when that breaks the ramp
+   limit the decision carries a *workload fallback*: the workload is asked to ramp instead.
+
+The reactive baseline is the same step with no announced jobs.
+
+Units are SI: W, W/s, J, s. Battery power > 0 discharges into the site; grid power > 0 imports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "Announced",
+    "Fallback",
+    "GridDecision",
+    "GridReading",
+    "GridSettings",
+    "LimiterState",
+    "expected_announced_w",
+    "grid_step",
+    "planned_announced_w",
+    "soc_bias_w",
+    "soc_target",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class GridSettings:
+    """Limits of the grid connection and of the battery, and how the controllers use them."""
+
+    ramp_limit_w_per_s: float
+    """The operator's limit on the rate of change of the grid import."""
+    import_limit_w: float
+    bess_rated_w: float
+    bess_capacity_j: float
+    """Nameplate energy; the SoC window below is a fraction of it."""
+    soc_min: float = 0.1
+    soc_max: float = 0.9
+    soc_target: float = 0.5
+    ramp_margin: float = 0.8
+    """The limiter plans at this fraction of the limit: room for what measurement delay leaks."""
+    band_low_hz: float = 0.1
+    """Lowest frequency of the oscillation bands to attenuate (the training rhythm)."""
+    soc_restore_s: float = 120.0
+    """Time constant of the pull back to the target SoC (short enough that the battery's
+    losses and unannounced dips do not walk the SoC away)."""
+    soc_restore_max_fraction: float = 0.1
+    """The pull never asks for more than this fraction of the inverter rating."""
+    lookahead_s: float = 900.0
+    """How far ahead an announced start or stop moves the SoC target."""
+
+    @property
+    def planning_ramp_w_per_s(self) -> float:
+        return self.ramp_limit_w_per_s * self.ramp_margin
+
+    @property
+    def filter_tau_s(self) -> float:
+        """Each low-pass stage: cut-off at half the lowest band."""
+        return 1.0 / (math.pi * self.band_low_hz)
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """An announced job on the control clock (seconds)."""
+
+    start_s: float
+    end_s: float
+    level_w: float
+    """Expected mean power while it runs (peak less half the oscillation depth)."""
+    ramp_w_per_s: float
+    """The job's own ramp; its real edges may be far faster."""
+
+    @property
+    def rise_s(self) -> float:
+        return self.level_w / self.ramp_w_per_s if self.ramp_w_per_s > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class GridReading:
+    """One fresh reading of the grid connection and the battery."""
+
+    t: float
+    grid_w: float
+    bess_w: float
+    soc: float | None
+    """``None`` when the battery's state of charge is not known (invalid quality)."""
+    bess_available: bool = True
+    grid_energy_j: float | None = None
+    """The meter's net import energy counter, when it has one: the grid energy between two
+    readings shows what a fast edge cost the grid before the controller could see it."""
+
+    @property
+    def site_load_w(self) -> float:
+        """What the site draws before the battery: grid + battery."""
+        return self.grid_w + self.bess_w
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterState:
+    """What the limiter carries from one step to the next."""
+
+    t: float
+    grid_w: float
+    """The grid draw the limiter holds (its plan, re-anchored when the battery was clamped)."""
+    f1: float
+    f2: float
+    """The two low-pass stages over the unannounced part of the site load."""
+    energy_j: float | None = None
+    """The meter's energy counter at ``t``."""
+    commanded_grid_w: float | None = None
+    """Grid draw the last setpoint aimed at (plan less pay-back)."""
+
+    @classmethod
+    def start(cls, reading: GridReading, unannounced_w: float | None = None) -> LimiterState:
+        base = reading.site_load_w if unannounced_w is None else unannounced_w
+        return cls(reading.t, reading.grid_w, base, base, reading.grid_energy_j, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """The battery cannot cover the step: ask the workload to ramp instead."""
+
+    reason: str
+    shortfall_w: float
+    """Power the battery could not give (> 0) or take (< 0)."""
+    ramp_w_per_s: float
+    """The ramp the workload should follow so that the grid stays within its limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class GridDecision:
+    t: float
+    bess_setpoint_w: float
+    grid_plan_w: float
+    """Grid draw expected once the setpoint is applied."""
+    site_load_w: float
+    expected_announced_w: float
+    planned_announced_w: float
+    soc_bias_w: float
+    soc_target: float
+    binding: str | None
+    """The hard limit that decided the setpoint, if one did."""
+    fallback: Fallback | None
+    state: LimiterState
+
+
+def _ramp(x: float) -> float:
+    return min(max(x, 0.0), 1.0)
+
+
+def expected_announced_w(t: float, jobs: Sequence[Announced]) -> float:
+    """Load the announced jobs are expected to draw at ``t`` (their own ramps)."""
+    total = 0.0
+    for j in jobs:
+        if t <= j.start_s or t >= j.end_s:
+            continue
+        rise = j.rise_s
+        up = 1.0 if rise <= 0 else _ramp((t - j.start_s) / rise)
+        down = 1.0 if rise <= 0 else _ramp((j.end_s - t) / rise)
+        total += j.level_w * min(up, down)
+    return total
+
+
+def planned_announced_w(t: float, jobs: Sequence[Announced], ramp_w_per_s: float) -> float:
+    """Grid draw planned for the announced jobs: ramps at ``ramp_w_per_s``, centred on each
+    job's own rise and fall, so half of every step is on the grid before the job moves."""
+    total = 0.0
+    for j in jobs:
+        span = j.level_w / ramp_w_per_s
+        rise = j.rise_s
+        up_mid = j.start_s + rise / 2.0
+        down_mid = j.end_s - rise / 2.0
+        up = _ramp((t - (up_mid - span / 2.0)) / span)
+        down = _ramp(((down_mid + span / 2.0) - t) / span)
+        total += j.level_w * min(up, down)
+    return total
+
+
+def soc_target(t: float, jobs: Sequence[Announced], s: GridSettings) -> float:
+    """The SoC to hold now: the set target, moved so that the next announced start (or stop)
+    finds the energy (or the room) its ramp needs."""
+    rp = s.planning_ramp_w_per_s
+    lo, hi = s.soc_min, s.soc_max
+    for j in jobs:
+        # Each half of a centred ramp moves level²/(8·rate) through the battery, plus what the
+        # filter lets through if the level was misjudged by a quarter. Before a start the grid
+        # rises first (the battery charges, then gives it back): keep room. Before a stop the
+        # grid falls first (the battery gives, then charges): keep energy.
+        need = j.level_w**2 / (8.0 * rp) + 0.25 * j.level_w * 2.0 * s.filter_tau_s
+        frac = need / s.bess_capacity_j
+        if 0.0 <= j.start_s - t <= s.lookahead_s:
+            hi = min(hi, s.soc_max - frac)
+        if 0.0 <= j.end_s - t <= s.lookahead_s:
+            lo = max(lo, s.soc_min + frac)
+    target = min(max(s.soc_target, lo), hi) if lo <= hi else (lo + hi) / 2.0
+    return min(max(target, s.soc_min), s.soc_max)
+
+
+def soc_bias_w(soc: float | None, target: float, s: GridSettings) -> float:
+    """Extra grid draw (> 0 charges the battery) that returns the SoC to ``target``."""
+    if soc is None:
+        return 0.0
+    pull = (target - soc) * s.bess_capacity_j / s.soc_restore_s
+    cap = s.soc_restore_max_fraction * s.bess_rated_w
+    return min(max(pull, -cap), cap)
+
+
+def _clamp_bess(wanted: float, reading: GridReading, s: GridSettings) -> float | None:
+    """``wanted`` within the inverter rating and the SoC window; None if it is unavailable."""
+    if not reading.bess_available or reading.soc is None:
+        return None
+    bess = min(max(wanted, -s.bess_rated_w), s.bess_rated_w)
+    if bess > 0.0 and reading.soc <= s.soc_min:
+        return 0.0
+    if bess < 0.0 and reading.soc >= s.soc_max:
+        return 0.0
+    return bess
+
+
+def _binding(wanted: float, reading: GridReading, s: GridSettings) -> str:
+    soc = reading.soc if reading.soc is not None else 0.5
+    if wanted > 0.0 and soc <= s.soc_min:
+        return "soc_min"
+    if wanted < 0.0 and soc >= s.soc_max:
+        return "soc_max"
+    return "bess_power"
+
+
+def grid_step(
+    state: LimiterState | None,
+    reading: GridReading,
+    jobs: Sequence[Announced],
+    s: GridSettings,
+) -> GridDecision:
+    """One control step: the battery setpoint for ``reading`` (see the module docstring)."""
+    t = reading.t
+    load = reading.site_load_w
+    rp = s.planning_ramp_w_per_s
+    expected = expected_announced_w(t, jobs)
+    planned = planned_announced_w(t, jobs, rp)
+    if state is None or t <= state.t:
+        state = LimiterState.start(reading, load - expected)
+        dt = 0.0
+    else:
+        dt = t - state.t
+    # Grid ramp limiter over what was not announced (two low-pass stages).
+    alpha = 1.0 - math.exp(-dt / s.filter_tau_s) if dt > 0 else 0.0
+    f1 = state.f1 + alpha * ((load - expected) - state.f1)
+    f2 = state.f2 + alpha * (f1 - state.f2)
+    target_soc = soc_target(t, jobs, s)
+    bias = soc_bias_w(reading.soc, target_soc, s)
+    target = f2 + planned + bias
+    step = rp * dt
+    grid = state.grid_w + min(max(target - state.grid_w, -step), step)
+    # Arbiter: hard limits win.
+    binding: str | None = None
+    if grid > s.import_limit_w:
+        grid, binding = s.import_limit_w, "import_limit"
+    # Energy pay-back: what the grid drew since the last reading beyond what was commanded
+    # (an edge faster than the readings) is given back over the next interval, so averaged
+    # grid power follows the plan.
+    leak = 0.0
+    if (
+        dt > 0
+        and reading.grid_energy_j is not None
+        and state.energy_j is not None
+        and state.commanded_grid_w is not None
+    ):
+        leak = (reading.grid_energy_j - state.energy_j) - state.commanded_grid_w * dt
+        leak = min(max(leak, -s.bess_rated_w * dt), s.bess_rated_w * dt)
+    payback = leak / dt if dt > 0 else 0.0
+    wanted = load - grid
+    bess = _clamp_bess(wanted, reading, s)
+    if bess is None:
+        bess, binding = 0.0, "bess_unavailable"
+    elif bess != wanted:
+        binding = _binding(wanted, reading, s)
+    fallback: Fallback | None = None
+    if bess != wanted:
+        grid = load - bess  # the grid takes what the battery cannot: the plan starts from there
+        if grid > s.import_limit_w:
+            fallback = Fallback(
+                f"grid import limit: the site must shed {(grid - s.import_limit_w) / 1e6:.1f} MW",
+                wanted - bess,
+                rp,
+            )
+        elif dt > 0 and abs(grid - state.grid_w) > s.ramp_limit_w_per_s * dt:
+            fallback = Fallback(
+                f"{binding}: the battery cannot cover the step; workloads must ramp at "
+                f"{rp / 1e6:.1f} MW/s or slower",
+                wanted - bess,
+                rp,
+            )
+    elif payback:
+        # Best effort, never at the cost of the plan: within the same hard limits.
+        bess = _clamp_bess(wanted + payback, reading, s) or 0.0
+    commanded = load - bess
+    return GridDecision(
+        t=t,
+        bess_setpoint_w=bess,
+        grid_plan_w=grid,
+        site_load_w=load,
+        expected_announced_w=expected,
+        planned_announced_w=planned,
+        soc_bias_w=bias,
+        soc_target=target_soc,
+        binding=binding,
+        fallback=fallback,
+        state=LimiterState(t, grid, f1, f2, reading.grid_energy_j, commanded),
+    )

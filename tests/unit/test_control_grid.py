@@ -1,0 +1,211 @@
+"""The grid controllers: tables on a fake clock, and properties over random loads."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pswd_gateway.control.grid import (
+    Announced,
+    GridDecision,
+    GridReading,
+    GridSettings,
+    LimiterState,
+    expected_announced_w,
+    grid_step,
+    planned_announced_w,
+    soc_target,
+)
+
+MW = 1e6
+S = GridSettings(
+    ramp_limit_w_per_s=20 * MW,
+    import_limit_w=320 * MW,
+    bess_rated_w=250 * MW,
+    bess_capacity_j=120 * 3.6e9,
+)
+JOB = Announced(start_s=100.0, end_s=700.0, level_w=200 * MW, ramp_w_per_s=5000 * MW)
+
+
+def reading(t: float, load_mw: float, bess_mw: float = 0.0, soc: float | None = 0.5) -> GridReading:
+    return GridReading(t, (load_mw - bess_mw) * MW, bess_mw * MW, soc)
+
+
+def run(
+    loads_mw: list[float], jobs: tuple[Announced, ...] = (), dt: float = 0.1, soc: float = 0.5
+) -> list[GridDecision]:
+    """Closed loop with an ideal battery (it does what it is told by the next reading)."""
+    state: LimiterState | None = None
+    bess = 0.0
+    out = []
+    for i, load in enumerate(loads_mw):
+        d = grid_step(state, reading(i * dt, load, bess / MW, soc), jobs, S)
+        state, bess = d.state, d.bess_setpoint_w
+        out.append(d)
+    return out
+
+
+# ---- tables --------------------------------------------------------------------------------
+
+
+def test_a_steady_load_is_carried_by_the_grid_alone() -> None:
+    d = run([150.0] * 50)[-1]
+    assert abs(d.bess_setpoint_w) < 1.0
+    assert d.grid_plan_w == pytest.approx(150 * MW)
+    assert d.binding is None
+    assert d.fallback is None
+
+
+def test_an_unannounced_step_lands_on_the_battery_and_the_grid_follows_at_the_ramp() -> None:
+    ds = run([100.0] * 10 + [300.0] * 30)
+    first = ds[10]
+    assert first.bess_setpoint_w == pytest.approx(200 * MW, rel=0.01)
+    for a, b in itertools.pairwise(ds):
+        assert abs(b.grid_plan_w - a.grid_plan_w) <= S.planning_ramp_w_per_s * 0.1 + 1.0
+
+
+@pytest.mark.parametrize(
+    ("t", "expected_mw"),
+    [(99.0, 0.0), (100.02, 100.0), (100.04, 200.0), (400.0, 200.0), (699.98, 100.0), (701.0, 0.0)],
+)
+def test_expected_announced_load_follows_the_jobs_own_edges(t: float, expected_mw: float) -> None:
+    assert expected_announced_w(t, [JOB]) == pytest.approx(expected_mw * MW, abs=1.0)
+
+
+@pytest.mark.parametrize(
+    ("t", "planned_mw"),
+    [(80.0, 0.0), (100.02, 100.0), (93.77, 0.0), (106.27, 200.0), (400.0, 200.0), (720.0, 0.0)],
+)
+def test_the_planned_grid_ramp_is_centred_on_the_jobs_rise(t: float, planned_mw: float) -> None:
+    rp = S.planning_ramp_w_per_s  # 16 MW/s: 200 MW over 12.5 s, half of it before the start
+    assert planned_announced_w(t, [JOB], rp) == pytest.approx(planned_mw * MW, abs=0.2 * MW)
+
+
+def test_an_announced_start_raises_the_grid_before_the_job_moves() -> None:
+    dt = 0.1
+    loads = [50.0] * int(100.0 / dt) + [250.0] * 100
+    ds = run(loads, (JOB,), dt)
+    at_start = ds[int(100.0 / dt) - 1]
+    assert at_start.grid_plan_w > 130 * MW  # about half the step is already on the grid
+    assert at_start.bess_setpoint_w < -70 * MW  # the battery is charging with it
+    for a, b in itertools.pairwise(ds):
+        assert abs(b.grid_plan_w - a.grid_plan_w) <= S.planning_ramp_w_per_s * dt + 1.0
+
+
+def test_the_soc_target_makes_room_before_a_start_and_stores_before_a_stop() -> None:
+    assert soc_target(50.0, [JOB], S) <= S.soc_target
+    assert soc_target(650.0, [JOB], S) >= S.soc_target
+    assert soc_target(-5000.0, [JOB], S) == S.soc_target
+
+
+def test_an_empty_battery_cannot_cover_a_step_and_asks_the_workload_to_ramp() -> None:
+    ds = run([100.0] * 10 + [300.0] * 5, soc=S.soc_min)
+    d = ds[10]
+    assert d.bess_setpoint_w == 0.0
+    assert d.binding == "soc_min"
+    assert d.fallback is not None
+    # The grid had started to rise (the SoC pull, at most 10 % of the rating), the rest is short.
+    assert 150 * MW < d.fallback.shortfall_w <= 200 * MW
+    assert d.fallback.ramp_w_per_s == S.planning_ramp_w_per_s
+
+
+def test_a_full_battery_does_not_charge() -> None:
+    d = run([300.0] * 10 + [100.0] * 5, soc=S.soc_max)[10]
+    assert d.bess_setpoint_w == 0.0
+    assert d.binding == "soc_max"
+
+
+def test_the_import_limit_beats_the_ramp_limit() -> None:
+    d = run([300.0] * 10 + [500.0] * 5)[-1]
+    assert d.grid_plan_w <= S.import_limit_w
+    assert d.bess_setpoint_w == pytest.approx(500 * MW - d.grid_plan_w)
+
+
+def test_beyond_the_inverter_rating_the_grid_takes_the_rest_and_a_fallback_is_raised() -> None:
+    d = run([50.0] * 10 + [350.0] * 2)[10]
+    assert d.bess_setpoint_w == S.bess_rated_w
+    assert d.binding == "bess_power"
+    assert d.fallback is not None
+
+
+def test_an_unknown_state_of_charge_leaves_the_battery_idle() -> None:
+    d = grid_step(None, reading(0.0, 100.0, 0.0, None), (), S)
+    assert d.bess_setpoint_w == 0.0
+    assert d.binding == "bess_unavailable"
+
+
+def test_grid_energy_beyond_the_command_is_paid_back_in_the_next_interval() -> None:
+    first = grid_step(None, GridReading(0.0, 100 * MW, 0.0, 0.5, grid_energy_j=0.0), (), S)
+    # Over the next 0.1 s the grid drew 5 MJ more than commanded (a fast edge nobody saw).
+    later = GridReading(0.1, 100 * MW, 0.0, 0.5, grid_energy_j=100 * MW * 0.1 + 5e6)
+    d = grid_step(first.state, later, (), S)
+    assert d.bess_setpoint_w == pytest.approx(50 * MW, rel=0.01)
+    assert d.grid_plan_w == pytest.approx(100 * MW, rel=0.01)
+
+
+# ---- properties ----------------------------------------------------------------------------
+
+loads = st.lists(st.floats(0.0, 400.0, allow_nan=False), min_size=2, max_size=80)
+socs = st.floats(0.0, 1.0, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(loads, socs)
+def test_setpoints_never_exceed_the_rating_nor_leave_the_soc_window(
+    load_mw: list[float], soc: float
+) -> None:
+    for d in run(load_mw, soc=soc):
+        assert abs(d.bess_setpoint_w) <= S.bess_rated_w
+        if soc <= S.soc_min:
+            assert d.bess_setpoint_w <= 0.0
+        if soc >= S.soc_max:
+            assert d.bess_setpoint_w >= 0.0
+        can_give = S.bess_rated_w if soc > S.soc_min else 0.0
+        assert d.grid_plan_w <= max(S.import_limit_w, d.site_load_w - can_give) + 1.0
+        if d.grid_plan_w > S.import_limit_w + 1.0:
+            assert d.fallback is not None  # the workload is told to shed
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.0, 240.0, allow_nan=False), min_size=2, max_size=80))
+def test_the_ramp_limit_holds_whenever_the_battery_can_cover(load_mw: list[float]) -> None:
+    ds = run(load_mw)
+    for a, b in itertools.pairwise(ds):
+        if b.binding is None:
+            assert abs(b.grid_plan_w - a.grid_plan_w) <= S.ramp_limit_w_per_s * 0.1 + 1.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.floats(50.0, 400.0),
+    st.floats(1.0, 10_000.0),
+    st.floats(0.0, 200.0),
+)
+def test_a_closed_loop_soc_stays_in_its_window(level_mw: float, ramp: float, base: float) -> None:
+    """A real integrator: the SoC moves with what the battery does."""
+    job = Announced(20.0, 60.0, level_mw * MW, ramp * MW)
+    s = GridSettings(
+        ramp_limit_w_per_s=5 * MW,
+        import_limit_w=10_000 * MW,
+        bess_rated_w=500 * MW,
+        bess_capacity_j=0.2 * 3.6e9,  # small: the window is reached
+    )
+    state: LimiterState | None = None
+    energy = 0.5 * s.bess_capacity_j
+    bess = 0.0
+    dt = 0.1
+    for i in range(900):
+        t = i * dt
+        load = base * MW + expected_announced_w(t, [job])
+        d = grid_step(
+            state, GridReading(t, load - bess, bess, energy / s.bess_capacity_j), [job], s
+        )
+        state, bess = d.state, d.bess_setpoint_w
+        energy -= bess * dt
+        step = s.bess_rated_w * dt / s.bess_capacity_j
+        assert s.soc_min - step <= energy / s.bess_capacity_j <= s.soc_max + step
+    assert math.isfinite(energy)
