@@ -219,12 +219,19 @@ def bench_control_latency(
     meter_poll_ms: Annotated[
         int, typer.Option(min=10, max=1000, help="Grid meter and battery poll interval.")
     ] = 100,
+    load: Annotated[
+        str,
+        typer.Option(help="`read`: GET /v1/site and /v1/workloads; `post`: announcements."),
+    ] = "read",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Reading→setpoint latency and cycle lateness on the twin, quiet and under API load."""
     from pswd_gateway.bench.control import run_control_bench  # noqa: PLC0415
 
-    raise typer.Exit(asyncio.run(run_control_bench(duration_s, rate, meter_poll_ms, as_json)))
+    if load not in {"read", "post"}:
+        typer.echo("--load must be read or post", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(asyncio.run(run_control_bench(duration_s, rate, meter_poll_ms, as_json, load)))
 
 
 @token_app.command("new")

@@ -112,7 +112,7 @@ async def start_gateway_process(config: Path, api_port: int) -> asyncio.subproce
     raise RuntimeError(f"gateway not ready within {READY_TIMEOUT_S} s")
 
 
-def _body(i: int, now: datetime) -> dict[str, Any]:
+def body_for(i: int, now: datetime) -> dict[str, Any]:
     start = now + timedelta(minutes=10 + (i % 600))
     return {
         "workload_type": "ai_training",
@@ -144,7 +144,7 @@ async def _preload(http: httpx.AsyncClient, n: int, concurrency: int = 16) -> in
     async def worker() -> None:
         nonlocal failures
         for i in queue:
-            r = await http.post("/v1/workloads", json=_body(i, now))
+            r = await http.post("/v1/workloads", json=body_for(i, now))
             if r.status_code != 201:
                 failures += 1
 
@@ -168,7 +168,7 @@ async def open_loop(
     async def one(i: int) -> None:
         t0 = time.perf_counter()
         try:
-            r = await http.post("/v1/workloads", json=_body(offset + i, now))
+            r = await http.post("/v1/workloads", json=body_for(offset + i, now))
             status = r.status_code
             timing = r.headers.get("server-timing", "")
             if timing.startswith("app;dur="):

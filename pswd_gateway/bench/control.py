@@ -65,7 +65,7 @@ def _config_text(state_dir: Path, meter_poll_ms: int) -> tuple[str, dict[str, in
     text = text.replace('state_dir = "var"', f'state_dir = "{state_dir}"')
     text = text.replace('level = "info"', 'level = "warning"')
     text = re.sub(
-        r'(name = "(?:grid_meter|bess)"\nkind = "modbus"\n(?:.*\n)*?poll_interval_ms = )100',
+        r'(name = "(?:grid_meter|bess)"\nkind = "modbus"\n(?:.*\n)*?poll_interval_ms = )\d+',
         rf"\g<1>{meter_poll_ms}",
         text,
     )
@@ -102,7 +102,9 @@ async def _phase(gw: Gateway, duration_s: float) -> dict[str, Any]:
     }
 
 
-async def measure_control(duration_s: float, rate: float, meter_poll_ms: int) -> dict[str, Any]:
+async def measure_control(
+    duration_s: float, rate: float, meter_poll_ms: int, mode: str = "read"
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pswd-bench-control-") as tmp:
         text, ports = _config_text(Path(tmp) / "state", meter_poll_ms)
         config_path = Path(tmp) / "gateway.toml"
@@ -125,7 +127,7 @@ async def measure_control(duration_s: float, rate: float, meter_poll_ms: int) ->
             quiet = await _phase(gw, duration_s)
             load = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "pswd_gateway.bench.load",
-                f"http://127.0.0.1:{ports['api']}", str(rate), str(duration_s + 2.0),
+                f"http://127.0.0.1:{ports['api']}", str(rate), str(duration_s + 2.0), mode,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
             await asyncio.sleep(1.0)
@@ -153,9 +155,9 @@ async def measure_control(duration_s: float, rate: float, meter_poll_ms: int) ->
 
 
 async def run_control_bench(
-    duration_s: float, rate: float, meter_poll_ms: int, as_json: bool
+    duration_s: float, rate: float, meter_poll_ms: int, as_json: bool, mode: str = "read"
 ) -> int:
-    result = await measure_control(duration_s, rate, meter_poll_ms)
+    result = await measure_control(duration_s, rate, meter_poll_ms, mode)
     if as_json:
         print(json.dumps(result, indent=2))  # noqa: T201 - the command's output
         return 0
@@ -165,7 +167,10 @@ async def run_control_bench(
         extra = ""
         if phase == "under_api_load":
             api = r["api"]
-            extra = f"; API {api.get('requests')} requests, p99 {api.get('p99_ms')} ms"
+            extra = (
+                f"; API ({api.get('mode')}) {api.get('requests')} requests "
+                f"{api.get('statuses')}, p50 {api.get('p50_ms')} ms, p99 {api.get('p99_ms')} ms"
+            )
         print(  # noqa: T201
             f"{phase}: reading→setpoint p50 {rs['p50_ms']} ms, p99 {rs['p99_ms']} ms, "
             f"max {rs['max_ms']} ms (n={rs['n']}); cycle lateness p99 {cl['p99_ms']} ms, "

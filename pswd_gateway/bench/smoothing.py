@@ -35,8 +35,11 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from pswd_gateway.control.grid import Announced, GridReading, GridSettings, grid_step
+from pswd_gateway.control.thermal import ThermalSettings, ThermalState, thermal_step
 from pswd_gateway.errors import ConfigError
-from pswd_gateway.simulation.config import JobConfig, TraceConfig
+from pswd_gateway.simulation.config import JobConfig, ThermalSimConfig, TraceConfig
+from pswd_gateway.simulation.physics import ThermalParams, thermal_outputs, thermal_steady_state
+from pswd_gateway.simulation.physics import thermal_step as plant_thermal_step
 from pswd_gateway.simulation.trace import TrainingTrace
 
 __all__ = [
@@ -417,6 +420,41 @@ def summarise(
     return out
 
 
+def evaluate_thermal(
+    it_w: Array, announcements: Sequence[AnnouncementIn], setpoint_c: float = 18.0
+) -> dict[str, Any]:
+    """Chilled-water supply error on the twin's plant model (100 ms steps, control each 1 s):
+    the setpoint held fixed, the PI loop alone, and the loop with announcements."""
+    params = ThermalParams.from_config(ThermalSimConfig())
+    jobs = [a.to_control() for a in announcements]
+    settings = ThermalSettings(setpoint_c)
+    stride = round(0.1 / SIM_DT_S)
+    out: dict[str, Any] = {}
+    for mode in ("fixed", "feedback", "predictive"):
+        plant = thermal_steady_state(params, float(it_w[0]), setpoint_c, 80.0)
+        state: ThermalState | None = None
+        command = setpoint_c
+        errors = []
+        for i in range(0, len(it_w), stride):
+            t = i * SIM_DT_S
+            supply = thermal_outputs(params, plant).chw_supply_c
+            if mode != "fixed" and i % (10 * stride) == 0:
+                visible = jobs if mode == "predictive" else []
+                command, state = thermal_step(state, t, supply, float(it_w[i]), visible, settings)
+            plant = plant_thermal_step(
+                params, plant, it_w=float(it_w[i]), chw_setpoint_c=command,
+                heat_setpoint_c=80.0, dt=0.1,
+            )  # fmt: skip
+            errors.append(abs(thermal_outputs(params, plant).chw_supply_c - setpoint_c))
+        e = np.asarray(errors)
+        out[mode] = {
+            "max_error_k": round(float(e.max()), 3),
+            "p99_error_k": round(float(np.percentile(e, 99)), 3),
+            "within_0_1_k": round(float((e <= 0.1).mean()), 4),
+        }
+    return out
+
+
 def default_setup(ramp_limit_mw_per_s: float = 20.0, sample_s: float = 0.02) -> SmoothingSetup:
     """The demo site: 320 MW import limit, 250 MW / 120 MWh battery used 10 to 90 %."""
     return SmoothingSetup(
@@ -455,6 +493,7 @@ def run_smoothing(
     series, fallbacks = simulate(it, setup, [])
     result["reactive"] = summarise(series, it, setup, fallbacks)
     sim_s = time.perf_counter() - t0
+    result["thermal"] = evaluate_thermal(it, announced)
     if with_optimum:
         opt, info = solve_optimum(it, setup)
         result["optimum"] = summarise(opt, it, setup) | {"solver": info}
@@ -485,5 +524,13 @@ def render(result: dict[str, Any]) -> str:
     width = max(len(k) for k in keys)
     lines = [f"{'':{width}}  " + "  ".join(f"{r:>12}" for r in runs)]
     lines += [f"{k:{width}}  " + "  ".join(f"{result[r][k]!s:>12}" for r in runs) for k in keys]
+    if "thermal" in result:
+        lines.append(
+            "chilled-water supply error (K), max / p99 / share within 0.1 K: "
+            + ", ".join(
+                f"{mode} {v['max_error_k']} / {v['p99_error_k']} / {v['within_0_1_k']}"
+                for mode, v in result["thermal"].items()
+            )
+        )
     lines.append(json.dumps(result["setup"]))
     return "\n".join(lines)

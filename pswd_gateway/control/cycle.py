@@ -29,6 +29,7 @@ from pswd_gateway.control.grid import (
     LimiterState,
     grid_step,
 )
+from pswd_gateway.control.thermal import ThermalSettings, ThermalState, thermal_step
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.errors import PswdError
 from pswd_gateway.logging import get_logger
@@ -45,6 +46,9 @@ SETPOINT_DEADBAND_W: Final = 50e3
 """A battery setpoint closer than this to the last one written is not written again."""
 REWRITE_EVERY_S: Final = 1.0
 """…unless this long has passed (the device may have been reset)."""
+THERMAL_EVERY_S: Final = 1.0
+"""The thermal loop runs once a second (the plant moves in tens of seconds)."""
+THERMAL_DEADBAND_C: Final = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +76,11 @@ class ControlStats:
     skipped_total: int = 0
     """Runs without a usable reading (grid meter or battery invalid)."""
     lateness_s: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    """How late each run started: after its deadline (timer), after its reading (meter)."""
     reading_to_setpoint_s: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
     last: GridDecision | None = None
     last_error: str | None = None
+    chw_setpoint_c: float | None = None
     grid_samples: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=512))
     """Recent grid-meter readings ``(source_ts, W)``, for the measured ramp."""
 
@@ -128,6 +134,8 @@ class ControlCycle:
     _last_written_at: float = field(default=0.0, init=False)
     _enabled_written: bool = field(default=False, init=False)
     _thermal_written: bool = field(default=False, init=False)
+    _thermal: ThermalState | None = field(default=None, init=False)
+    _chw_written: float | None = field(default=None, init=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     # ---- lifecycle ----
@@ -177,6 +185,8 @@ class ControlCycle:
             if meter:
                 self._fresh.clear()
                 received = self._fresh_ts
+                if received is not None:  # how long the reading waited for its run
+                    self.stats.lateness_s.append(max(0.0, self.clock() - received))
             else:
                 self.stats.lateness_s.append(max(0.0, now - deadline))
                 received = None
@@ -285,17 +295,8 @@ class ControlCycle:
         if not self._enabled_written:
             await self._write(bess, "power_setpoint_enabled", 1.0, writes)
             self._enabled_written = writes[-1].ok
-        if not self._thermal_written and self.site.thermal is not None:
-            await self._write(
-                self.site.thermal, "chw_supply_setpoint", self.config.chw_supply_setpoint_c, writes
-            )
-            await self._write(
-                self.site.thermal,
-                "heat_supply_setpoint",
-                self.config.heat_supply_setpoint_c,
-                writes,
-            )
-            self._thermal_written = all(w.ok for w in writes[-2:])
+        if self.site.thermal is not None:
+            await self._act_thermal(now, writes)
         setpoint = decision.bess_setpoint_w
         due = (
             self._last_written is None
@@ -310,6 +311,33 @@ class ControlCycle:
                     self.stats.reading_to_setpoint_s.append(max(0.0, self.clock() - received_ts))
         if writes and self.record is not None:
             await self.record(writes)
+
+    async def _act_thermal(self, now: float, writes: list[SetpointWrite]) -> None:
+        """Heat network setpoint once; chilled-water setpoint from the thermal loop each second."""
+        thermal = self.site.thermal
+        assert thermal is not None
+        if not self._thermal_written:
+            await self._write(
+                thermal, "heat_supply_setpoint", self.config.heat_supply_setpoint_c, writes
+            )
+            self._thermal_written = writes[-1].ok
+        if self._thermal is not None and now - self._thermal.t < THERMAL_EVERY_S:
+            return
+        snap = self.store.snapshot(now)
+        supply = snap.value(f"{thermal}.chw_supply_temp")
+        it = [snap.value(f"{d}.total_power") for d in self.site.it_load]
+        it_w = sum(x for x in it if x is not None) if it and None not in it else None
+        if it_w is None:  # no IT reading: the heat the chillers remove stands in for it
+            it_w = snap.value(f"{thermal}.chw_heat_load") or 0.0
+        lo, hi = self.config.chw_setpoint_range_c
+        settings = ThermalSettings(self.config.chw_supply_setpoint_c, lo, hi)
+        jobs = self.jobs(now) if self.config.predictive else ()
+        command, self._thermal = thermal_step(self._thermal, now, supply, it_w, jobs, settings)
+        self.stats.chw_setpoint_c = command
+        if self._chw_written is None or abs(command - self._chw_written) >= THERMAL_DEADBAND_C:
+            await self._write(thermal, "chw_supply_setpoint", command, writes)
+            if writes[-1].ok:
+                self._chw_written = command
 
     async def _write(self, device: str, point: str, value: float, out: list[SetpointWrite]) -> None:
         t0 = time.perf_counter()

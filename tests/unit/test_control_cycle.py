@@ -1,0 +1,144 @@
+"""The control cycle's I/O decisions, with a store and a recording device layer (no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pswd_gateway.config import ControlConfig, SiteConfig
+from pswd_gateway.control.cycle import ControlCycle, SetpointWrite
+from pswd_gateway.control.thermal import ThermalSettings, thermal_step
+from pswd_gateway.domain.points import Point, Quality
+from pswd_gateway.errors import DeviceError
+from pswd_gateway.store import PointStore
+
+MW = 1e6
+SITE = SiteConfig(grid_meter="meter", bess="bess", thermal="plant", it_load=())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def feed(
+    store: PointStore, t: float, grid_mw: float, soc: float = 0.5, q: Quality = Quality.GOOD
+) -> None:
+    def p(name: str, value: float, unit: str) -> Point:
+        return Point(name, value, unit, q, t, t)
+
+    store.update(
+        [
+            p("meter.active_power", grid_mw * MW, "W"),
+            p("bess.active_power", 0.0, "W"),
+            p("bess.soc", soc, "1"),
+            p("bess.power_rating", 250 * MW, "W"),
+            p("bess.energy_rating", 120 * 3.6e9, "J"),
+            p("plant.chw_supply_temp", 18.0, "Cel"),
+            p("plant.chw_heat_load", 50 * MW, "W"),
+        ]
+    )
+
+
+def make(
+    enabled: bool = True, fail: set[str] | None = None
+) -> tuple[ControlCycle, list[tuple[str, str, float]], Clock, PointStore]:
+    store = PointStore()
+    writes: list[tuple[str, str, float]] = []
+    clock = Clock()
+
+    async def write(device: str, point: str, value: float) -> None:
+        if fail and point in fail:
+            raise DeviceError(device, "refused")
+        writes.append((device, point, value))
+
+    cycle = ControlCycle(ControlConfig(enabled=enabled), SITE, store, write, clock=clock)
+    return cycle, writes, clock, store
+
+
+async def test_the_first_run_enables_the_battery_and_writes_every_setpoint() -> None:
+    cycle, writes, clock, store = make()
+    feed(store, clock.now, 100.0)
+    await cycle.run_once()
+    points = [w[1] for w in writes]
+    assert points[0] == "power_setpoint_enabled"
+    assert {"heat_supply_setpoint", "chw_supply_setpoint", "power_setpoint"} <= set(points)
+    assert cycle.stats.writes_total == len(writes)
+
+
+async def test_a_step_is_written_to_the_battery_and_small_changes_are_not_rewritten() -> None:
+    cycle, writes, clock, store = make()
+    feed(store, clock.now, 100.0)
+    await cycle.run_once()
+    writes.clear()
+    clock.now += 0.02
+    feed(store, clock.now, 300.0)
+    await cycle.run_once(received_ts=clock.now)
+    (setpoint,) = [w for w in writes if w[1] == "power_setpoint"]
+    assert setpoint[2] == pytest.approx(200 * MW, rel=0.02)
+    assert len(cycle.stats.reading_to_setpoint_s) == 1
+    writes.clear()
+    clock.now += 0.02
+    feed(store, clock.now, 300.0 - cycle.stats.last.bess_setpoint_w / MW)  # type: ignore[union-attr]
+    await cycle.run_once()
+    assert not [w for w in writes if w[1] == "power_setpoint"]  # within the 50 kW dead band
+
+
+async def test_without_a_good_meter_reading_nothing_is_decided_or_written() -> None:
+    cycle, writes, clock, store = make()
+    feed(store, clock.now, 100.0, q=Quality.INVALID)
+    assert await cycle.run_once() is None
+    assert writes == []
+    assert cycle.stats.skipped_total == 1
+
+
+async def test_observe_only_decides_but_writes_nothing() -> None:
+    cycle, writes, clock, store = make(enabled=False)
+    feed(store, clock.now, 100.0)
+    decision = await cycle.run_once()
+    assert decision is not None
+    assert writes == []
+
+
+async def test_a_refused_write_is_counted_recorded_and_survived() -> None:
+    cycle, _, clock, store = make(fail={"power_setpoint"})
+    recorded: list[SetpointWrite] = []
+
+    async def record(batch: list[SetpointWrite]) -> None:
+        recorded.extend(batch)
+
+    cycle.record = record
+    feed(store, clock.now, 100.0)
+    await cycle.run_once()
+    assert cycle.stats.write_failures_total == 1
+    failed = [w for w in recorded if not w.ok]
+    assert failed
+    assert failed[0].point == "power_setpoint"
+    assert "refused" in (failed[0].error or "")
+
+
+async def test_an_empty_battery_raises_a_fallback() -> None:
+    cycle, _, clock, store = make()
+    seen = []
+    cycle.on_fallback = seen.append
+    feed(store, clock.now, 100.0, soc=0.1)
+    await cycle.run_once()
+    clock.now += 0.02
+    feed(store, clock.now, 300.0, soc=0.1)
+    await cycle.run_once()
+    assert seen
+    assert cycle.stats.fallbacks_total == 1
+
+
+@pytest.mark.parametrize(("supply_c", "direction"), [(18.5, -1), (17.5, 1)])
+def test_the_thermal_loop_corrects_towards_its_setpoint_within_its_range(
+    supply_c: float, direction: int
+) -> None:
+    s = ThermalSettings(18.0, 8.0, 26.0)
+    command, state = thermal_step(None, 0.0, supply_c, 50 * MW, (), s)
+    assert (command - 18.0) * direction > 0
+    for i in range(1, 2000):  # a stuck sensor cannot wind the command out of range
+        command, state = thermal_step(state, float(i), 30.0, 50 * MW, (), s)
+    assert command == s.low_c
