@@ -31,6 +31,85 @@ app.add_typer(workload_app, name="workload")
 app.add_typer(token_app, name="token")
 app.add_typer(api_app, name="api")
 app.add_typer(audit_app, name="audit")
+certs_app = typer.Typer(no_args_is_help=True, help="Certificates of the gateway's listeners.")
+opcua_app = typer.Typer(no_args_is_help=True, help="OPC UA users and certificates.")
+app.add_typer(certs_app, name="certs")
+app.add_typer(opcua_app, name="opcua")
+
+
+@certs_app.command("init")
+def certs_init(
+    directory: Annotated[Path, typer.Option("--dir", help="Certificate directory.")] = Path(
+        "certs"
+    ),
+    host: Annotated[
+        list[str] | None, typer.Option("--host", help="Host name or address (repeatable).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing certificate.")] = False,
+) -> None:
+    """Write the OPC UA server certificate and key and the trust folders (kept if present)."""
+    from pswd_gateway.security.certs import init_opcua_certs  # noqa: PLC0415
+
+    existed = (directory / "opcua" / "server_cert.der").exists()
+    paths = init_opcua_certs(directory, host, force=force)
+    verb = "kept" if existed and not force else "wrote"
+    typer.echo(f"{verb} {paths.cert} and {paths.key}")
+    typer.echo(f"trusted client certificates go in {paths.trusted} (`certs trust --opcua CERT`)")
+
+
+@certs_app.command("trust")
+def certs_trust(
+    opcua: Annotated[Path, typer.Option("--opcua", help="A client certificate (DER or PEM).")],
+    directory: Annotated[Path, typer.Option("--dir", help="Certificate directory.")] = Path(
+        "certs"
+    ),
+) -> None:
+    """Admit an OPC UA client certificate; takes effect when the gateway (re)starts."""
+    from pswd_gateway.security.certs import trust_opcua_client  # noqa: PLC0415
+
+    try:
+        target = trust_opcua_client(directory, opcua)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"{opcua}: not a readable certificate ({exc})", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"trusted: {target}")
+
+
+@opcua_app.command("client-cert")
+def opcua_client_cert(
+    name: Annotated[str, typer.Option(help="File stem and common name.")],
+    uri: Annotated[str, typer.Option(help="The client's application URI.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Directory.")] = Path(),
+) -> None:
+    """Make a self-signed client certificate (NAME.der) and key (NAME.pem) for a script."""
+    from pswd_gateway.security.certs import make_client_certificate  # noqa: PLC0415
+
+    cert, key = make_client_certificate(out, name, uri)
+    typer.echo(f"wrote {cert} and {key}; admit it with `pswd-gateway certs trust --opcua {cert}`")
+
+
+@opcua_app.command("password")
+def opcua_password(
+    name: Annotated[str, typer.Option(help="User name.")],
+    role: Annotated[str, typer.Option(help="viewer, operator, engineer or admin.")],
+) -> None:
+    """Hash a password (asked for twice) and print the [[opcua.users]] entry."""
+    from pswd_gateway.config import OpcUaUserConfig  # noqa: PLC0415
+    from pswd_gateway.security.passwords import hash_password  # noqa: PLC0415
+
+    password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    entry = {"name": name, "role": role, "password_hash": hash_password(password)}
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    try:
+        OpcUaUserConfig.model_validate(entry)
+    except ValidationError as exc:
+        typer.echo(f"refused: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo("[[opcua.users]]")
+    for key, value in entry.items():
+        typer.echo(f'{key} = "{value}"')
+
 
 ConfigOption = Annotated[
     Path | None,

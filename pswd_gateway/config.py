@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pswd_gateway.errors import ConfigError
+from pswd_gateway.security.passwords import PASSWORD_HASH_PATTERN, verify_password
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -176,6 +177,8 @@ class ListenersConfig(_Strict):
     """Prometheus ``/metrics`` plus ``/healthz`` and ``/readyz``."""
     api: TlsListenerConfig = TlsListenerConfig(port=8080)
     """The workload HTTP API (``/v1``)."""
+    opcua: ListenerConfig = ListenerConfig(enabled=False, port=4840)
+    """OPC UA for SCADA (``opc.tcp://host:port/pswd``); secured by ``[opcua]``."""
 
 
 Role = Literal["viewer", "submitter", "operator", "admin"]
@@ -185,6 +188,51 @@ DEMO_TOKEN_SHA256 = {
     for role in ("submitter", "viewer", "operator", "admin")
 }
 """The published demo tokens (``pswd-demo-<role>``): refused on any non-loopback listener."""
+
+
+OpcUaRole = Literal["viewer", "operator", "engineer", "admin"]
+OpcUaPolicy = Literal["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
+OpcUaMode = Literal["Sign", "SignAndEncrypt"]
+
+DEMO_OPCUA_USERS = frozenset({"viewer", "operator", "engineer"})
+"""Users whose demo passwords (``pswd-demo-<name>``) are published: loopback only."""
+
+
+class OpcUaUserConfig(_Strict):
+    """An OPC UA user: a name, a role and a PBKDF2 hash (``pswd-gateway opcua password``)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+    role: OpcUaRole
+    password_hash: Annotated[str, Field(pattern=PASSWORD_HASH_PATTERN)]
+
+
+class OpcUaConfig(_Strict):
+    """``[opcua]``: security of the OPC UA listener (see docs/opcua.md)."""
+
+    policies: tuple[OpcUaPolicy, ...] = (
+        "Basic256Sha256",
+        "Aes128_Sha256_RsaOaep",
+        "Aes256_Sha256_RsaPss",
+    )
+    modes: tuple[OpcUaMode, ...] = ("Sign", "SignAndEncrypt")
+    allow_none: bool = False
+    """Also offer SecurityPolicy None (reads only; refused unless the listener is loopback)."""
+    certs_dir: Path = Path("certs")
+    users: tuple[OpcUaUserConfig, ...] = ()
+    max_sessions: Annotated[int, Field(ge=1, le=1000)] = 20
+    max_subscriptions_per_session: Annotated[int, Field(ge=1, le=1000)] = 10
+    max_monitored_items_per_subscription: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    publish_interval_ms: Annotated[int, Field(ge=20, le=10_000)] = 100
+    """How often store values are pushed into the address space (one batch each time)."""
+
+    @model_validator(mode="after")
+    def _some_security(self) -> OpcUaConfig:
+        if not self.policies or not self.modes:
+            raise ValueError("policies and modes must each name at least one entry")
+        names = [u.name for u in self.users]
+        if len(set(names)) != len(names):
+            raise ValueError("user names must be unique")
+        return self
 
 
 class ApiTokenConfig(_Strict):
@@ -367,6 +415,7 @@ class GatewayConfig(BaseSettings):
     api: ApiConfig = ApiConfig()
     scheduling: SchedulingConfig = SchedulingConfig()
     control: ControlConfig = ControlConfig()
+    opcua: OpcUaConfig = OpcUaConfig()
     storage: StorageConfig = StorageConfig()
     logging: LoggingConfig = LoggingConfig()
     daemon: DaemonConfig = DaemonConfig()
@@ -402,6 +451,25 @@ class GatewayConfig(BaseSettings):
                 f"binds {api.host}: demo credentials are for loopback only; "
                 "create your own with `pswd-gateway token new`"
             )
+        opc = self.listeners.opcua
+        if opc.enabled and not is_loopback(opc.host):
+            if self.opcua.allow_none:
+                raise ValueError(
+                    f"opcua.allow_none offers an unsecured endpoint and listeners.opcua binds "
+                    f"{opc.host}: SecurityPolicy None is for loopback only"
+                )
+            published = [
+                u.name
+                for u in self.opcua.users
+                if u.name in DEMO_OPCUA_USERS
+                and verify_password(f"pswd-demo-{u.name}", u.password_hash)
+            ]
+            if published:
+                raise ValueError(
+                    f"opcua.users {', '.join(published)} have the published demo passwords and "
+                    f"listeners.opcua binds {opc.host}: demo credentials are for loopback only; "
+                    "set your own with `pswd-gateway opcua password`"
+                )
         return self
 
     def device(self, name: str) -> ModbusDeviceConfig | RedfishDeviceConfig:

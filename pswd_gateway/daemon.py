@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +33,17 @@ from pswd_gateway import __version__
 from pswd_gateway.config import GatewayConfig, SiteConfig, load_config
 from pswd_gateway.control.cycle import ControlCycle, SetpointWrite
 from pswd_gateway.control.grid import Announced, Fallback
+from pswd_gateway.domain.identity import Identity
 from pswd_gateway.errors import ConfigError, DeviceError, PswdError
 from pswd_gateway.integration.feed import ForecastFeed
 from pswd_gateway.integration.forecasts import build_forecast_provider
-from pswd_gateway.journal import AsyncJournal
+from pswd_gateway.journal import AsyncJournal, AuditEntry
 from pswd_gateway.logging import configure_logging, get_logger
 from pswd_gateway.northbound.asgi import AsgiListener
 from pswd_gateway.northbound.http_api import ApiContext, create_app
 from pswd_gateway.northbound.http_api.site import site_view
 from pswd_gateway.northbound.metrics import GatewayCollector, make_registry
+from pswd_gateway.northbound.opcua.server import OpcUaServer
 from pswd_gateway.scheduling.scheduler import Scheduler
 from pswd_gateway.scheduling.service import WorkloadService
 from pswd_gateway.southbound.base import Driver
@@ -99,6 +101,7 @@ class Gateway:
     api_listener: AsgiListener | None = field(default=None, init=False)
     journal: AsyncJournal | None = field(default=None, init=False)
     control: ControlCycle | None = field(default=None, init=False)
+    opcua: OpcUaServer | None = field(default=None, init=False)
     heap: HeapKeeper | None = None
     """Garbage-collector tuning; set by ``pswd-gateway run`` (it is process-wide)."""
     forecast: ForecastFeed | None = field(default=None, init=False)
@@ -149,6 +152,11 @@ class Gateway:
                 tls_key=api.tls_key,
             )
             await self.api_listener.start()
+        if self.config.listeners.opcua.enabled:
+            self.opcua = OpcUaServer(
+                self.config, self.store, self._site, self.workloads, self.set_site_limit
+            )
+            await self.opcua.start()
         await self._wait_first_polls(timeout_s=5.0)
         await self._start_control()
         self._start_task("setpoint-journal", self._flush_setpoints)
@@ -281,11 +289,7 @@ class Gateway:
                     self._watchdog_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await self._watchdog_task
-                if self.workloads is not None:
-                    self.workloads.hub.close()  # ends event streams so the listener can close
-                for listener in (self.api_listener, self.metrics_listener):
-                    if listener is not None:
-                        await listener.stop()
+                await self._stop_listeners()
                 await self._stop_task("forecast")
                 if self.control is not None:
                     await self.control.stop()
@@ -299,6 +303,15 @@ class Gateway:
         except TimeoutError:
             log.error("gateway_stop_timeout", timeout_s=deadline)
         log.info("gateway_stopped")
+
+    async def _stop_listeners(self) -> None:
+        if self.workloads is not None:
+            self.workloads.hub.close()  # ends event streams so the listener can close
+        if self.opcua is not None:
+            await self.opcua.stop()
+        for listener in (self.api_listener, self.metrics_listener):
+            if listener is not None:
+                await listener.stop()
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT, reload on SIGHUP, stop."""
@@ -431,6 +444,29 @@ class Gateway:
 
     def _site(self) -> SiteConfig:
         return self.config.site
+
+    async def set_site_limit(self, what: str, value: float, who: Identity) -> None:
+        """An operator's new grid limit (OPC UA, IEC 61850): journalled and audited first, then
+        in force from the next control cycle. Kept until restart or reload."""
+        if what not in {"grid_import_limit_mw", "grid_ramp_limit_mw_per_s"}:
+            raise ValueError(f"not a settable limit: {what}")
+        old = float(getattr(self.config.site, what))
+        if self.journal is not None:
+            entry = AuditEntry(
+                actor=who.name,
+                role=who.role,
+                action=f"set {what}",
+                target=self.config.site.name,
+                outcome="accepted",
+                detail={"from": old, "to": value},
+                at=datetime.now(UTC),
+            )
+            await self.journal.call(self.journal.sync.audit, entry)
+        site = self.config.site.model_copy(update={what: value})
+        self.config = self.config.model_copy(update={"site": site})
+        if self.control is not None:
+            self.control.site = site
+        log.warning("site_limit_changed", limit=what, old=old, new=value, by=who.name)
 
     # ---- pollers -----------------------------------------------------------------------------
 

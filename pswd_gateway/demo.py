@@ -33,6 +33,7 @@ from pswd_gateway.daemon import Gateway
 from pswd_gateway.domain.points import Quality
 from pswd_gateway.domain.workloads import WorkloadState
 from pswd_gateway.logging import configure_logging
+from pswd_gateway.security.certs import OpcUaCertPaths, init_opcua_certs
 
 __all__ = ["run_demo"]
 
@@ -249,6 +250,11 @@ async def run_demo(cfg: GatewayConfig, config_path: Path, duration_s: float | No
                 f"see {log_dir / 'twin.log'}"
             )
             return 1
+        if cfg.listeners.opcua.enabled:
+            paths = OpcUaCertPaths(cfg.opcua.certs_dir)
+            if not paths.exists():
+                init_opcua_certs(cfg.opcua.certs_dir)
+                console.print(f"wrote the OPC UA server certificate to {paths.cert}")
         gw = Gateway(cfg, config_path=config_path)
         await gw.start()
         _print_listeners(console, cfg, gw, log_dir)
@@ -292,6 +298,12 @@ def _print_listeners(console: Console, cfg: GatewayConfig, gw: Gateway, log_dir:
         table.add_row(
             "follow it",
             f"pswd-gateway workload watch --url {api} --token pswd-demo-viewer --since 0",
+        )
+    if gw.opcua is not None:
+        table.add_row(
+            "OPC UA",
+            f"{gw.opcua.endpoint}  (Basic256Sha256 SignAndEncrypt, user viewer / "
+            "pswd-demo-viewer, demo only)",
         )
     for name, host, port in _endpoints(cfg):
         table.add_row(f"twin: {name}", f"{host}:{port}")

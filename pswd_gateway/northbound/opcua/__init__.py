@@ -1,0 +1,1 @@
+"""OPC UA server for SCADA clients (asyncua)."""

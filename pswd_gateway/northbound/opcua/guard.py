@@ -1,0 +1,96 @@
+"""What asyncua's server lets through and we do not.
+
+asyncua 2.1.0 opens a secure channel with SecurityPolicy None even when the server offers no
+None endpoint: ``SecureConnection.select_policy`` finds no configured policy for the request and
+keeps the channel's initial None policy instead of refusing. A client can then create and
+activate a session (user name and password in clear text) on that channel. The processor below
+closes the hole for every connection of our server:
+
+- on a channel whose policy is None, every service except GetEndpoints, FindServers and
+  CloseSecureChannel is answered ``BadSecurityModeRejected`` — unless the configuration offers
+  None explicitly (``opcua.allow_none``, which the configuration allows on loopback only);
+- an OpenSecureChannel for a policy or mode the server does not offer gets an OPC UA Error
+  message (``BadSecurityPolicyRejected``) instead of a silently dropped connection;
+- the session's user is put in a context variable for the duration of each request, so method
+  handlers know who calls them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from typing import Any, Final
+
+from asyncua import ua
+from asyncua.common.connection import SecureConnection
+from asyncua.crypto.permission_rules import User
+from asyncua.server import binary_server_asyncio, uaprocessor
+from asyncua.server.uaprocessor import UaProcessor
+from asyncua.ua.ua_binary import struct_from_binary, uatcp_to_binary
+
+__all__ = ["NONE_ALLOWED_SERVICES", "GuardedProcessor", "current_user", "install"]
+
+_log = logging.getLogger(__name__)
+
+current_user: contextvars.ContextVar[User | None] = contextvars.ContextVar(
+    "pswd_opcua_user", default=None
+)
+
+NONE_POLICY_URI: Final = "http://opcfoundation.org/UA/SecurityPolicy#None"
+NONE_ALLOWED_SERVICES: Final = frozenset(
+    {
+        ua.NodeId(ua.ObjectIds.GetEndpointsRequest_Encoding_DefaultBinary),
+        ua.NodeId(ua.ObjectIds.FindServersRequest_Encoding_DefaultBinary),
+        ua.NodeId(ua.ObjectIds.CloseSecureChannelRequest_Encoding_DefaultBinary),
+    }
+)
+
+
+def _offers_none(connection: SecureConnection) -> bool:
+    return any(p.matches(NONE_POLICY_URI) for p in connection._policies)  # noqa: SLF001
+
+
+class GuardedProcessor(UaProcessor):
+    """asyncua's processor with the checks described in the module docstring."""
+
+    refused_total: int = 0
+
+    def open_secure_channel(self, algohdr: Any, seqhdr: Any, body: Any) -> None:
+        uri = algohdr.SecurityPolicyURI
+        connection = self._connection
+        if not connection.is_open() and uri != NONE_POLICY_URI:
+            request = struct_from_binary(ua.OpenSecureChannelRequest, body.copy())
+            mode = request.Parameters.SecurityMode
+            if not any(p.matches(uri, mode) for p in connection._policies):  # noqa: SLF001
+                GuardedProcessor.refused_total += 1
+                _log.warning("opcua_policy_refused uri=%s mode=%s", uri, mode)
+                err = ua.ErrorMessage(
+                    ua.StatusCode(ua.StatusCodes.BadSecurityPolicyRejected),
+                    f"this server does not offer {uri} with {mode.name}",
+                )
+                self._transport.write(uatcp_to_binary(ua.MessageType.Error, err))
+                self._transport.close()
+                return
+        super().open_secure_channel(algohdr, seqhdr, body)
+
+    async def _process_message(self, typeid: Any, requesthdr: Any, seqhdr: Any, body: Any) -> Any:
+        policy = self._connection.security_policy
+        if (
+            policy.URI in (None, NONE_POLICY_URI)
+            and typeid not in NONE_ALLOWED_SERVICES
+            and not _offers_none(self._connection)
+        ):
+            GuardedProcessor.refused_total += 1
+            _log.warning("opcua_none_channel_refused service=%s", typeid.Identifier)
+            raise ua.uaerrors.BadSecurityModeRejected
+        token = current_user.set(self.session.user if self.session is not None else None)
+        try:
+            return await super()._process_message(typeid, requesthdr, seqhdr, body)
+        finally:
+            current_user.reset(token)
+
+
+def install() -> None:
+    """Make asyncua's binary server create :class:`GuardedProcessor` for each connection."""
+    binary_server_asyncio.UaProcessor = GuardedProcessor  # type: ignore[misc]
+    uaprocessor.GuardedProcessor = GuardedProcessor  # type: ignore[attr-defined]

@@ -1,0 +1,552 @@
+"""OPC UA for SCADA: the site under ``Objects/PSWD`` in namespace ``urn:pswd:gateway``.
+
+Secure by default: Basic256Sha256, Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss with Sign and
+SignAndEncrypt; None only when ``opcua.allow_none`` asks for it on a loopback listener; client
+certificates from the trust list (``certs/opcua/trusted``); user names with hashed passwords
+mapped to roles; no anonymous sessions. See :mod:`.guard` for what asyncua lets through and we
+do not.
+
+Values come from the store once per ``opcua.publish_interval_ms`` as one batch through asyncua's
+``write_attribute_value`` fast path, with the point's source timestamp and a status from its
+quality: ``good`` → Good, ``questionable`` → UncertainLastUsableValue, ``invalid`` →
+BadNoCommunication (never a stale Good).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from asyncua import Node, Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.crypto.truststore import TrustStore
+from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+from asyncua.server.internal_session import InternalSession
+from cryptography import x509
+from pydantic import ValidationError
+
+from pswd_gateway.config import GatewayConfig, OpcUaUserConfig, SiteConfig
+from pswd_gateway.domain.identity import Identity
+from pswd_gateway.domain.points import Quality
+from pswd_gateway.domain.workloads import Action, Announcement, IllegalTransitionError
+from pswd_gateway.errors import ConfigError, NotFoundError, PswdError
+from pswd_gateway.logging import get_logger
+from pswd_gateway.northbound.opcua import guard
+from pswd_gateway.scheduling.service import WorkloadService
+from pswd_gateway.security.certs import APPLICATION_URI, OpcUaCertPaths
+from pswd_gateway.security.passwords import verify_password
+from pswd_gateway.store import PointStore, Snapshot
+
+__all__ = ["NAMESPACE", "OpcUaServer", "Variable"]
+
+log = get_logger("opcua")
+
+NAMESPACE: Final = "urn:pswd:gateway"
+UNECE: Final = "http://www.opcfoundation.org/UA/units/un/cefact"
+OPERATOR_ROLES: Final = frozenset({"operator", "engineer", "admin"})
+WRITER_ROLES: Final = frozenset({"operator", "engineer", "admin"})
+
+
+def _unece(code: str, name: str) -> ua.EUInformation:
+    unit_id = 0
+    for ch in code:
+        unit_id = (unit_id << 8) | ord(ch)
+    return ua.EUInformation(
+        NamespaceUri=UNECE,
+        UnitId=unit_id,
+        DisplayName=ua.LocalizedText(name),
+        Description=ua.LocalizedText(name),
+    )
+
+
+W = _unece("WTT", "W")
+WPS = _unece("WTT", "W/s")  # no UNECE code for W/s; watts, with the description saying so
+HZ = _unece("HTZ", "Hz")
+CEL = _unece("CEL", "°C")
+ONE = _unece("C62", "1")
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One variable of the model: path under PSWD, unit, range, and where its value comes from."""
+
+    obj: str
+    name: str
+    unit: ua.EUInformation
+    low: float
+    high: float
+    value: Callable[[Snapshot, SiteConfig], tuple[float, Quality, float] | None]
+    """(value, quality, source POSIX time) from a snapshot, or None when there is no point."""
+
+
+def _point(
+    role: Callable[[SiteConfig], str | None], point: str
+) -> Callable[[Snapshot, SiteConfig], tuple[float, Quality, float] | None]:
+    def get(snap: Snapshot, site: SiteConfig) -> tuple[float, Quality, float] | None:
+        device = role(site)
+        p = None if device is None else snap.get(f"{device}.{point}")
+        return None if p is None else (p.value, p.quality, p.source_ts)
+
+    return get
+
+
+def _it(snap: Snapshot, site: SiteConfig) -> tuple[float, Quality, float] | None:
+    points = [snap.get(f"{d}.total_power") for d in site.it_load]
+    if not points or any(p is None for p in points):
+        return None
+    present = [p for p in points if p is not None]
+    worst = max((p.quality for p in present), key=lambda q: q.rank)
+    return sum(p.value for p in present), worst, min(p.source_ts for p in present)
+
+
+def _limit(
+    attr: str, scale: float
+) -> Callable[[Snapshot, SiteConfig], tuple[float, Quality, float]]:
+    def get(snap: Snapshot, site: SiteConfig) -> tuple[float, Quality, float]:
+        return float(getattr(site, attr)) * scale, Quality.GOOD, snap.taken_at
+
+    return get
+
+
+GRID = lambda s: s.grid_meter  # noqa: E731 - table entries below
+BESS = lambda s: s.bess  # noqa: E731
+PLANT = lambda s: s.thermal  # noqa: E731
+MODEL: Final[tuple[Variable, ...]] = (
+    Variable("GridConnection", "ActivePower", W, -1e9, 1e9, _point(GRID, "active_power")),
+    Variable("GridConnection", "Frequency", HZ, 45.0, 65.0, _point(GRID, "frequency")),
+    Variable("GridConnection", "ImportLimit", W, 0.0, 1e10, _limit("grid_import_limit_mw", 1e6)),
+    Variable(
+        "GridConnection", "RampLimit", WPS, 0.0, 1e10, _limit("grid_ramp_limit_mw_per_s", 1e6)
+    ),
+    Variable("ITLoad", "ActivePower", W, 0.0, 1e9, _it),
+    Variable("Battery", "ActivePower", W, -1e9, 1e9, _point(BESS, "active_power")),
+    Variable("Battery", "StateOfCharge", ONE, 0.0, 1.0, _point(BESS, "soc")),
+    Variable(
+        "ThermalPlant", "ChilledWaterSupplyTemperature", CEL, 0.0, 40.0,
+        _point(PLANT, "chw_supply_temp"),
+    ),
+    Variable(
+        "ThermalPlant", "ChilledWaterSupplySetpoint", CEL, 0.0, 40.0,
+        _point(PLANT, "chw_supply_setpoint"),
+    ),
+    Variable("HeatRecovery", "HeatExport", W, 0.0, 1e9, _point(PLANT, "heat_export_power")),
+    Variable(
+        "HeatRecovery", "SupplyTemperature", CEL, 0.0, 120.0, _point(PLANT, "heat_supply_temp")
+    ),
+)  # fmt: skip
+"""The site's variables; ``docs/opcua.md`` lists them with their node ids."""
+
+STATUS: Final = {
+    Quality.GOOD: ua.StatusCodes.Good,
+    Quality.QUESTIONABLE: ua.StatusCodes.UncertainLastUsableValue,
+    Quality.INVALID: ua.StatusCodes.BadNoCommunication,
+}
+
+
+class RoleUserManager:
+    """User name + password → an asyncua ``User`` named after the account; no anonymous."""
+
+    def __init__(self, users: tuple[OpcUaUserConfig, ...]) -> None:
+        self._users = {u.name: u for u in users}
+        self._verified: dict[tuple[str, str], bool] = {}
+        self.refused_total = 0
+
+    def role(self, name: str | None) -> str | None:
+        user = self._users.get(name or "")
+        return None if user is None else user.role
+
+    def get_user(
+        self,
+        iserver: Any,  # noqa: ARG002 - asyncua's UserManager signature
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,  # noqa: ARG002 - X.509 user tokens are not offered
+    ) -> User | None:
+        account = self._users.get(username or "")
+        if account is None or password is None:
+            self.refused_total += 1
+            log.warning("opcua_login_refused", user=username, reason="unknown user or no password")
+            return None
+        key = (account.name, password)
+        ok = self._verified.get(key)
+        if ok is None:
+            ok = verify_password(password, account.password_hash)
+            if ok:
+                self._verified[key] = True  # PBKDF2 once per password per process
+        if not ok:
+            self.refused_total += 1
+            log.warning("opcua_login_refused", user=username, reason="wrong password")
+            return None
+        role = UserRole.Admin if account.role == "admin" else UserRole.User
+        return User(role=role, name=account.name)
+
+
+class RejectingValidator:
+    """The trust-list validator; a refused client certificate is copied to ``rejected/``."""
+
+    def __init__(self, inner: CertificateValidator, trust: TrustStore, rejected: Path) -> None:
+        self._inner = inner
+        self._trust = trust
+        self._rejected = rejected
+
+    async def __call__(self, cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
+        try:
+            try:
+                await self._inner(cert, app)
+            except ua.UaError:
+                # `certs trust` may have added it since the last look: read the folder again.
+                if not any(self._trust.trust_locations[0].iterdir()):
+                    raise
+                await self._trust.load()
+                await self._inner(cert, app)
+        except Exception:
+            from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+
+            name = cert.fingerprint(hashes.SHA256()).hex()[:16]
+            with contextlib.suppress(OSError):
+                (self._rejected / f"{name}.der").write_bytes(
+                    cert.public_bytes(serialization.Encoding.DER)
+                )
+            log.warning("opcua_certificate_refused", application=app.ApplicationUri, saved=name)
+            raise
+
+
+LimitSetter = Callable[[str, float, Identity], Awaitable[None]]
+Method = Callable[..., Awaitable[list[ua.Variant]]]
+
+
+def _answering_status(name: str, method: Method) -> Callable[..., Awaitable[Any]]:
+    """asyncua turns any exception of a method into BadUnexpectedError; answer ours precisely."""
+
+    async def call(parent: ua.NodeId, *args: ua.Variant) -> list[ua.Variant] | ua.StatusCode:
+        try:
+            return await method(parent, *args)
+        except ua.UaStatusCodeError as exc:
+            log.info("opcua_method_refused", method=name, status=ua.StatusCode(exc.code).name)
+            return ua.StatusCode(exc.code)
+
+    return call
+
+
+class OpcUaServer:
+    """The asyncua server, its model and the task that keeps the model current."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: PointStore,
+        site: Callable[[], SiteConfig],
+        workloads: WorkloadService | None,
+        set_limit: LimitSetter,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.site = site
+        self.workloads = workloads
+        self.set_limit = set_limit
+        self.users = RoleUserManager(config.opcua.users)
+        self.server: Server | None = None
+        self.idx = 0
+        self.nodes: dict[tuple[str, str], Node] = {}
+        self.workload_nodes: dict[str, Node] = {}
+        self._last: dict[ua.NodeId, tuple[float, int]] = {}
+        self._states: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.endpoint = ""
+        self.updates_total = 0
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        listener = self.config.listeners.opcua
+        cfg = self.config.opcua
+        certs_dir = cfg.certs_dir if cfg.certs_dir.is_absolute() else Path.cwd() / cfg.certs_dir
+        paths = OpcUaCertPaths(certs_dir)
+        if not paths.exists():
+            raise ConfigError(
+                "opcua",
+                [
+                    (
+                        "opcua.certs_dir",
+                        f"no server certificate in {certs_dir}: run `pswd-gateway certs init`",
+                    )
+                ],
+            )
+        guard.install()
+        InternalSession.max_connections = cfg.max_sessions
+        server = Server(user_manager=self.users)
+        await server.init()
+        server.iserver.max_subscriptions = cfg.max_sessions * cfg.max_subscriptions_per_session
+        server.iserver.max_connections = cfg.max_sessions * 2
+        self.endpoint = f"opc.tcp://{listener.host}:{listener.port}/pswd"
+        server.set_endpoint(self.endpoint)
+        server.set_server_name("pswd-gateway")
+        await server.set_application_uri(APPLICATION_URI)
+        policies = [
+            getattr(ua.SecurityPolicyType, f"{policy.replace('_', '')}_{mode}")
+            for policy in cfg.policies
+            for mode in cfg.modes
+        ]
+        if cfg.allow_none:
+            policies.append(ua.SecurityPolicyType.NoSecurity)
+        server.set_security_policy(policies)
+        server.set_identity_tokens([ua.UserNameIdentityToken])
+        await server.load_certificate(str(paths.cert))
+        await server.load_private_key(str(paths.key))
+        trust = TrustStore([paths.trusted], [])
+        if any(paths.trusted.iterdir()):  # an empty store is refused by cryptography
+            await trust.load()
+        validator = CertificateValidator(
+            CertificateValidatorOptions.TRUSTED_VALIDATION
+            | CertificateValidatorOptions.PEER_CLIENT,
+            trust,
+        )
+        server.set_certificate_validator(RejectingValidator(validator, trust, paths.rejected))
+        self.idx = await server.register_namespace(NAMESPACE)
+        await self._build(server)
+        await server.start()
+        self.server = server
+        self._task = asyncio.create_task(self._publish_loop(), name="opcua-publish")
+        log.info("opcua_started", endpoint=self.endpoint, policies=[str(p) for p in policies])
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+
+    # ---- the model ----
+
+    async def _build(self, server: Server) -> None:
+        idx = self.idx
+        root = await server.nodes.objects.add_object(
+            ua.NodeId("PSWD", idx), ua.QualifiedName("PSWD", idx)
+        )
+        objects: dict[str, Node] = {}
+        for var in MODEL:
+            obj = objects.get(var.obj)
+            if obj is None:
+                obj = await root.add_object(
+                    ua.NodeId(f"PSWD.{var.obj}", idx), ua.QualifiedName(var.obj, idx)
+                )
+                objects[var.obj] = obj
+            node = await obj.add_variable(
+                ua.NodeId(f"PSWD.{var.obj}.{var.name}", idx),
+                ua.QualifiedName(var.name, idx),
+                ua.Variant(0.0, ua.VariantType.Double),
+                datatype=ua.NodeId(ua.ObjectIds.Double),
+            )
+            await node.add_property(
+                ua.NodeId(f"PSWD.{var.obj}.{var.name}.EngineeringUnits", idx),
+                ua.QualifiedName("EngineeringUnits", 0),
+                ua.Variant(var.unit, ua.VariantType.ExtensionObject),
+            )
+            await node.add_property(
+                ua.NodeId(f"PSWD.{var.obj}.{var.name}.EURange", idx),
+                ua.QualifiedName("EURange", 0),
+                ua.Variant(ua.Range(var.low, var.high), ua.VariantType.ExtensionObject),
+            )
+            await server.write_attribute_value(
+                node.nodeid,
+                ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)),
+            )
+            self.nodes[(var.obj, var.name)] = node
+        self.workloads_folder = await root.add_folder(
+            ua.NodeId("PSWD.Workloads", idx), ua.QualifiedName("Workloads", idx)
+        )
+        self.methods = root
+        string, double = ua.VariantType.String, ua.VariantType.Double
+        for name, handler, args, outs in (
+            ("AnnounceWorkload", self._announce, [string], [string]),
+            ("CancelWorkload", self._cancel, [string, string], []),
+            ("SetGridImportLimit", self._set_import_limit, [double], []),
+            ("SetGridRampLimit", self._set_ramp_limit, [double], []),
+        ):
+            await root.add_method(
+                ua.NodeId(f"PSWD.{name}", idx),
+                ua.QualifiedName(name, idx),
+                _answering_status(name, handler),
+                args,
+                outs,
+            )
+
+    # ---- live values ----
+
+    async def _publish_loop(self) -> None:
+        period = self.config.opcua.publish_interval_ms / 1000.0
+        while True:
+            try:
+                await self.publish_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("opcua_publish_failed")
+            await asyncio.sleep(period)
+
+    async def publish_once(self) -> int:
+        """Push changed values to the address space; returns how many were written."""
+        server = self.server
+        if server is None:
+            return 0
+        snap = self.store.snapshot(datetime.now(UTC).timestamp())
+        site = self.site()
+        written = 0
+        for var in MODEL:
+            node = self.nodes[(var.obj, var.name)]
+            got = var.value(snap, site)
+            if got is None:
+                continue
+            value, quality, ts = got
+            status = STATUS[quality]
+            if self._last.get(node.nodeid) == (value, status):
+                continue
+            self._last[node.nodeid] = (value, status)
+            await server.write_attribute_value(
+                node.nodeid,
+                ua.DataValue(
+                    ua.Variant(value, ua.VariantType.Double),
+                    StatusCode=ua.StatusCode(status),
+                    SourceTimestamp=datetime.fromtimestamp(ts, UTC),
+                    ServerTimestamp=datetime.now(UTC),
+                ),
+            )
+            written += 1
+        written += await self._sync_workloads(server)
+        self.updates_total += written
+        return written
+
+    async def _sync_workloads(self, server: Server) -> int:
+        if self.workloads is None:
+            return 0
+        active = self.workloads.active
+        changed = 0
+        for wid in [w for w in self.workload_nodes if w not in active]:
+            await server.delete_nodes([self.workload_nodes.pop(wid)], recursive=True)
+            changed += 1
+        for wid, workload in active.items():
+            node = self.workload_nodes.get(wid)
+            if node is None:
+                node = await self.workloads_folder.add_object(
+                    ua.NodeId(f"PSWD.Workloads.{wid}", self.idx), ua.QualifiedName(wid, self.idx)
+                )
+                await node.add_variable(
+                    ua.NodeId(f"PSWD.Workloads.{wid}.State", self.idx),
+                    ua.QualifiedName("State", self.idx),
+                    workload.state.value,
+                )
+                peak = workload.announcement.power_profile.peak_power_mw * 1e6
+                await node.add_variable(
+                    ua.NodeId(f"PSWD.Workloads.{wid}.PeakPower", self.idx),
+                    ua.QualifiedName("PeakPower", self.idx),
+                    ua.Variant(peak, ua.VariantType.Double),
+                )
+                start = workload.allocation.scheduled_start if workload.allocation else None
+                await node.add_variable(
+                    ua.NodeId(f"PSWD.Workloads.{wid}.ScheduledStart", self.idx),
+                    ua.QualifiedName("ScheduledStart", self.idx),
+                    ua.Variant(start, ua.VariantType.DateTime),
+                )
+                self.workload_nodes[wid] = node
+                changed += 1
+            else:
+                state = ua.NodeId(f"PSWD.Workloads.{wid}.State", self.idx)
+                if self._states.get(wid) != workload.state.value:
+                    self._states[wid] = workload.state.value
+                    await server.write_attribute_value(
+                        state, ua.DataValue(ua.Variant(workload.state.value, ua.VariantType.String))
+                    )
+                    changed += 1
+        return changed
+
+    # ---- methods ----
+
+    def _caller(self, need: frozenset[str] | None = None) -> Identity:
+        user = guard.current_user.get()
+        name = getattr(user, "name", None)
+        role = self.users.role(name)
+        if role is None:
+            raise ua.uaerrors.BadUserAccessDenied
+        if need is not None and role not in need:
+            log.warning("opcua_method_refused", user=name, role=role)
+            raise ua.uaerrors.BadUserAccessDenied
+        api_role = {"engineer": "operator"}.get(role, role)
+        return Identity(f"opcua:{name}", api_role)
+
+    async def _announce(
+        self,
+        parent: ua.NodeId,  # noqa: ARG002 - asyncua passes the object
+        body: ua.Variant,
+    ) -> list[ua.Variant]:
+        who = self._caller(frozenset({"operator", "engineer", "admin"}))
+        if self.workloads is None:
+            raise ua.uaerrors.BadNotSupported
+        if not isinstance(body.Value, str):
+            raise ua.uaerrors.BadTypeMismatch
+        try:
+            announcement = Announcement.model_validate_json(body.Value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            log.info("opcua_announce_invalid", field=first["loc"], rule=first["type"])
+            raise ua.uaerrors.BadInvalidArgument from None
+        try:
+            workload, _ = await self.workloads.announce(
+                announcement,
+                Identity(who.name, "submitter" if who.role == "operator" else who.role),
+            )
+        except PswdError as exc:
+            log.info("opcua_announce_refused", error=str(exc))
+            raise ua.uaerrors.BadRequestNotAllowed from None
+        return [ua.Variant(workload.id, ua.VariantType.String)]
+
+    async def _cancel(
+        self,
+        parent: ua.NodeId,  # noqa: ARG002 - asyncua passes the object
+        wid: ua.Variant,
+        reason: ua.Variant,
+    ) -> list[ua.Variant]:
+        who = self._caller(frozenset({"operator", "engineer", "admin"}))
+        if self.workloads is None:
+            raise ua.uaerrors.BadNotSupported
+        if not isinstance(wid.Value, str) or not isinstance(reason.Value, str):
+            raise ua.uaerrors.BadTypeMismatch
+        try:
+            await self.workloads.act(
+                wid.Value, Action.CANCEL, who, reason.Value or "cancelled over OPC UA"
+            )
+        except NotFoundError:
+            raise ua.uaerrors.BadNotFound from None
+        except (IllegalTransitionError, PswdError):
+            raise ua.uaerrors.BadInvalidState from None
+        return []
+
+    async def _set_limit(
+        self, what: str, value: ua.Variant, low: float, high: float
+    ) -> list[ua.Variant]:
+        who = self._caller(frozenset({"operator", "admin"}))
+        v = value.Value
+        if not isinstance(v, float) or not low < v <= high:
+            raise ua.uaerrors.BadOutOfRange
+        await self.set_limit(what, v, who)
+        return []
+
+    async def _set_import_limit(
+        self,
+        parent: ua.NodeId,  # noqa: ARG002 - asyncua passes the object
+        mw: ua.Variant,
+    ) -> list[ua.Variant]:
+        return await self._set_limit("grid_import_limit_mw", mw, 0.0, 10_000.0)
+
+    async def _set_ramp_limit(
+        self,
+        parent: ua.NodeId,  # noqa: ARG002 - asyncua passes the object
+        mw_per_s: ua.Variant,
+    ) -> list[ua.Variant]:
+        return await self._set_limit("grid_ramp_limit_mw_per_s", mw_per_s, 0.0, 10_000.0)

@@ -1,0 +1,284 @@
+"""OPC UA: a real asyncua client against the gateway's server, over secure channels."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncua import Client, ua
+from asyncua.crypto import cert_gen
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from pswd_gateway.bench.api import free_port
+from pswd_gateway.config import GatewayConfig
+from pswd_gateway.daemon import Gateway
+from pswd_gateway.domain.points import Point, Quality
+from pswd_gateway.security.certs import init_opcua_certs, trust_opcua_client
+from pswd_gateway.security.passwords import hash_password
+
+pytestmark = pytest.mark.integration
+
+CLIENT_URI = "urn:pswd:test-client"
+USERS = {"viewer": "viewer", "operator": "operator", "engineer": "engineer"}
+
+
+@dataclass
+class Site:
+    gw: Gateway
+    url: str
+    certs: Path
+    client_cert: Path
+    client_key: Path
+
+
+def client_certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    key = cert_gen.generate_private_key()
+    cert = cert_gen.generate_self_signed_app_certificate(
+        key,
+        name,
+        {},
+        [x509.UniformResourceIdentifier(CLIENT_URI), x509.DNSName("localhost")],
+        extended=[ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+    cert_path, key_path = directory / f"{name}.der", directory / f"{name}.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
+    return cert_path, key_path
+
+
+def config(tmp: Path, port: int, **opcua: Any) -> GatewayConfig:
+    return GatewayConfig.model_validate(
+        {
+            "listeners": {
+                "metrics": {"enabled": False, "port": 0},
+                "api": {"enabled": False, "port": 0},
+                "opcua": {"host": "127.0.0.1", "port": port},
+            },
+            "site": {"grid_meter": "meter", "bess": "bess", "thermal": None},
+            "storage": {"state_dir": str(tmp / "state"), "journal_synchronous": "normal"},
+            "opcua": {
+                "certs_dir": str(tmp / "certs"),
+                "users": [
+                    {
+                        "name": n,
+                        "role": r,
+                        "password_hash": hash_password(f"pw-{n}", iterations=1000),
+                    }
+                    for n, r in USERS.items()
+                ],
+                "publish_interval_ms": 50,
+                **opcua,
+            },
+        }
+    )
+
+
+@pytest.fixture
+async def site(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Site]:
+    certs = tmp_path / "certs"
+    init_opcua_certs(certs, ["127.0.0.1", "localhost"])
+    cert, key = client_certificate(tmp_path, "scada")
+    trust_opcua_client(certs, cert)
+    port = free_port()
+    extra = getattr(request, "param", {})
+    gw = Gateway(config(tmp_path, port, **extra))
+    await gw.start()
+    try:
+        yield Site(gw, f"opc.tcp://127.0.0.1:{port}/pswd", certs, cert, key)
+    finally:
+        await gw.stop()
+
+
+async def secure_client(
+    site: Site,
+    user: str | None = "viewer",
+    *,
+    cert: Path | None = None,
+    key: Path | None = None,
+    mode: ua.MessageSecurityMode = ua.MessageSecurityMode.SignAndEncrypt,
+) -> Client:
+    client = Client(site.url, timeout=5)
+    client.application_uri = CLIENT_URI
+    await client.set_security(
+        SecurityPolicyBasic256Sha256,
+        certificate=str(cert or site.client_cert),
+        private_key=str(key or site.client_key),
+        server_certificate=str(site.certs / "opcua" / "server_cert.der"),
+        mode=mode,
+    )
+    if user is not None:
+        client.set_user(user)
+        client.set_password(f"pw-{user}")
+    return client
+
+
+def feed(site: Site, grid_w: float, quality: Quality = Quality.GOOD) -> None:
+    now = time.time()
+    site.gw.store.update(
+        [
+            Point("meter.active_power", grid_w, "W", quality, now, now),
+            Point("bess.soc", 0.42, "1", Quality.GOOD, now, now),
+        ]
+    )
+
+
+async def test_a_secure_session_browses_the_model_and_reads_live_values(site: Site) -> None:
+    feed(site, 123.5e6)
+    client = await secure_client(site)
+    async with client:
+        idx = await client.get_namespace_index("urn:pswd:gateway")
+        pswd = await client.nodes.objects.get_child(f"{idx}:PSWD")
+        children = {(await c.read_browse_name()).Name for c in await pswd.get_children()}
+        assert {"GridConnection", "Battery", "ITLoad", "ThermalPlant", "Workloads"} <= children
+        power = await pswd.get_child([f"{idx}:GridConnection", f"{idx}:ActivePower"])
+        await asyncio.sleep(0.2)
+        dv = await power.read_data_value()
+        assert dv.Value.Value == pytest.approx(123.5e6)
+        assert dv.StatusCode_.is_good() if hasattr(dv, "StatusCode_") else dv.StatusCode.is_good()
+        eu = await (await power.get_child("0:EngineeringUnits")).read_value()
+        assert eu.DisplayName.Text == "W"
+
+
+async def test_a_100_ms_subscription_carries_every_change(site: Site) -> None:
+    feed(site, 10e6)
+    client = await secure_client(site)
+    seen: list[float] = []
+
+    class Handler:
+        def datachange_notification(self, node: Any, val: float, data: Any) -> None:
+            seen.append(val)
+
+    async with client:
+        idx = await client.get_namespace_index("urn:pswd:gateway")
+        node = client.get_node(ua.NodeId("PSWD.GridConnection.ActivePower", idx))
+        sub = await client.create_subscription(100, Handler())
+        await sub.subscribe_data_change(node)
+        for mw in (20, 30, 40):
+            await asyncio.sleep(0.3)
+            feed(site, mw * 1e6)
+        await asyncio.sleep(0.5)
+    assert [v / 1e6 for v in seen][-3:] == [20.0, 30.0, 40.0]
+
+
+async def test_an_invalid_device_turns_its_variables_bad(site: Site) -> None:
+    feed(site, 50e6)
+    client = await secure_client(site)
+    async with client:
+        idx = await client.get_namespace_index("urn:pswd:gateway")
+        node = client.get_node(ua.NodeId("PSWD.GridConnection.ActivePower", idx))
+        await asyncio.sleep(0.2)
+        feed(site, 50e6, Quality.INVALID)
+        await asyncio.sleep(0.3)
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await node.read_value()
+        assert err.value.code == ua.StatusCodes.BadNoCommunication
+
+
+def announcement() -> str:
+    start = datetime.now(UTC) + timedelta(hours=2)
+    return json.dumps(
+        {
+            "workload_type": "ai_training",
+            "power_profile": {
+                "peak_power_mw": 50,
+                "ramp_rate_mw_per_sec": 10,
+                "duration_estimate_sec": 1800,
+            },
+            "timing_constraints": {
+                "earliest_start_time": start.isoformat(),
+                "deadline": (start + timedelta(hours=6)).isoformat(),
+            },
+        }
+    )
+
+
+async def test_methods_check_arguments_and_roles(site: Site) -> None:
+    async with await secure_client(site, "operator") as op:
+        idx = await op.get_namespace_index("urn:pswd:gateway")
+        pswd = op.get_node(ua.NodeId("PSWD", idx))
+        wid = await pswd.call_method(f"{idx}:AnnounceWorkload", announcement())
+        assert wid.startswith("wl_")
+        assert site.gw.workloads is not None
+        assert wid in site.gw.workloads.active
+        with pytest.raises(ua.UaStatusCodeError) as bad:
+            await pswd.call_method(f"{idx}:AnnounceWorkload", '{"workload_type": "x"}')
+        assert bad.value.code == ua.StatusCodes.BadInvalidArgument
+        await pswd.call_method(f"{idx}:SetGridImportLimit", 250.0)
+        assert site.gw.config.site.grid_import_limit_mw == 250.0
+        with pytest.raises(ua.UaStatusCodeError) as out:
+            await pswd.call_method(f"{idx}:SetGridImportLimit", -5.0)
+        assert out.value.code == ua.StatusCodes.BadOutOfRange
+        await pswd.call_method(f"{idx}:CancelWorkload", wid, "test")
+        assert wid not in site.gw.workloads.active
+    async with await secure_client(site, "viewer") as viewer:
+        pswd = viewer.get_node(ua.NodeId("PSWD", idx))
+        for method, args in (
+            ("AnnounceWorkload", [announcement()]),
+            ("SetGridImportLimit", [300.0]),
+        ):
+            with pytest.raises(ua.UaStatusCodeError) as denied:
+                await pswd.call_method(f"{idx}:{method}", *args)
+            assert denied.value.code == ua.StatusCodes.BadUserAccessDenied
+    assert site.gw.config.site.grid_import_limit_mw == 250.0
+    assert site.gw.journal is not None
+    audit = await site.gw.journal.call(site.gw.journal.sync.audit_entries, 0, 100)
+    assert any("grid_import_limit_mw" in a["action"] for a in audit)
+
+
+async def test_anonymous_wrong_password_and_untrusted_certificates_are_refused(
+    site: Site, tmp_path: Path
+) -> None:
+    with pytest.raises((ua.UaError, OSError, TimeoutError)):
+        async with await secure_client(site, None):
+            pass
+    client = await secure_client(site, "viewer")
+    client.set_password("wrong")
+    with pytest.raises((ua.UaError, OSError, TimeoutError)):
+        async with client:
+            pass
+    stranger_cert, stranger_key = client_certificate(tmp_path, "stranger")
+    with pytest.raises((ua.UaError, OSError, TimeoutError)):
+        async with await secure_client(site, "viewer", cert=stranger_cert, key=stranger_key):
+            pass
+    assert list((site.certs / "opcua" / "rejected").iterdir())
+
+
+async def test_a_session_forced_onto_a_none_channel_is_rejected(site: Site) -> None:
+    """asyncua 2.1.0 would open this channel and activate this session; the guard refuses."""
+    client = Client(site.url, timeout=5)
+    await client.connect_socket()
+    try:
+        await client.send_hello()
+        await client.open_secure_channel()  # policy None: the server has no None endpoint
+        endpoints = await client.get_endpoints()  # allowed: discovery
+        assert all(e.SecurityMode != ua.MessageSecurityMode.None_ for e in endpoints)
+        params = ua.CreateSessionParameters()
+        params.ClientDescription = ua.ApplicationDescription(ApplicationUri=CLIENT_URI)
+        params.EndpointUrl = site.url
+        params.SessionName = "forced"
+        params.RequestedSessionTimeout = 60_000
+        params.ClientNonce = b"\x00" * 32
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await client.uaclient.create_session(params)
+        assert err.value.code == ua.StatusCodes.BadSecurityModeRejected
+    finally:
+        client.disconnect_socket()
+
+
+@pytest.mark.parametrize("site", [{"modes": ["SignAndEncrypt"]}], indirect=True)
+async def test_a_mode_the_server_does_not_offer_gets_an_error_answer(site: Site) -> None:
+    client = await secure_client(site, "viewer", mode=ua.MessageSecurityMode.Sign)
+    with pytest.raises(ua.UaStatusCodeError) as err:
+        async with client:
+            pass
+    assert err.value.code == ua.StatusCodes.BadSecurityPolicyRejected
