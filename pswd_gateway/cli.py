@@ -75,6 +75,20 @@ def certs_trust(
     typer.echo(f"trusted: {target}")
 
 
+@opcua_app.command("nodeset")
+def opcua_nodeset(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Where to write.")] = Path(
+        "docs/pswd-gateway.NodeSet2.xml"
+    ),
+) -> None:
+    """Write the information model as a NodeSet2 XML file (checked in under docs/)."""
+    from pswd_gateway.config import GatewayConfig  # noqa: PLC0415
+    from pswd_gateway.northbound.opcua.server import OpcUaServer  # noqa: PLC0415
+
+    asyncio.run(OpcUaServer.write_nodeset(GatewayConfig(), out))
+    typer.echo(f"wrote {out}")
+
+
 @opcua_app.command("client-cert")
 def opcua_client_cert(
     name: Annotated[str, typer.Option(help="File stem and common name.")],
@@ -311,6 +325,19 @@ def bench_control_latency(
         typer.echo("--load must be read or post", err=True)
         raise typer.Exit(2)
     raise typer.Exit(asyncio.run(run_control_bench(duration_s, rate, meter_poll_ms, as_json, load)))
+
+
+@bench_app.command("opcua")
+def bench_opcua(
+    duration_s: Annotated[float, typer.Option(min=2.0, help="Measured time.")] = 20.0,
+    items: Annotated[int, typer.Option(min=1, help="Monitored items at 100 ms.")] = 1000,
+    calls: Annotated[int, typer.Option(min=1, help="Method calls timed.")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Notifications/s, CPU and control timing with N monitored items; method-call latency."""
+    from pswd_gateway.bench.opcua import run_opcua_bench  # noqa: PLC0415
+
+    raise typer.Exit(asyncio.run(run_opcua_bench(duration_s, items, calls, as_json)))
 
 
 @token_app.command("new")

@@ -358,7 +358,8 @@ class ControlConfig(_Strict):
     write_timeout_ms: Annotated[int, Field(ge=5, le=5_000)] = 50
     chw_supply_setpoint_c: Annotated[float, Field(ge=5.0, le=30.0)] = 18.0
     """Chilled-water supply temperature the thermal controller holds."""
-    chw_setpoint_range_c: tuple[float, float] = (8.0, 26.0)
+    chw_setpoint_range_c: tuple[float, float] = (10.0, 25.0)
+    """What the chiller plant accepts (the thermal-plant register map: 10 to 25 °C)."""
     heat_supply_setpoint_c: Annotated[float, Field(ge=70.0, le=90.0)] = 80.0
     """Municipal heat network supply temperature the heat-recovery heat pump holds."""
     announce_lead_s: Annotated[float, Field(ge=0.0, le=86_400.0)] = 900.0

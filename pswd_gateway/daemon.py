@@ -154,7 +154,12 @@ class Gateway:
             await self.api_listener.start()
         if self.config.listeners.opcua.enabled:
             self.opcua = OpcUaServer(
-                self.config, self.store, self._site, self.workloads, self.set_site_limit
+                self.config,
+                self.store,
+                self._site,
+                self.workloads,
+                self.set_site_limit,
+                ramp=lambda: self.control.stats.grid_ramp_w_per_s() if self.control else None,
             )
             await self.opcua.start()
         await self._wait_first_polls(timeout_s=5.0)

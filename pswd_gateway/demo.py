@@ -318,7 +318,7 @@ def _twin_started_at(twin_log: Path) -> float | None:
     except OSError:
         return None
     for line in reversed(lines):
-        if "twin_started" not in line:
+        if '"twin_started"' not in line:  # the event itself, not redfish_twin_started
             continue
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             value = json.loads(line).get("posix_start")

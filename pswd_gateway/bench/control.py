@@ -30,7 +30,7 @@ __all__ = ["run_control_bench"]
 TWIN_READY_S = 30.0
 
 
-def _pcts(samples: list[float]) -> dict[str, float | None]:
+def percentiles(samples: list[float]) -> dict[str, float | None]:
     if not samples:
         return {"p50_ms": None, "p99_ms": None, "max_ms": None, "n": 0}
     ordered = sorted(samples)
@@ -46,7 +46,7 @@ def _pcts(samples: list[float]) -> dict[str, float | None]:
     }
 
 
-def _config_text(state_dir: Path, meter_poll_ms: int) -> tuple[str, dict[str, int]]:
+def demo_config_text(state_dir: Path, meter_poll_ms: int) -> tuple[str, dict[str, int]]:
     """The demo config on free ports, control on, quiet logs."""
     text = DEFAULT_CONFIG.read_text()
     ports = {
@@ -72,7 +72,7 @@ def _config_text(state_dir: Path, meter_poll_ms: int) -> tuple[str, dict[str, in
     return text, ports
 
 
-async def _wait_port(port: int, proc: asyncio.subprocess.Process) -> None:
+async def wait_port(port: int, proc: asyncio.subprocess.Process) -> None:
     deadline = time.monotonic() + TWIN_READY_S
     while time.monotonic() < deadline:
         if proc.returncode is not None:
@@ -95,8 +95,8 @@ async def _phase(gw: Gateway, duration_s: float) -> dict[str, Any]:
     runs0, fails0 = stats.runs_total, stats.write_failures_total
     await asyncio.sleep(duration_s)
     return {
-        "reading_to_setpoint": _pcts(list(stats.reading_to_setpoint_s)),
-        "cycle_lateness": _pcts(list(stats.lateness_s)),
+        "reading_to_setpoint": percentiles(list(stats.reading_to_setpoint_s)),
+        "cycle_lateness": percentiles(list(stats.lateness_s)),
         "runs": stats.runs_total - runs0,
         "write_failures": stats.write_failures_total - fails0,
     }
@@ -106,7 +106,7 @@ async def measure_control(
     duration_s: float, rate: float, meter_poll_ms: int, mode: str = "read"
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pswd-bench-control-") as tmp:
-        text, ports = _config_text(Path(tmp) / "state", meter_poll_ms)
+        text, ports = demo_config_text(Path(tmp) / "state", meter_poll_ms)
         config_path = Path(tmp) / "gateway.toml"
         config_path.write_text(text)
         cfg = load_config(config_path)
@@ -120,7 +120,7 @@ async def measure_control(
         gw: Gateway | None = None
         load: asyncio.subprocess.Process | None = None
         try:
-            await _wait_port(ports["rf_b"], twin)
+            await wait_port(ports["rf_b"], twin)
             gw = Gateway(cfg, config_path=config_path)
             await gw.start()
             await asyncio.sleep(2.0)  # first polls, limiter settled

@@ -156,7 +156,8 @@ async def test_a_100_ms_subscription_carries_every_change(site: Site) -> None:
 
     class Handler:
         def datachange_notification(self, node: Any, val: float, data: Any) -> None:
-            seen.append(val)
+            if val is not None:
+                seen.append(val)
 
     async with client:
         idx = await client.get_namespace_index("urn:pswd:gateway")
@@ -282,3 +283,34 @@ async def test_a_mode_the_server_does_not_offer_gets_an_error_answer(site: Site)
         async with client:
             pass
     assert err.value.code == ua.StatusCodes.BadSecurityPolicyRejected
+
+
+async def test_the_served_model_equals_the_checked_in_nodeset(site: Site, tmp_path: Path) -> None:
+    assert site.gw.opcua is not None
+    served = tmp_path / "served.xml"
+    await site.gw.opcua.export_nodeset(served)
+    checked_in = Path(__file__).parents[2] / "docs" / "pswd-gateway.NodeSet2.xml"
+    assert served.read_text() == checked_in.read_text(), (
+        "the model changed: run `pswd-gateway opcua nodeset` and commit the NodeSet2 file"
+    )
+
+
+async def test_workload_state_changes_and_alarms_arrive_as_events(site: Site) -> None:
+    feed(site, 10e6)
+    received: list[Any] = []
+
+    class Handler:
+        def event_notification(self, event: Any) -> None:
+            received.append(event)
+
+    async with await secure_client(site, "operator") as op:
+        idx = await op.get_namespace_index("urn:pswd:gateway")
+        pswd = op.get_node(ua.NodeId("PSWD", idx))
+        sub = await op.create_subscription(100, Handler())
+        await sub.subscribe_events(pswd, ua.ObjectIds.BaseEventType)
+        await pswd.call_method(f"{idx}:AnnounceWorkload", announcement())
+        feed(site, 10e6, Quality.INVALID)  # a device gone: an alarm
+        await asyncio.sleep(0.8)
+    messages = [e.Message.Text for e in received]
+    assert any("announced → scheduled" in m for m in messages), messages
+    assert any("no valid data from meter" in m for m in messages), messages

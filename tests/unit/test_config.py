@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from pswd_gateway.cli import app
@@ -150,3 +152,29 @@ def test_config_check_prints_each_error_line_and_exits_2(tmp_path: Path) -> None
         "devices[3].base_url: must start with http:// or https://",
         "listeners.metrics.port: must be ≤ 65535",
     ]
+
+
+def _opcua_config(host: str, **opcua: object) -> dict[str, object]:
+    from pswd_gateway.config import DEFAULT_CONFIG  # noqa: PLC0415
+
+    demo = tomllib.loads(DEFAULT_CONFIG.read_text())
+    return {
+        "listeners": {"opcua": {"host": host, "port": 4840}},
+        "opcua": {"users": demo["opcua"]["users"], **opcua},
+    }
+
+
+def test_the_demo_opcua_users_are_refused_off_loopback() -> None:
+    GatewayConfig.model_validate(_opcua_config("127.0.0.1"))
+    with pytest.raises(ValidationError, match="published demo passwords"):
+        GatewayConfig.model_validate(_opcua_config("0.0.0.0"))
+
+
+def test_security_policy_none_is_refused_off_loopback() -> None:
+    GatewayConfig.model_validate(
+        {"listeners": {"opcua": {"host": "127.0.0.1", "port": 1}}, "opcua": {"allow_none": True}}
+    )
+    with pytest.raises(ValidationError, match="loopback only"):
+        GatewayConfig.model_validate(
+            {"listeners": {"opcua": {"host": "10.0.0.5", "port": 1}}, "opcua": {"allow_none": True}}
+        )

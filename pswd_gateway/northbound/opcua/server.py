@@ -233,6 +233,10 @@ def _answering_status(name: str, method: Method) -> Callable[..., Awaitable[Any]
     return call
 
 
+async def _no_limits(_what: str, _value: float, _who: Identity) -> None:
+    raise ua.uaerrors.BadNotSupported
+
+
 class OpcUaServer:
     """The asyncua server, its model and the task that keeps the model current."""
 
@@ -243,7 +247,9 @@ class OpcUaServer:
         site: Callable[[], SiteConfig],
         workloads: WorkloadService | None,
         set_limit: LimitSetter,
+        ramp: Callable[[], float | None] | None = None,
     ) -> None:
+        self.ramp = ramp
         self.config = config
         self.store = store
         self.site = site
@@ -259,6 +265,11 @@ class OpcUaServer:
         self._task: asyncio.Task[None] | None = None
         self.endpoint = ""
         self.updates_total = 0
+        self.events_total = 0
+        self._events: Any = None
+        self._alarm: Any = None
+        self._event_task: asyncio.Task[None] | None = None
+        self._alarms_active: dict[str, bool] = {}
 
     # ---- lifecycle ----
 
@@ -311,10 +322,16 @@ class OpcUaServer:
         await self._build(server)
         await server.start()
         self.server = server
+        if self.workloads is not None:
+            self._event_task = asyncio.create_task(self._forward_events(), name="opcua-events")
         self._task = asyncio.create_task(self._publish_loop(), name="opcua-publish")
         log.info("opcua_started", endpoint=self.endpoint, policies=[str(p) for p in policies])
 
     async def stop(self) -> None:
+        if self._event_task is not None:
+            self._event_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._event_task
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -324,6 +341,41 @@ class OpcUaServer:
             self.server = None
 
     # ---- the model ----
+
+    async def model_nodes(self) -> list[Node]:
+        """Every node of the static model (PSWD and below, not the workloads' objects)."""
+        assert self.server is not None
+        root = self.server.get_node(ua.NodeId("PSWD", self.idx))
+        out: list[Node] = []
+        pending = [root]
+        while pending:
+            node = pending.pop()
+            out.append(node)
+            if node.nodeid.Identifier == "PSWD.Workloads":
+                continue
+            children = await node.get_children(refs=ua.ObjectIds.HierarchicalReferences)
+            pending.extend(children)
+        return sorted(out, key=lambda n: str(n.nodeid.Identifier))
+
+    async def export_nodeset(self, path: Path) -> None:
+        """Write the static model as a NodeSet2 file (the served model is the same)."""
+        assert self.server is not None
+        await self.server.export_xml(await self.model_nodes(), str(path))
+
+    @classmethod
+    async def write_nodeset(cls, config: GatewayConfig, path: Path) -> None:
+        """Build the model in a server that never listens, and export it."""
+        self = cls(config, PointStore(), lambda: config.site, None, _no_limits)
+        server = Server()
+        await server.init()
+        await server.set_application_uri(APPLICATION_URI)  # as served: same namespace table
+        self.idx = await server.register_namespace(NAMESPACE)
+        await self._build(server)
+        self.server = server
+        try:
+            await self.export_nodeset(path)
+        finally:
+            self.server = None
 
     async def _build(self, server: Server) -> None:
         idx = self.idx
@@ -377,6 +429,9 @@ class OpcUaServer:
                 args,
                 outs,
             )
+        # PSWD emits workload events and alarms (part of the model: EventNotifier, GeneratesEvent).
+        self._events = await server.get_event_generator(ua.ObjectIds.BaseEventType, root.nodeid)
+        self._alarm = await server.get_event_generator(ua.ObjectIds.AlarmConditionType, root.nodeid)
 
     # ---- live values ----
 
@@ -420,8 +475,69 @@ class OpcUaServer:
             )
             written += 1
         written += await self._sync_workloads(server)
+        await self._check_alarms(snap, site)
         self.updates_total += written
         return written
+
+    # ---- events and alarms ----
+
+    async def _forward_events(self) -> None:
+        """Each workload state change becomes a BaseEventType event on Objects/PSWD."""
+        assert self.workloads is not None
+        async with self.workloads.hub.subscribe() as queue:
+            while (event := await queue.get()) is not None:
+                if event.type != "workload.state_changed" or self._events is None:
+                    continue
+                d = event.data
+                message = f"{event.workload_id}: {d.get('from') or '·'} → {d.get('to')}"
+                if d.get("reason"):
+                    message += f" ({d['reason']})"
+                self._events.event.Severity = 300
+                self._events.event.SourceName = event.workload_id or "PSWD"
+                await self._events.trigger(message=message)
+                self.events_total += 1
+
+    async def _check_alarms(self, snap: Snapshot, site: SiteConfig) -> None:
+        """AlarmConditionType events when a condition becomes active or clears."""
+        soc = snap.get(f"{site.bess}.soc") if site.bess else None
+        low_soc = soc is not None and soc.value < self.config.control.soc_min + 0.05
+        invalid = sorted({p.device for p in snap if p.quality is Quality.INVALID})
+        ramp = self.ramp() if self.ramp is not None else None
+        limit = site.grid_ramp_limit_mw_per_s * 1e6
+        conditions = {
+            "RampLimitRisk": (
+                ramp is not None and abs(ramp) > 0.9 * limit,
+                700,
+                (
+                    f"grid ramp {0 if ramp is None else ramp / 1e6:.1f} MW/s is near the "
+                    f"{limit / 1e6:g} MW/s limit"
+                ),
+            ),
+            "LowStateOfCharge": (
+                low_soc,
+                600,
+                f"battery state of charge {0 if soc is None else soc.value * 100:.1f} % is low",
+            ),
+            "InvalidDevice": (
+                bool(invalid),
+                800,
+                f"no valid data from {', '.join(invalid) or 'any device'}",
+            ),
+        }
+        for name, (active, severity, message) in conditions.items():
+            if self._alarms_active.get(name, False) == active or self._alarm is None:
+                continue
+            self._alarms_active[name] = active
+            ev = self._alarm.event
+            ev.ConditionName = name
+            ev.Severity = severity if active else 100
+            ev.SourceName = "PSWD"
+            ev.Retain = active
+            with contextlib.suppress(AttributeError):
+                ev.ActiveState = ua.LocalizedText("Active" if active else "Inactive")
+            await self._alarm.trigger(message=message if active else f"{name} cleared")
+            self.events_total += 1
+            log.info("opcua_alarm", condition=name, active=active, message=message)
 
     async def _sync_workloads(self, server: Server) -> int:
         if self.workloads is None:
