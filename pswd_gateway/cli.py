@@ -102,6 +102,32 @@ def opcua_client_cert(
     typer.echo(f"wrote {cert} and {key}; admit it with `pswd-gateway certs trust --opcua {cert}`")
 
 
+@opcua_app.command("cert-user")
+def opcua_cert_user(
+    cert: Annotated[Path, typer.Option(help="The user's certificate (DER or PEM).")],
+    name: Annotated[str, typer.Option(help="User name.")],
+    role: Annotated[str, typer.Option(help="viewer, operator, engineer or admin.")],
+) -> None:
+    """Print the [[opcua.certificate_users]] entry that maps a certificate to a role."""
+    import hashlib  # noqa: PLC0415
+
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    data = cert.read_bytes()
+    try:
+        parsed = x509.load_der_x509_certificate(data)
+    except ValueError:
+        try:
+            parsed = x509.load_pem_x509_certificate(data)
+        except ValueError:
+            typer.echo(f"{cert}: not a certificate", err=True)
+            raise typer.Exit(2) from None
+    digest = hashlib.sha256(parsed.public_bytes(serialization.Encoding.DER)).hexdigest()
+    typer.echo("[[opcua.certificate_users]]")
+    typer.echo(f'name = "{name}"\nrole = "{role}"\nsha256 = "{digest}"')
+
+
 @opcua_app.command("password")
 def opcua_password(
     name: Annotated[str, typer.Option(help="User name.")],

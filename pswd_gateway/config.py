@@ -206,6 +206,15 @@ class OpcUaUserConfig(_Strict):
     password_hash: Annotated[str, Field(pattern=PASSWORD_HASH_PATTERN)]
 
 
+class OpcUaCertificateUserConfig(_Strict):
+    """An OPC UA user who signs in with an X.509 certificate (``pswd-gateway opcua cert-user``)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+    role: OpcUaRole
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    """SHA-256 of the certificate's DER encoding."""
+
+
 class OpcUaConfig(_Strict):
     """``[opcua]``: security of the OPC UA listener (see docs/opcua.md)."""
 
@@ -219,6 +228,7 @@ class OpcUaConfig(_Strict):
     """Also offer SecurityPolicy None (reads only; refused unless the listener is loopback)."""
     certs_dir: Path = Path("certs")
     users: tuple[OpcUaUserConfig, ...] = ()
+    certificate_users: tuple[OpcUaCertificateUserConfig, ...] = ()
     max_sessions: Annotated[int, Field(ge=1, le=1000)] = 20
     max_subscriptions_per_session: Annotated[int, Field(ge=1, le=1000)] = 10
     max_monitored_items_per_subscription: Annotated[int, Field(ge=1, le=100_000)] = 5000
@@ -229,7 +239,7 @@ class OpcUaConfig(_Strict):
     def _some_security(self) -> OpcUaConfig:
         if not self.policies or not self.modes:
             raise ValueError("policies and modes must each name at least one entry")
-        names = [u.name for u in self.users]
+        names = [u.name for u in self.users] + [u.name for u in self.certificate_users]
         if len(set(names)) != len(names):
             raise ValueError("user names must be unique")
         return self

@@ -66,6 +66,15 @@ def config(tmp: Path, port: int, **opcua: Any) -> GatewayConfig:
             },
             "site": {"grid_meter": "meter", "bess": "bess", "thermal": None},
             "storage": {"state_dir": str(tmp / "state"), "journal_synchronous": "normal"},
+            "scheduling": {
+                "demand_response": [
+                    {
+                        "start": "2030-01-15T17:00:00Z",
+                        "end": "2030-01-15T19:00:00Z",
+                        "import_limit_mw": 150.0,
+                    }
+                ]
+            },
             "opcua": {
                 "certs_dir": str(tmp / "certs"),
                 "users": [
@@ -314,3 +323,134 @@ async def test_workload_state_changes_and_alarms_arrive_as_events(site: Site) ->
     messages = [e.Message.Text for e in received]
     assert any("announced → scheduled" in m for m in messages), messages
     assert any("no valid data from meter" in m for m in messages), messages
+
+
+async def test_demand_response_is_acknowledged_by_operators_only(site: Site) -> None:
+    async with await secure_client(site, "engineer") as eng:
+        idx = await eng.get_namespace_index("urn:pswd:gateway")
+        pswd = eng.get_node(ua.NodeId("PSWD", idx))
+        await pswd.call_method(f"{idx}:AcknowledgeDemandResponse", "dr-20300115T1700Z")
+        with pytest.raises(ua.UaStatusCodeError) as missing:
+            await pswd.call_method(f"{idx}:AcknowledgeDemandResponse", "dr-19990101T0000Z")
+        assert missing.value.code == ua.StatusCodes.BadNotFound
+        with pytest.raises(ua.UaStatusCodeError) as wrong:
+            await pswd.call_method(f"{idx}:CancelWorkload", "wl_0000000000000000", "x")
+        assert wrong.value.code == ua.StatusCodes.BadNotFound
+    async with await secure_client(site, "viewer") as viewer:
+        pswd = viewer.get_node(ua.NodeId("PSWD", idx))
+        for method, args in (
+            ("AcknowledgeDemandResponse", ["dr-20300115T1700Z"]),
+            ("CancelWorkload", ["wl_0000000000000000", "x"]),
+            ("SetGridRampLimit", [10.0]),
+        ):
+            with pytest.raises(ua.UaStatusCodeError) as denied:
+                await pswd.call_method(f"{idx}:{method}", *args)
+            assert denied.value.code == ua.StatusCodes.BadUserAccessDenied
+    assert site.gw.opcua is not None
+    assert site.gw.opcua.acknowledged == {"dr-20300115T1700Z"}
+
+
+@pytest.mark.parametrize(
+    "site",
+    [{"max_monitored_items_per_subscription": 5, "max_subscriptions_per_session": 2}],
+    indirect=True,
+)
+async def test_monitored_items_beyond_the_limit_are_refused(site: Site) -> None:
+    async with await secure_client(site) as client:
+        idx = await client.get_namespace_index("urn:pswd:gateway")
+        node = client.get_node(ua.NodeId("PSWD.GridConnection.ActivePower", idx))
+
+        class Handler:
+            def datachange_notification(self, *_: Any) -> None:
+                pass
+
+        sub = await client.create_subscription(100, Handler())
+        await sub.subscribe_data_change([node] * 10)  # the limit: 5 x 2
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await sub.subscribe_data_change([node])
+        assert err.value.code == ua.StatusCodes.BadTooManyMonitoredItems
+
+
+async def test_subscribed_grid_power_matches_the_twin(tmp_path: Path) -> None:
+    """The twin's meter, polled by the gateway, seen by a 100 ms subscription."""
+    from pswd_gateway.simulation.config import SimulationConfig  # noqa: PLC0415
+    from pswd_gateway.simulation.twin import Twin  # noqa: PLC0415
+
+    twin = Twin(
+        SimulationConfig.model_validate(
+            {"seed": 3, "ports": {"grid_meter": 0, "bess": 0, "thermal": 0, "redfish": [0, 0]}}
+        )
+    )
+    await twin.start()
+    certs = tmp_path / "certs"
+    init_opcua_certs(certs, ["127.0.0.1"])
+    cert, key = client_certificate(tmp_path, "scada")
+    trust_opcua_client(certs, cert)
+    port = free_port()
+    settings = config(tmp_path, port).model_dump(mode="json", exclude={"config_dir"})
+    settings["site"] = {"grid_meter": "grid_meter", "bess": None, "thermal": None}
+    settings["devices"] = [d for d in twin.gateway_devices() if d["name"] == "grid_meter"]
+    gw = Gateway(GatewayConfig.model_validate(settings))
+    await gw.start()
+    seen: list[tuple[float, datetime]] = []
+
+    class Handler:
+        def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+            if val is not None:
+                seen.append((val, data.monitored_item.Value.SourceTimestamp))
+
+    try:
+        site = Site(gw, f"opc.tcp://127.0.0.1:{port}/pswd", certs, cert, key)
+        async with await secure_client(site) as client:
+            idx = await client.get_namespace_index("urn:pswd:gateway")
+            node = client.get_node(ua.NodeId("PSWD.GridConnection.ActivePower", idx))
+            sub = await client.create_subscription(100, Handler())
+            await sub.subscribe_data_change(node)
+            await asyncio.sleep(3.0)
+    finally:
+        await gw.stop()
+        await twin.stop()
+    assert len(seen) >= 15  # 10 Hz meter, 100 ms publishing: most readings arrive
+    resolution = 10e3  # the meter's W register counts in 10 kW (W_SF = 4)
+    for value, ts in seen:
+        sent = ts.replace(tzinfo=UTC).timestamp() if ts.tzinfo is None else ts.timestamp()
+        low, high = twin.grid_power_range_w(sent, sent + 0.5)
+        assert low - resolution <= value <= high + resolution, (value, low, high)
+
+
+async def test_an_x509_user_certificate_signs_in_with_its_role(tmp_path: Path) -> None:
+    import hashlib  # noqa: PLC0415
+
+    certs = tmp_path / "certs"
+    init_opcua_certs(certs, ["127.0.0.1"])
+    app_cert, app_key = client_certificate(tmp_path, "scada")
+    trust_opcua_client(certs, app_cert)
+    user_cert, user_key = client_certificate(tmp_path, "alice")
+    digest = hashlib.sha256(user_cert.read_bytes()).hexdigest()
+    port = free_port()
+    cfg = config(
+        tmp_path,
+        port,
+        certificate_users=[{"name": "alice", "role": "operator", "sha256": digest}],
+    )
+    gw = Gateway(cfg)
+    await gw.start()
+    try:
+        site = Site(gw, f"opc.tcp://127.0.0.1:{port}/pswd", certs, app_cert, app_key)
+        client = await secure_client(site, None)
+        await client.load_client_certificate(str(user_cert))
+        await client.load_private_key(str(user_key))
+        async with client:
+            idx = await client.get_namespace_index("urn:pswd:gateway")
+            pswd = client.get_node(ua.NodeId("PSWD", idx))
+            await pswd.call_method(f"{idx}:SetGridRampLimit", 15.0)  # an operator's method
+        assert gw.config.site.grid_ramp_limit_mw_per_s == 15.0
+        stranger_cert, stranger_key = client_certificate(tmp_path, "mallory")
+        client = await secure_client(site, None)
+        await client.load_client_certificate(str(stranger_cert))
+        await client.load_private_key(str(stranger_key))
+        with pytest.raises((ua.UaError, OSError, TimeoutError)):
+            async with client:
+                pass
+    finally:
+        await gw.stop()

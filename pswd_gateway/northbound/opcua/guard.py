@@ -50,10 +50,31 @@ def _offers_none(connection: SecureConnection) -> bool:
     return any(p.matches(NONE_POLICY_URI) for p in connection._policies)  # noqa: SLF001
 
 
+CREATE_ITEMS: Final = ua.NodeId(ua.ObjectIds.CreateMonitoredItemsRequest_Encoding_DefaultBinary)
+DELETE_ITEMS: Final = ua.NodeId(ua.ObjectIds.DeleteMonitoredItemsRequest_Encoding_DefaultBinary)
+
+
 class GuardedProcessor(UaProcessor):
     """asyncua's processor with the checks described in the module docstring."""
 
     refused_total: int = 0
+    max_monitored_items: int = 50_000
+    """Per session (connection); set from the configuration when the server starts."""
+    _items: int = 0
+
+    def _count_items(self, typeid: Any, body: Any) -> None:
+        """Monitored items per session stay under the limit (a client cannot starve the loop)."""
+        if typeid == CREATE_ITEMS:
+            params = struct_from_binary(ua.CreateMonitoredItemsParameters, body.copy())
+            wanted = len(params.ItemsToCreate or [])
+            if self._items + wanted > self.max_monitored_items:
+                GuardedProcessor.refused_total += 1
+                _log.warning("opcua_monitored_items_refused have=%s wanted=%s", self._items, wanted)
+                raise ua.uaerrors.BadTooManyMonitoredItems
+            self._items += wanted
+        elif typeid == DELETE_ITEMS:
+            gone = struct_from_binary(ua.DeleteMonitoredItemsParameters, body.copy())
+            self._items = max(0, self._items - len(gone.MonitoredItemIds or []))
 
     def open_secure_channel(self, algohdr: Any, seqhdr: Any, body: Any) -> None:
         uri = algohdr.SecurityPolicyURI
@@ -83,6 +104,7 @@ class GuardedProcessor(UaProcessor):
             GuardedProcessor.refused_total += 1
             _log.warning("opcua_none_channel_refused service=%s", typeid.Identifier)
             raise ua.uaerrors.BadSecurityModeRejected
+        self._count_items(typeid, body)
         token = current_user.set(self.session.user if self.session is not None else None)
         try:
             return await super()._process_message(typeid, requesthdr, seqhdr, body)

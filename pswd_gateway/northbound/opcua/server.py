@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,13 +29,20 @@ from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.internal_session import InternalSession
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
-from pswd_gateway.config import GatewayConfig, OpcUaUserConfig, SiteConfig
+from pswd_gateway.config import (
+    GatewayConfig,
+    OpcUaCertificateUserConfig,
+    OpcUaUserConfig,
+    SiteConfig,
+)
 from pswd_gateway.domain.identity import Identity
 from pswd_gateway.domain.points import Quality
 from pswd_gateway.domain.workloads import Action, Announcement, IllegalTransitionError
 from pswd_gateway.errors import ConfigError, NotFoundError, PswdError
+from pswd_gateway.journal import AuditEntry
 from pswd_gateway.logging import get_logger
 from pswd_gateway.northbound.opcua import guard
 from pswd_gateway.scheduling.service import WorkloadService
@@ -104,6 +112,24 @@ def _it(snap: Snapshot, site: SiteConfig) -> tuple[float, Quality, float] | None
     return sum(p.value for p in present), worst, min(p.source_ts for p in present)
 
 
+def _dr_limit(
+    config: GatewayConfig,
+) -> Callable[[Snapshot, SiteConfig], tuple[float, Quality, float]]:
+    def get(snap: Snapshot, site: SiteConfig) -> tuple[float, Quality, float]:
+        now = datetime.fromtimestamp(snap.taken_at, UTC)
+        active = [
+            w.import_limit_mw for w in config.scheduling.demand_response if w.start <= now < w.end
+        ]
+        return min([site.grid_import_limit_mw, *active]) * 1e6, Quality.GOOD, snap.taken_at
+
+    return get
+
+
+def dr_event_id(start: datetime) -> str:
+    """The id of a demand-response window: ``dr-`` and its start in UTC, to the minute."""
+    return "dr-" + start.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
+
+
 def _limit(
     attr: str, scale: float
 ) -> Callable[[Snapshot, SiteConfig], tuple[float, Quality, float]]:
@@ -151,22 +177,41 @@ STATUS: Final = {
 class RoleUserManager:
     """User name + password → an asyncua ``User`` named after the account; no anonymous."""
 
-    def __init__(self, users: tuple[OpcUaUserConfig, ...]) -> None:
+    def __init__(
+        self,
+        users: tuple[OpcUaUserConfig, ...],
+        certificate_users: tuple[OpcUaCertificateUserConfig, ...] = (),
+    ) -> None:
         self._users = {u.name: u for u in users}
+        self._by_cert = {u.sha256: u for u in certificate_users}
+        self._roles: dict[str, str] = {u.name: u.role for u in users}
+        self._roles.update({u.name: u.role for u in certificate_users})
         self._verified: dict[tuple[str, str], bool] = {}
         self.refused_total = 0
 
     def role(self, name: str | None) -> str | None:
-        user = self._users.get(name or "")
-        return None if user is None else user.role
+        return self._roles.get(name or "")
 
     def get_user(
         self,
         iserver: Any,  # noqa: ARG002 - asyncua's UserManager signature
         username: str | None = None,
         password: str | None = None,
-        certificate: Any = None,  # noqa: ARG002 - X.509 user tokens are not offered
+        certificate: Any = None,
     ) -> User | None:
+        if username is None and certificate is not None:  # an X.509 user token
+            der = (
+                bytes(certificate)
+                if isinstance(certificate, bytes | bytearray)
+                else certificate.public_bytes(serialization.Encoding.DER)
+            )
+            holder = self._by_cert.get(hashlib.sha256(der).hexdigest())
+            if holder is None:
+                self.refused_total += 1
+                log.warning("opcua_login_refused", reason="unknown user certificate")
+                return None
+            role = UserRole.Admin if holder.role == "admin" else UserRole.User
+            return User(role=role, name=holder.name)
         account = self._users.get(username or "")
         if account is None or password is None:
             self.refused_total += 1
@@ -255,7 +300,7 @@ class OpcUaServer:
         self.site = site
         self.workloads = workloads
         self.set_limit = set_limit
-        self.users = RoleUserManager(config.opcua.users)
+        self.users = RoleUserManager(config.opcua.users, config.opcua.certificate_users)
         self.server: Server | None = None
         self.idx = 0
         self.nodes: dict[tuple[str, str], Node] = {}
@@ -270,6 +315,11 @@ class OpcUaServer:
         self._alarm: Any = None
         self._event_task: asyncio.Task[None] | None = None
         self._alarms_active: dict[str, bool] = {}
+        self.acknowledged: set[str] = set()
+        self.model = (
+            *MODEL,
+            Variable("DemandResponse", "ImportLimit", W, 0.0, 1e10, _dr_limit(config)),
+        )
 
     # ---- lifecycle ----
 
@@ -289,6 +339,9 @@ class OpcUaServer:
                 ],
             )
         guard.install()
+        guard.GuardedProcessor.max_monitored_items = (
+            cfg.max_monitored_items_per_subscription * cfg.max_subscriptions_per_session
+        )
         InternalSession.max_connections = cfg.max_sessions
         server = Server(user_manager=self.users)
         await server.init()
@@ -306,7 +359,10 @@ class OpcUaServer:
         if cfg.allow_none:
             policies.append(ua.SecurityPolicyType.NoSecurity)
         server.set_security_policy(policies)
-        server.set_identity_tokens([ua.UserNameIdentityToken])
+        tokens: list[type] = [ua.UserNameIdentityToken]
+        if cfg.certificate_users:
+            tokens.append(ua.X509IdentityToken)
+        server.set_identity_tokens(tokens)
         await server.load_certificate(str(paths.cert))
         await server.load_private_key(str(paths.key))
         trust = TrustStore([paths.trusted], [])
@@ -383,7 +439,7 @@ class OpcUaServer:
             ua.NodeId("PSWD", idx), ua.QualifiedName("PSWD", idx)
         )
         objects: dict[str, Node] = {}
-        for var in MODEL:
+        for var in self.model:
             obj = objects.get(var.obj)
             if obj is None:
                 obj = await root.add_object(
@@ -421,6 +477,7 @@ class OpcUaServer:
             ("CancelWorkload", self._cancel, [string, string], []),
             ("SetGridImportLimit", self._set_import_limit, [double], []),
             ("SetGridRampLimit", self._set_ramp_limit, [double], []),
+            ("AcknowledgeDemandResponse", self._acknowledge_dr, [string], []),
         ):
             await root.add_method(
                 ua.NodeId(f"PSWD.{name}", idx),
@@ -454,7 +511,7 @@ class OpcUaServer:
         snap = self.store.snapshot(datetime.now(UTC).timestamp())
         site = self.site()
         written = 0
-        for var in MODEL:
+        for var in self.model:
             node = self.nodes[(var.obj, var.name)]
             got = var.value(snap, site)
             if got is None:
@@ -641,6 +698,34 @@ class OpcUaServer:
             raise ua.uaerrors.BadNotFound from None
         except (IllegalTransitionError, PswdError):
             raise ua.uaerrors.BadInvalidState from None
+        return []
+
+    async def _acknowledge_dr(
+        self,
+        parent: ua.NodeId,  # noqa: ARG002 - asyncua passes the object
+        event_id: ua.Variant,
+    ) -> list[ua.Variant]:
+        who = self._caller(frozenset({"operator", "engineer", "admin"}))
+        if not isinstance(event_id.Value, str):
+            raise ua.uaerrors.BadTypeMismatch
+        windows = {dr_event_id(w.start): w for w in self.config.scheduling.demand_response}
+        window = windows.get(event_id.Value)
+        if window is None:
+            raise ua.uaerrors.BadNotFound
+        if self.workloads is not None:
+            journal = self.workloads.journal
+            entry = AuditEntry(
+                actor=who.name,
+                role=who.role,
+                action="acknowledge demand response",
+                target=event_id.Value,
+                outcome="accepted",
+                detail={"import_limit_mw": window.import_limit_mw},
+                at=datetime.now(UTC),
+            )
+            await journal.call(journal.sync.audit, entry)
+        self.acknowledged.add(event_id.Value)
+        log.info("demand_response_acknowledged", window=event_id.Value, by=who.name)
         return []
 
     async def _set_limit(
