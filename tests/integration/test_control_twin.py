@@ -124,8 +124,9 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
                     "api": {"enabled": False, "port": 0},
                 },
                 "storage": {"state_dir": str(tmp_path / "state"), "journal_synchronous": "normal"},
-                # Plan at 70 % of the limit: the rest is room for a busy CI machine.
-                "control": {"enabled": True, "ramp_margin": 0.7},
+                # Plan at half the limit: the rest is room for what leaks through on a busy CI
+                # machine (each unseen edge of the 180 MW training rhythm, until paid back).
+                "control": {"enabled": True, "ramp_margin": 0.5},
                 "scheduling": {"cooling_capacity_mw": 1000.0},
             }
         )  # fmt: skip

@@ -243,6 +243,8 @@ async def test_methods_check_arguments_and_roles(site: Site) -> None:
     assert site.gw.journal is not None
     audit = await site.gw.journal.call(site.gw.journal.sync.audit_entries, 0, 100)
     assert any("grid_import_limit_mw" in a["action"] for a in audit)
+    denied_lines = [a for a in audit if a["action"] == "opcua SetGridImportLimit"]
+    assert any(a["outcome"] == "refused" and a["actor"] == "opcua:viewer" for a in denied_lines)
 
 
 async def test_anonymous_wrong_password_and_untrusted_certificates_are_refused(
@@ -261,6 +263,11 @@ async def test_anonymous_wrong_password_and_untrusted_certificates_are_refused(
         async with await secure_client(site, "viewer", cert=stranger_cert, key=stranger_key):
             pass
     assert list((site.certs / "opcua" / "rejected").iterdir())
+    await asyncio.sleep(0.1)
+    assert site.gw.journal is not None
+    audit = await site.gw.journal.call(site.gw.journal.sync.audit_entries, 0, 100)
+    refused = [a for a in audit if a["action"] == "opcua login" and a["outcome"] == "refused"]
+    assert refused, audit
 
 
 async def test_a_session_forced_onto_a_none_channel_is_rejected(site: Site) -> None:

@@ -188,6 +188,7 @@ class RoleUserManager:
         self._roles.update({u.name: u.role for u in certificate_users})
         self._verified: dict[tuple[str, str], bool] = {}
         self.refused_total = 0
+        self.on_refusal: Callable[[str | None, str], None] = lambda _user, _why: None
 
     def role(self, name: str | None) -> str | None:
         return self._roles.get(name or "")
@@ -209,6 +210,7 @@ class RoleUserManager:
             if holder is None:
                 self.refused_total += 1
                 log.warning("opcua_login_refused", reason="unknown user certificate")
+                self.on_refusal(None, "unknown user certificate")
                 return None
             role = UserRole.Admin if holder.role == "admin" else UserRole.User
             return User(role=role, name=holder.name)
@@ -216,6 +218,7 @@ class RoleUserManager:
         if account is None or password is None:
             self.refused_total += 1
             log.warning("opcua_login_refused", user=username, reason="unknown user or no password")
+            self.on_refusal(username, "unknown user or no password")
             return None
         key = (account.name, password)
         ok = self._verified.get(key)
@@ -226,6 +229,7 @@ class RoleUserManager:
         if not ok:
             self.refused_total += 1
             log.warning("opcua_login_refused", user=username, reason="wrong password")
+            self.on_refusal(username, "wrong password")
             return None
         role = UserRole.Admin if account.role == "admin" else UserRole.User
         return User(role=role, name=account.name)
@@ -265,14 +269,21 @@ LimitSetter = Callable[[str, float, Identity], Awaitable[None]]
 Method = Callable[..., Awaitable[list[ua.Variant]]]
 
 
-def _answering_status(name: str, method: Method) -> Callable[..., Awaitable[Any]]:
-    """asyncua turns any exception of a method into BadUnexpectedError; answer ours precisely."""
+Refusal = Callable[[str, str, str], Awaitable[None]]
+
+
+def _answering_status(name: str, method: Method, refused: Refusal) -> Callable[..., Awaitable[Any]]:
+    """asyncua turns any exception of a method into BadUnexpectedError; answer ours precisely,
+    and audit every refusal."""
 
     async def call(parent: ua.NodeId, *args: ua.Variant) -> list[ua.Variant] | ua.StatusCode:
         try:
             return await method(parent, *args)
         except ua.UaStatusCodeError as exc:
-            log.info("opcua_method_refused", method=name, status=ua.StatusCode(exc.code).name)
+            status = ua.StatusCode(exc.code).name
+            log.info("opcua_method_refused", method=name, status=status)
+            user = guard.current_user.get()
+            await refused(getattr(user, "name", None) or "unknown", f"opcua {name}", status)
             return ua.StatusCode(exc.code)
 
     return call
@@ -316,6 +327,8 @@ class OpcUaServer:
         self._event_task: asyncio.Task[None] | None = None
         self._alarms_active: dict[str, bool] = {}
         self.acknowledged: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self.users.on_refusal = self._login_refused
         self.model = (
             *MODEL,
             Variable("DemandResponse", "ImportLimit", W, 0.0, 1e10, _dr_limit(config)),
@@ -482,7 +495,7 @@ class OpcUaServer:
             await root.add_method(
                 ua.NodeId(f"PSWD.{name}", idx),
                 ua.QualifiedName(name, idx),
-                _answering_status(name, handler),
+                _answering_status(name, handler, self._audit_refusal),
                 args,
                 outs,
             )
@@ -640,6 +653,22 @@ class OpcUaServer:
         return changed
 
     # ---- methods ----
+
+    async def _audit_refusal(self, user: str, action: str, why: str) -> None:
+        if self.workloads is None:
+            return
+        role = self.users.role(user)
+        who = Identity(f"opcua:{user}", {"engineer": "operator"}.get(role or "", role or "none"))
+        await self.workloads.audit_refusal(who, action, why)
+
+    def _login_refused(self, user: str | None, why: str) -> None:
+        """From asyncua's synchronous user check: audit in the background."""
+        with contextlib.suppress(RuntimeError):  # no loop: nothing to audit into
+            task = asyncio.get_running_loop().create_task(
+                self._audit_refusal(user or "unknown", "opcua login", why)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _caller(self, need: frozenset[str] | None = None) -> Identity:
         user = guard.current_user.get()
