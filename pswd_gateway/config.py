@@ -179,6 +179,8 @@ class ListenersConfig(_Strict):
     """The workload HTTP API (``/v1``)."""
     opcua: ListenerConfig = ListenerConfig(enabled=False, port=4840)
     """OPC UA for SCADA (``opc.tcp://host:port/pswd``); secured by ``[opcua]``."""
+    iec61850: ListenerConfig = ListenerConfig(enabled=False, port=102)
+    """IEC 61850 MMS for grid operators (plaintext: loopback only until TLS is configured)."""
 
 
 Role = Literal["viewer", "submitter", "operator", "admin"]
@@ -204,6 +206,13 @@ class OpcUaUserConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
     role: OpcUaRole
     password_hash: Annotated[str, Field(pattern=PASSWORD_HASH_PATTERN)]
+
+
+class Iec61850Config(_Strict):
+    """``[iec61850]``: the MMS server (see docs/iec61850.md)."""
+
+    ied_name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")] = "PSWD"
+    update_interval_ms: Annotated[int, Field(ge=20, le=10_000)] = 100
 
 
 class OpcUaCertificateUserConfig(_Strict):
@@ -427,6 +436,7 @@ class GatewayConfig(BaseSettings):
     scheduling: SchedulingConfig = SchedulingConfig()
     control: ControlConfig = ControlConfig()
     opcua: OpcUaConfig = OpcUaConfig()
+    iec61850: Iec61850Config = Iec61850Config()
     storage: StorageConfig = StorageConfig()
     logging: LoggingConfig = LoggingConfig()
     daemon: DaemonConfig = DaemonConfig()
@@ -461,6 +471,12 @@ class GatewayConfig(BaseSettings):
                 f"api.tokens {', '.join(demo)} are the published demo tokens and listeners.api "
                 f"binds {api.host}: demo credentials are for loopback only; "
                 "create your own with `pswd-gateway token new`"
+            )
+        mms = self.listeners.iec61850
+        if mms.enabled and not is_loopback(mms.host):
+            raise ValueError(
+                f"listeners.iec61850 binds {mms.host}: MMS without TLS is plaintext and stays on "
+                "loopback (put a TLS-terminating conduit in front, see docs/iec61850.md)"
             )
         opc = self.listeners.opcua
         if opc.enabled and not is_loopback(opc.host):

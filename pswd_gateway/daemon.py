@@ -42,6 +42,7 @@ from pswd_gateway.logging import configure_logging, get_logger
 from pswd_gateway.northbound.asgi import AsgiListener
 from pswd_gateway.northbound.http_api import ApiContext, create_app
 from pswd_gateway.northbound.http_api.site import site_view
+from pswd_gateway.northbound.iec61850.server import MmsServer
 from pswd_gateway.northbound.metrics import GatewayCollector, make_registry
 from pswd_gateway.northbound.opcua.server import OpcUaServer
 from pswd_gateway.scheduling.scheduler import Scheduler
@@ -102,6 +103,7 @@ class Gateway:
     journal: AsyncJournal | None = field(default=None, init=False)
     control: ControlCycle | None = field(default=None, init=False)
     opcua: OpcUaServer | None = field(default=None, init=False)
+    mms: MmsServer | None = field(default=None, init=False)
     heap: HeapKeeper | None = None
     """Garbage-collector tuning; set by ``pswd-gateway run`` (it is process-wide)."""
     forecast: ForecastFeed | None = field(default=None, init=False)
@@ -162,6 +164,17 @@ class Gateway:
                 ramp=lambda: self.control.stats.grid_ramp_w_per_s() if self.control else None,
             )
             await self.opcua.start()
+        mms = self.config.listeners.iec61850
+        if mms.enabled:
+            self.mms = MmsServer(
+                self.store,
+                self._site,
+                ied_name=self.config.iec61850.ied_name,
+                host=mms.host,
+                port=mms.port,
+                interval_s=self.config.iec61850.update_interval_ms / 1000.0,
+            )
+            await self.mms.start()
         await self._wait_first_polls(timeout_s=5.0)
         await self._start_control()
         self._start_task("setpoint-journal", self._flush_setpoints)
@@ -314,6 +327,8 @@ class Gateway:
             self.workloads.hub.close()  # ends event streams so the listener can close
         if self.opcua is not None:
             await self.opcua.stop()
+        if self.mms is not None:
+            await self.mms.stop()
         for listener in (self.api_listener, self.metrics_listener):
             if listener is not None:
                 await listener.stop()

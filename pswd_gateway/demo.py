@@ -305,6 +305,8 @@ def _print_listeners(console: Console, cfg: GatewayConfig, gw: Gateway, log_dir:
             f"{gw.opcua.endpoint}  (Basic256Sha256 SignAndEncrypt, user viewer / "
             "pswd-demo-viewer, demo only)",
         )
+    if gw.mms is not None:
+        table.add_row("IEC 61850 MMS", f"{gw.mms.host}:{gw.mms.port}  (IED {gw.mms.ied_name})")
     for name, host, port in _endpoints(cfg):
         table.add_row(f"twin: {name}", f"{host}:{port}")
     table.add_row("logs", f"{log_dir}/gateway.log, {log_dir}/twin.log")

@@ -178,3 +178,11 @@ def test_security_policy_none_is_refused_off_loopback() -> None:
         GatewayConfig.model_validate(
             {"listeners": {"opcua": {"host": "10.0.0.5", "port": 1}}, "opcua": {"allow_none": True}}
         )
+
+
+def test_plaintext_mms_is_refused_off_loopback() -> None:
+    GatewayConfig.model_validate({"listeners": {"iec61850": {"host": "127.0.0.1", "port": 10102}}})
+    with pytest.raises(ValidationError, match="plaintext"):
+        GatewayConfig.model_validate(
+            {"listeners": {"iec61850": {"host": "192.0.2.7", "port": 102}}}
+        )

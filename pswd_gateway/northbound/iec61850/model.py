@@ -1,0 +1,133 @@
+"""The IEC 61850 data model, from one table.
+
+Each row is a data object: logical device, logical node, data object name, its CDC, SI unit
+and multiplier (IEC 61850-7-3 Annex A codes), and where its value comes from in the store. The
+model built for libiec61850 (:func:`build_model`) and, later, the ICD file are generated from
+this table only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pswd_gateway.config import SiteConfig
+from pswd_gateway.domain.points import Quality
+from pswd_gateway.store import Snapshot
+
+__all__ = ["TABLE", "DataObject", "Reading", "SIUnit", "build_model"]
+
+Reading = tuple[float, Quality, float]
+"""(value in the row's unit x 10^multiplier, quality, source POSIX time)."""
+
+
+class SIUnit:
+    """IEC 61850-7-3 SIUnit codes used here."""
+
+    DIMENSIONLESS: Final = 1
+    CELSIUS: Final = 23
+    HERTZ: Final = 33
+    WATT: Final = 62
+    PERCENT: Final = 1  # ratio, with the description saying per unit
+
+
+@dataclass(frozen=True, slots=True)
+class DataObject:
+    ld: str
+    ln: str
+    name: str
+    cdc: str
+    unit: int
+    multiplier: int
+    """The value is served in unit x 10^multiplier (6: MW)."""
+    source: Callable[[Snapshot, SiteConfig], Reading | None]
+    description: str
+
+    @property
+    def reference(self) -> str:
+        """``LD/LN.DO`` without the IED name."""
+        return f"{self.ld}/{self.ln}.{self.name}"
+
+
+def _point(
+    role: Callable[[SiteConfig], str | None], point: str, scale: float
+) -> Callable[[Snapshot, SiteConfig], Reading | None]:
+    def get(snap: Snapshot, site: SiteConfig) -> Reading | None:
+        device = role(site)
+        p = None if device is None else snap.get(f"{device}.{point}")
+        return None if p is None else (p.value / scale, p.quality, p.source_ts)
+
+    return get
+
+
+def _it_mw(snap: Snapshot, site: SiteConfig) -> Reading | None:
+    points = [snap.get(f"{d}.total_power") for d in site.it_load]
+    present = [p for p in points if p is not None]
+    if not points or len(present) != len(points):
+        return None
+    worst = max((p.quality for p in present), key=lambda q: q.rank)
+    return sum(p.value for p in present) / 1e6, worst, min(p.source_ts for p in present)
+
+
+TABLE: Final[tuple[DataObject, ...]] = (
+    DataObject("GRID", "MMXU1", "TotW", "MV", SIUnit.WATT, 6,
+               _point(lambda s: s.grid_meter, "active_power", 1e6),
+               "Active power at the grid connection, > 0 import"),
+    DataObject("GRID", "MMXU1", "Hz", "MV", SIUnit.HERTZ, 0,
+               _point(lambda s: s.grid_meter, "frequency", 1.0), "Grid frequency"),
+    DataObject("ITLOAD", "MMXU1", "TotW", "MV", SIUnit.WATT, 6, _it_mw,
+               "Active power of the IT load"),
+    DataObject("BESS", "MMXU1", "TotW", "MV", SIUnit.WATT, 6,
+               _point(lambda s: s.bess, "active_power", 1e6),
+               "Battery active power, > 0 discharging"),
+    DataObject("BESS", "ZBAT1", "SoC", "MV", SIUnit.DIMENSIONLESS, 0,
+               _point(lambda s: s.bess, "soc", 0.01), "Battery state of charge, percent"),
+    DataObject("THERMAL", "MMXU1", "ChwTmp", "MV", SIUnit.CELSIUS, 0,
+               _point(lambda s: s.thermal, "chw_supply_temp", 1.0),
+               "Chilled-water supply temperature"),
+    DataObject("THERMAL", "MMXU2", "HeatW", "MV", SIUnit.WATT, 6,
+               _point(lambda s: s.thermal, "heat_export_power", 1e6),
+               "Heat exported to the municipal network"),
+)  # fmt: skip
+"""The data objects served; docs/iec61850.md lists them with their object references."""
+
+
+def build_model(ied_name: str, m: Any) -> tuple[Any, dict[str, tuple[Any, Any, Any]]]:
+    """A libiec61850 dynamic model for :data:`TABLE` (``m`` is the pyiec61850 module).
+
+    Returns the model and, per ``LD/LN.DO``, its (mag.f, q, t) attribute nodes.
+    """
+    model = m.IedModel_create(ied_name)
+    devices: dict[str, Any] = {}
+    nodes: dict[tuple[str, str], Any] = {}
+    for row in TABLE:
+        ld = devices.get(row.ld)
+        if ld is None:
+            ld = m.LogicalDevice_create(row.ld, model)
+            devices[row.ld] = ld
+            lln0 = m.toModelNode(m.LogicalNode_create("LLN0", ld))
+            m.CDC_ENS_create("Mod", lln0, 0)
+            m.CDC_ENS_create("Beh", lln0, 0)
+            m.CDC_ENS_create("Health", lln0, 0)
+            m.CDC_LPL_create("NamPlt", lln0, 0)
+            lphd = m.toModelNode(m.LogicalNode_create("LPHD1", ld))
+            m.CDC_DPL_create("PhyNam", lphd, 0)
+            m.CDC_ENS_create("PhyHealth", lphd, 0)
+            m.CDC_SPS_create("Proxy", lphd, 0)
+        ln = nodes.get((row.ld, row.ln))
+        if ln is None:
+            ln = m.toModelNode(m.LogicalNode_create(row.ln, ld))
+            m.CDC_ENS_create("Beh", ln, 0)
+            nodes[(row.ld, row.ln)] = ln
+        options = m.CDC_OPTION_UNIT | m.CDC_OPTION_UNIT_MULTIPLIER
+        m.CDC_MV_create(row.name, ln, options, False)  # noqa: FBT003 - C API: float, not int
+    refs: dict[str, tuple[Any, Any, Any]] = {}
+    for row in TABLE:
+        base = f"{ied_name}{row.ld}/{row.ln}.{row.name}"
+        mag, q, t = (
+            m.IedModel_getModelNodeByObjectReference(model, f"{base}.{leaf}")
+            for leaf in ("mag.f", "q", "t")
+        )
+        refs[row.reference] = (m.toDataAttribute(mag), m.toDataAttribute(q), m.toDataAttribute(t))
+    return model, refs
