@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -83,3 +85,63 @@ async def test_an_invalid_device_is_served_with_invalid_quality(
     quality, err = await asyncio.to_thread(read, port, "PSWDGRID/MMXU1.TotW.q", m.IEC61850_FC_MX)
     assert err == 0
     assert quality & 0x3 == m.QUALITY_VALIDITY_INVALID
+
+
+REPORT_CLIENT = """
+import json, os, sys, time
+import pyiec61850.pyiec61850 as m
+from pyiec61850.mms.reporting import _PyRCBHandler
+port, ref, rpt_id, seconds = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+reports = []
+con = m.IedConnection_create()
+_, err = m.IedConnection_connect(con, "127.0.0.1", port)
+assert err == 0, err
+handler = _PyRCBHandler(reports.append, ref)
+subscriber = m.RCBSubscriber()
+subscriber.setIedConnection(con)
+subscriber.setRcbReference(ref)
+subscriber.setRcbRptId(rpt_id)
+subscriber.setEventHandler(handler)
+assert subscriber.subscribe()
+rcb = m.ClientReportControlBlock_create(ref)
+_, err = m.IedConnection_getRCBValues(con, ref, rcb)
+assert err == 0, err
+m.ClientReportControlBlock_setIntgPd(rcb, 500)
+m.ClientReportControlBlock_setRptEna(rcb, True)
+_, err = m.IedConnection_setRCBValues(con, rcb, m.RCB_ELEMENT_INTG_PD | m.RCB_ELEMENT_RPT_ENA, True)
+assert err == 0, err
+print("subscribed", flush=True)
+time.sleep(seconds)
+m.ClientReportControlBlock_setRptEna(rcb, False)
+m.IedConnection_setRCBValues(con, rcb, m.RCB_ELEMENT_RPT_ENA, True)
+m.IedConnection_close(con)
+reasons = sorted({e.reason_code for r in reports for e in r.entries})
+print(json.dumps({"reports": len(reports), "reasons": reasons}), flush=True)
+os._exit(0)  # the C++ subscriber outlives its handler at interpreter exit: skip destructors
+"""
+
+
+async def test_reports_arrive_on_data_change_and_integrity_period(
+    mms: tuple[MmsServer, PointStore, int],
+) -> None:
+    """libiec61850's client in its own process (its report subscriber is C++ with a Python
+    handler; the process ends without running their destructors)."""
+    _, store, port = mms
+    feed(store, 10e6)
+    await asyncio.sleep(0.2)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", REPORT_CLIENT, str(port), "PSWDGRID/LLN0.RP.urcbMeas01",
+        "GRID.urcbMeas01", "1.8",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 10.0)
+    assert line.strip() == b"subscribed", line
+    await asyncio.sleep(0.3)
+    feed(store, 20e6)  # a data change; then at least two integrity periods
+    out, err = await asyncio.wait_for(proc.communicate(), 10.0)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["reports"] >= 3, result
+    assert m.IEC61850_REASON_DATA_CHANGE in result["reasons"], result
+    assert m.IEC61850_REASON_INTEGRITY in result["reasons"], result

@@ -93,6 +93,38 @@ TABLE: Final[tuple[DataObject, ...]] = (
 """The data objects served; docs/iec61850.md lists them with their object references."""
 
 
+REPORT_TRIGGERS: Final = ("dchg", "qchg", "period", "gi")
+INTEGRITY_PERIOD_MS: Final = 1000
+BUFFER_TIME_MS: Final = 50
+
+
+def _reports(model: Any, devices: dict[str, Any], m: Any) -> None:
+    """Per logical device: dataset ``Meas`` of its measurements in LLN0, an unbuffered
+    (``urcbMeas01``) and a buffered (``brcbMeas01``) report control block over it, triggered by
+    data change, quality change, integrity period and general interrogation."""
+    trg = m.TRG_OPT_DATA_CHANGED | m.TRG_OPT_QUALITY_CHANGED | m.TRG_OPT_INTEGRITY | m.TRG_OPT_GI
+    opts = (
+        m.RPT_OPT_SEQ_NUM
+        | m.RPT_OPT_TIME_STAMP
+        | m.RPT_OPT_REASON_FOR_INCLUSION
+        | m.RPT_OPT_DATA_SET
+        | m.RPT_OPT_DATA_REFERENCE
+        | m.RPT_OPT_CONF_REV
+    )
+    for ld_name, ld in devices.items():
+        lln0 = m.LogicalDevice_getLogicalNode(ld, "LLN0")
+        dataset = m.DataSet_create("Meas", lln0)
+        for row in TABLE:
+            if row.ld == ld_name:
+                m.DataSetEntry_create(dataset, f"{row.ln}$MX${row.name}", -1, None)
+        for name, buffered in (("urcbMeas01", False), ("brcbMeas01", True)):
+            m.ReportControlBlock_create(
+                name, lln0, f"{ld_name}.{name}", buffered, "Meas", 1, trg, opts,
+                BUFFER_TIME_MS, INTEGRITY_PERIOD_MS,
+            )  # fmt: skip
+    del model
+
+
 def build_model(ied_name: str, m: Any) -> tuple[Any, dict[str, tuple[Any, Any, Any]]]:
     """A libiec61850 dynamic model for :data:`TABLE` (``m`` is the pyiec61850 module).
 
@@ -122,6 +154,7 @@ def build_model(ied_name: str, m: Any) -> tuple[Any, dict[str, tuple[Any, Any, A
             nodes[(row.ld, row.ln)] = ln
         options = m.CDC_OPTION_UNIT | m.CDC_OPTION_UNIT_MULTIPLIER
         m.CDC_MV_create(row.name, ln, options, False)  # noqa: FBT003 - C API: float, not int
+    _reports(model, devices, m)
     refs: dict[str, tuple[Any, Any, Any]] = {}
     for row in TABLE:
         base = f"{ied_name}{row.ld}/{row.ln}.{row.name}"
