@@ -33,7 +33,24 @@ app.add_typer(api_app, name="api")
 app.add_typer(audit_app, name="audit")
 certs_app = typer.Typer(no_args_is_help=True, help="Certificates of the gateway's listeners.")
 opcua_app = typer.Typer(no_args_is_help=True, help="OPC UA users and certificates.")
+iec61850_app = typer.Typer(no_args_is_help=True, help="IEC 61850: the ICD file.")
+app.add_typer(iec61850_app, name="iec61850")
 app.add_typer(certs_app, name="certs")
+
+
+@iec61850_app.command("icd")
+def iec61850_icd(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Where to write.")] = Path(
+        "docs/pswd-gateway.icd"
+    ),
+) -> None:
+    """Write the ICD (SCL) of the served model (checked in as docs/pswd-gateway.icd)."""
+    from pswd_gateway.northbound.iec61850.icd import write_icd  # noqa: PLC0415
+
+    write_icd(out)
+    typer.echo(f"wrote {out}")
+
+
 app.add_typer(opcua_app, name="opcua")
 
 

@@ -145,3 +145,56 @@ async def test_reports_arrive_on_data_change_and_integrity_period(
     assert result["reports"] >= 3, result
     assert m.IEC61850_REASON_DATA_CHANGE in result["reasons"], result
     assert m.IEC61850_REASON_INTEGRITY in result["reasons"], result
+
+
+def _names(linked_list: object) -> list[str]:
+    out = []
+    element = m.LinkedList_getNext(linked_list) if linked_list else None
+    while element:
+        out.append(m.toCharP(m.LinkedList_getData(element)))
+        element = m.LinkedList_getNext(element)
+    return out
+
+
+def browse(port: int, ied: str) -> tuple[dict[str, dict[str, list[str]]], set[str]]:
+    """The served model through directory services: ``{LD: {LN: [DO]}}`` and RCB/dataset names."""
+    con = m.IedConnection_create()
+    try:
+        _, err = m.IedConnection_connect(con, "127.0.0.1", port)
+        assert err == 0
+        devices, err = m.IedConnection_getLogicalDeviceList(con)
+        assert err == 0
+        model: dict[str, dict[str, list[str]]] = {}
+        extras: set[str] = set()
+        for ld in _names(devices):
+            lns, _ = m.IedConnection_getLogicalDeviceDirectory(con, ld)
+            inst = ld.removeprefix(ied)
+            model[inst] = {}
+            for ln in _names(lns):
+                ref = f"{ld}/{ln}"
+                dos, _ = m.IedConnection_getLogicalNodeDirectory(con, ref, m.ACSI_CLASS_DATA_OBJECT)
+                model[inst][ln] = _names(dos)
+                for cls in ("ACSI_CLASS_URCB", "ACSI_CLASS_BRCB", "ACSI_CLASS_DATA_SET"):
+                    found, _ = m.IedConnection_getLogicalNodeDirectory(con, ref, getattr(m, cls))
+                    extras.update(f"{inst}/{ln}.{n}" for n in _names(found))
+        return model, extras
+    finally:
+        m.IedConnection_close(con)
+        m.IedConnection_destroy(con)
+
+
+async def test_the_served_model_equals_the_checked_in_icd(
+    mms: tuple[MmsServer, PointStore, int],
+) -> None:
+    from pathlib import Path  # noqa: PLC0415
+
+    from pswd_gateway.northbound.iec61850.icd import icd_structure  # noqa: PLC0415
+
+    _, _, port = mms
+    served, extras = await asyncio.to_thread(browse, port, "PSWD")
+    icd = icd_structure((Path(__file__).parents[2] / "docs" / "pswd-gateway.icd").read_text())
+    as_sets = {ld: {ln: sorted(dos) for ln, dos in lns.items()} for ld, lns in served.items()}
+    expected = {ld: {ln: sorted(dos) for ln, dos in lns.items()} for ld, lns in icd.items()}
+    assert as_sets == expected, "run `pswd-gateway iec61850 icd` and commit docs/pswd-gateway.icd"
+    for ld in icd:
+        assert {f"{ld}/LLN0.urcbMeas01", f"{ld}/LLN0.brcbMeas01", f"{ld}/LLN0.Meas"} <= extras

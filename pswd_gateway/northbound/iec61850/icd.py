@@ -1,0 +1,166 @@
+"""The ICD (SCL, IEC 61850-6) of the served model, generated from the same table.
+
+``pswd-gateway iec61850 icd -o FILE`` writes it; ``docs/pswd-gateway.icd`` is checked in, and
+a test browses the running server with libiec61850's client and compares what it finds with
+this file (logical devices, logical nodes, data objects, datasets, report control blocks).
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Final
+
+from pswd_gateway.northbound.iec61850.model import (
+    BUFFER_TIME_MS,
+    INTEGRITY_PERIOD_MS,
+    TABLE,
+)
+
+__all__ = [
+    "LLN0_OBJECTS",
+    "LPHD_OBJECTS",
+    "icd_structure",
+    "icd_xml",
+    "served_structure",
+    "write_icd",
+]
+
+SCL_NS: Final = "http://www.iec.ch/61850/2003/SCL"
+LLN0_OBJECTS: Final = (("Mod", "ENS"), ("Beh", "ENS"), ("Health", "ENS"), ("NamPlt", "LPL"))
+LPHD_OBJECTS: Final = (("PhyNam", "DPL"), ("PhyHealth", "ENS"), ("Proxy", "SPS"))
+SI_UNITS: Final = {1: "", 23: "°C", 33: "Hz", 62: "W"}
+MULTIPLIERS: Final = {0: "", 3: "k", 6: "M"}
+
+
+def _split_ln(name: str) -> tuple[str, str]:
+    match = re.fullmatch(r"([A-Z]{4})(\d*)", name)
+    if match is None:
+        raise ValueError(f"not a logical node name: {name}")
+    return match.group(1), match.group(2)
+
+
+def served_structure() -> dict[str, dict[str, list[str]]]:
+    """``{LD: {LN: [DO, …]}}`` as the server builds it (LLN0 and LPHD1 in every LD)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for row in TABLE:
+        lns = out.setdefault(
+            row.ld,
+            {"LLN0": [n for n, _ in LLN0_OBJECTS], "LPHD1": [n for n, _ in LPHD_OBJECTS]},
+        )
+        lns.setdefault(row.ln, ["Beh"]).append(row.name)
+    return out
+
+
+def _sub(parent: ET.Element, tag: str, **attrs: str) -> ET.Element:
+    return ET.SubElement(parent, tag, {k.rstrip("_"): v for k, v in attrs.items()})
+
+
+def _templates(root: ET.Element) -> None:
+    dtt = _sub(root, "DataTypeTemplates")
+    ln_types: dict[str, list[tuple[str, str]]] = {
+        "LLN0_T": list(LLN0_OBJECTS),
+        "LPHD_T": list(LPHD_OBJECTS),
+    }
+    structure = served_structure()
+    for ld, lns in structure.items():
+        for ln in lns:
+            if ln in {"LLN0", "LPHD1"}:
+                continue
+            ln_types[f"{ln}_{ld}_T"] = [("Beh", "ENS")] + [
+                (r.name, r.cdc) for r in TABLE if r.ld == ld and r.ln == ln
+            ]
+    for type_id, objects in ln_types.items():
+        ln_class = {"LLN0_T": "LLN0", "LPHD_T": "LPHD"}.get(type_id) or type_id[:4]
+        node = _sub(dtt, "LNodeType", id=type_id, lnClass=ln_class)
+        for name, cdc in objects:
+            _sub(node, "DO", name=name, type=f"{cdc}_T")
+    mv = _sub(dtt, "DOType", id="MV_T", cdc="MV")
+    _sub(mv, "DA", name="mag", bType="Struct", type="AnalogueValue_T", fc="MX", dchg="true")
+    _sub(mv, "DA", name="q", bType="Quality", fc="MX", qchg="true")
+    _sub(mv, "DA", name="t", bType="Timestamp", fc="MX")
+    _sub(mv, "DA", name="units", bType="Struct", type="Unit_T", fc="CF")
+    for cdc in ("ENS", "SPS"):
+        dot = _sub(dtt, "DOType", id=f"{cdc}_T", cdc=cdc)
+        btype = "BOOLEAN" if cdc == "SPS" else "INT32"
+        _sub(dot, "DA", name="stVal", bType=btype, fc="ST", dchg="true")
+        _sub(dot, "DA", name="q", bType="Quality", fc="ST", qchg="true")
+        _sub(dot, "DA", name="t", bType="Timestamp", fc="ST")
+    for cdc in ("LPL", "DPL"):
+        dot = _sub(dtt, "DOType", id=f"{cdc}_T", cdc=cdc)
+        _sub(dot, "DA", name="vendor", bType="VisString255", fc="DC")
+    av = _sub(dtt, "DAType", id="AnalogueValue_T")
+    _sub(av, "BDA", name="f", bType="FLOAT32")
+    unit = _sub(dtt, "DAType", id="Unit_T")
+    _sub(unit, "BDA", name="SIUnit", bType="Enum", type="SIUnit")
+    _sub(unit, "BDA", name="multiplier", bType="Enum", type="multiplier")
+    si = _sub(dtt, "EnumType", id="SIUnit")
+    for code, text in SI_UNITS.items():
+        _sub(si, "EnumVal", ord=str(code)).text = text
+    mult = _sub(dtt, "EnumType", id="multiplier")
+    for code, text in MULTIPLIERS.items():
+        _sub(mult, "EnumVal", ord=str(code)).text = text
+
+
+def icd_xml(ied_name: str = "TEMPLATE", host: str = "127.0.0.1") -> str:
+    ET.register_namespace("", SCL_NS)
+    root = ET.Element("SCL", {"xmlns": SCL_NS, "version": "2007", "revision": "B", "release": "4"})
+    _sub(root, "Header", id="pswd-gateway", nameStructure="IEDName")
+    comm = _sub(root, "Communication")
+    net = _sub(comm, "SubNetwork", name="StationBus", type="8-MMS")
+    cap = _sub(net, "ConnectedAP", iedName=ied_name, apName="AP1")
+    _sub(_sub(cap, "Address"), "P", type="IP").text = host
+    ied = _sub(root, "IED", name=ied_name, manufacturer="pswd-gateway", type="PSWD gateway")
+    services = _sub(ied, "Services")
+    for tag in ("GetDirectory", "GetDataObjectDefinition", "GetDataSetValue", "ReadWrite"):
+        _sub(services, tag)
+    server = _sub(_sub(ied, "AccessPoint", name="AP1"), "Server")
+    _sub(server, "Authentication", none="true")
+    for ld, lns in served_structure().items():
+        device = _sub(server, "LDevice", inst=ld)
+        ln0 = _sub(device, "LN0", lnClass="LLN0", inst="", lnType="LLN0_T")
+        dataset = _sub(ln0, "DataSet", name="Meas")
+        for row in (r for r in TABLE if r.ld == ld):
+            cls, inst = _split_ln(row.ln)
+            _sub(dataset, "FCDA", ldInst=ld, prefix="", lnClass=cls, lnInst=inst,
+                 doName=row.name, fc="MX")  # fmt: skip
+        for name, buffered in (("urcbMeas01", "false"), ("brcbMeas01", "true")):
+            rc = _sub(ln0, "ReportControl", name=name, rptID=f"{ld}.{name}", datSet="Meas",
+                      confRev="1", buffered=buffered, bufTime=str(BUFFER_TIME_MS),
+                      intgPd=str(INTEGRITY_PERIOD_MS))  # fmt: skip
+            _sub(rc, "TrgOps", dchg="true", qchg="true", period="true", gi="true")
+            _sub(rc, "OptFields", seqNum="true", timeStamp="true", dataSet="true",
+                 reasonCode="true", dataRef="true", configRef="true")  # fmt: skip
+            _sub(rc, "RptEnabled", max="1")
+        _sub(device, "LN", prefix="", lnClass="LPHD", inst="1", lnType="LPHD_T")
+        for ln in lns:
+            if ln in {"LLN0", "LPHD1"}:
+                continue
+            cls, inst = _split_ln(ln)
+            _sub(device, "LN", prefix="", lnClass=cls, inst=inst, lnType=f"{ln}_{ld}_T")
+    _templates(root)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_icd(path: Path) -> None:
+    path.write_text(icd_xml(), encoding="utf-8")
+
+
+def icd_structure(text: str) -> dict[str, dict[str, list[str]]]:
+    """``{LD: {LN: [DO, …]}}`` read back from an ICD (for the comparison test)."""
+    root = ET.fromstring(text)  # noqa: S314 - our own checked-in file
+    ns = {"scl": SCL_NS}
+    types = {
+        t.get("id"): [d.get("name", "") for d in t.findall("scl:DO", ns)]
+        for t in root.iterfind(".//scl:LNodeType", ns)
+    }
+    out: dict[str, dict[str, list[str]]] = {}
+    for device in root.iterfind(".//scl:LDevice", ns):
+        lns: dict[str, list[str]] = {}
+        for ln in [*device.findall("scl:LN0", ns), *device.findall("scl:LN", ns)]:
+            name = f"{ln.get('prefix', '')}{ln.get('lnClass')}{ln.get('inst', '')}"
+            lns[name] = types[ln.get("lnType")]
+        out[device.get("inst", "")] = lns
+    return out
