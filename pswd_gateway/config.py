@@ -213,6 +213,10 @@ class Iec61850Config(_Strict):
 
     ied_name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")] = "PSWD"
     update_interval_ms: Annotated[int, Field(ge=20, le=10_000)] = 100
+    goose_interface: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,15}$")] | None = None
+    """Network interface for GOOSE (demo: ``lo``); none: GOOSE off."""
+    goose_min_time_ms: Annotated[int, Field(ge=1, le=1000)] = 4
+    goose_max_time_ms: Annotated[int, Field(ge=100, le=60_000)] = 1000
 
 
 class OpcUaCertificateUserConfig(_Strict):

@@ -173,6 +173,11 @@ class Gateway:
                 host=mms.host,
                 port=mms.port,
                 interval_s=self.config.iec61850.update_interval_ms / 1000.0,
+                goose_interface=self.config.iec61850.goose_interface,
+                goose_times_ms=(
+                    self.config.iec61850.goose_min_time_ms,
+                    self.config.iec61850.goose_max_time_ms,
+                ),
             )
             await self.mms.start()
         await self._wait_first_polls(timeout_s=5.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -198,3 +199,39 @@ async def test_the_served_model_equals_the_checked_in_icd(
     assert as_sets == expected, "run `pswd-gateway iec61850 icd` and commit docs/pswd-gateway.icd"
     for ld in icd:
         assert {f"{ld}/LLN0.urcbMeas01", f"{ld}/LLN0.brcbMeas01", f"{ld}/LLN0.Meas"} <= extras
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="GOOSE on lo needs raw sockets (root)")
+async def test_goose_frames_on_lo_count_state_and_retransmit() -> None:
+    from pyiec61850.goose.subscriber import GooseSubscriber  # noqa: PLC0415
+
+    store = PointStore()
+    port = free_port()
+    feed(store, 10e6)
+    server = MmsServer(
+        store, lambda: SITE, port=port, interval_s=0.05, goose_interface="lo",
+        goose_times_ms=(4, 1000),
+    )  # fmt: skip
+    frames: list[tuple[float, int, int]] = []
+    sub = GooseSubscriber("lo", "PSWDGRID/LLN0$GO$gcbEvents")
+    sub.set_listener(lambda msg: frames.append((time.monotonic(), msg.st_num, msg.sq_num)))
+    await server.start()
+    try:
+        sub.start()
+        await asyncio.sleep(1.5)
+        t_event = time.monotonic()
+        feed(store, 10e6, Quality.INVALID)  # the meter goes: Ind2 falls
+        await asyncio.sleep(1.5)
+    finally:
+        sub.stop()
+        await server.stop()
+    before = [f for f in frames if f[0] < t_event]
+    after = [f for f in frames if f[0] >= t_event]
+    assert before
+    assert after
+    st_before = before[-1][1]
+    changed = [f for f in after if f[1] == st_before + 1]
+    assert changed, frames
+    assert [f[2] for f in changed[:4]] == [0, 1, 2, 3]  # sqNum restarts at the new state
+    first_gap = changed[1][0] - changed[0][0]
+    assert first_gap < 0.05  # retransmitted at MinTime, not after MaxTime

@@ -14,6 +14,9 @@ from typing import Final
 
 from pswd_gateway.northbound.iec61850.model import (
     BUFFER_TIME_MS,
+    GOOSE_CB,
+    GOOSE_DATASET,
+    GOOSE_LD,
     INTEGRITY_PERIOD_MS,
     TABLE,
 )
@@ -111,6 +114,12 @@ def icd_xml(ied_name: str = "TEMPLATE", host: str = "127.0.0.1") -> str:
     net = _sub(comm, "SubNetwork", name="StationBus", type="8-MMS")
     cap = _sub(net, "ConnectedAP", iedName=ied_name, apName="AP1")
     _sub(_sub(cap, "Address"), "P", type="IP").text = host
+    gse = _sub(cap, "GSE", ldInst=GOOSE_LD, cbName=GOOSE_CB)
+    gse_address = _sub(gse, "Address")
+    _sub(gse_address, "P", type="MAC-Address").text = "01-0C-CD-01-00-01"
+    _sub(gse_address, "P", type="APPID").text = "1000"
+    _sub(gse, "MinTime", unit="s", multiplier="m").text = "4"
+    _sub(gse, "MaxTime", unit="s", multiplier="m").text = "1000"
     ied = _sub(root, "IED", name=ied_name, manufacturer="pswd-gateway", type="PSWD gateway")
     services = _sub(ied, "Services")
     for tag in ("GetDirectory", "GetDataObjectDefinition", "GetDataSetValue", "ReadWrite"):
@@ -121,10 +130,18 @@ def icd_xml(ied_name: str = "TEMPLATE", host: str = "127.0.0.1") -> str:
         device = _sub(server, "LDevice", inst=ld)
         ln0 = _sub(device, "LN0", lnClass="LLN0", inst="", lnType="LLN0_T")
         dataset = _sub(ln0, "DataSet", name="Meas")
-        for row in (r for r in TABLE if r.ld == ld):
+        for row in (r for r in TABLE if r.ld == ld and r.cdc == "MV"):
             cls, inst = _split_ln(row.ln)
             _sub(dataset, "FCDA", ldInst=ld, prefix="", lnClass=cls, lnInst=inst,
                  doName=row.name, fc="MX")  # fmt: skip
+        if ld == GOOSE_LD:
+            events = _sub(ln0, "DataSet", name=GOOSE_DATASET)
+            for row in (r for r in TABLE if r.ld == ld and r.cdc == "SPS"):
+                cls, inst = _split_ln(row.ln)
+                _sub(events, "FCDA", ldInst=ld, prefix="", lnClass=cls, lnInst=inst,
+                     doName=row.name, fc="ST")  # fmt: skip
+            _sub(ln0, "GSEControl", name=GOOSE_CB, appID=f"{ld}.{GOOSE_DATASET}",
+                 datSet=GOOSE_DATASET, confRev="1", type="GOOSE")  # fmt: skip
         for name, buffered in (("urcbMeas01", "false"), ("brcbMeas01", "true")):
             rc = _sub(ln0, "ReportControl", name=name, rptID=f"{ld}.{name}", datSet="Meas",
                       confRev="1", buffered=buffered, bufTime=str(BUFFER_TIME_MS),

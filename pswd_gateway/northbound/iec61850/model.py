@@ -70,6 +70,20 @@ def _it_mw(snap: Snapshot, site: SiteConfig) -> Reading | None:
     return sum(p.value for p in present) / 1e6, worst, min(p.source_ts for p in present)
 
 
+def _available(
+    role: Callable[[SiteConfig], str | None], point: str
+) -> Callable[[Snapshot, SiteConfig], Reading | None]:
+    """1.0 while the device's point is good, 0.0 otherwise (an SPS; itself always valid)."""
+
+    def get(snap: Snapshot, site: SiteConfig) -> Reading | None:
+        device = role(site)
+        p = None if device is None else snap.get(f"{device}.{point}")
+        up = p is not None and p.quality is Quality.GOOD
+        return (1.0 if up else 0.0), Quality.GOOD, (p.received_ts if p else snap.taken_at)
+
+    return get
+
+
 TABLE: Final[tuple[DataObject, ...]] = (
     DataObject("GRID", "MMXU1", "TotW", "MV", SIUnit.WATT, 6,
                _point(lambda s: s.grid_meter, "active_power", 1e6),
@@ -89,6 +103,10 @@ TABLE: Final[tuple[DataObject, ...]] = (
     DataObject("THERMAL", "MMXU2", "HeatW", "MV", SIUnit.WATT, 6,
                _point(lambda s: s.thermal, "heat_export_power", 1e6),
                "Heat exported to the municipal network"),
+    DataObject("GRID", "GGIO1", "Ind1", "SPS", SIUnit.DIMENSIONLESS, 0,
+               _available(lambda s: s.bess, "soc"), "Battery available (GOOSE)"),
+    DataObject("GRID", "GGIO1", "Ind2", "SPS", SIUnit.DIMENSIONLESS, 0,
+               _available(lambda s: s.grid_meter, "active_power"), "Grid meter healthy (GOOSE)"),
 )  # fmt: skip
 """The data objects served; docs/iec61850.md lists them with their object references."""
 
@@ -115,7 +133,7 @@ def _reports(model: Any, devices: dict[str, Any], m: Any) -> None:
         lln0 = m.LogicalDevice_getLogicalNode(ld, "LLN0")
         dataset = m.DataSet_create("Meas", lln0)
         for row in TABLE:
-            if row.ld == ld_name:
+            if row.ld == ld_name and row.cdc == "MV":
                 m.DataSetEntry_create(dataset, f"{row.ln}$MX${row.name}", -1, None)
         for name, buffered in (("urcbMeas01", False), ("brcbMeas01", True)):
             m.ReportControlBlock_create(
@@ -125,7 +143,27 @@ def _reports(model: Any, devices: dict[str, Any], m: Any) -> None:
     del model
 
 
-def build_model(ied_name: str, m: Any) -> tuple[Any, dict[str, tuple[Any, Any, Any]]]:
+GOOSE_LD: Final = "GRID"
+GOOSE_DATASET: Final = "Events"
+GOOSE_CB: Final = "gcbEvents"
+
+
+def _goose(devices: dict[str, Any], m: Any, min_time_ms: int, max_time_ms: int) -> None:
+    """The GoCB ``GRID/LLN0$GO$gcbEvents`` over dataset ``Events`` (the SPS indications)."""
+    lln0 = m.LogicalDevice_getLogicalNode(devices[GOOSE_LD], "LLN0")
+    dataset = m.DataSet_create(GOOSE_DATASET, lln0)
+    for row in TABLE:
+        if row.ld == GOOSE_LD and row.cdc == "SPS":
+            m.DataSetEntry_create(dataset, f"{row.ln}$ST${row.name}", -1, None)
+    m.GSEControlBlock_create(
+        GOOSE_CB, lln0, f"{GOOSE_LD}.{GOOSE_DATASET}", GOOSE_DATASET, 1, False,  # noqa: FBT003
+        min_time_ms, max_time_ms,
+    )  # fmt: skip
+
+
+def build_model(
+    ied_name: str, m: Any, goose: tuple[int, int] | None = None
+) -> tuple[Any, dict[str, tuple[Any, Any, Any]]]:
     """A libiec61850 dynamic model for :data:`TABLE` (``m`` is the pyiec61850 module).
 
     Returns the model and, per ``LD/LN.DO``, its (mag.f, q, t) attribute nodes.
@@ -153,14 +191,20 @@ def build_model(ied_name: str, m: Any) -> tuple[Any, dict[str, tuple[Any, Any, A
             m.CDC_ENS_create("Beh", ln, 0)
             nodes[(row.ld, row.ln)] = ln
         options = m.CDC_OPTION_UNIT | m.CDC_OPTION_UNIT_MULTIPLIER
-        m.CDC_MV_create(row.name, ln, options, False)  # noqa: FBT003 - C API: float, not int
+        if row.cdc == "SPS":
+            m.CDC_SPS_create(row.name, ln, 0)
+        else:
+            m.CDC_MV_create(row.name, ln, options, False)  # noqa: FBT003 - C API: float, not int
     _reports(model, devices, m)
+    if goose is not None:
+        _goose(devices, m, *goose)
     refs: dict[str, tuple[Any, Any, Any]] = {}
     for row in TABLE:
         base = f"{ied_name}{row.ld}/{row.ln}.{row.name}"
+        value_leaf = "stVal" if row.cdc == "SPS" else "mag.f"
         mag, q, t = (
             m.IedModel_getModelNodeByObjectReference(model, f"{base}.{leaf}")
-            for leaf in ("mag.f", "q", "t")
+            for leaf in (value_leaf, "q", "t")
         )
         refs[row.reference] = (m.toDataAttribute(mag), m.toDataAttribute(q), m.toDataAttribute(t))
     return model, refs

@@ -54,7 +54,11 @@ class MmsServer:
         port: int = 10102,
         max_connections: int = 10,
         interval_s: float = 0.1,
+        goose_interface: str | None = None,
+        goose_times_ms: tuple[int, int] = (4, 1000),
     ) -> None:
+        self.goose_interface = goose_interface
+        self.goose_times_ms = goose_times_ms
         self.store = store
         self.site = site
         self.ied_name = ied_name
@@ -98,14 +102,20 @@ class MmsServer:
         import pyiec61850.pyiec61850 as m  # noqa: PLC0415 - loads the C library in this thread
 
         try:
-            model, refs = build_model(self.ied_name, m)
+            goose = self.goose_times_ms if self.goose_interface else None
+            model, refs = build_model(self.ied_name, m, goose)
+            kinds = {row.reference: row.cdc for row in TABLE}
             # IedServer_createWithConfig (connection limit) needs a TLS configuration in these
             # bindings; without TLS the library's default limit applies.
             server = m.IedServer_create(model)
             if hasattr(m, "IedServer_setLocalIpAddress"):
                 m.IedServer_setLocalIpAddress(server, self.host)
+            if self.goose_interface:
+                m.IedServer_setGooseInterfaceId(server, self.goose_interface)
             m.IedServer_start(server, self.port)
             running = m.IedServer_isRunning(server)
+            if running and self.goose_interface:
+                m.IedServer_enableGoosePublishing(server)
         except Exception as exc:  # noqa: BLE001 - any failure is reported to start()
             self._error = exc
             self._ready.set()
@@ -122,7 +132,10 @@ class MmsServer:
                 try:
                     for ref, value, quality, ts_ms in batch:
                         mag, q, t = refs[ref]
-                        m.IedServer_updateFloatAttributeValue(server, mag, value)
+                        if kinds[ref] == "SPS":
+                            m.IedServer_updateBooleanAttributeValue(server, mag, value >= 0.5)
+                        else:
+                            m.IedServer_updateFloatAttributeValue(server, mag, value)
                         m.IedServer_updateQuality(server, q, quality)
                         m.IedServer_updateUTCTimeAttributeValue(server, t, ts_ms)
                 finally:
