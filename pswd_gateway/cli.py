@@ -383,6 +383,19 @@ def bench_opcua(
     raise typer.Exit(asyncio.run(run_opcua_bench(duration_s, items, calls, as_json)))
 
 
+@bench_app.command("iec61850")
+def bench_iec61850(
+    clients: Annotated[int, typer.Option(min=1, max=100, help="Concurrent MMS clients.")] = 10,
+    duration_s: Annotated[float, typer.Option(min=1.0, help="Read time per client.")] = 10.0,
+    events: Annotated[int, typer.Option(min=0, help="GOOSE state changes timed.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """MMS read latency with concurrent clients; GOOSE event-to-frame latency on lo."""
+    from pswd_gateway.bench.iec61850 import run_iec61850_bench  # noqa: PLC0415
+
+    raise typer.Exit(asyncio.run(run_iec61850_bench(clients, duration_s, events, as_json)))
+
+
 @token_app.command("new")
 def token_new(
     name: Annotated[str, typer.Option(help="Who holds it (shown in the audit log).")],

@@ -92,6 +92,14 @@ class PowerProfile(_In):
                 "incomplete_oscillation",
                 "oscillation_period_sec and oscillation_depth_mw go together: give both or none",
             )
+        if self.ramp_duration_s > self.duration_estimate_sec:
+            raise _fail(
+                "ramp_rate_mw_per_sec",
+                "ramp_longer_than_run",
+                f"at {self.ramp_rate_mw_per_sec:g} MW/s the ramp from idle to peak takes "
+                f"{self.ramp_duration_s:g} s, longer than duration_estimate_sec "
+                f"({self.duration_estimate_sec:g} s)",
+            )
         if self.time_series is not None:
             offsets = [p.offset_sec for p in self.time_series]
             if any(b <= a for a, b in pairwise(offsets)):

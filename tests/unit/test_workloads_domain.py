@@ -138,6 +138,7 @@ INVALID = [
     ("workload_type", "AI Training!", "workload_type", "string_pattern_mismatch"),
     ("power_profile__idle_power_mw", 250, "power_profile", "above_peak"),
     ("power_profile__oscillation_period_sec", 2.5, "power_profile", "incomplete_oscillation"),
+    ("power_profile__ramp_rate_mw_per_sec", 1e-9, "power_profile", "ramp_longer_than_run"),
     ("power_profile", ..., "power_profile", "missing"),
 ]
 

@@ -15,12 +15,12 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from pswd_gateway.config import SiteConfig
-from pswd_gateway.domain.points import Quality
+from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.logging import get_logger
 from pswd_gateway.northbound.iec61850.model import TABLE, build_model
 from pswd_gateway.store import PointStore
@@ -73,6 +73,9 @@ class MmsServer:
         self._error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._last: dict[str, tuple[float, int]] = {}
+        self._wake: asyncio.Event | None = None
+        self._qualities: dict[str, Quality] = {}
+        self._subscription: Any = None
 
     # ---- lifecycle ----
 
@@ -82,10 +85,23 @@ class MmsServer:
         await asyncio.to_thread(self._ready.wait, 10.0)
         if self._error is not None:
             raise self._error
+        self._wake = asyncio.Event()
+        self._subscription = self.store.subscribe(self._on_points)
         self._task = asyncio.create_task(self._feed(), name="iec61850-feed")
         log.info("mms_started", host=self.host, port=self.port, ied=self.ied_name)
 
+    def _on_points(self, points: Sequence[Point]) -> None:
+        """A quality change (a device going or coming back) is an event: publish it now, not at
+        the next cycle, so GOOSE carries it within milliseconds."""
+        for p in points:
+            if self._qualities.get(p.name) is not p.quality:
+                self._qualities[p.name] = p.quality
+                if self._wake is not None:
+                    self._wake.set()
+
     async def stop(self) -> None:
+        if self._subscription is not None:
+            self._subscription.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -176,4 +192,7 @@ class MmsServer:
                 except queue.Full:  # the worker is behind: this cycle's values wait for the next
                     for ref, *_ in batch:
                         self._last.pop(ref, None)
-            await asyncio.sleep(self.interval_s)
+            assert self._wake is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            self._wake.clear()
