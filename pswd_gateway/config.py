@@ -81,6 +81,11 @@ class SiteConfig(_Strict):
     it_load: tuple[DeviceName, ...] = ()
     """Redfish devices whose power readings sum to the IT load."""
 
+    @property
+    def it_load_points(self) -> tuple[str, ...]:
+        """The store keys whose sum is the IT load."""
+        return tuple(f"{d}.total_power" for d in self.it_load)
+
 
 class _DeviceBase(_Strict):
     name: DeviceName

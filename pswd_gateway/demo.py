@@ -103,8 +103,7 @@ def _view(gw: Gateway, started: float, events: Sequence[str] = ()) -> Group:
     def v(device: str | None, point: str) -> float | None:
         return None if device is None else snap.value(f"{device}.{point}")
 
-    it = [v(d, "total_power") for d in site.it_load]
-    it_w = None if not it or None in it else sum(x for x in it if x is not None)
+    it_w = snap.usable_total(site.it_load_points)
     soc = v(site.bess, "soc")
     plant = Table(title=f"{site.name} — live (Ctrl-C stops)", title_justify="left", expand=False)
     control = gw.control.stats if gw.control is not None else None
@@ -208,8 +207,7 @@ def _plain_line(gw: Gateway) -> str:
     grid = snap.value(f"{site.grid_meter}.active_power")
     bess = snap.value(f"{site.bess}.active_power") if site.bess else None
     soc = snap.value(f"{site.bess}.soc") if site.bess else None
-    it = [snap.value(f"{d}.total_power") for d in site.it_load]
-    it_w = None if not it or None in it else sum(x for x in it if x is not None)
+    it_w = snap.usable_total(site.it_load_points)
     ramp = gw.control.stats.grid_ramp_w_per_s() if gw.control is not None else None
     return (
         f"grid {_fmt(grid, 1e6, 1)} MW  ramp {_fmt(ramp, 1e6, 1)} / "

@@ -38,6 +38,21 @@ class Snapshot:
             return None
         return p.value
 
+    def total(self, keys: Sequence[str]) -> tuple[float, Quality, float] | None:
+        """Several points as one: their sum, the worst quality and the oldest source time;
+        ``None`` when there are no keys or any is absent."""
+        points = [self.points.get(k) for k in keys]
+        present = [p for p in points if p is not None]
+        if not present or len(present) != len(points):
+            return None
+        worst = max((p.quality for p in present), key=lambda q: q.rank)
+        return sum(p.value for p in present), worst, min(p.source_ts for p in present)
+
+    def usable_total(self, keys: Sequence[str]) -> float | None:
+        """The sum of several points; ``None`` when any is absent or invalid (or none given)."""
+        total = self.total(keys)
+        return None if total is None or total[1] is Quality.INVALID else total[0]
+
     def device(self, device: str) -> dict[str, Point]:
         """Every point of ``device``, keyed by point name (without the device prefix)."""
         prefix = device + "."

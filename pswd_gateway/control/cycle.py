@@ -325,8 +325,7 @@ class ControlCycle:
             return
         snap = self.store.snapshot(now)
         supply = snap.value(f"{thermal}.chw_supply_temp")
-        it = [snap.value(f"{d}.total_power") for d in self.site.it_load]
-        it_w = sum(x for x in it if x is not None) if it and None not in it else None
+        it_w = snap.usable_total(self.site.it_load_points)
         if it_w is None:  # no IT reading: the heat the chillers remove stands in for it
             it_w = snap.value(f"{thermal}.chw_heat_load") or 0.0
         lo, hi = self.config.chw_setpoint_range_c

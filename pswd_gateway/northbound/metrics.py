@@ -50,10 +50,7 @@ def _device_point(
 
 
 def _it_load(snap: Snapshot, site: SiteConfig) -> float | None:
-    values = [snap.value(f"{d}.total_power") for d in site.it_load]
-    if not values or any(v is None for v in values):
-        return None
-    return sum(v for v in values if v is not None)
+    return snap.usable_total(site.it_load_points)
 
 
 SITE_POINTS: tuple[SitePoint, ...] = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pswd_gateway.domain.points import Point, Quality
-from pswd_gateway.store import PointStore
+from pswd_gateway.store import PointStore, Snapshot
 
 
 def pt(name: str, value: float, quality: Quality = Quality.GOOD, ts: float = 1.0) -> Point:
@@ -65,3 +65,18 @@ def test_snapshot_device_view_strips_the_prefix() -> None:
     store.update([pt("bess.soc", 0.5), pt("bess.active_power", 1e6), pt("bessy.x", 0)])
     assert set(store.snapshot(0.0).device("bess")) == {"soc", "active_power"}
     assert store.devices() == ["bess", "bessy"]
+
+
+def test_a_total_sums_points_with_the_worst_quality_and_oldest_time() -> None:
+    points = {
+        "a.total_power": Point("a.total_power", 10.0, "W", Quality.GOOD, 5.0, 5.1),
+        "b.total_power": Point("b.total_power", 20.0, "W", Quality.QUESTIONABLE, 4.0, 4.1),
+        "c.total_power": Point("c.total_power", 30.0, "W", Quality.INVALID, 6.0, 6.1),
+    }
+    snap = Snapshot(7.0, points)
+    assert snap.total(["a.total_power", "b.total_power"]) == (30.0, Quality.QUESTIONABLE, 4.0)
+    assert snap.usable_total(["a.total_power", "b.total_power"]) == 30.0
+    assert snap.total(["a.total_power", "c.total_power"]) == (40.0, Quality.INVALID, 5.0)
+    assert snap.usable_total(["a.total_power", "c.total_power"]) is None
+    assert snap.total(["a.total_power", "missing.total_power"]) is None
+    assert snap.total([]) is None

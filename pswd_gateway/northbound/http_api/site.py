@@ -59,10 +59,8 @@ def site_view(
 
 
 def _it_load_mw(snap: Snapshot, cfg: SiteConfig) -> float | None:
-    values = [snap.value(f"{d}.total_power") for d in cfg.it_load]
-    if not values or any(v is None for v in values):
-        return None
-    return sum(v for v in values if v is not None) / W_PER_MW
+    total = snap.usable_total(cfg.it_load_points)
+    return None if total is None else total / W_PER_MW
 
 
 def _worst_quality(snap: Snapshot) -> dict[str, Quality]:

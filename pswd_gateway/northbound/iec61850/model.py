@@ -62,12 +62,8 @@ def _point(
 
 
 def _it_mw(snap: Snapshot, site: SiteConfig) -> Reading | None:
-    points = [snap.get(f"{d}.total_power") for d in site.it_load]
-    present = [p for p in points if p is not None]
-    if not points or len(present) != len(points):
-        return None
-    worst = max((p.quality for p in present), key=lambda q: q.rank)
-    return sum(p.value for p in present) / 1e6, worst, min(p.source_ts for p in present)
+    total = snap.total(site.it_load_points)
+    return None if total is None else (total[0] / 1e6, total[1], total[2])
 
 
 def _available(

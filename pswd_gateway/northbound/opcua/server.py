@@ -104,12 +104,7 @@ def _point(
 
 
 def _it(snap: Snapshot, site: SiteConfig) -> tuple[float, Quality, float] | None:
-    points = [snap.get(f"{d}.total_power") for d in site.it_load]
-    if not points or any(p is None for p in points):
-        return None
-    present = [p for p in points if p is not None]
-    worst = max((p.quality for p in present), key=lambda q: q.rank)
-    return sum(p.value for p in present), worst, min(p.source_ts for p in present)
+    return snap.total(site.it_load_points)
 
 
 def _dr_limit(
