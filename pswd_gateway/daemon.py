@@ -111,7 +111,6 @@ class Gateway:
     started_at: float = field(default=0.0, init=False)
     _supervised: dict[str, _Supervised] = field(default_factory=dict, init=False)
     _setpoint_buffer: list[SetpointWrite] = field(default_factory=list, init=False)
-    _setpoints_dropped: int = field(default=0, init=False)
     _last_fallback_notice: float = field(default=-1e9, init=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _watchdog_task: asyncio.Task[None] | None = field(default=None, init=False)
@@ -261,9 +260,10 @@ class Gateway:
 
     async def _record_setpoints(self, writes: list[SetpointWrite]) -> None:
         self._setpoint_buffer.extend(writes)
-        if len(self._setpoint_buffer) > SETPOINT_BUFFER_MAX:
-            del self._setpoint_buffer[: len(self._setpoint_buffer) - SETPOINT_BUFFER_MAX]
-            self._setpoints_dropped += 1
+        excess = len(self._setpoint_buffer) - SETPOINT_BUFFER_MAX
+        if excess > 0:
+            del self._setpoint_buffer[:excess]
+            log.warning("setpoint_history_dropped", writes=excess, reason="journal behind")
 
     async def _flush_setpoints(self) -> None:
         """Setpoint history goes to the journal once a second, in one transaction."""

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pswd_gateway.bench.api import free_port
+from pswd_gateway.bench.api import free_port, percentile
 from pswd_gateway.config import DEFAULT_CONFIG, load_config
 from pswd_gateway.daemon import Gateway
 from pswd_gateway.logging import configure_logging
@@ -31,18 +31,14 @@ TWIN_READY_S = 30.0
 
 
 def percentiles(samples: list[float]) -> dict[str, float | None]:
+    """p50, p99 and max in ms of samples in seconds, and how many there were."""
     if not samples:
         return {"p50_ms": None, "p99_ms": None, "max_ms": None, "n": 0}
-    ordered = sorted(samples)
-
-    def q(x: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(x * len(ordered)))] * 1000, 2)
-
     return {
-        "p50_ms": q(0.5),
-        "p99_ms": q(0.99),
-        "max_ms": round(ordered[-1] * 1000, 2),
-        "n": len(ordered),
+        "p50_ms": round(percentile(samples, 0.5) * 1000, 2),
+        "p99_ms": round(percentile(samples, 0.99) * 1000, 2),
+        "max_ms": round(max(samples) * 1000, 2),
+        "n": len(samples),
     }
 
 

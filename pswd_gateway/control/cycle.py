@@ -96,22 +96,6 @@ class ControlStats:
             return None
         return (sum(recent) / len(recent) - sum(before) / len(before)) / window_s
 
-    def summary(self) -> dict[str, Any]:
-        def pct(xs: deque[float], q: float) -> float | None:
-            if not xs:
-                return None
-            ordered = sorted(xs)
-            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-        return {
-            "runs": self.runs_total,
-            "writes": self.writes_total,
-            "write_failures": self.write_failures_total,
-            "lateness_p99_s": pct(self.lateness_s, 0.99),
-            "reading_to_setpoint_p50_s": pct(self.reading_to_setpoint_s, 0.5),
-            "reading_to_setpoint_p99_s": pct(self.reading_to_setpoint_s, 0.99),
-        }
-
 
 @dataclass
 class ControlCycle:
@@ -164,10 +148,12 @@ class ControlCycle:
                 await self._write(self.site.bess, "power_setpoint", 0.0, [])
 
     def _on_points(self, points: Sequence[Point]) -> None:
+        fresh = False
         for p in points:
             if p.quality is Quality.GOOD:
                 self.stats.grid_samples.append((p.source_ts, p.value))
-        if any(p.quality is Quality.GOOD for p in points):
+                fresh = True
+        if fresh:
             self._fresh_ts = points[-1].received_ts
             self._fresh.set()
 
@@ -284,10 +270,10 @@ class ControlCycle:
             if self.on_fallback is not None:
                 self.on_fallback(decision.fallback)
         if self.config.enabled and self.site.bess is not None:
-            await self._act(decision, now, received_ts)
+            await self._act(decision, snap, received_ts)
         return decision
 
-    async def _act(self, decision: GridDecision, now: float, received_ts: float | None) -> None:
+    async def _act(self, decision: GridDecision, snap: Snapshot, received_ts: float | None) -> None:
         """Write the plan: enable once, thermal setpoints once, the battery when it moved."""
         writes: list[SetpointWrite] = []
         bess = self.site.bess
@@ -295,8 +281,9 @@ class ControlCycle:
         if not self._enabled_written:
             await self._write(bess, "power_setpoint_enabled", 1.0, writes)
             self._enabled_written = writes[-1].ok
+        now = snap.taken_at
         if self.site.thermal is not None:
-            await self._act_thermal(now, writes)
+            await self._act_thermal(snap, writes)
         setpoint = decision.bess_setpoint_w
         due = (
             self._last_written is None
@@ -312,7 +299,7 @@ class ControlCycle:
         if writes and self.record is not None:
             await self.record(writes)
 
-    async def _act_thermal(self, now: float, writes: list[SetpointWrite]) -> None:
+    async def _act_thermal(self, snap: Snapshot, writes: list[SetpointWrite]) -> None:
         """Heat network setpoint once; chilled-water setpoint from the thermal loop each second."""
         thermal = self.site.thermal
         assert thermal is not None
@@ -321,9 +308,9 @@ class ControlCycle:
                 thermal, "heat_supply_setpoint", self.config.heat_supply_setpoint_c, writes
             )
             self._thermal_written = writes[-1].ok
+        now = snap.taken_at
         if self._thermal is not None and now - self._thermal.t < THERMAL_EVERY_S:
             return
-        snap = self.store.snapshot(now)
         supply = snap.value(f"{thermal}.chw_supply_temp")
         it_w = snap.usable_total(self.site.it_load_points)
         if it_w is None:  # no IT reading: the heat the chillers remove stands in for it

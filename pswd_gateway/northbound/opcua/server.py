@@ -57,7 +57,9 @@ log = get_logger("opcua")
 NAMESPACE: Final = "urn:pswd:gateway"
 UNECE: Final = "http://www.opcfoundation.org/UA/units/un/cefact"
 OPERATOR_ROLES: Final = frozenset({"operator", "engineer", "admin"})
-WRITER_ROLES: Final = frozenset({"operator", "engineer", "admin"})
+"""May announce, cancel and acknowledge."""
+LIMIT_ROLES: Final = frozenset({"operator", "admin"})
+"""May set the grid limits."""
 
 
 def _unece(code: str, name: str) -> ua.EUInformation:
@@ -682,7 +684,7 @@ class OpcUaServer:
         parent: ua.NodeId,  # noqa: ARG002 - asyncua passes the object
         body: ua.Variant,
     ) -> list[ua.Variant]:
-        who = self._caller(frozenset({"operator", "engineer", "admin"}))
+        who = self._caller(OPERATOR_ROLES)
         if self.workloads is None:
             raise ua.uaerrors.BadNotSupported
         if not isinstance(body.Value, str):
@@ -709,7 +711,7 @@ class OpcUaServer:
         wid: ua.Variant,
         reason: ua.Variant,
     ) -> list[ua.Variant]:
-        who = self._caller(frozenset({"operator", "engineer", "admin"}))
+        who = self._caller(OPERATOR_ROLES)
         if self.workloads is None:
             raise ua.uaerrors.BadNotSupported
         if not isinstance(wid.Value, str) or not isinstance(reason.Value, str):
@@ -729,7 +731,7 @@ class OpcUaServer:
         parent: ua.NodeId,  # noqa: ARG002 - asyncua passes the object
         event_id: ua.Variant,
     ) -> list[ua.Variant]:
-        who = self._caller(frozenset({"operator", "engineer", "admin"}))
+        who = self._caller(OPERATOR_ROLES)
         if not isinstance(event_id.Value, str):
             raise ua.uaerrors.BadTypeMismatch
         windows = {dr_event_id(w.start): w for w in self.config.scheduling.demand_response}
@@ -755,7 +757,7 @@ class OpcUaServer:
     async def _set_limit(
         self, what: str, value: ua.Variant, low: float, high: float
     ) -> list[ua.Variant]:
-        who = self._caller(frozenset({"operator", "admin"}))
+        who = self._caller(LIMIT_ROLES)
         v = value.Value
         if not isinstance(v, float) or not low < v <= high:
             raise ua.uaerrors.BadOutOfRange
