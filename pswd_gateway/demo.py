@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 import time
@@ -34,6 +33,7 @@ from pswd_gateway.domain.points import Quality
 from pswd_gateway.domain.workloads import WorkloadState
 from pswd_gateway.logging import configure_logging
 from pswd_gateway.security.certs import OpcUaCertPaths, init_opcua_certs
+from pswd_gateway.simulation.twin import started_at as twin_started_at
 
 __all__ = ["run_demo"]
 
@@ -311,28 +311,13 @@ def _print_listeners(console: Console, cfg: GatewayConfig, gw: Gateway, log_dir:
     console.print(table)
 
 
-def _twin_started_at(twin_log: Path) -> float | None:
-    """The POSIX time of the twin's t = 0, from its ``twin_started`` log line."""
-    try:
-        lines = twin_log.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        if '"twin_started"' not in line:  # the event itself, not redfish_twin_started
-            continue
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            value = json.loads(line).get("posix_start")
-            return float(value) if value is not None else None
-    return None
-
-
 async def _play_ml_platform(gw: Gateway, events: deque[str], twin_log: Path) -> None:
     """Announce the demo job over HTTP (for when the twin will start it), then report its start
     once the site is ready."""
     if gw.api_listener is None or gw.workloads is None:
         return
     url = f"http://{gw.api_listener.host}:{gw.api_listener.port}"
-    t0 = _twin_started_at(twin_log)
+    t0 = twin_started_at(twin_log)
     start = datetime.now(UTC) + timedelta(seconds=DEMO_JOB_LEAD_S)
     if t0 is not None and t0 + DEMO_JOB_TWIN_START_S > time.time() + 10.0:
         start = datetime.fromtimestamp(t0 + DEMO_JOB_TWIN_START_S, UTC)

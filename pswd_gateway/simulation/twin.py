@@ -14,10 +14,13 @@ registers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import math
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Final, Protocol, Self
 
@@ -37,7 +40,7 @@ from pswd_gateway.simulation.redfish_backend import HallBackend
 from pswd_gateway.simulation.sunspec_bank import SunSpecBank
 from pswd_gateway.simulation.trace import TraceEvent, TrainingTrace
 
-__all__ = ["MODBUS_DEVICES", "REGISTER_MAPS", "Twin", "run_twin"]
+__all__ = ["MODBUS_DEVICES", "REGISTER_MAPS", "Twin", "run_twin", "started_at"]
 
 log = get_logger("simulation.twin")
 
@@ -313,6 +316,22 @@ class Twin:
     def _pending_events(self) -> list[TraceEvent]:
         trace = self.physics.trace
         return trace.events() if isinstance(trace, TrainingTrace) else []
+
+
+def started_at(log: Path) -> float | None:
+    """The POSIX time of a twin's t = 0, read from its JSON log (the ``twin_started`` line that
+    :meth:`Twin.start` writes); ``None`` until that line is there."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if '"twin_started"' not in line:  # the event itself, not redfish_twin_started
+            continue
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            value = json.loads(line).get("posix_start")
+            return float(value) if value is not None else None
+    return None
 
 
 async def run_twin(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import signal
 import sys
 import time
@@ -28,6 +27,7 @@ from pswd_gateway.daemon import Gateway
 from pswd_gateway.domain.identity import Identity
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.domain.workloads import Announcement
+from pswd_gateway.simulation.twin import started_at as twin_started_at
 
 pytestmark = pytest.mark.integration
 
@@ -86,9 +86,9 @@ async def _wait_twin(log: Path, proc: asyncio.subprocess.Process) -> float:
     while time.monotonic() < deadline:
         if proc.returncode is not None:
             pytest.fail(f"the twin exited: {log.read_text()[-2000:]}")
-        for line in log.read_text(errors="replace").splitlines():
-            if '"twin_started"' in line:
-                return float(json.loads(line)["posix_start"])
+        t0 = twin_started_at(log)
+        if t0 is not None:
+            return t0
         await asyncio.sleep(0.1)
     pytest.fail("the twin did not start")
 
