@@ -75,11 +75,22 @@ class SiteConfig(_Strict):
     nominal_frequency_hz: Literal[50, 60] = 50
     grid_import_limit_mw: Annotated[float, Field(gt=0, le=10_000)] = 400.0
     grid_ramp_limit_mw_per_s: Annotated[float, Field(gt=0, le=10_000)] = 20.0
+    demand_response_limit_mw: Annotated[float, Field(ge=0, le=10_000)] | None = None
+    """The grid operator's demand-response import limit (IEC 61850 ``GAPC1.DRLimW``)."""
+    demand_response_active: bool = False
+    """Whether that limit is in force (IEC 61850 ``GAPC1.DRAct``)."""
     grid_meter: DeviceName = "grid_meter"
     bess: DeviceName | None = "bess"
     thermal: DeviceName | None = "thermal"
     it_load: tuple[DeviceName, ...] = ()
     """Redfish devices whose power readings sum to the IT load."""
+
+    @property
+    def import_limit_mw(self) -> float:
+        """The import limit in force: the site's, or a lower demand-response limit."""
+        if not self.demand_response_active or self.demand_response_limit_mw is None:
+            return self.grid_import_limit_mw
+        return min(self.grid_import_limit_mw, self.demand_response_limit_mw)
 
     @property
     def it_load_points(self) -> tuple[str, ...]:
@@ -177,6 +188,17 @@ class TlsListenerConfig(ListenerConfig):
         return self
 
 
+class MmsListenerConfig(ListenerConfig):
+    """The MMS listener: how many clients at once, and from which networks."""
+
+    max_connections: Annotated[int, Field(ge=1, le=100)] = 10
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.IPv4Network("127.0.0.0/8"),
+        ipaddress.IPv6Network("::1/128"),
+    )
+    """Peers outside these networks are disconnected at once (and audited)."""
+
+
 class ListenersConfig(_Strict):
     metrics: ListenerConfig = ListenerConfig(port=9464)
     """Prometheus ``/metrics`` plus ``/healthz`` and ``/readyz``."""
@@ -184,7 +206,7 @@ class ListenersConfig(_Strict):
     """The workload HTTP API (``/v1``)."""
     opcua: ListenerConfig = ListenerConfig(enabled=False, port=4840)
     """OPC UA for SCADA (``opc.tcp://host:port/pswd``); secured by ``[opcua]``."""
-    iec61850: ListenerConfig = ListenerConfig(enabled=False, port=102)
+    iec61850: MmsListenerConfig = MmsListenerConfig(enabled=False, port=102)
     """IEC 61850 MMS for grid operators (plaintext: loopback only until TLS is configured)."""
 
 
@@ -213,8 +235,30 @@ class OpcUaUserConfig(_Strict):
     password_hash: Annotated[str, Field(pattern=PASSWORD_HASH_PATTERN)]
 
 
+Iec61850Role = Literal["viewer", "operator", "admin"]
+GOOSE_MAC_PATTERN = r"^01:0[Cc]:[Cc][Dd]:01:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}$"
+
+
+class Iec61850UserConfig(_Strict):
+    """An MMS client: ACSE password authentication carries only a password, so each user needs
+    a password of their own (``pswd-gateway opcua password`` makes the hash)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+    role: Iec61850Role
+    password_hash: Annotated[str, Field(pattern=PASSWORD_HASH_PATTERN)]
+
+
 class Iec61850Config(_Strict):
     """``[iec61850]``: the MMS server (see docs/iec61850.md)."""
+
+    users: tuple[Iec61850UserConfig, ...] = ()
+    anonymous_read: bool = False
+    """Let associations without a password read and subscribe (never operate)."""
+    load_step_lead_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """``GGIO1.Ind3`` (GOOSE) turns on this long before an announced job starts or stops."""
+    goose_appid: Annotated[int, Field(ge=0, le=0x3FFF)] = 0x1000
+    goose_dst_mac: Annotated[str, Field(pattern=GOOSE_MAC_PATTERN)] = "01:0C:CD:01:00:01"
+    """GOOSE multicast destination (IEC 61850-8-1 range 01:0C:CD:01:00:00-01:FF)."""
 
     ied_name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")] = "PSWD"
     update_interval_ms: Annotated[int, Field(ge=20, le=10_000)] = 100

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import sdnotify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -42,7 +42,9 @@ from pswd_gateway.logging import configure_logging, get_logger
 from pswd_gateway.northbound.asgi import AsgiListener
 from pswd_gateway.northbound.http_api import ApiContext, create_app
 from pswd_gateway.northbound.http_api.site import site_view
-from pswd_gateway.northbound.iec61850.server import MmsServer
+from pswd_gateway.northbound.iec61850.controls import Caller
+from pswd_gateway.northbound.iec61850.model import GooseAddress
+from pswd_gateway.northbound.iec61850.server import MmsHooks, MmsServer
 from pswd_gateway.northbound.metrics import GatewayCollector, make_registry
 from pswd_gateway.northbound.opcua.server import OpcUaServer
 from pswd_gateway.scheduling.scheduler import Scheduler
@@ -104,6 +106,7 @@ class Gateway:
     control: ControlCycle | None = field(default=None, init=False)
     opcua: OpcUaServer | None = field(default=None, init=False)
     mms: MmsServer | None = field(default=None, init=False)
+    _load_step_cache: tuple[float, bool] = field(default=(0.0, False), init=False)
     heap: HeapKeeper | None = None
     """Garbage-collector tuning; set by ``pswd-gateway run`` (it is process-wide)."""
     forecast: ForecastFeed | None = field(default=None, init=False)
@@ -165,17 +168,25 @@ class Gateway:
             await self.opcua.start()
         mms = self.config.listeners.iec61850
         if mms.enabled:
+            settings = self.config.iec61850
             self.mms = MmsServer(
                 self.store,
                 self._site,
-                ied_name=self.config.iec61850.ied_name,
+                ied_name=settings.ied_name,
                 host=mms.host,
                 port=mms.port,
-                interval_s=self.config.iec61850.update_interval_ms / 1000.0,
-                goose_interface=self.config.iec61850.goose_interface,
-                goose_times_ms=(
-                    self.config.iec61850.goose_min_time_ms,
-                    self.config.iec61850.goose_max_time_ms,
+                max_connections=mms.max_connections,
+                allowed_networks=mms.allowed_networks,
+                users=settings.users,
+                anonymous_read=settings.anonymous_read,
+                interval_s=settings.update_interval_ms / 1000.0,
+                goose_interface=settings.goose_interface,
+                goose_times_ms=(settings.goose_min_time_ms, settings.goose_max_time_ms),
+                goose_address=GooseAddress(app_id=settings.goose_appid, mac=settings.goose_dst_mac),
+                hooks=MmsHooks(
+                    operate=self._mms_operate,
+                    refused=self._mms_refused,
+                    load_step_imminent=self._load_step_imminent,
                 ),
             )
             await self.mms.start()
@@ -470,12 +481,22 @@ class Gateway:
     def _site(self) -> SiteConfig:
         return self.config.site
 
-    async def set_site_limit(self, what: str, value: float, who: Identity) -> None:
-        """An operator's new grid limit (OPC UA, IEC 61850): journalled and audited first, then
-        in force from the next control cycle. Kept until restart or reload."""
-        if what not in {"grid_import_limit_mw", "grid_ramp_limit_mw_per_s"}:
+    SETTABLE: ClassVar[frozenset[str]] = frozenset(
+        {
+            "grid_import_limit_mw",
+            "grid_ramp_limit_mw_per_s",
+            "demand_response_limit_mw",
+            "demand_response_active",
+        }
+    )
+
+    async def set_site_limit(self, what: str, value: float | bool, who: Identity) -> None:
+        """An operator's new grid limit or demand-response state (OPC UA, IEC 61850):
+        journalled and audited first, then in force from the next control cycle. Kept until
+        restart or reload."""
+        if what not in self.SETTABLE:
             raise ValueError(f"not a settable limit: {what}")
-        old = float(getattr(self.config.site, what))
+        old = getattr(self.config.site, what)
         if self.journal is not None:
             entry = AuditEntry(
                 actor=who.name,
@@ -492,6 +513,32 @@ class Gateway:
         if self.control is not None:
             self.control.site = site
         log.warning("site_limit_changed", limit=what, old=old, new=value, by=who.name)
+
+    async def _mms_operate(self, what: str, value: float | bool, caller: Caller) -> None:
+        await self.set_site_limit(what, value, Identity(caller.name, caller.role))
+
+    async def _mms_refused(self, caller: Caller, action: str, why: str) -> None:
+        if self.workloads is not None:
+            await self.workloads.audit_refusal(Identity(caller.name, caller.role), action, why)
+
+    def _load_step_imminent(self) -> bool:
+        """An announced job starts or stops within ``iec61850.load_step_lead_s`` (worked out at
+        most once a second: the placed jobs may be thousands)."""
+        now = time.time()
+        cached_at, answer = self._load_step_cache
+        if now - cached_at < 1.0:
+            return answer
+        answer = False
+        if self.workloads is not None:
+            lead = self.config.iec61850.load_step_lead_s
+            for placed in self.workloads.placed():
+                start = placed.start.timestamp()
+                end = start + placed.announcement.power_profile.duration_estimate_sec
+                if now <= start <= now + lead or now <= end <= now + lead:
+                    answer = True
+                    break
+        self._load_step_cache = (now, answer)
+        return answer
 
     # ---- pollers -----------------------------------------------------------------------------
 

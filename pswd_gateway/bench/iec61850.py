@@ -10,6 +10,7 @@ first frame received on ``lo`` (this includes the wait for the next 100 ms batch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from pswd_gateway.bench.api import free_port
 from pswd_gateway.bench.control import percentiles
 from pswd_gateway.config import SiteConfig
 from pswd_gateway.domain.points import Point, Quality
+from pswd_gateway.northbound.iec61850.model import TABLE
 from pswd_gateway.northbound.iec61850.server import MmsServer
 from pswd_gateway.store import PointStore
 
@@ -66,7 +68,59 @@ async def _goose_latency(store: PointStore, events: int) -> dict[str, Any]:
     return percentiles(latencies)
 
 
-async def measure(clients: int, duration_s: float, events: int) -> dict[str, Any]:
+async def _lateness(seconds: float, period_s: float = 0.02) -> list[float]:
+    """How late a 20 ms timer on this loop fires (the control cycle's meter period)."""
+    loop = asyncio.get_running_loop()
+    late: list[float] = []
+    due = loop.time() + period_s
+    end = loop.time() + seconds
+    while due < end:
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        late.append(max(0.0, loop.time() - due))
+        due += period_s
+    return late
+
+
+async def _push_effect(server: MmsServer, seconds: float, attributes: int) -> dict[str, Any]:
+    """Lateness of a 20 ms timer without, then with, ``attributes`` data attributes pushed
+    every 100 ms (value, q and t of ``attributes // 3`` data objects, cycling over the table)."""
+    quiet = await _lateness(seconds)
+    refs = [row.reference for row in TABLE if row.cdc in {"MV", "APC"}]
+    per_batch = attributes // 3
+    apply_s: list[float] = []
+
+    async def push() -> None:
+        value = 0.0
+        while True:
+            value += 1.0
+            now_ms = int(time.time() * 1000)
+            batch = [(refs[i % len(refs)], value + i, 0, now_ms) for i in range(per_batch)]
+            before = server.stats.batches_total
+            server.submit(batch)
+            await asyncio.sleep(0.1)
+            if server.stats.batches_total > before:
+                apply_s.append(server.stats.last_batch_s)
+
+    pusher = asyncio.create_task(push())
+    try:
+        loaded = await _lateness(seconds)
+    finally:
+        pusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pusher
+    q, loaded_p = percentiles(quiet), percentiles(loaded)
+    return {
+        "attributes_per_batch": per_batch * 3,
+        "apply": percentiles(apply_s),
+        "lateness_quiet": q,
+        "lateness_pushing": loaded_p,
+        "p99_added_ms": round((loaded_p["p99_ms"] or 0.0) - (q["p99_ms"] or 0.0), 3),
+    }
+
+
+async def measure(
+    clients: int, duration_s: float, events: int, attributes: int = 2000
+) -> dict[str, Any]:
     store = PointStore()
     _feed(store, 100e6)
     port = free_port()
@@ -99,7 +153,8 @@ async def measure(clients: int, duration_s: float, events: int) -> dict[str, Any
         samples: list[float] = []
         for out, _ in outs:
             samples.extend(json.loads(out.decode() or "[]"))
-        task.cancel()
+        task.cancel()  # only the pushed batches from here on
+        push = await _push_effect(server, min(duration_s, 10.0), attributes) if attributes else None
         goose = await _goose_latency(store, events) if root and events else None
     finally:
         task.cancel()
@@ -110,6 +165,7 @@ async def measure(clients: int, duration_s: float, events: int) -> dict[str, Any
         "read_latency": percentiles(samples),
         "batches": server.stats.batches_total,
         "last_batch_ms": round(server.stats.last_batch_s * 1000, 3),
+        "push": push,
         "goose_event_to_frame": goose,
     }
 
@@ -134,8 +190,10 @@ def reader_main(argv: list[str]) -> int:
     os._exit(0)  # skip the C library's destructors in a throwaway process
 
 
-async def run_iec61850_bench(clients: int, duration_s: float, events: int, as_json: bool) -> int:
-    result = await measure(clients, duration_s, events)
+async def run_iec61850_bench(
+    clients: int, duration_s: float, events: int, as_json: bool, attributes: int = 2000
+) -> int:
+    result = await measure(clients, duration_s, events, attributes)
     if as_json:
         print(json.dumps(result, indent=2))  # noqa: T201 - the command's output
         return 0
@@ -145,10 +203,19 @@ async def run_iec61850_bench(clients: int, duration_s: float, events: int, as_js
         if g is None
         else f"GOOSE event→frame p50 {g['p50_ms']} ms, p99 {g['p99_ms']} ms (n={g['n']})"
     )
+    p = result["push"]
+    push = (
+        ""
+        if p is None
+        else f"; {p['attributes_per_batch']} attributes per batch: apply p50 "
+        f"{p['apply']['p50_ms']} ms, p99 {p['apply']['p99_ms']} ms; 20 ms timer lateness p99 "
+        f"{p['lateness_quiet']['p99_ms']} ms quiet, {p['lateness_pushing']['p99_ms']} ms pushing "
+        f"(+{p['p99_added_ms']} ms)"
+    )
     print(  # noqa: T201
         f"MMS reads with {clients} clients: {result['reads']} reads, p50 {r['p50_ms']} ms, "
-        f"p99 {r['p99_ms']} ms, max {r['max_ms']} ms; batch apply {result['last_batch_ms']} ms; "
-        + goose
+        f"p99 {r['p99_ms']} ms, max {r['max_ms']} ms; batch apply {result['last_batch_ms']} ms"
+        f"{push}; " + goose
     )
     return 0
 

@@ -202,7 +202,7 @@ class ControlCycle:
             return None
         return GridSettings(
             ramp_limit_w_per_s=self.site.grid_ramp_limit_mw_per_s * 1e6,
-            import_limit_w=self.site.grid_import_limit_mw * 1e6,
+            import_limit_w=self.site.import_limit_mw * 1e6,
             bess_rated_w=rated,
             bess_capacity_j=energy,
             soc_min=c.soc_min,

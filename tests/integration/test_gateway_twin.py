@@ -247,3 +247,61 @@ async def test_sigterm_stops_the_daemon_cleanly(twin: Twin, tmp_path: Path) -> N
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_iec61850_serves_the_twins_grid_power_and_journals_an_operator_control(
+    twin: Twin, tmp_path: Path
+) -> None:
+    """The whole gateway with its MMS listener: libiec61850's client (its own process) reads
+    grid power matching the twin, sets the ramp limit as an operator (journalled, audited, in
+    force for the control cycle) and is refused as a viewer (audited)."""
+    from test_iec61850 import client  # noqa: PLC0415 - the same directory
+
+    from pswd_gateway.bench.api import free_port  # noqa: PLC0415
+    from pswd_gateway.security.passwords import hash_password  # noqa: PLC0415
+
+    settings = gateway_settings(twin, tmp_path)
+    port = free_port()
+    settings["listeners"]["iec61850"] = {"host": "127.0.0.1", "port": port}
+    settings["listeners"]["api"] = {"host": "127.0.0.1", "port": 0}
+    settings["iec61850"] = {
+        "users": [
+            {"name": "tso", "role": "operator",
+             "password_hash": hash_password("tso-secret", iterations=1000)},
+            {"name": "desk", "role": "viewer",
+             "password_hash": hash_password("desk-secret", iterations=1000)},
+        ]
+    }  # fmt: skip
+    gw = Gateway(GatewayConfig.model_validate(settings))
+    await gw.start()
+    try:
+        await asyncio.sleep(0.5)
+        t0 = time.time()
+        got = await client(port, [
+            ["float", "PSWDGRID/MMXU1.TotW.mag.f", "MX"],
+            ["operate", "PSWDGRID/GAPC1.RmpLimW", 15.0],
+        ], "tso-secret")  # fmt: skip
+        t1 = time.time()
+        viewer = await client(port, [["operate", "PSWDGRID/GAPC1.RmpLimW", 5.0]], "desk-secret")
+        await asyncio.sleep(0.2)
+        assert gw.journal is not None
+        audit = await gw.journal.call(gw.journal.sync.audit_entries, 0, 100)
+    finally:
+        await gw.stop()
+    (mw, err), operate = got["results"]
+    assert err == 0
+    # the served value is the last 100 ms poll, handed over in the last 100 ms batch
+    lo, hi = twin.grid_power_range_w(t0 - 0.5, t1)
+    assert lo / 1e6 * 0.995 - 0.01 <= mw <= hi / 1e6 * 1.005 + 0.01, (mw, lo, hi)
+    assert operate["ok"], operate
+    assert gw.config.site.grid_ramp_limit_mw_per_s == 15.0
+    assert gw.control is None or gw.control.site.grid_ramp_limit_mw_per_s == 15.0
+    accepted = [a for a in audit if a["action"] == "set grid_ramp_limit_mw_per_s"]
+    assert accepted
+    assert accepted[0]["actor"] == "mms:tso"
+    assert accepted[0]["outcome"] == "accepted"
+    assert not viewer["results"][0]["ok"]
+    refused = [a for a in audit if a["action"] == "operate GRID/GAPC1.RmpLimW"]
+    assert refused
+    assert refused[0]["outcome"] == "refused"
+    assert refused[0]["actor"] == "mms:desk"

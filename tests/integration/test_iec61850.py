@@ -8,31 +8,69 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pswd_gateway.bench.api import free_port
-from pswd_gateway.config import SiteConfig
+from pswd_gateway.config import Iec61850UserConfig, SiteConfig
 from pswd_gateway.domain.points import Point, Quality
-from pswd_gateway.northbound.iec61850.server import MmsServer
+from pswd_gateway.northbound.iec61850.controls import Caller
+from pswd_gateway.northbound.iec61850.server import MmsHooks, MmsServer
+from pswd_gateway.security.passwords import hash_password
 from pswd_gateway.store import PointStore
 
 pytestmark = pytest.mark.integration
 
 m = pytest.importorskip("pyiec61850.pyiec61850")
 SITE = SiteConfig(grid_meter="meter", bess="bess", thermal=None, it_load=())
+CLIENT = Path(__file__).with_name("mms_client.py")
+USERS = (
+    Iec61850UserConfig(name="tso", role="operator",
+                       password_hash=hash_password("tso-secret", iterations=1000)),
+    Iec61850UserConfig(name="analyst", role="viewer",
+                       password_hash=hash_password("analyst-secret", iterations=1000)),
+)  # fmt: skip
+
+
+class Site:
+    """The gateway's side of a control: the site settings and the audit trail."""
+
+    def __init__(self) -> None:
+        self.site = SITE
+        self.audit: list[tuple[str, str, str, str]] = []
+
+    async def operate(self, action: str, value: float | bool, caller: Caller) -> None:
+        self.audit.append((caller.name, action, str(value), "accepted"))
+        self.site = self.site.model_copy(update={action: value})
+
+    async def refused(self, caller: Caller, action: str, why: str) -> None:
+        self.audit.append((caller.name, action, why, "refused"))
 
 
 @pytest.fixture
 async def mms() -> AsyncIterator[tuple[MmsServer, PointStore, int]]:
     store = PointStore()
     port = free_port()
-    server = MmsServer(store, lambda: SITE, port=port, interval_s=0.05)
+    server = MmsServer(store, lambda: SITE, port=port, interval_s=0.05, anonymous_read=True)
     await server.start()
     try:
         yield server, store, port
     finally:
         await server.stop()
+
+
+async def client(port: int, commands: list[list[Any]], password: str = "") -> dict[str, Any]:
+    """Run libiec61850's client in its own process (see mms_client.py)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(CLIENT), str(port), password, json.dumps(commands),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30.0)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
 
 
 def feed(store: PointStore, grid_w: float, quality: Quality = Quality.GOOD) -> float:
@@ -47,31 +85,26 @@ def feed(store: PointStore, grid_w: float, quality: Quality = Quality.GOOD) -> f
     return now
 
 
-def read(port: int, reference: str, fc: int) -> tuple[object, int]:
-    con = m.IedConnection_create()
-    try:
-        _, err = m.IedConnection_connect(con, "127.0.0.1", port)
-        assert err == 0, f"connect failed: {err}"
-        if fc == m.IEC61850_FC_MX and reference.endswith(".f"):
-            return m.IedConnection_readFloatValue(con, reference, fc)
-        return m.IedConnection_readQualityValue(con, reference, fc)
-    finally:
-        m.IedConnection_close(con)
-        m.IedConnection_destroy(con)
-
-
 async def test_measurements_match_the_store_in_their_units(
     mms: tuple[MmsServer, PointStore, int],
 ) -> None:
     server, store, port = mms
     feed(store, 123.5e6)
     await asyncio.sleep(0.3)
-    value, err = await asyncio.to_thread(read, port, "PSWDGRID/MMXU1.TotW.mag.f", m.IEC61850_FC_MX)
-    assert err == 0
-    assert value == pytest.approx(123.5)  # MW: unit W, multiplier M
-    soc, err = await asyncio.to_thread(read, port, "PSWDBESS/ZBAT1.SoC.mag.f", m.IEC61850_FC_MX)
-    assert err == 0
+    got = await client(port, [
+        ["float", "PSWDGRID/MMXU1.TotW.mag.f", "MX"],
+        ["float", "PSWDBESS/ZBAT1.SoC.mag.f", "MX"],
+        ["int", "PSWDGRID/MMXU1.TotW.units.SIUnit", "CF"],
+        ["int", "PSWDGRID/MMXU1.TotW.units.multiplier", "CF"],
+        ["float", "PSWDGRID/GAPC1.ImpLimW.mxVal.f", "MX"],
+    ])  # fmt: skip
+    assert got["connect"] == 0
+    (mw, e1), (soc, e2), (unit, e3), (mult, e4), (limit, e5) = got["results"]
+    assert (e1, e2, e3, e4, e5) == (0, 0, 0, 0, 0)
+    assert mw == pytest.approx(123.5)  # MW: unit W (62), multiplier M (6)
+    assert (unit, mult) == (62, 6)
     assert soc == pytest.approx(42.0)
+    assert limit == pytest.approx(SITE.grid_import_limit_mw)
     assert server.stats.updates_total >= 3
 
 
@@ -83,7 +116,8 @@ async def test_an_invalid_device_is_served_with_invalid_quality(
     await asyncio.sleep(0.2)
     feed(store, 50e6, Quality.INVALID)
     await asyncio.sleep(0.3)
-    quality, err = await asyncio.to_thread(read, port, "PSWDGRID/MMXU1.TotW.q", m.IEC61850_FC_MX)
+    got = await client(port, [["quality", "PSWDGRID/MMXU1.TotW.q", "MX"]])
+    quality, err = got["results"][0]
     assert err == 0
     assert quality & 0x3 == m.QUALITY_VALIDITY_INVALID
 
@@ -148,51 +182,14 @@ async def test_reports_arrive_on_data_change_and_integrity_period(
     assert m.IEC61850_REASON_INTEGRITY in result["reasons"], result
 
 
-def _names(linked_list: object) -> list[str]:
-    out = []
-    element = m.LinkedList_getNext(linked_list) if linked_list else None
-    while element:
-        out.append(m.toCharP(m.LinkedList_getData(element)))
-        element = m.LinkedList_getNext(element)
-    return out
-
-
-def browse(port: int, ied: str) -> tuple[dict[str, dict[str, list[str]]], set[str]]:
-    """The served model through directory services: ``{LD: {LN: [DO]}}`` and RCB/dataset names."""
-    con = m.IedConnection_create()
-    try:
-        _, err = m.IedConnection_connect(con, "127.0.0.1", port)
-        assert err == 0
-        devices, err = m.IedConnection_getLogicalDeviceList(con)
-        assert err == 0
-        model: dict[str, dict[str, list[str]]] = {}
-        extras: set[str] = set()
-        for ld in _names(devices):
-            lns, _ = m.IedConnection_getLogicalDeviceDirectory(con, ld)
-            inst = ld.removeprefix(ied)
-            model[inst] = {}
-            for ln in _names(lns):
-                ref = f"{ld}/{ln}"
-                dos, _ = m.IedConnection_getLogicalNodeDirectory(con, ref, m.ACSI_CLASS_DATA_OBJECT)
-                model[inst][ln] = _names(dos)
-                for cls in ("ACSI_CLASS_URCB", "ACSI_CLASS_BRCB", "ACSI_CLASS_DATA_SET"):
-                    found, _ = m.IedConnection_getLogicalNodeDirectory(con, ref, getattr(m, cls))
-                    extras.update(f"{inst}/{ln}.{n}" for n in _names(found))
-        return model, extras
-    finally:
-        m.IedConnection_close(con)
-        m.IedConnection_destroy(con)
-
-
 async def test_the_served_model_equals_the_checked_in_icd(
     mms: tuple[MmsServer, PointStore, int],
 ) -> None:
-    from pathlib import Path  # noqa: PLC0415
-
     from pswd_gateway.northbound.iec61850.icd import icd_structure  # noqa: PLC0415
 
     _, _, port = mms
-    served, extras = await asyncio.to_thread(browse, port, "PSWD")
+    got = await client(port, [["browse", "PSWD"]])
+    served, extras = got["results"][0]["model"], set(got["results"][0]["extras"])
     icd = icd_structure((Path(__file__).parents[2] / "docs" / "pswd-gateway.icd").read_text())
     as_sets = {ld: {ln: sorted(dos) for ln, dos in lns.items()} for ld, lns in served.items()}
     expected = {ld: {ln: sorted(dos) for ln, dos in lns.items()} for ld, lns in icd.items()}
@@ -235,3 +232,152 @@ async def test_goose_frames_on_lo_count_state_and_retransmit() -> None:
     assert [f[2] for f in changed[:4]] == [0, 1, 2, 3]  # sqNum restarts at the new state
     first_gap = changed[1][0] - changed[0][0]
     assert first_gap < 0.05  # retransmitted at MinTime, not after MaxTime
+
+
+@pytest.fixture
+async def controlled() -> AsyncIterator[tuple[MmsServer, Site, int]]:
+    """A server with users and controls wired to a :class:`Site`; no anonymous access."""
+    holder = Site()
+    store = PointStore()
+    feed(store, 10e6)
+    port = free_port()
+    hooks = MmsHooks(operate=holder.operate, refused=holder.refused)
+    server = MmsServer(
+        store, lambda: holder.site, port=port, interval_s=0.05, users=USERS,
+        anonymous_read=False, hooks=hooks, max_connections=2,
+    )  # fmt: skip
+    await server.start()
+    try:
+        yield server, holder, port
+    finally:
+        await server.stop()
+
+
+async def test_an_operator_sets_the_import_limit_and_it_is_audited_and_read_back(
+    controlled: tuple[MmsServer, Site, int],
+) -> None:
+    server, site, port = controlled
+    got = await client(port, [["operate", "PSWDGRID/GAPC1.ImpLimW", 250.0]], "tso-secret")
+    assert got["connect"] == 0
+    result = got["results"][0]
+    assert result["ctl_model"] == 3  # direct with enhanced security
+    assert result["ok"], result
+    assert site.site.grid_import_limit_mw == pytest.approx(250.0)
+    assert ("mms:tso", "grid_import_limit_mw", "250.0", "accepted") in site.audit
+    await asyncio.sleep(0.2)
+    back = await client(port, [["float", "PSWDGRID/GAPC1.ImpLimW.mxVal.f", "MX"]], "tso-secret")
+    assert back["results"][0] == [pytest.approx(250.0), 0]
+    assert server.stats.controls_accepted_total == 1
+
+
+@pytest.mark.parametrize(
+    ("reference", "value"),
+    [
+        ("PSWDGRID/GAPC1.ImpLimW", -5.0),
+        ("PSWDGRID/GAPC1.ImpLimW", 0.0),
+        ("PSWDGRID/GAPC1.RmpLimW", 1e9),
+        ("PSWDGRID/GAPC1.DRLimW", -1.0),
+    ],
+)
+async def test_an_out_of_range_setpoint_is_refused_with_inconsistent_parameters(
+    controlled: tuple[MmsServer, Site, int], reference: str, value: float
+) -> None:
+    _, site, port = controlled
+    got = await client(port, [["operate", reference, value]], "tso-secret")
+    result = got["results"][0]
+    assert not result["ok"]
+    assert result["add_cause"] == m.ADD_CAUSE_INCONSISTENT_PARAMETERS
+    assert site.site == SITE  # nothing changed
+    assert any(r[3] == "refused" and "out of range" in r[2] for r in site.audit), site.audit
+
+
+async def test_a_viewer_may_read_but_not_operate(
+    controlled: tuple[MmsServer, Site, int],
+) -> None:
+    _, site, port = controlled
+    got = await client(port, [
+        ["float", "PSWDGRID/MMXU1.TotW.mag.f", "MX"],
+        ["operate", "PSWDGRID/GAPC1.RmpLimW", 5.0],
+        ["operate", "PSWDGRID/GAPC1.DRAct", True, True],
+    ], "analyst-secret")  # fmt: skip
+    read, ramp, dr = got["results"]
+    assert read == [pytest.approx(10.0), 0]
+    assert not ramp["ok"]
+    assert ramp["add_cause"] == m.ADD_CAUSE_NO_ACCESS_AUTHORITY
+    assert not dr["selected"]  # refused at select already
+    assert dr["add_cause"] == m.ADD_CAUSE_NO_ACCESS_AUTHORITY
+    assert site.site == SITE
+    refusals = [r for r in site.audit if r[3] == "refused"]
+    assert [r[1] for r in refusals] == ["operate GRID/GAPC1.RmpLimW", "select GRID/GAPC1.DRAct"]
+    assert all(r[0] == "mms:analyst" and "may not operate" in r[2] for r in refusals)
+
+
+async def test_demand_response_is_selected_then_operated_and_lowers_the_import_limit(
+    controlled: tuple[MmsServer, Site, int],
+) -> None:
+    _, site, port = controlled
+    too_early = await client(port, [["operate", "PSWDGRID/GAPC1.DRAct", True, True]], "tso-secret")
+    assert too_early["results"][0]["add_cause"] == m.ADD_CAUSE_BLOCKED_BY_PROCESS
+    got = await client(port, [
+        ["operate", "PSWDGRID/GAPC1.DRLimW", 120.0],
+        ["operate", "PSWDGRID/GAPC1.DRAct", True, True],
+    ], "tso-secret")  # fmt: skip
+    limit, activate = got["results"]
+    assert limit["ok"], limit
+    assert activate["ctl_model"] == 4  # SBO with enhanced security
+    assert activate["selected"], activate
+    assert activate["ok"], activate
+    assert site.site.demand_response_active
+    assert site.site.import_limit_mw == pytest.approx(120.0)
+    await asyncio.sleep(0.2)
+    back = await client(port, [["bool", "PSWDGRID/GAPC1.DRAct.stVal", "ST"]], "tso-secret")
+    assert back["results"][0] == [True, 0]
+    release = await client(port, [["operate", "PSWDGRID/GAPC1.DRAct", False, True]], "tso-secret")
+    assert release["results"][0]["ok"]
+    assert site.site.import_limit_mw == pytest.approx(SITE.grid_import_limit_mw)
+
+
+async def test_associations_without_the_right_password_are_refused_and_audited(
+    controlled: tuple[MmsServer, Site, int],
+) -> None:
+    server, site, port = controlled
+    wrong = await client(port, [], "guess")
+    anonymous = await client(port, [])
+    assert wrong["connect"] != 0
+    assert anonymous["connect"] != 0
+    await asyncio.sleep(0.1)
+    assert ("unknown", "mms association", "wrong password", "refused") in site.audit
+    assert any(r[0] == "anonymous" and r[3] == "refused" for r in site.audit)
+    assert server.stats.associations_refused_total == 2
+
+
+async def test_connections_beyond_the_limit_are_refused(
+    controlled: tuple[MmsServer, Site, int],
+) -> None:
+    _, _, port = controlled  # max_connections=2
+    got = await client(port, [["connect_again", port], ["connect_again", port]], "tso-secret")
+    assert got["connect"] == 0
+    second, third = got["results"]
+    assert second == 0
+    assert third != 0
+
+
+async def test_a_peer_outside_the_allowed_networks_is_disconnected_and_audited() -> None:
+    import ipaddress  # noqa: PLC0415
+
+    holder = Site()
+    port = free_port()
+    server = MmsServer(
+        PointStore(), lambda: holder.site, port=port, anonymous_read=True,
+        allowed_networks=(ipaddress.IPv4Network("192.0.2.0/24"),),
+        hooks=MmsHooks(operate=holder.operate, refused=holder.refused),
+    )  # fmt: skip
+    await server.start()
+    try:
+        got = await client(port, [])
+        await asyncio.sleep(0.1)
+    finally:
+        await server.stop()
+    assert got["connect"] != 0
+    assert server.stats.connections_refused_total == 1
+    assert any(r[1] == "mms connection" and r[3] == "refused" for r in holder.audit)

@@ -186,3 +186,41 @@ def test_plaintext_mms_is_refused_off_loopback() -> None:
         GatewayConfig.model_validate(
             {"listeners": {"iec61850": {"host": "192.0.2.7", "port": 102}}}
         )
+
+
+def test_mms_listener_limits_and_goose_address_are_validated() -> None:
+    cfg = GatewayConfig.model_validate(
+        {
+            "listeners": {
+                "iec61850": {
+                    "port": 10102,
+                    "max_connections": 3,
+                    "allowed_networks": ["127.0.0.0/8", "10.1.0.0/16"],
+                }
+            },
+            "iec61850": {"goose_appid": 0x3001, "goose_dst_mac": "01:0C:CD:01:00:2A"},
+        }
+    )
+    assert cfg.listeners.iec61850.max_connections == 3
+    assert str(cfg.listeners.iec61850.allowed_networks[1]) == "10.1.0.0/16"
+    assert not cfg.iec61850.anonymous_read  # off unless asked for
+    for bad in (
+        {"listeners": {"iec61850": {"port": 1, "max_connections": 0}}},
+        {"listeners": {"iec61850": {"port": 1, "allowed_networks": ["10.0.0.1/8"]}}},
+        {"iec61850": {"goose_dst_mac": "ff:ff:ff:ff:ff:ff"}},
+        {"iec61850": {"goose_appid": 0x4000}},
+        {"iec61850": {"users": [{"name": "x", "role": "engineer", "password_hash": "x"}]}},
+    ):
+        with pytest.raises(ValidationError):
+            GatewayConfig.model_validate(bad)
+
+
+def test_demand_response_lowers_the_import_limit_only_while_active() -> None:
+    from pswd_gateway.config import SiteConfig  # noqa: PLC0415
+
+    site = SiteConfig(grid_import_limit_mw=400.0, demand_response_limit_mw=120.0)
+    assert site.import_limit_mw == 400.0
+    active = site.model_copy(update={"demand_response_active": True})
+    assert active.import_limit_mw == 120.0
+    higher = active.model_copy(update={"demand_response_limit_mw": 900.0})
+    assert higher.import_limit_mw == 400.0

@@ -18,7 +18,11 @@ from pswd_gateway.northbound.iec61850.model import (
     GOOSE_DATASET,
     GOOSE_LD,
     INTEGRITY_PERIOD_MS,
+    REPORT_DATASET,
     TABLE,
+    GooseAddress,
+    goose_rows,
+    report_rows,
 )
 
 __all__ = [
@@ -33,7 +37,14 @@ __all__ = [
 SCL_NS: Final = "http://www.iec.ch/61850/2003/SCL"
 LLN0_OBJECTS: Final = (("Mod", "ENS"), ("Beh", "ENS"), ("Health", "ENS"), ("NamPlt", "LPL"))
 LPHD_OBJECTS: Final = (("PhyNam", "DPL"), ("PhyHealth", "ENS"), ("Proxy", "SPS"))
-SI_UNITS: Final = {1: "", 23: "°C", 33: "Hz", 62: "W"}
+SI_UNITS: Final = {1: "", 5: "A", 23: "°C", 29: "V", 33: "Hz", 62: "W", 63: "VAr", 72: "Wh"}
+CTL_MODELS: Final = {
+    0: "status-only",
+    1: "direct-with-normal-security",
+    2: "sbo-with-normal-security",
+    3: "direct-with-enhanced-security",
+    4: "sbo-with-enhanced-security",
+}
 MULTIPLIERS: Final = {0: "", 3: "k", 6: "M"}
 
 
@@ -62,6 +73,12 @@ def _sub(parent: ET.Element, tag: str, **attrs: str) -> ET.Element:
 
 def _templates(root: ET.Element) -> None:
     dtt = _sub(root, "DataTypeTemplates")
+    _ln_types(dtt)
+    _do_types(dtt)
+    _da_types(dtt)
+
+
+def _ln_types(dtt: ET.Element) -> None:
     ln_types: dict[str, list[tuple[str, str]]] = {
         "LLN0_T": list(LLN0_OBJECTS),
         "LPHD_T": list(LPHD_OBJECTS),
@@ -79,22 +96,62 @@ def _templates(root: ET.Element) -> None:
         node = _sub(dtt, "LNodeType", id=type_id, lnClass=ln_class)
         for name, cdc in objects:
             _sub(node, "DO", name=name, type=f"{cdc}_T")
+
+
+def _do_types(dtt: ET.Element) -> None:
     mv = _sub(dtt, "DOType", id="MV_T", cdc="MV")
     _sub(mv, "DA", name="mag", bType="Struct", type="AnalogueValue_T", fc="MX", dchg="true")
     _sub(mv, "DA", name="q", bType="Quality", fc="MX", qchg="true")
     _sub(mv, "DA", name="t", bType="Timestamp", fc="MX")
     _sub(mv, "DA", name="units", bType="Struct", type="Unit_T", fc="CF")
-    for cdc in ("ENS", "SPS"):
+    for cdc in ("ENS", "SPS", "SPC"):
         dot = _sub(dtt, "DOType", id=f"{cdc}_T", cdc=cdc)
-        btype = "BOOLEAN" if cdc == "SPS" else "INT32"
+        btype = "INT32" if cdc == "ENS" else "BOOLEAN"
+        if cdc == "SPC":
+            _sub(dot, "DA", name="Oper", bType="Struct", type="SPCOperate_T", fc="CO")
+            _sub(dot, "DA", name="SBOw", bType="Struct", type="SPCOperate_T", fc="CO")
         _sub(dot, "DA", name="stVal", bType=btype, fc="ST", dchg="true")
         _sub(dot, "DA", name="q", bType="Quality", fc="ST", qchg="true")
         _sub(dot, "DA", name="t", bType="Timestamp", fc="ST")
+        if cdc == "SPC":
+            _sub(dot, "DA", name="ctlModel", bType="Enum", type="ctlModel", fc="CF")
+    apc = _sub(dtt, "DOType", id="APC_T", cdc="APC")
+    _sub(apc, "DA", name="Oper", bType="Struct", type="APCOperate_T", fc="CO")
+    _sub(apc, "DA", name="mxVal", bType="Struct", type="AnalogueValue_T", fc="MX", dchg="true")
+    _sub(apc, "DA", name="q", bType="Quality", fc="MX", qchg="true")
+    _sub(apc, "DA", name="t", bType="Timestamp", fc="MX")
+    _sub(apc, "DA", name="ctlModel", bType="Enum", type="ctlModel", fc="CF")
+    _sub(apc, "DA", name="units", bType="Struct", type="Unit_T", fc="CF")
+    bcr = _sub(dtt, "DOType", id="BCR_T", cdc="BCR")
+    _sub(bcr, "DA", name="actVal", bType="INT64", fc="ST", dchg="true")
+    _sub(bcr, "DA", name="q", bType="Quality", fc="ST", qchg="true")
+    _sub(bcr, "DA", name="t", bType="Timestamp", fc="ST")
     for cdc in ("LPL", "DPL"):
         dot = _sub(dtt, "DOType", id=f"{cdc}_T", cdc=cdc)
         _sub(dot, "DA", name="vendor", bType="VisString255", fc="DC")
+
+
+def _da_types(dtt: ET.Element) -> None:
     av = _sub(dtt, "DAType", id="AnalogueValue_T")
     _sub(av, "BDA", name="f", bType="FLOAT32")
+    for type_id, ctl_val in (
+        ("SPCOperate_T", ("BOOLEAN", None)),
+        ("APCOperate_T", ("Struct", "AnalogueValue_T")),
+    ):
+        oper = _sub(dtt, "DAType", id=type_id)
+        btype, sub_type = ctl_val
+        if sub_type is None:
+            _sub(oper, "BDA", name="ctlVal", bType=btype)
+        else:
+            _sub(oper, "BDA", name="ctlVal", bType=btype, type=sub_type)
+        _sub(oper, "BDA", name="origin", bType="Struct", type="Originator_T")
+        _sub(oper, "BDA", name="ctlNum", bType="INT8U")
+        _sub(oper, "BDA", name="T", bType="Timestamp")
+        _sub(oper, "BDA", name="Test", bType="BOOLEAN")
+        _sub(oper, "BDA", name="Check", bType="Check")
+    origin = _sub(dtt, "DAType", id="Originator_T")
+    _sub(origin, "BDA", name="orCat", bType="Enum", type="orCategory")
+    _sub(origin, "BDA", name="orIdent", bType="Octet64")
     unit = _sub(dtt, "DAType", id="Unit_T")
     _sub(unit, "BDA", name="SIUnit", bType="Enum", type="SIUnit")
     _sub(unit, "BDA", name="multiplier", bType="Enum", type="multiplier")
@@ -104,9 +161,23 @@ def _templates(root: ET.Element) -> None:
     mult = _sub(dtt, "EnumType", id="multiplier")
     for code, text in MULTIPLIERS.items():
         _sub(mult, "EnumVal", ord=str(code)).text = text
+    models = _sub(dtt, "EnumType", id="ctlModel")
+    for code, text in CTL_MODELS.items():
+        _sub(models, "EnumVal", ord=str(code)).text = text
+    categories = _sub(dtt, "EnumType", id="orCategory")
+    for code, text in enumerate(("not-supported", "bay-control", "station-control",
+                                 "remote-control", "automatic-bay", "automatic-station",
+                                 "automatic-remote", "maintenance", "process")):  # fmt: skip
+        _sub(categories, "EnumVal", ord=str(code)).text = text
 
 
-def icd_xml(ied_name: str = "TEMPLATE", host: str = "127.0.0.1") -> str:
+def icd_xml(
+    ied_name: str = "TEMPLATE",
+    host: str = "127.0.0.1",
+    goose: GooseAddress | None = None,
+    goose_times_ms: tuple[int, int] = (4, 1000),
+) -> str:
+    goose = goose or GooseAddress()
     ET.register_namespace("", SCL_NS)
     root = ET.Element("SCL", {"xmlns": SCL_NS, "version": "2007", "revision": "B", "release": "4"})
     _sub(root, "Header", id="pswd-gateway", nameStructure="IEDName")
@@ -116,34 +187,36 @@ def icd_xml(ied_name: str = "TEMPLATE", host: str = "127.0.0.1") -> str:
     _sub(_sub(cap, "Address"), "P", type="IP").text = host
     gse = _sub(cap, "GSE", ldInst=GOOSE_LD, cbName=GOOSE_CB)
     gse_address = _sub(gse, "Address")
-    _sub(gse_address, "P", type="MAC-Address").text = "01-0C-CD-01-00-01"
-    _sub(gse_address, "P", type="APPID").text = "1000"
-    _sub(gse, "MinTime", unit="s", multiplier="m").text = "4"
-    _sub(gse, "MaxTime", unit="s", multiplier="m").text = "1000"
+    _sub(gse_address, "P", type="MAC-Address").text = goose.mac.upper().replace(":", "-")
+    _sub(gse_address, "P", type="APPID").text = f"{goose.app_id:04X}"
+    _sub(gse_address, "P", type="VLAN-ID").text = f"{goose.vlan_id:03X}"
+    _sub(gse_address, "P", type="VLAN-PRIORITY").text = str(goose.vlan_priority)
+    _sub(gse, "MinTime", unit="s", multiplier="m").text = str(goose_times_ms[0])
+    _sub(gse, "MaxTime", unit="s", multiplier="m").text = str(goose_times_ms[1])
     ied = _sub(root, "IED", name=ied_name, manufacturer="pswd-gateway", type="PSWD gateway")
     services = _sub(ied, "Services")
     for tag in ("GetDirectory", "GetDataObjectDefinition", "GetDataSetValue", "ReadWrite"):
         _sub(services, tag)
     server = _sub(_sub(ied, "AccessPoint", name="AP1"), "Server")
-    _sub(server, "Authentication", none="true")
+    _sub(server, "Authentication", none="true", password="true")  # noqa: S106 - an SCL flag
     for ld, lns in served_structure().items():
         device = _sub(server, "LDevice", inst=ld)
         ln0 = _sub(device, "LN0", lnClass="LLN0", inst="", lnType="LLN0_T")
-        dataset = _sub(ln0, "DataSet", name="Meas")
-        for row in (r for r in TABLE if r.ld == ld and r.cdc == "MV"):
+        dataset = _sub(ln0, "DataSet", name=REPORT_DATASET)
+        for row in report_rows(ld):
             cls, inst = _split_ln(row.ln)
             _sub(dataset, "FCDA", ldInst=ld, prefix="", lnClass=cls, lnInst=inst,
-                 doName=row.name, fc="MX")  # fmt: skip
+                 doName=row.name, fc=row.fc)  # fmt: skip
         if ld == GOOSE_LD:
             events = _sub(ln0, "DataSet", name=GOOSE_DATASET)
-            for row in (r for r in TABLE if r.ld == ld and r.cdc == "SPS"):
+            for row in goose_rows():
                 cls, inst = _split_ln(row.ln)
                 _sub(events, "FCDA", ldInst=ld, prefix="", lnClass=cls, lnInst=inst,
                      doName=row.name, fc="ST")  # fmt: skip
             _sub(ln0, "GSEControl", name=GOOSE_CB, appID=f"{ld}.{GOOSE_DATASET}",
                  datSet=GOOSE_DATASET, confRev="1", type="GOOSE")  # fmt: skip
         for name, buffered in (("urcbMeas01", "false"), ("brcbMeas01", "true")):
-            rc = _sub(ln0, "ReportControl", name=name, rptID=f"{ld}.{name}", datSet="Meas",
+            rc = _sub(ln0, "ReportControl", name=name, rptID=f"{ld}.{name}", datSet=REPORT_DATASET,
                       confRev="1", buffered=buffered, bufTime=str(BUFFER_TIME_MS),
                       intgPd=str(INTEGRITY_PERIOD_MS))  # fmt: skip
             _sub(rc, "TrgOps", dchg="true", qchg="true", period="true", gi="true")

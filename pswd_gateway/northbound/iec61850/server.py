@@ -1,31 +1,49 @@
 """The MMS server (libiec61850 through pyiec61850-ng) in its own thread.
 
-libiec61850 calls block and hold the interpreter lock, so the server and every update live on
-one worker thread. The asyncio side computes a batch from the store once per cycle and hands it
-over; the worker applies the whole batch under one model lock (``IedServer_lockDataModel``), so
-a client never reads half a cycle. Values are served in the table's units with the point's
-quality (good / questionable / invalid validity) and source timestamp; an invalid device is
-served as invalid, never as a stale good value.
+libiec61850 calls block, so the server and every update live on one worker thread. The asyncio
+side computes a batch from the store once per cycle and hands it over; the worker applies the
+whole batch under one model lock (``IedServer_lockDataModel``), so a client never reads half a
+cycle. Values are served in the table's units with the point's quality (good / questionable /
+invalid validity) and source timestamp; an invalid device is served as invalid, never as a
+stale good value.
+
+Everything after the model is built goes through :mod:`native` (ctypes, which lets go of the
+interpreter lock during each call): libiec61850's thread calls back into Python for
+associations (ACSE password → role), connections (allowed networks) and controls while it
+holds its model lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
+import ipaddress
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pswd_gateway.config import SiteConfig
+from pswd_gateway.config import Iec61850UserConfig, SiteConfig
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.logging import get_logger
-from pswd_gateway.northbound.iec61850.model import TABLE, build_model
+from pswd_gateway.northbound.iec61850 import native
+from pswd_gateway.northbound.iec61850.controls import ANONYMOUS, Caller, judge
+from pswd_gateway.northbound.iec61850.model import (
+    CONTROLS,
+    TABLE,
+    Context,
+    GooseAddress,
+    build_model,
+)
+from pswd_gateway.security.passwords import verify_password
 from pswd_gateway.store import PointStore
 
-__all__ = ["MmsServer"]
+__all__ = ["MmsHooks", "MmsServer"]
 
 log = get_logger("iec61850")
 
@@ -35,12 +53,84 @@ VALIDITY: Final = {Quality.GOOD: 0, Quality.INVALID: 2, Quality.QUESTIONABLE: 3}
 Update = tuple[str, float, int, int]
 """(LD/LN.DO, value, quality bits, timestamp ms)."""
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK: Final[tuple[Network, ...]] = (
+    ipaddress.IPv4Network("127.0.0.0/8"),
+    ipaddress.IPv6Network("::1/128"),
+)
+
 
 @dataclass
 class MmsStats:
     batches_total: int = 0
     updates_total: int = 0
     last_batch_s: float = 0.0
+    connections_open: int = 0
+    connections_refused_total: int = 0
+    associations_refused_total: int = 0
+    controls_accepted_total: int = 0
+    controls_refused_total: int = 0
+
+
+async def _nothing(*_args: Any) -> None:
+    return None
+
+
+@dataclass
+class MmsHooks:
+    """What the server asks of the rest of the gateway."""
+
+    operate: Callable[[str, float | bool, Caller], Coroutine[Any, Any, None]] = _nothing
+    """Carry out an accepted control: (site setting, value, caller); journal and audit first."""
+    refused: Callable[[Caller, str, str], Coroutine[Any, Any, None]] = _nothing
+    """Audit a refusal: (caller, action, why)."""
+    load_step_imminent: Callable[[], bool] = lambda: False
+
+
+def _never_raise(fn: Callable[..., Any], default: Any) -> Callable[..., Any]:
+    """A callback for C: an exception is logged and ``default`` answered (it must not escape
+    into libiec61850)."""
+
+    @functools.wraps(fn)
+    def call(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception:
+            log.exception("mms_callback_failed", callback=fn.__name__)
+            return default
+
+    return call
+
+
+def peer_ip(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in libiec61850's ``host:port`` (``[v6]:port``) peer string."""
+    host = peer.rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+@dataclass
+class _Users:
+    """ACSE password → user. A password is verified once per process (PBKDF2 is slow and
+    runs on libiec61850's thread)."""
+
+    users: tuple[Iec61850UserConfig, ...]
+    _known: dict[bytes, int] = field(default_factory=dict)
+
+    def find(self, password: bytes) -> int | None:
+        key = hashlib.sha256(password).digest()
+        if key in self._known:
+            index = self._known[key]
+            return None if index < 0 else index
+        text = password.decode("utf-8", "replace")
+        for index, user in enumerate(self.users):
+            if verify_password(text, user.password_hash):
+                self._known[key] = index
+                return index
+        self._known[key] = -1
+        return None
 
 
 class MmsServer:
@@ -53,19 +143,29 @@ class MmsServer:
         host: str = "127.0.0.1",
         port: int = 10102,
         max_connections: int = 10,
+        allowed_networks: Sequence[Network] = LOOPBACK,
+        users: tuple[Iec61850UserConfig, ...] = (),
+        anonymous_read: bool = True,
         interval_s: float = 0.1,
         goose_interface: str | None = None,
         goose_times_ms: tuple[int, int] = (4, 1000),
+        goose_address: GooseAddress | None = None,
+        hooks: MmsHooks | None = None,
     ) -> None:
         self.goose_interface = goose_interface
         self.goose_times_ms = goose_times_ms
+        self.goose_address = goose_address or GooseAddress()
         self.store = store
         self.site = site
         self.ied_name = ied_name
         self.host = host
         self.port = port
         self.max_connections = max_connections
+        self.allowed_networks = tuple(allowed_networks)
+        self.users = _Users(users)
+        self.anonymous_read = anonymous_read
         self.interval_s = interval_s
+        self.hooks = hooks or MmsHooks()
         self.stats = MmsStats()
         self._queue: queue.Queue[list[Update] | None] = queue.Queue(maxsize=4)
         self._thread: threading.Thread | None = None
@@ -74,21 +174,34 @@ class MmsServer:
         self._task: asyncio.Task[None] | None = None
         self._last: dict[str, tuple[float, int]] = {}
         self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._qualities: dict[str, Quality] = {}
         self._subscription: Any = None
+        self._callbacks: list[Any] = []
+        self._pending: dict[str, Future[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle ----
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="iec61850-mms", daemon=True)
         self._thread.start()
         await asyncio.to_thread(self._ready.wait, 10.0)
         if self._error is not None:
             raise self._error
-        self._wake = asyncio.Event()
         self._subscription = self.store.subscribe(self._on_points)
         self._task = asyncio.create_task(self._feed(), name="iec61850-feed")
-        log.info("mms_started", host=self.host, port=self.port, ied=self.ied_name)
+        log.info(
+            "mms_started",
+            host=self.host,
+            port=self.port,
+            ied=self.ied_name,
+            max_connections=self.max_connections,
+            users=len(self.users.users),
+            anonymous_read=self.anonymous_read,
+        )
 
     def _on_points(self, points: Sequence[Point]) -> None:
         """A quality change (a device going or coming back) is an event: publish it now, not at
@@ -96,8 +209,12 @@ class MmsServer:
         for p in points:
             if self._qualities.get(p.name) is not p.quality:
                 self._qualities[p.name] = p.quality
-                if self._wake is not None:
-                    self._wake.set()
+                self.wake()
+
+    def wake(self) -> None:
+        """Publish now rather than at the next cycle (an event: a setting changed)."""
+        if self._wake is not None:
+            self._wake.set()
 
     async def stop(self) -> None:
         if self._subscription is not None:
@@ -114,65 +231,204 @@ class MmsServer:
 
     # ---- the worker thread: owns every libiec61850 object ----
 
+    def _create(self, m: Any) -> tuple[int, Any]:
+        lib = native.library()
+        goose = self.goose_times_ms if self.goose_interface else None
+        built = build_model(self.ied_name, m, goose, self.goose_address)
+        config = lib.IedServerConfig_create()
+        lib.IedServerConfig_setMaxMmsConnections(config, self.max_connections)
+        server = lib.IedServer_createWithConfig(native.address(built.model), None, config)
+        lib.IedServerConfig_destroy(config)
+        if not server:
+            raise OSError("libiec61850 could not create the IEC 61850 server")
+        self._callbacks = [
+            native.AUTHENTICATOR(_never_raise(self._authenticate, False)),  # noqa: FBT003
+            native.CONNECTION_HANDLER(_never_raise(self._connection, None)),
+            native.CHECK_HANDLER(_never_raise(self._check, native.Check.HARDWARE_FAULT)),
+            native.CONTROL_HANDLER(_never_raise(self._operate, native.Result.FAILED)),
+        ]
+        authenticate, connection, check, operate = self._callbacks
+        lib.IedServer_setAuthenticator(server, authenticate, None)
+        lib.IedServer_setConnectionIndicationHandler(server, connection, None)
+        for data_object in built.controls.values():
+            lib.IedServer_setPerformCheckHandler(server, native.address(data_object), check, None)
+            lib.IedServer_setControlHandler(server, native.address(data_object), operate, None)
+        lib.IedServer_setLocalIpAddress(server, self.host.encode())
+        if self.goose_interface:
+            lib.IedServer_setGooseInterfaceId(server, self.goose_interface.encode())
+        self._refs = {
+            ref: tuple(native.address(a) for a in attrs) for ref, attrs in built.attributes.items()
+        }
+        return server, built.model
+
     def _run(self) -> None:
         import pyiec61850.pyiec61850 as m  # noqa: PLC0415 - loads the C library in this thread
 
+        lib = native.library()
         try:
-            goose = self.goose_times_ms if self.goose_interface else None
-            model, refs = build_model(self.ied_name, m, goose)
-            kinds = {row.reference: row.cdc for row in TABLE}
-            # IedServer_createWithConfig (connection limit) needs a TLS configuration in these
-            # bindings; without TLS the library's default limit applies.
-            server = m.IedServer_create(model)
-            if hasattr(m, "IedServer_setLocalIpAddress"):
-                m.IedServer_setLocalIpAddress(server, self.host)
-            if self.goose_interface:
-                m.IedServer_setGooseInterfaceId(server, self.goose_interface)
-            m.IedServer_start(server, self.port)
-            running = m.IedServer_isRunning(server)
+            server, model = self._create(m)
+            lib.IedServer_start(server, self.port)
+            running = lib.IedServer_isRunning(server)
             if running and self.goose_interface:
-                m.IedServer_enableGoosePublishing(server)
+                lib.IedServer_enableGoosePublishing(server)
         except Exception as exc:  # noqa: BLE001 - any failure is reported to start()
             self._error = exc
             self._ready.set()
             return
         if not running:
+            lib.IedServer_destroy(server)
             self._error = OSError(f"IEC 61850 server did not start on {self.host}:{self.port}")
             self._ready.set()
             return
         self._ready.set()
+        kinds = {row.reference: row.cdc for row in TABLE}
         try:
             while (batch := self._queue.get()) is not None:
-                t0 = time.perf_counter()
-                m.IedServer_lockDataModel(server)
-                try:
-                    for ref, value, quality, ts_ms in batch:
-                        mag, q, t = refs[ref]
-                        if kinds[ref] == "SPS":
-                            m.IedServer_updateBooleanAttributeValue(server, mag, value >= 0.5)
-                        else:
-                            m.IedServer_updateFloatAttributeValue(server, mag, value)
-                        m.IedServer_updateQuality(server, q, quality)
-                        m.IedServer_updateUTCTimeAttributeValue(server, t, ts_ms)
-                finally:
-                    m.IedServer_unlockDataModel(server)
-                self.stats.batches_total += 1
-                self.stats.updates_total += len(batch)
-                self.stats.last_batch_s = time.perf_counter() - t0
+                self._apply(lib, server, kinds, batch)
         finally:
-            m.IedServer_stop(server)
-            m.IedServer_destroy(server)
+            lib.IedServer_stop(server)
+            lib.IedServer_destroy(server)
             m.IedModel_destroy(model)
+
+    def _apply(self, lib: Any, server: int, kinds: dict[str, str], batch: list[Update]) -> None:
+        t0 = time.perf_counter()
+        lib.IedServer_lockDataModel(server)
+        try:
+            for ref, value, quality, ts_ms in batch:
+                attr, q, t = self._refs[ref]
+                kind = kinds[ref]
+                if kind in {"SPS", "SPC"}:
+                    lib.IedServer_updateBooleanAttributeValue(server, attr, value >= 0.5)
+                elif kind == "BCR":
+                    lib.IedServer_updateInt64AttributeValue(server, attr, round(value))
+                else:
+                    lib.IedServer_updateFloatAttributeValue(server, attr, value)
+                lib.IedServer_updateQuality(server, q, quality)
+                lib.IedServer_updateUTCTimeAttributeValue(server, t, ts_ms)
+        finally:
+            lib.IedServer_unlockDataModel(server)
+        self.stats.batches_total += 1
+        self.stats.updates_total += len(batch)
+        self.stats.last_batch_s = time.perf_counter() - t0
+
+    # ---- callbacks from libiec61850's thread (ctypes holds the interpreter lock for them) ----
+
+    def _refuse(self, caller: Caller, action: str, why: str) -> None:
+        log.warning("mms_refused", user=caller.name, role=caller.role, action=action, why=why)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                asyncio.run_coroutine_threadsafe(self.hooks.refused(caller, action, why), loop)
+
+    def _authenticate(self, _param: Any, auth: Any, token: Any, _app: Any) -> bool:
+        password = native.password_of(auth)
+        if password is None:
+            if not self.anonymous_read:
+                self.stats.associations_refused_total += 1
+                self._refuse(ANONYMOUS, "mms association", "no password (anonymous_read off)")
+            return self.anonymous_read
+        index = self.users.find(password)
+        if index is None:
+            self.stats.associations_refused_total += 1
+            self._refuse(Caller("unknown", "none"), "mms association", "wrong password")
+            return False
+        token[0] = index + 1
+        return True
+
+    def _connection(self, _server: Any, connection: Any, connected: bool, _param: Any) -> None:
+        lib = native.library()
+        if not connected:
+            self.stats.connections_open = max(0, self.stats.connections_open - 1)
+            return
+        peer = (lib.ClientConnection_getPeerAddress(connection) or b"").decode(errors="replace")
+        ip = peer_ip(peer)
+        if ip is None or not any(ip in net for net in self.allowed_networks):
+            self.stats.connections_refused_total += 1
+            self._refuse(
+                Caller(f"mms:{peer}", "none"), "mms connection", "peer not in allowed_networks"
+            )
+            lib.ClientConnection_abort(connection)
+            return
+        self.stats.connections_open += 1
+
+    def _caller(self, action: Any) -> Caller:
+        lib = native.library()
+        connection = lib.ControlAction_getClientConnection(action)
+        token = lib.ClientConnection_getSecurityToken(connection) if connection else None
+        if not token:
+            return ANONYMOUS
+        user = self.users.users[int(token) - 1]
+        return Caller(f"mms:{user.name}", user.role)
+
+    def _control(self, action: Any) -> str:
+        lib = native.library()
+        raw = lib.ModelNode_getObjectReference(lib.ControlAction_getControlObject(action), None)
+        return str(raw.decode()).removeprefix(self.ied_name)
+
+    def _value(self, ref: str, ctl_val: Any) -> float | bool | None:
+        if CONTROLS[ref].cdc == "SPC":
+            return native.bool_of(ctl_val)
+        return native.float_of(ctl_val)
+
+    def _check(self, action: Any, _param: Any, ctl_val: Any, _test: bool, _interlock: bool) -> int:
+        lib = native.library()
+        ref = self._control(action)
+        caller = self._caller(action)
+        value = self._value(ref, ctl_val)
+        verdict = judge(CONTROLS[ref], value, caller, self.site())
+        select = bool(lib.ControlAction_isSelect(action))
+        # a new request: forget an operate whose client left before its CommandTermination
+        self._pending.pop(ref, None)
+        if verdict.accepted:
+            log.info("mms_control_checked", control=ref, value=value, user=caller.name,
+                     select=select, originator=native.originator(action))  # fmt: skip
+        else:
+            self.stats.controls_refused_total += 1
+            lib.ControlAction_setAddCause(action, verdict.add_cause)
+            self._refuse(caller, f"{'select' if select else 'operate'} {ref}", verdict.why)
+        return verdict.check
+
+    def _operate(self, action: Any, _param: Any, ctl_val: Any, test: bool) -> int:
+        """Hand an accepted operate to the loop and answer WAITING until it is journalled and in
+        force; libiec61850 calls again each cycle of its own and then sends CommandTermination."""
+        ref = self._control(action)
+        pending = self._pending.get(ref)
+        if pending is None:
+            return native.Result.OK if test else self._start_operate(action, ref, ctl_val)
+        if not pending.done():
+            return native.Result.WAITING
+        del self._pending[ref]
+        error = pending.exception()
+        if error is None:
+            return native.Result.OK
+        native.library().ControlAction_setAddCause(action, native.AddCause.BLOCKED_BY_PROCESS)
+        log.error("mms_control_failed", control=ref, error=str(error))
+        return native.Result.FAILED
+
+    def _start_operate(self, action: Any, ref: str, ctl_val: Any) -> int:
+        value = self._value(ref, ctl_val)
+        control = CONTROLS[ref].control
+        if value is None or control is None or self._loop is None:
+            return native.Result.FAILED
+        self._pending[ref] = asyncio.run_coroutine_threadsafe(
+            self._carry_out(control.action, value, self._caller(action)), self._loop
+        )
+        return native.Result.WAITING
+
+    async def _carry_out(self, action: str, value: float | bool, caller: Caller) -> None:
+        await self.hooks.operate(action, value, caller)
+        self.stats.controls_accepted_total += 1
+        self.wake()
 
     # ---- the asyncio side ----
 
     def batch(self) -> list[Update]:
         """What changed in the store since the last batch, in the table's units."""
         snap = self.store.snapshot(time.time())
-        site = self.site()
+        ctx = Context(self.site(), self.hooks.load_step_imminent())
         out: list[Update] = []
         for row in TABLE:
-            got = row.source(snap, site)
+            got = row.source(snap, ctx)
             if got is None:
                 continue
             value, quality, ts = got
@@ -183,15 +439,21 @@ class MmsServer:
             out.append((row.reference, float(value), bits, int(ts * 1000)))
         return out
 
+    def submit(self, batch: list[Update]) -> bool:
+        """Hand a batch to the worker; False when it is behind (four batches queued)."""
+        try:
+            self._queue.put_nowait(batch)
+        except queue.Full:
+            return False
+        return True
+
     async def _feed(self) -> None:
         while True:
             batch = self.batch()
-            if batch:
-                try:
-                    self._queue.put_nowait(batch)
-                except queue.Full:  # the worker is behind: this cycle's values wait for the next
-                    for ref, *_ in batch:
-                        self._last.pop(ref, None)
+            if batch and not self.submit(batch):
+                # the worker is behind: this cycle's values wait for the next
+                for ref, *_ in batch:
+                    self._last.pop(ref, None)
             assert self._wake is not None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)

@@ -117,7 +117,7 @@ def _dr_limit(
         active = [
             w.import_limit_mw for w in config.scheduling.demand_response if w.start <= now < w.end
         ]
-        return min([site.grid_import_limit_mw, *active]) * 1e6, Quality.GOOD, snap.taken_at
+        return min([site.import_limit_mw, *active]) * 1e6, Quality.GOOD, snap.taken_at
 
     return get
 

@@ -1,0 +1,94 @@
+"""Operator controls over MMS: who may operate what, and which values are accepted.
+
+Pure decisions, no libiec61850: the server's check handler asks :func:`judge` and answers the
+client with the verdict's AddCause (IEC 61850-7-2, enhanced security reports it in
+LastApplError); an accepted operate is then carried out on the asyncio loop (journalled and
+audited first, in force from the next control cycle).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+from pswd_gateway.config import SiteConfig
+from pswd_gateway.northbound.iec61850.model import Control, DataObject
+from pswd_gateway.northbound.iec61850.native import AddCause, Check
+
+__all__ = ["ANONYMOUS", "Caller", "Verdict", "judge"]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The association's user, from its ACSE password (``anonymous`` without one)."""
+
+    name: str
+    role: str
+
+
+ANONYMOUS: Final = Caller("anonymous", "viewer")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    check: int
+    add_cause: int
+    why: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.check == Check.ACCEPTED
+
+
+ACCEPTED: Final = Verdict(Check.ACCEPTED, AddCause.UNKNOWN)
+
+
+def judge(row: DataObject, value: float | bool | None, caller: Caller, site: SiteConfig) -> Verdict:
+    """Whether ``caller`` may operate ``row`` with ``value`` (in the row's unit and multiplier)."""
+    ctl = row.control
+    if ctl is None:
+        return Verdict(
+            Check.ACCESS_DENIED, AddCause.NOT_SUPPORTED, f"{row.reference} is status only"
+        )
+    if caller.role not in ctl.roles:
+        return Verdict(
+            Check.ACCESS_DENIED,
+            AddCause.NO_ACCESS_AUTHORITY,
+            f"{caller.name} ({caller.role}) may not operate {row.reference}; "
+            f"roles allowed: {', '.join(sorted(ctl.roles))}",
+        )
+    if row.cdc == "SPC":
+        return _judge_switch(ctl, value, site)
+    return _judge_setpoint(row, ctl, value)
+
+
+def _judge_switch(ctl: Control, value: float | bool | None, site: SiteConfig) -> Verdict:
+    if not isinstance(value, bool):
+        return Verdict(
+            Check.VALUE_INVALID, AddCause.INCONSISTENT_PARAMETERS, "ctlVal must be a BOOLEAN"
+        )
+    if value and ctl.action == "demand_response_active" and site.demand_response_limit_mw is None:
+        return Verdict(
+            Check.VALUE_INVALID,
+            AddCause.BLOCKED_BY_PROCESS,
+            "no demand-response limit is set: operate GAPC1.DRLimW first",
+        )
+    return ACCEPTED
+
+
+def _judge_setpoint(row: DataObject, ctl: Control, value: float | bool | None) -> Verdict:
+    if not isinstance(value, float) or not math.isfinite(value):
+        return Verdict(
+            Check.VALUE_INVALID, AddCause.INCONSISTENT_PARAMETERS, "ctlVal must be a finite FLOAT32"
+        )
+    low_ok = value >= ctl.low if ctl.low_inclusive else value > ctl.low
+    if not low_ok or value > ctl.high:
+        bracket = "[" if ctl.low_inclusive else "("
+        return Verdict(
+            Check.VALUE_INVALID,
+            AddCause.INCONSISTENT_PARAMETERS,
+            f"{row.reference} = {value:g} is out of range {bracket}{ctl.low:g}, {ctl.high:g}] "
+            f"(unit x10^{row.multiplier})",
+        )
+    return ACCEPTED

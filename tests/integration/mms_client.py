@@ -1,0 +1,128 @@
+"""libiec61850's own MMS client, run as a process by the IEC 61850 tests.
+
+pyiec61850's calls keep the interpreter lock while they wait for the server; the gateway's
+server calls back into Python for associations and controls, so a client in the gateway's own
+process would wait on itself. Usage::
+
+    python mms_client.py PORT PASSWORD COMMANDS_JSON
+
+PASSWORD may be empty (no ACSE authentication). Prints one JSON object: ``connect`` (the
+IedClientError) and ``results``, one per command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import pyiec61850.pyiec61850 as m
+
+
+def _names(linked_list: Any) -> list[str]:
+    out = []
+    element = m.LinkedList_getNext(linked_list) if linked_list else None
+    while element:
+        out.append(m.toCharP(m.LinkedList_getData(element)))
+        element = m.LinkedList_getNext(element)
+    return out
+
+
+def browse(con: Any, ied: str) -> dict[str, Any]:
+    devices, err = m.IedConnection_getLogicalDeviceList(con)
+    model: dict[str, dict[str, list[str]]] = {}
+    extras: list[str] = []
+    for ld in _names(devices):
+        lns, _ = m.IedConnection_getLogicalDeviceDirectory(con, ld)
+        inst = ld.removeprefix(ied)
+        model[inst] = {}
+        for ln in _names(lns):
+            ref = f"{ld}/{ln}"
+            dos, _ = m.IedConnection_getLogicalNodeDirectory(con, ref, m.ACSI_CLASS_DATA_OBJECT)
+            model[inst][ln] = _names(dos)
+            for cls in ("ACSI_CLASS_URCB", "ACSI_CLASS_BRCB", "ACSI_CLASS_DATA_SET"):
+                found, _ = m.IedConnection_getLogicalNodeDirectory(con, ref, getattr(m, cls))
+                extras.extend(f"{inst}/{ln}.{n}" for n in _names(found))
+    return {"err": err, "model": model, "extras": extras}
+
+
+def _apc(value: float) -> Any:
+    structure = m.MmsValue_createEmptyStructure(1)
+    m.MmsValue_setElement(structure, 0, m.MmsValue_newFloat(value))
+    return structure
+
+
+def operate(con: Any, ref: str, value: Any, sbo: bool) -> dict[str, Any]:
+    ctl = m.ControlObjectClient_create(ref, con)
+    if ctl is None:
+        return {"ok": False, "error": "no such control"}
+    m.ControlObjectClient_setOrigin(ctl, "test-desk", 3)  # orCat 3: remote control
+    ctl_val = m.MmsValue_newBoolean(value) if isinstance(value, bool) else _apc(float(value))
+    out: dict[str, Any] = {"ctl_model": m.ControlObjectClient_getControlModel(ctl)}
+    if sbo:
+        out["selected"] = bool(m.ControlObjectClient_selectWithValue(ctl, ctl_val))
+        out["select_add_cause"] = m.ControlObjectClient_getLastApplError(ctl).addCause
+        if not out["selected"]:
+            out["ok"] = False
+            out["add_cause"] = out["select_add_cause"]
+            return out
+    out["ok"] = bool(m.ControlObjectClient_operate(ctl, ctl_val, 0))
+    out["add_cause"] = m.ControlObjectClient_getLastApplError(ctl).addCause
+    return out
+
+
+def run(con: Any, command: list[Any]) -> Any:
+    kind, *args = command
+    fc = getattr(m, f"IEC61850_FC_{args[1]}") if len(args) > 1 and isinstance(args[1], str) else 0
+    if kind == "float":
+        return list(m.IedConnection_readFloatValue(con, args[0], fc))
+    if kind == "int":
+        return list(m.IedConnection_readInt32Value(con, args[0], fc))
+    if kind == "int64":
+        return list(m.IedConnection_readInt64Value(con, args[0], fc))
+    if kind == "bool":
+        return list(m.IedConnection_readBooleanValue(con, args[0], fc))
+    if kind == "quality":
+        return list(m.IedConnection_readQualityValue(con, args[0], fc))
+    if kind == "browse":
+        return browse(con, args[0])
+    if kind == "connect_again":  # another association while this one stays open
+        extra = connection(PASSWORD[0])
+        _, err = m.IedConnection_connect(extra, "127.0.0.1", args[0])
+        return err
+    if kind == "operate":
+        return operate(con, args[0], args[1], bool(args[2]) if len(args) > 2 else False)
+    raise ValueError(f"unknown command {kind}")
+
+
+PASSWORD = [""]
+
+
+def connection(password: str) -> Any:
+    con = m.IedConnection_create()
+    m.IedConnection_setConnectTimeout(con, 5000)
+    m.IedConnection_setRequestTimeout(con, 5000)
+    if password:
+        params = m.MmsConnection_getIsoConnectionParameters(m.IedConnection_getMmsConnection(con))
+        auth = m.AcseAuthenticationParameter_create()
+        m.AcseAuthenticationParameter_setAuthMechanism(auth, m.ACSE_AUTH_PASSWORD)
+        m.AcseAuthenticationParameter_setPassword(auth, password)
+        m.IsoConnectionParameters_setAcseAuthenticationParameter(params, auth)
+    return con
+
+
+def main() -> None:
+    port, password, commands = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+    PASSWORD[0] = password
+    con = connection(password)
+    _, err = m.IedConnection_connect(con, "127.0.0.1", port)
+    results = [run(con, c) for c in commands] if err == 0 else []
+    if err == 0:
+        m.IedConnection_close(con)
+    print(json.dumps({"connect": err, "results": results}), flush=True)
+    os._exit(0)  # skip pyiec61850's destructors at interpreter exit
+
+
+if __name__ == "__main__":
+    main()
