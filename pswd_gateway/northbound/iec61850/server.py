@@ -145,7 +145,7 @@ class MmsServer:
         max_connections: int = 10,
         allowed_networks: Sequence[Network] = LOOPBACK,
         users: tuple[Iec61850UserConfig, ...] = (),
-        anonymous_read: bool = True,
+        anonymous_read: bool = False,
         interval_s: float = 0.1,
         goose_interface: str | None = None,
         goose_times_ms: tuple[int, int] = (4, 1000),
