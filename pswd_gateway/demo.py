@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from pswd_gateway.domain.points import Quality
 from pswd_gateway.domain.workloads import WorkloadState
 from pswd_gateway.logging import configure_logging
 from pswd_gateway.security.certs import OpcUaCertPaths, init_opcua_certs
+from pswd_gateway.simulation.twin import spawn_twin, stop_process
 from pswd_gateway.simulation.twin import started_at as twin_started_at
 
 __all__ = ["run_demo"]
@@ -228,17 +228,7 @@ async def run_demo(cfg: GatewayConfig, config_path: Path, duration_s: float | No
         f"[bold]pswd-gateway demo[/] — site [cyan]{cfg.site.name}[/], config {config_path}"
     )
     console.print("starting the site's digital twin …")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "pswd_gateway",
-        "simulate",
-        "--config",
-        str(config_path),
-        stdout=twin_log,
-        stderr=twin_log,
-        stdin=asyncio.subprocess.DEVNULL,
-    )
+    proc = await spawn_twin(config_path, twin_log)
     gw: Gateway | None = None
     try:
         missing = await _wait_for_ports(_endpoints(cfg), proc, TWIN_START_TIMEOUT_S)
@@ -269,13 +259,7 @@ async def run_demo(cfg: GatewayConfig, config_path: Path, duration_s: float | No
     finally:
         if gw is not None:
             await gw.stop()
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 5.0)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc)
         gateway_log.close()
         twin_log.close()
         console.print("stopped: gateway and twin")

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import socket
 import statistics
 import sys
@@ -26,6 +25,7 @@ import httpx
 
 from pswd_gateway.bench.scheduler import run_scheduler_bench
 from pswd_gateway.config import DEMO_TOKEN_SHA256
+from pswd_gateway.simulation.twin import stop_process
 
 __all__ = ["gateway_config_text", "run_api_bench", "start_gateway_process"]
 
@@ -189,16 +189,6 @@ async def open_loop(
     return latencies, server_ms, statuses
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), 10.0)
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
-
-
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -211,25 +201,24 @@ async def measure_api(rate: float, duration_s: float, preload: int) -> dict[str,
         config.write_text(gateway_config_text(Path(tmp) / "state", port))
         proc = await start_gateway_process(config, port)
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-        try:
-            async with httpx.AsyncClient(
+
+        def client() -> httpx.AsyncClient:
+            return httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{port}",
                 headers={"Authorization": f"Bearer {TOKEN}"},
                 limits=limits,
                 timeout=10.0,
-            ) as http:
+            )
+
+        try:
+            async with client() as http:
                 t0 = time.perf_counter()
                 preload_failures = await _preload(http, preload)
                 preload_s = time.perf_counter() - t0
             # "Already journalled": restart, so the preloaded workloads come back from the journal.
-            await _stop(proc)
+            await stop_process(proc, timeout_s=10.0)
             proc = await start_gateway_process(config, port)
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}",
-                headers={"Authorization": f"Bearer {TOKEN}"},
-                limits=limits,
-                timeout=10.0,
-            ) as http:
+            async with client() as http:
                 await open_loop(http, rate, 2.0, preload)  # warm-up, not counted
                 cpu0 = _cpu_s(proc.pid)
                 latencies, server_ms, statuses = await open_loop(
@@ -237,7 +226,7 @@ async def measure_api(rate: float, duration_s: float, preload: int) -> dict[str,
                 )
                 cpu = (_cpu_s(proc.pid) - cpu0) / duration_s
         finally:
-            await _stop(proc)
+            await stop_process(proc, timeout_s=10.0)
     ms = [x * 1000 for x in latencies]
     return {
         "rate_per_s": rate,

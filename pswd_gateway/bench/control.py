@@ -10,10 +10,8 @@ twin (p50/p99/max), and the lateness of the timer-driven cycle runs (p99/max).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
-import signal
 import sys
 import tempfile
 import time
@@ -24,6 +22,7 @@ from pswd_gateway.bench.api import free_port, percentile
 from pswd_gateway.config import DEFAULT_CONFIG, load_config
 from pswd_gateway.daemon import Gateway
 from pswd_gateway.logging import configure_logging
+from pswd_gateway.simulation.twin import spawn_twin, stop_process
 
 __all__ = ["run_control_bench"]
 
@@ -108,11 +107,7 @@ async def measure_control(
         cfg = load_config(config_path)
         log = (Path(tmp) / "bench.log").open("a", encoding="utf-8")
         configure_logging("warning", "json", stream=log)
-        twin = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pswd_gateway", "simulate", "--config", str(config_path),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            stdin=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        twin = await spawn_twin(config_path)
         gw: Gateway | None = None
         load: asyncio.subprocess.Process | None = None
         try:
@@ -135,12 +130,7 @@ async def measure_control(
                 load.kill()
             if gw is not None:
                 await gw.stop()
-            if twin.returncode is None:
-                twin.send_signal(signal.SIGTERM)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(twin.wait(), 5.0)
-                if twin.returncode is None:
-                    twin.kill()
+            await stop_process(twin)
             log.close()
     return {
         "meter_poll_ms": meter_poll_ms,

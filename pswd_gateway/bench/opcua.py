@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pswd_gateway.security.certs import (
     make_client_certificate,
     trust_opcua_client,
 )
+from pswd_gateway.simulation.twin import spawn_twin, stop_process
 
 __all__ = ["client_main", "run_opcua_bench"]
 
@@ -57,11 +57,7 @@ async def measure_opcua(duration_s: float, items: int, calls: int) -> dict[str, 
         trust_opcua_client(root / "certs", cert)
         log = (root / "bench.log").open("a", encoding="utf-8")
         configure_logging("warning", "json", stream=log)
-        twin = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pswd_gateway", "simulate", "--config", str(config_path),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            stdin=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        twin = await spawn_twin(config_path)
         gw: Gateway | None = None
         try:
             await wait_port(ports["rf_b"], twin)
@@ -92,12 +88,7 @@ async def measure_opcua(duration_s: float, items: int, calls: int) -> dict[str, 
         finally:
             if gw is not None:
                 await gw.stop()
-            if twin.returncode is None:
-                twin.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(twin.wait(), 5.0)
-                except TimeoutError:
-                    twin.kill()
+            await stop_process(twin)
             log.close()
     return {"client": result, "gateway_cpu_cores": round(cpu, 3), "control": control}
 

@@ -18,11 +18,13 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import time
+from asyncio.subprocess import Process
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Protocol, Self
+from typing import IO, Final, Protocol, Self
 
 from pswd_gateway.logging import get_logger
 from pswd_gateway.simulation.clock import SimClock
@@ -40,7 +42,15 @@ from pswd_gateway.simulation.redfish_backend import HallBackend
 from pswd_gateway.simulation.sunspec_bank import SunSpecBank
 from pswd_gateway.simulation.trace import TraceEvent, TrainingTrace
 
-__all__ = ["MODBUS_DEVICES", "REGISTER_MAPS", "Twin", "run_twin", "started_at"]
+__all__ = [
+    "MODBUS_DEVICES",
+    "REGISTER_MAPS",
+    "Twin",
+    "run_twin",
+    "spawn_twin",
+    "started_at",
+    "stop_process",
+]
 
 log = get_logger("simulation.twin")
 
@@ -332,6 +342,26 @@ def started_at(log: Path) -> float | None:
             value = json.loads(line).get("posix_start")
             return float(value) if value is not None else None
     return None
+
+
+async def spawn_twin(config: Path, out: IO[bytes] | int = asyncio.subprocess.DEVNULL) -> Process:
+    """``pswd-gateway simulate --config CONFIG`` as its own process (its output to ``out``), so
+    its servers never share an event loop with the gateway under test."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pswd_gateway", "simulate", "--config", str(config),
+        stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def stop_process(proc: Process, timeout_s: float = 5.0) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within ``timeout_s``; returns once it has."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), timeout_s)
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
 
 
 async def run_twin(

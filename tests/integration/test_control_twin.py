@@ -9,10 +9,7 @@ grid operator's meter would judge them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +24,7 @@ from pswd_gateway.daemon import Gateway
 from pswd_gateway.domain.identity import Identity
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.domain.workloads import Announcement
+from pswd_gateway.simulation.twin import spawn_twin, stop_process
 from pswd_gateway.simulation.twin import started_at as twin_started_at
 
 pytestmark = pytest.mark.integration
@@ -100,10 +98,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     config.write_text(TWIN_TOML.format(start=JOB_START_S, **ports))
     log = tmp_path / "twin.log"
     with log.open("wb") as out:
-        twin = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pswd_gateway", "simulate", "--config", str(config),
-            stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        twin = await spawn_twin(config, out)
     gw: Gateway | None = None
     try:
         t0 = await _wait_twin(log, twin)
@@ -138,12 +133,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     finally:
         if gw is not None:
             await gw.stop()
-        if twin.returncode is None:
-            twin.send_signal(signal.SIGTERM)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(twin.wait(), 5.0)
-            if twin.returncode is None:
-                twin.kill()
+        await stop_process(twin)
 
 
 def max_ramp_mw_per_s(samples: list[tuple[float, float]], t0: float, t1: float) -> float:
