@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from pswd_gateway.domain.points import point_key
 from pswd_gateway.errors import ConfigError
 from pswd_gateway.security.passwords import PASSWORD_HASH_PATTERN, verify_password
 
@@ -68,6 +69,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+SiteRole = Literal["grid_meter", "bess", "thermal"]
+"""The device roles a site names (``site.grid_meter`` and so on)."""
+
+
 class SiteConfig(_Strict):
     """The site as the grid operator sees it, and which device plays which role."""
 
@@ -84,6 +89,11 @@ class SiteConfig(_Strict):
     thermal: DeviceName | None = "thermal"
     it_load: tuple[DeviceName, ...] = ()
     """Redfish devices whose power readings sum to the IT load."""
+
+    def point_key(self, role: SiteRole, point: str) -> str | None:
+        """The store key of ``point`` on the device playing ``role``; None without one."""
+        device: str | None = getattr(self, role)
+        return None if device is None else point_key(device, point)
 
     @property
     def import_limit_mw(self) -> float:
@@ -188,14 +198,18 @@ class TlsListenerConfig(ListenerConfig):
         return self
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK_NETWORKS: tuple[Network, ...] = (
+    ipaddress.IPv4Network("127.0.0.0/8"),
+    ipaddress.IPv6Network("::1/128"),
+)
+
+
 class MmsListenerConfig(ListenerConfig):
     """The MMS listener: how many clients at once, and from which networks."""
 
     max_connections: Annotated[int, Field(ge=1, le=100)] = 10
-    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
-        ipaddress.IPv4Network("127.0.0.0/8"),
-        ipaddress.IPv6Network("::1/128"),
-    )
+    allowed_networks: tuple[Network, ...] = LOOPBACK_NETWORKS
     """Peers outside these networks are disconnected at once (and audited)."""
 
 
@@ -227,25 +241,26 @@ DEMO_OPCUA_USERS = frozenset({"viewer", "operator", "engineer"})
 """Users whose demo passwords (``pswd-demo-<name>``) are published: loopback only."""
 
 
-class OpcUaUserConfig(_Strict):
+class _PasswordUser(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+    password_hash: Annotated[str, Field(pattern=PASSWORD_HASH_PATTERN)]
+
+
+class OpcUaUserConfig(_PasswordUser):
     """An OPC UA user: a name, a role and a PBKDF2 hash (``pswd-gateway opcua password``)."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
     role: OpcUaRole
-    password_hash: Annotated[str, Field(pattern=PASSWORD_HASH_PATTERN)]
 
 
 Iec61850Role = Literal["viewer", "operator", "admin"]
 GOOSE_MAC_PATTERN = r"^01:0[Cc]:[Cc][Dd]:01:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}$"
 
 
-class Iec61850UserConfig(_Strict):
+class Iec61850UserConfig(_PasswordUser):
     """An MMS client: ACSE password authentication carries only a password, so each user needs
     a password of their own (``pswd-gateway opcua password`` makes the hash)."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
     role: Iec61850Role
-    password_hash: Annotated[str, Field(pattern=PASSWORD_HASH_PATTERN)]
 
 
 class Iec61850Config(_Strict):

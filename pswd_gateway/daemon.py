@@ -15,7 +15,7 @@ import gc
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +34,7 @@ from pswd_gateway.config import GatewayConfig, SiteConfig, load_config
 from pswd_gateway.control.cycle import ControlCycle, SetpointWrite
 from pswd_gateway.control.grid import Announced, Fallback
 from pswd_gateway.domain.identity import Identity
+from pswd_gateway.domain.workloads import PowerProfile
 from pswd_gateway.errors import ConfigError, DeviceError, PswdError
 from pswd_gateway.integration.feed import ForecastFeed
 from pswd_gateway.integration.forecasts import build_forecast_provider
@@ -253,18 +254,21 @@ class Gateway:
             raise DeviceError(device, "no such device, or it is disabled")
         await driver.write(point, value)
 
-    def _announced_jobs(self, now: float) -> list[Announced]:
+    def _placed_runs(self) -> Iterator[tuple[float, float, PowerProfile]]:
+        """(start, end, power profile) of each placed workload, POSIX seconds."""
         if self.workloads is None:
-            return []
+            return
+        for placed in self.workloads.placed():
+            profile = placed.announcement.power_profile
+            start = placed.start.timestamp()
+            yield start, start + profile.duration_estimate_sec, profile
+
+    def _announced_jobs(self, now: float) -> list[Announced]:
         horizon = now + self.config.control.announce_lead_s
         jobs = []
-        for placed in self.workloads.placed():
-            a = placed.announcement
-            start = placed.start.timestamp()
-            end = start + a.power_profile.duration_estimate_sec
+        for start, end, profile in self._placed_runs():
             if start > horizon or end < now - 60.0:
                 continue
-            profile = a.power_profile
             level = profile.peak_power_mw - (profile.oscillation_depth_mw or 0.0) / 2.0
             jobs.append(Announced(start, end, level * 1e6, profile.ramp_rate_mw_per_sec * 1e6))
         return jobs
@@ -528,15 +532,11 @@ class Gateway:
         cached_at, answer = self._load_step_cache
         if now - cached_at < 1.0:
             return answer
-        answer = False
-        if self.workloads is not None:
-            lead = self.config.iec61850.load_step_lead_s
-            for placed in self.workloads.placed():
-                start = placed.start.timestamp()
-                end = start + placed.announcement.power_profile.duration_estimate_sec
-                if now <= start <= now + lead or now <= end <= now + lead:
-                    answer = True
-                    break
+        lead = self.config.iec61850.load_step_lead_s
+        answer = any(
+            now <= start <= now + lead or now <= end <= now + lead
+            for start, end, _ in self._placed_runs()
+        )
         self._load_step_cache = (now, answer)
         return answer
 

@@ -21,7 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from pswd_gateway import __version__
-from pswd_gateway.config import SiteConfig
+from pswd_gateway.config import SiteConfig, SiteRole
 from pswd_gateway.control.cycle import ControlStats
 from pswd_gateway.domain.points import Quality
 from pswd_gateway.southbound.poller import PollStats
@@ -39,12 +39,10 @@ class SitePoint:
     value: Callable[[Snapshot, SiteConfig], float | None]
 
 
-def _device_point(
-    role: Callable[[SiteConfig], str | None], point: str
-) -> Callable[[Snapshot, SiteConfig], float | None]:
+def _device_point(role: SiteRole, point: str) -> Callable[[Snapshot, SiteConfig], float | None]:
     def get(snap: Snapshot, site: SiteConfig) -> float | None:
-        device = role(site)
-        return None if device is None else snap.value(f"{device}.{point}")
+        key = site.point_key(role, point)
+        return None if key is None else snap.value(key)
 
     return get
 
@@ -57,38 +55,38 @@ SITE_POINTS: tuple[SitePoint, ...] = (
     SitePoint(
         "pswd_grid_active_power_watts",
         "Active power at the grid connection; positive = import from the grid.",
-        _device_point(lambda s: s.grid_meter, "active_power"),
+        _device_point("grid_meter", "active_power"),
     ),
     SitePoint(
         "pswd_grid_frequency_hertz",
         "Grid frequency at the grid connection.",
-        _device_point(lambda s: s.grid_meter, "frequency"),
+        _device_point("grid_meter", "frequency"),
     ),
     SitePoint("pswd_it_load_active_power_watts", "Active power drawn by the IT load.", _it_load),
     SitePoint(
         "pswd_bess_active_power_watts",
         "Battery active power; positive = discharging into the site.",
-        _device_point(lambda s: s.bess, "active_power"),
+        _device_point("bess", "active_power"),
     ),
     SitePoint(
         "pswd_bess_state_of_charge_ratio",
         "Battery state of charge (0..1).",
-        _device_point(lambda s: s.bess, "soc"),
+        _device_point("bess", "soc"),
     ),
     SitePoint(
         "pswd_chilled_water_supply_temperature_celsius",
         "Chilled-water supply temperature.",
-        _device_point(lambda s: s.thermal, "chw_supply_temp"),
+        _device_point("thermal", "chw_supply_temp"),
     ),
     SitePoint(
         "pswd_heat_export_power_watts",
         "Heat delivered to the municipal heating network.",
-        _device_point(lambda s: s.thermal, "heat_export_power"),
+        _device_point("thermal", "heat_export_power"),
     ),
     SitePoint(
         "pswd_heat_supply_temperature_celsius",
         "Supply temperature of the municipal heating network.",
-        _device_point(lambda s: s.thermal, "heat_supply_temp"),
+        _device_point("thermal", "heat_supply_temp"),
     ),
 )
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pswd_gateway.config import SiteConfig
+from pswd_gateway.config import SiteConfig, SiteRole
 from pswd_gateway.domain.points import Quality
 from pswd_gateway.store import Snapshot
 
@@ -119,10 +119,10 @@ VALUE_LEAF: Final = {
 }
 
 
-def _point(role: Callable[[SiteConfig], str | None], point: str, scale: float) -> Source:
+def _point(role: SiteRole, point: str, scale: float) -> Source:
     def get(snap: Snapshot, ctx: Context) -> Reading | None:
-        device = role(ctx.site)
-        p = None if device is None else snap.get(f"{device}.{point}")
+        key = ctx.site.point_key(role, point)
+        p = None if key is None else snap.get(key)
         return None if p is None else (p.value / scale, p.quality, p.source_ts)
 
     return get
@@ -133,12 +133,12 @@ def _it_mw(snap: Snapshot, ctx: Context) -> Reading | None:
     return None if total is None else (total[0] / 1e6, total[1], total[2])
 
 
-def _available(role: Callable[[SiteConfig], str | None], point: str) -> Source:
+def _available(role: SiteRole, point: str) -> Source:
     """1.0 while the device's point is good, 0.0 otherwise (an SPS; itself always valid)."""
 
     def get(snap: Snapshot, ctx: Context) -> Reading | None:
-        device = role(ctx.site)
-        p = None if device is None else snap.get(f"{device}.{point}")
+        key = ctx.site.point_key(role, point)
+        p = None if key is None else snap.get(key)
         up = p is not None and p.quality is Quality.GOOD
         return (1.0 if up else 0.0), Quality.GOOD, (p.received_ts if p else snap.taken_at)
 
@@ -165,9 +165,9 @@ def _dr_limit(site: SiteConfig) -> float:
     return site.demand_response_limit_mw if site.demand_response_limit_mw is not None else 0.0
 
 
-GRID = lambda s: s.grid_meter  # noqa: E731 - table entries below
-BESS = lambda s: s.bess  # noqa: E731
-PLANT = lambda s: s.thermal  # noqa: E731
+GRID: Final = "grid_meter"
+BESS: Final = "bess"
+PLANT: Final = "thermal"
 LIMIT_MW: Final = 10_000.0
 
 TABLE: Final[tuple[DataObject, ...]] = (

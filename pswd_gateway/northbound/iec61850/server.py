@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pswd_gateway.config import Iec61850UserConfig, SiteConfig
+from pswd_gateway.config import LOOPBACK_NETWORKS, Iec61850UserConfig, Network, SiteConfig
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.logging import get_logger
 from pswd_gateway.northbound.iec61850 import native
@@ -52,12 +52,6 @@ VALIDITY: Final = {Quality.GOOD: 0, Quality.INVALID: 2, Quality.QUESTIONABLE: 3}
 
 Update = tuple[str, float, int, int]
 """(LD/LN.DO, value, quality bits, timestamp ms)."""
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-LOOPBACK: Final[tuple[Network, ...]] = (
-    ipaddress.IPv4Network("127.0.0.0/8"),
-    ipaddress.IPv6Network("::1/128"),
-)
 
 
 @dataclass
@@ -113,8 +107,9 @@ def peer_ip(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 @dataclass
 class _Users:
-    """ACSE password → user. A password is verified once per process (PBKDF2 is slow and
-    runs on libiec61850's thread)."""
+    """ACSE password → user. A password that verified is remembered (by digest), so PBKDF2
+    runs once per password per process on libiec61850's thread; wrong ones are not remembered
+    (the memory stays bounded, and guessing stays slow)."""
 
     users: tuple[Iec61850UserConfig, ...]
     _known: dict[bytes, int] = field(default_factory=dict)
@@ -122,14 +117,12 @@ class _Users:
     def find(self, password: bytes) -> int | None:
         key = hashlib.sha256(password).digest()
         if key in self._known:
-            index = self._known[key]
-            return None if index < 0 else index
+            return self._known[key]
         text = password.decode("utf-8", "replace")
         for index, user in enumerate(self.users):
             if verify_password(text, user.password_hash):
                 self._known[key] = index
                 return index
-        self._known[key] = -1
         return None
 
 
@@ -143,7 +136,7 @@ class MmsServer:
         host: str = "127.0.0.1",
         port: int = 10102,
         max_connections: int = 10,
-        allowed_networks: Sequence[Network] = LOOPBACK,
+        allowed_networks: Sequence[Network] = LOOPBACK_NETWORKS,
         users: tuple[Iec61850UserConfig, ...] = (),
         anonymous_read: bool = False,
         interval_s: float = 0.1,
@@ -178,6 +171,8 @@ class MmsServer:
         self._qualities: dict[str, Quality] = {}
         self._subscription: Any = None
         self._callbacks: list[Any] = []
+        self._refs: dict[str, tuple[int, int, int]] = {}
+        """Per ``LD/LN.DO``: the C addresses of its value, q and t attributes."""
         self._pending: dict[str, Future[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -257,7 +252,8 @@ class MmsServer:
         if self.goose_interface:
             lib.IedServer_setGooseInterfaceId(server, self.goose_interface.encode())
         self._refs = {
-            ref: tuple(native.address(a) for a in attrs) for ref, attrs in built.attributes.items()
+            ref: (native.address(value), native.address(q), native.address(t))
+            for ref, (value, q, t) in built.attributes.items()
         }
         return server, built.model
 

@@ -37,6 +37,7 @@ from pswd_gateway.config import (
     OpcUaCertificateUserConfig,
     OpcUaUserConfig,
     SiteConfig,
+    SiteRole,
 )
 from pswd_gateway.domain.identity import Identity
 from pswd_gateway.domain.points import Quality
@@ -95,11 +96,11 @@ class Variable:
 
 
 def _point(
-    role: Callable[[SiteConfig], str | None], point: str
+    role: SiteRole, point: str
 ) -> Callable[[Snapshot, SiteConfig], tuple[float, Quality, float] | None]:
     def get(snap: Snapshot, site: SiteConfig) -> tuple[float, Quality, float] | None:
-        device = role(site)
-        p = None if device is None else snap.get(f"{device}.{point}")
+        key = site.point_key(role, point)
+        p = None if key is None else snap.get(key)
         return None if p is None else (p.value, p.quality, p.source_ts)
 
     return get
@@ -136,9 +137,9 @@ def _limit(
     return get
 
 
-GRID = lambda s: s.grid_meter  # noqa: E731 - table entries below
-BESS = lambda s: s.bess  # noqa: E731
-PLANT = lambda s: s.thermal  # noqa: E731
+GRID: Final = "grid_meter"
+BESS: Final = "bess"
+PLANT: Final = "thermal"
 MODEL: Final[tuple[Variable, ...]] = (
     Variable("GridConnection", "ActivePower", W, -1e9, 1e9, _point(GRID, "active_power")),
     Variable("GridConnection", "Frequency", HZ, 45.0, 65.0, _point(GRID, "frequency")),
