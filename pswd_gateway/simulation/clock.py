@@ -25,10 +25,11 @@ class SimClock:
         self._start = clock()
         self._posix_start = wall()
 
-    def restart(self) -> None:
-        """Make ``now()`` 0 again (called when the twin starts)."""
-        self._start = self._clock()
-        self._posix_start = self._wall()
+    def restart(self, at_s: float = 0.0) -> None:
+        """Make ``now()`` ``at_s`` again (called when the twin starts; ``at_s`` is how far its
+        physics was already integrated, so that time never runs backwards for it)."""
+        self._start = self._clock() - at_s
+        self._posix_start = self._wall() - at_s
 
     def now(self) -> float:
         """Seconds since the twin started."""

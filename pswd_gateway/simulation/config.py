@@ -7,15 +7,21 @@ when it is built.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pswd_gateway.config import is_loopback
 
 __all__ = [
+    "FAULTY_DEVICES",
     "HALLS",
+    "IMPERFECTIONS",
+    "MODBUS_DEVICE_NAMES",
     "BessSimConfig",
+    "FaultsSimConfig",
     "FrequencyEvent",
     "GridSimConfig",
     "JobConfig",
@@ -29,12 +35,42 @@ __all__ = [
 HallName = Literal["gpu_hall_a", "gpu_hall_b"]
 HALLS: tuple[HallName, HallName] = ("gpu_hall_a", "gpu_hall_b")
 """The two GPU halls of the site, each behind its own Redfish BMC endpoint."""
+ModbusDeviceName = Literal["grid_meter", "bess", "thermal"]
+MODBUS_DEVICE_NAMES: tuple[ModbusDeviceName, ...] = ("grid_meter", "bess", "thermal")
+
+IMPERFECTIONS: Final[Mapping[str, float]] = MappingProxyType(
+    {
+        "grid.meter_refresh_ms": 20.0,
+        "grid.meter_noise_mw": 0.1,
+        "grid.meter_energy_refresh_ms": 1000.0,
+        "bess.response_delay_ms": 10.0,
+        "bess.response_ms": 20.0,
+        "bess.measurement_refresh_ms": 20.0,
+        "faults.reply_jitter_ms": 3.0,
+        "faults.lost_reply_ratio": 0.002,
+        "faults.stall_every_s": 60.0,
+        "faults.stall_ms": 100.0,
+    }
+)
+FAULTY_DEVICES: Final[tuple[ModbusDeviceName, ...]] = ("grid_meter", "bess")
+"""The plant's imperfections, in one place (these two). docs/simulation.md, "Imperfections",
+gives each one's range and source."""
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 """A TCP port; 0 picks a free one (tests)."""
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Efficiency = Annotated[float, Field(gt=0.0, le=1.0)]
 Seconds = Annotated[float, Field(gt=0.0, le=86_400.0)]
+
+
+def _off_or_at_least_1ms(ms: float) -> float:
+    if 0.0 < ms < 1.0:
+        raise ValueError("a refresh period is 0 (off: the instantaneous value) or at least 1 ms")
+    return ms
+
+
+RefreshMs = Annotated[float, Field(ge=0.0, le=60_000.0), AfterValidator(_off_or_at_least_1ms)]
+"""A measurement's refresh period; 0 = off (the instantaneous value at the request)."""
 
 
 class _Strict(BaseModel):
@@ -159,8 +195,16 @@ class BessSimConfig(_Strict):
     soc_initial: Fraction = 0.5
     charge_efficiency: Efficiency = 0.95
     discharge_efficiency: Efficiency = 0.95
-    response_ms: Annotated[float, Field(gt=0.0, le=10_000.0)] = 20.0
-    """Time for the AC power to settle (95 %) after a setpoint step: τ = response_ms / 3."""
+    response_delay_ms: Annotated[float, Field(ge=0.0, le=10_000.0)] = IMPERFECTIONS[
+        "bess.response_delay_ms"
+    ]
+    """Dead time of the PCS: a command written at t starts to act at t + response_delay_ms."""
+    response_ms: Annotated[float, Field(gt=0.0, le=10_000.0)] = IMPERFECTIONS["bess.response_ms"]
+    """Time for the AC power to settle (95 %) once a step acts (after the dead time):
+    a first-order lag with τ = response_ms / 3."""
+    measurement_refresh_ms: RefreshMs = IMPERFECTIONS["bess.measurement_refresh_ms"]
+    """The PCS's 701 W/var/A and 802 SoC/W registers refresh every this; W is the mean power
+    over the window just ended."""
     ac_voltage_kv: Annotated[float, Field(gt=0.0, le=1000.0)] = 33.0
     dc_voltage_v: Annotated[float, Field(gt=0.0, le=5000.0)] = 1200.0
 
@@ -194,10 +238,48 @@ class GridSimConfig(_Strict):
     noise_interval_ms: Annotated[float, Field(ge=1.0, le=10_000.0)] = 20.0
     frequency_wander_hz: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
     """Standard deviation of the slow seeded wander of the frequency around nominal."""
+    meter_refresh_ms: RefreshMs = IMPERFECTIONS["grid.meter_refresh_ms"]
+    """The meter's power registers (W, VA, var, PF, A) refresh every this, W being the mean
+    over the window just ended; V and Hz are sampled at the refresh."""
+    meter_noise_mw: Annotated[float, Field(ge=0.0, le=100.0)] = IMPERFECTIONS["grid.meter_noise_mw"]
+    """Standard deviation of the seeded measurement noise added to W at each refresh."""
+    meter_energy_refresh_ms: RefreshMs = IMPERFECTIONS["grid.meter_energy_refresh_ms"]
+    """The energy registers (TotWhAbs, TotWhInj) refresh every this."""
     events: tuple[FrequencyEvent, ...] = (
         FrequencyEvent(start_s=120.0),
         FrequencyEvent(start_s=1900.0, delta_hz=-0.5, fall_s=1.0, hold_s=5.0, recover_s=30.0),
     )
+
+
+class FaultsSimConfig(_Strict):
+    """Device and network faults of the Modbus devices in ``devices``; 0 switches each off.
+
+    Seeded: which request is lost and how late each reply is follow from the seed and the
+    request's number at its device; the stalls from the seed and the device's clock.
+    """
+
+    reply_jitter_ms: Annotated[float, Field(ge=0.0, le=10_000.0)] = IMPERFECTIONS[
+        "faults.reply_jitter_ms"
+    ]
+    """Each reply leaves a uniform 0…reply_jitter_ms after the device computed it."""
+    lost_reply_ratio: Fraction = IMPERFECTIONS["faults.lost_reply_ratio"]
+    """Share of requests never answered (the client times out); 1 = none is answered."""
+    stall_every_s: Annotated[float, Field(ge=0.0, le=86_400.0)] = IMPERFECTIONS[
+        "faults.stall_every_s"
+    ]
+    """Once in every such period (from the first one on, at a seeded offset) the device stalls."""
+    stall_ms: Annotated[float, Field(ge=0.0, le=3_600_000.0)] = IMPERFECTIONS["faults.stall_ms"]
+    """How long a stall lasts: requests arriving in it are answered when it ends."""
+    devices: tuple[ModbusDeviceName, ...] = FAULTY_DEVICES
+    """The Modbus devices these faults apply to."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FaultsSimConfig:
+        if len(set(self.devices)) != len(self.devices):
+            raise ValueError("devices must not repeat")
+        if self.stall_every_s > 0.0 and self.stall_ms >= self.stall_every_s * 1000.0:
+            raise ValueError("stall_ms must be shorter than stall_every_s")
+        return self
 
 
 class ThermalSimConfig(_Strict):
@@ -265,6 +347,7 @@ class SimulationConfig(_Strict):
     grid: GridSimConfig = GridSimConfig()
     thermal: ThermalSimConfig = ThermalSimConfig()
     redfish: RedfishSimConfig = RedfishSimConfig()
+    faults: FaultsSimConfig = FaultsSimConfig()
 
     @field_validator("host")
     @classmethod

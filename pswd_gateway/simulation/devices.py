@@ -4,7 +4,16 @@
 - BESS: SunSpec models 1, 701, 702, 704 and 802 (W > 0 = discharge), following 704 WSet;
 - thermal plant: the plain register map ``config/devices/thermal-plant.toml``.
 
-Scale factors are chosen so that 300 MW fits an int16 W register (W_SF = 4, 10 kW steps).
+The meter's and the PCS's measurements are what a real device shows, not the instantaneous
+truth: :class:`~pswd_gateway.simulation.measurement.MeterView` and
+:class:`~pswd_gateway.simulation.measurement.BessView` refresh them at fixed instants, the power
+being the mean over the window just ended. Settings read back as written at once; what the PCS
+does follows after its dead time (:class:`~pswd_gateway.simulation.physics.SitePhysics`).
+
+Scale factors are chosen so that the values fit their int16 registers: the grid meter's W in
+100 kW steps (W_SF = 5: ±3.2 GW, for the grid draws beyond the import limit a 40 ms edge can
+make before the battery answers; with 10 kW steps it saturated at 327.67 MW and the control
+loop saw a clipped load), the battery's in 10 kW steps (W_SF = 4: its 250 MW rating fits).
 """
 
 from __future__ import annotations
@@ -21,6 +30,13 @@ from pswd_gateway.config import DEVICE_MAPS_DIR
 from pswd_gateway.logging import get_logger
 from pswd_gateway.simulation.clock import SimClock
 from pswd_gateway.simulation.config import SimulationConfig
+from pswd_gateway.simulation.measurement import (
+    BessReading,
+    BessView,
+    EnergyReading,
+    MeterReading,
+    MeterView,
+)
 from pswd_gateway.simulation.physics import SitePhysics, Truth, bess_target_w
 from pswd_gateway.simulation.sunspec_bank import put, scale_factor
 from pswd_gateway.southbound.modbus.registermap import (
@@ -49,22 +65,23 @@ THERMAL_MAP_PATH: Final = DEVICE_MAPS_DIR / "thermal-plant.toml"
 SQRT3: Final = math.sqrt(3.0)
 
 # model id -> scale-factor point -> exponent
+_AC_701: Final[dict[str, int]] = {
+    "A_SF": 0,
+    "V_SF": 1,
+    "Hz_SF": -3,
+    "W_SF": 4,
+    "PF_SF": -3,
+    "VA_SF": 4,
+    "Var_SF": 4,
+    "TotWh_SF": 0,
+    "TotVarh_SF": 0,
+    "Tmp_SF": -1,
+}
 METER_SCALE_FACTORS: Final[dict[int, dict[str, int]]] = {
-    701: {
-        "A_SF": 0,
-        "V_SF": 1,
-        "Hz_SF": -3,
-        "W_SF": 4,
-        "PF_SF": -3,
-        "VA_SF": 4,
-        "Var_SF": 4,
-        "TotWh_SF": 0,
-        "TotVarh_SF": 0,
-        "Tmp_SF": -1,
-    },
+    701: _AC_701 | {"W_SF": 5, "VA_SF": 5, "Var_SF": 5},
 }
 BESS_SCALE_FACTORS: Final[dict[int, dict[str, int]]] = {
-    701: METER_SCALE_FACTORS[701],
+    701: _AC_701,
     702: {"W_SF": 4, "PF_SF": -3, "VA_SF": 4, "Var_SF": 4, "V_SF": 1, "A_SF": 0},
     704: {
         "PF_SF": -3,
@@ -180,13 +197,23 @@ class GridMeterBehaviour:
     the grid, ``W`` < 0 that it draws from it; ``TotWhAbs`` counts imported (absorbed) energy and
     ``TotWhInj`` exported energy. The gateway's ``sunspec-meter`` map flips the sign so that its
     ``active_power`` is load-positive. ``import_positive=True`` serves W > 0 = import instead.
+
+    ``view`` is what the meter shows (refreshed, averaged, noisy); without one it serves the
+    instantaneous truth of each request.
     """
 
     model_ids: tuple[int, ...] = (1, 701)
 
-    def __init__(self, cfg: SimulationConfig, *, import_positive: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: SimulationConfig,
+        *,
+        import_positive: bool = False,
+        view: MeterView | None = None,
+    ) -> None:
         self.config = cfg
         self.sign = 1.0 if import_positive else -1.0
+        self.view = view
 
     def initialise(self, models: Mapping[int, Any]) -> None:
         _common(models[1], model_name="twin grid meter", serial="TWIN-GM-0001")
@@ -200,16 +227,21 @@ class GridMeterBehaviour:
     def update(self, model_id: int, model: Any, truth: Truth) -> None:
         if model_id != 701:
             return
-        imported = truth.grid_import_j / 3600.0
-        exported = truth.grid_export_j / 3600.0
+        if self.view is None:
+            shown = MeterReading(
+                truth.t, truth.grid_w, truth.grid_var, truth.grid_voltage_v, truth.frequency_hz
+            )
+            energy = EnergyReading(truth.t, truth.grid_import_j, truth.grid_export_j)
+        else:
+            shown, energy = self.view.reading(truth.t), self.view.energy_j(truth.t)
         _ac_measurements(
             model,
-            w=self.sign * truth.grid_w,
-            var=self.sign * truth.grid_var,
-            voltage_ll=truth.grid_voltage_v,
-            hz=truth.frequency_hz,
-            wh_inj=exported,  # injected by the site into the grid, whatever the W sign
-            wh_abs=imported,
+            w=self.sign * shown.w,
+            var=self.sign * shown.var,
+            voltage_ll=shown.voltage_v,
+            hz=shown.frequency_hz,
+            wh_inj=energy.exported_j / 3600.0,  # injected into the grid, whatever the W sign
+            wh_abs=energy.imported_j / 3600.0,
         )
 
     def apply(self, writes: Mapping[tuple[int, str], int | str]) -> ExcCodes | None:
@@ -221,16 +253,18 @@ class BessBehaviour:
     """Battery inverter and battery: SunSpec 1, 701, 702, 704 and 802.
 
     The PCS follows 704 ``WSet`` (W x 10^WSet_SF, > 0 = discharge) when ``WSetEna`` = 1 and
-    ``WSetMod`` = WATTS, or ``WSetPct`` of ``WMax`` in W_MAX_PCT mode. A setpoint beyond the
-    rating is accepted and clamped by the physics, as a real PCS would. 802 ``SetOp`` =
-    DISCONNECT or ``SetInvState`` ≠ STARTED idles it.
+    ``WSetMod`` = WATTS, or ``WSetPct`` of ``WMax`` in W_MAX_PCT mode, after its dead time. A
+    setpoint beyond the rating is accepted and clamped by the physics, as a real PCS would.
+    802 ``SetOp`` = DISCONNECT or ``SetInvState`` ≠ STARTED idles it. Its measurements (701
+    W/A/energy, 802 SoC/W/A) are ``view``'s (by default the ``[simulation.bess]`` refresh).
     """
 
     model_ids: tuple[int, ...] = (1, 701, 702, 704, 802)
 
-    def __init__(self, site: SiteContext) -> None:
+    def __init__(self, site: SiteContext, view: BessView | None = None) -> None:
         self.site = site
         self.config = site.physics.config.bess
+        self.view = view if view is not None else BessView.from_config(site.physics)
         self._connected = True
         self._started = True
         self._models: Mapping[int, Any] = {}
@@ -388,15 +422,16 @@ class BessBehaviour:
             refresh(model, truth)
 
     def _update_701(self, m: Any, truth: Truth) -> None:
-        command = truth.state.commands.bess
+        command = truth.state.commands.bess  # what the PCS does now (after its dead time)
+        shown = self.view.reading(truth.t)
         _ac_measurements(
             m,
-            w=truth.bess_w,
+            w=shown.power_w,
             var=0.0,
             voltage_ll=self.config.ac_voltage_kv * 1e3,
-            hz=truth.frequency_hz,
-            wh_inj=truth.bess_discharged_j / 3600.0,
-            wh_abs=truth.bess_charged_j / 3600.0,
+            hz=shown.frequency_hz,
+            wh_inj=shown.discharged_j / 3600.0,
+            wh_abs=shown.charged_j / 3600.0,
         )
         running = command.running
         m.St.value = _ST_ON if running else _ST_OFF
@@ -407,10 +442,10 @@ class BessBehaviour:
             m.InvSt.value = _INVST_RUNNING
         else:
             m.InvSt.value = _INVST_STANDBY
-        put(m, "TmpCab", 25.0 + 10.0 * abs(truth.bess_w) / self.rated_w)
+        put(m, "TmpCab", 25.0 + 10.0 * abs(shown.power_w) / self.rated_w)
 
     def _update_702(self, m: Any, truth: Truth) -> None:
-        command = truth.state.commands.bess
+        command = truth.state.bess_requested  # settings read back as written
         for name, value in (
             ("WMax", command.wmax_w),
             ("WChaRteMax", command.max_charge_w),
@@ -419,7 +454,7 @@ class BessBehaviour:
             put(m, name, self.rated_w if value is None else value)
 
     def _update_704(self, m: Any, truth: Truth) -> None:
-        command = truth.state.commands.bess
+        command = truth.state.bess_requested
         m.WSetEna.value = int(command.enabled)
         m.WSetMod.value = 1 if command.watts_mode else 0
         put(m, "WSet", command.setpoint_w)
@@ -429,23 +464,24 @@ class BessBehaviour:
         cfg = self.config
         params = self.site.physics.bess_params
         command = truth.state.commands.bess
-        soc = truth.soc
+        shown: BessReading = self.view.reading(truth.t)
+        soc, watts = shown.soc, shown.power_w
         volts = self._dc_voltage(soc)
         idle = 1e-3 * self.rated_w
         put(m, "SoC", soc * 100)
         put(m, "DoD", (1.0 - soc) * 100)
-        put(m, "NCyc", truth.bess_discharged_j / (cfg.energy_mwh * 3.6e9))
+        put(m, "NCyc", shown.discharged_j / (cfg.energy_mwh * 3.6e9))
         put(m, "V", volts)
-        put(m, "A", truth.bess_w / volts)
-        put(m, "W", truth.bess_w)
+        put(m, "A", watts / volts)
+        put(m, "W", watts)
         cell = 3.0 + 0.35 * soc
         put(m, "CellVAvg", cell)
         put(m, "CellVMax", cell + 0.012)
         put(m, "CellVMin", cell - 0.015)
         m.Hb.value = int(truth.t) % 0xFFFF
-        if truth.bess_w > idle:
+        if watts > idle:
             m.ChaSt.value = _CHA_DISCHARGING
-        elif truth.bess_w < -idle:
+        elif watts < -idle:
             m.ChaSt.value = _CHA_CHARGING
         elif soc >= cfg.soc_max:
             m.ChaSt.value = _CHA_FULL
@@ -468,7 +504,7 @@ class BessBehaviour:
             if handler is not None and isinstance(raw, int):
                 changes.update(handler(raw))
         running = self._connected and self._started
-        if running != self.site.physics.latest.commands.bess.running:
+        if running != self.site.physics.latest.bess_requested.running:
             changes["running"] = running
         if changes:
             self.site.physics.command_bess(self.site.now(), **changes)

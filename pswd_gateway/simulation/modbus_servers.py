@@ -8,19 +8,32 @@ bank, and may be refused with a Modbus exception. Read-only registers are flagge
 
 Pausing a device (:meth:`ModbusDeviceServer.stop`) closes its listener and drops its
 connections; starting it again binds the same port and serves the same image.
+
+Faults (``[simulation.faults]``, :class:`~pswd_gateway.simulation.faults.DeviceFaults`) act in
+the connection handler, around the datastore access, on the real socket: a request arriving in
+a stall is held until the stall ends, then handled (the registers are read at that instant); a
+lost request is dropped unhandled and never answered, so the client times out; the reply to any
+other one is sent ``jitter`` after it was computed. pymodbus 3.16's own handler reads the
+connection's *last* request again after the datastore's await, so a request held while the
+client, timed out, sent the next one would be answered with the next one's transaction id; the
+handler here keeps each request's PDU from arrival to reply.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Final, Protocol, cast
+from collections.abc import Callable
+from typing import Any, Final, Protocol, cast
 
 from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from pswd_gateway.errors import PswdError
 from pswd_gateway.logging import get_logger
+from pswd_gateway.simulation.faults import DeviceFaults
 
 __all__ = [
     "READ_FUNCTIONS",
@@ -79,8 +92,71 @@ def _runs(readonly: list[bool]) -> list[tuple[int, int, bool]]:
     return runs
 
 
+class _Connection(ServerRequestHandler):
+    """One client connection: pymodbus's handler, with the device's faults, answering each
+    request with its own transaction id (see the module docstring)."""
+
+    def __init__(self, listener: _Listener) -> None:
+        super().__init__(listener, None, None, None)  # type: ignore[no-untyped-call]
+        self._device = listener.device
+        self._held: set[asyncio.Task[None]] = set()
+
+    def handle_later(self) -> None:
+        """Called (soon) after a request's PDU arrived: handle it in its own task."""
+        pdu: ModbusPDU | None = self.last_pdu
+        if pdu is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._handle(pdu, self.last_addr))
+        self._held.add(task)
+        task.add_done_callback(self._held.discard)
+
+    def callback_disconnected(self, exc: Exception | None) -> None:
+        super().callback_disconnected(exc)
+        for task in self._held:  # nobody is left to answer
+            task.cancel()
+
+    async def _handle(self, pdu: ModbusPDU, addr: Any) -> None:
+        device = self._device
+        request = device.next_request()
+        if not await device.hold(request):
+            return
+        response = await self._respond(pdu)
+        await device.delay_reply(request)
+        response.transaction_id = pdu.transaction_id
+        response.dev_id = pdu.dev_id
+        self.pdu_send(response, addr=addr)
+
+    async def _respond(self, pdu: ModbusPDU) -> ModbusPDU:
+        """The datastore's answer to ``pdu`` (an exception response if it failed)."""
+        try:
+            response: ModbusPDU = await pdu.datastore_update(self.server.context, pdu.dev_id)
+        except Exception:
+            log.exception(
+                "modbus_datastore_failed", device=self._device.name, function_code=pdu.function_code
+            )
+            return ExceptionResponse(pdu.function_code, ExcCodes.DEVICE_FAILURE)
+        return response
+
+
+class _Listener(ModbusTcpServer):
+    """pymodbus's TCP server with :class:`_Connection` handlers."""
+
+    def __init__(
+        self, device: ModbusDeviceServer, context: SimDevice, host: str, port: int
+    ) -> None:
+        self.device = device
+        super().__init__(context, address=(host, port))
+
+    def callback_new_connection(self) -> _Connection:
+        return _Connection(self)
+
+
 class ModbusDeviceServer:
-    """A Modbus TCP server for one :class:`RegisterBank` (unit id ``unit_id``)."""
+    """A Modbus TCP server for one :class:`RegisterBank` (unit id ``unit_id``).
+
+    ``faults`` (with ``clock``, the twin's time in seconds) make it stall, lose requests and
+    delay replies; without them it answers every request at once.
+    """
 
     def __init__(
         self,
@@ -90,15 +166,29 @@ class ModbusDeviceServer:
         host: str = "127.0.0.1",
         port: int = 0,
         unit_id: int = 1,
+        faults: DeviceFaults | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        if faults is not None and clock is None:
+            raise ValueError("a device with faults needs the twin's clock")
         self.name = name
         self.bank = bank
         self.host = host
         self.unit_id = unit_id
+        self.faults = faults
+        self._clock = clock
         self._port = port
         self._server: ModbusTcpServer | None = None
         self.requests_total = 0
+        """Requests that reached the register bank."""
         self.refused_total = 0
+        self.received_total = 0
+        """Requests received (the next one's number for :class:`DeviceFaults`)."""
+        self.lost_total = 0
+        self.stalled_total = 0
+        """Requests that arrived in a stall and were held until it ended."""
+        self._stall: tuple[float, asyncio.Event] | None = None
+        """The stall under way: its end and the gate its requests wait at, in arrival order."""
 
     @property
     def port(self) -> int:
@@ -108,6 +198,47 @@ class ModbusDeviceServer:
     @property
     def running(self) -> bool:
         return self._server is not None
+
+    # ----------------------------------------------------------------- faults (per request)
+
+    def next_request(self) -> int:
+        """The number of a request just received (0, 1, …)."""
+        number = self.received_total
+        self.received_total += 1
+        return number
+
+    async def hold(self, request: int) -> bool:
+        """Wait out a stall the request arrived in; ``False`` when it is lost (never answered)."""
+        faults = self.faults
+        if faults is None or self._clock is None:
+            return True
+        now = self._clock()
+        end = faults.stall_end(now)
+        if end is not None:
+            self.stalled_total += 1
+            log.debug("modbus_request_stalled", device=self.name, request=request, until_s=end)
+            await self._stall_gate(end, now).wait()
+        if faults.lost(request):
+            self.lost_total += 1
+            log.debug("modbus_request_lost", device=self.name, request=request)
+            return False
+        return True
+
+    def _stall_gate(self, end: float, now: float) -> asyncio.Event:
+        """The gate of the stall ending at ``end``, opened then: one for all its requests, so
+        that they go on in the order they arrived."""
+        if self._stall is None or self._stall[0] != end:
+            gate = asyncio.Event()
+            asyncio.get_running_loop().call_later(end - now, gate.set)
+            self._stall = (end, gate)
+        return self._stall[1]
+
+    async def delay_reply(self, request: int) -> None:
+        """Hold a computed reply for its jitter."""
+        if self.faults is not None and (delay := self.faults.jitter_s(request)) > 0.0:
+            await asyncio.sleep(delay)
+
+    # ---------------------------------------------------------------------------- serving
 
     def _device(self) -> SimDevice:
         bank = self.bank
@@ -127,7 +258,7 @@ class ModbusDeviceServer:
         """Listen on ``host:port`` (a free port when 0); idempotent."""
         if self._server is not None:
             return
-        server = ModbusTcpServer(self._device(), address=(self.host, self._port))
+        server = _Listener(self, self._device(), self.host, self._port)
         try:
             await asyncio.wait_for(server.serve_forever(background=True), LISTEN_TIMEOUT_S)
         except (RuntimeError, OSError, TimeoutError) as exc:

@@ -7,6 +7,7 @@ addressable by time too. A SplitMix64 hash turns ``(seed, stream, index)`` into 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Final
 
@@ -24,6 +25,7 @@ def splitmix64(x: int) -> int:
     return z ^ (z >> 31)
 
 
+@functools.lru_cache(maxsize=4096)  # neighbouring requests ask for the same knots again
 def _key(seed: int, stream: int, index: int) -> int:
     return splitmix64(splitmix64(splitmix64(seed & _MASK) ^ (stream & _MASK)) ^ (index & _MASK))
 

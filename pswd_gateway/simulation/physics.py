@@ -14,12 +14,23 @@ BESS active power > 0 = discharging into the site.
 Committed states are kept for ``truth_buffer_s`` seconds so that tests can ask what the true
 value was at any instant (:meth:`SitePhysics.truth_at`): the answer is computed from the last
 committed state at or before that instant, exactly as a request at that instant would have.
+
+The energy counters do not depend on how the time was cut either (the meters' window means are
+their differences): the IT demand is integrated by Simpson's rule between the trace's
+breakpoints, the noise between its knots and the BESS by its exact lag; only the slow cooling
+uses the trapezoid rule.
+
+The PCS has a dead time (``[simulation.bess] response_delay_ms``): a command given at ``t`` is
+held in the state as pending and starts to act at ``t + delay``; the integration cuts its steps
+at that instant, so the truth before it never includes the command and the truth after it does,
+however the time is cut into requests.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +54,7 @@ __all__ = [
     "BessParams",
     "BessState",
     "Commands",
+    "PendingBess",
     "SitePhysics",
     "SiteState",
     "ThermalOutputs",
@@ -58,7 +70,7 @@ __all__ = [
 ]
 
 MAX_STEP_S: Final = 0.05
-"""Longest integration sub-step (inputs are held at their mid-step value)."""
+"""Longest integration sub-step (the thermal plant's input is held at the step's mean)."""
 COMMIT_MIN_S: Final = 0.001
 """Requests closer than this to the last committed state are answered without committing."""
 RHO_CP_WATER: Final = 4.18e6
@@ -91,6 +103,9 @@ class BessParams:
     charge_efficiency: float
     discharge_efficiency: float
     tau_s: float
+    """Time constant of the first-order response, once a command acts."""
+    dead_time_s: float = 0.0
+    """From a command to the instant it starts to act (communication and PCS processing)."""
 
     @classmethod
     def from_config(cls, cfg: BessSimConfig) -> BessParams:
@@ -102,6 +117,7 @@ class BessParams:
             charge_efficiency=cfg.charge_efficiency,
             discharge_efficiency=cfg.discharge_efficiency,
             tau_s=cfg.response_ms / 1000.0 / 3.0,
+            dead_time_s=cfg.response_delay_ms / 1000.0,
         )
 
 
@@ -390,6 +406,14 @@ class Commands:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingBess:
+    """A PCS command given but not acting yet: it replaces the acting one at ``effective_t``."""
+
+    effective_t: float
+    command: BessCommand
+
+
+@dataclass(frozen=True, slots=True)
 class SiteState:
     """The committed state at ``t``; values that are pure functions of time are not stored."""
 
@@ -399,6 +423,8 @@ class SiteState:
     commands: Commands
     hall_demand_w: tuple[float, ...]
     hall_w: tuple[float, ...]
+    cooling_w: float
+    """Chillers' and heat pump's electrical power."""
     grid_w: float
     grid_import_j: float
     grid_export_j: float
@@ -406,6 +432,13 @@ class SiteState:
     """∫ demand of each hall (before limits): with a rack's share it gives the rack's energy."""
     curtailed_j: Mapping[tuple[int, int], float]
     """∫ power a limited rack did not draw, keyed ``(hall, rack)``."""
+    bess_pending: tuple[PendingBess, ...] = ()
+    """PCS commands in their dead time, oldest first (``commands.bess`` is the acting one)."""
+
+    @property
+    def bess_requested(self) -> BessCommand:
+        """The PCS command as last written (what its registers read back), acting or not."""
+        return self.bess_pending[-1].command if self.bess_pending else self.commands.bess
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,7 +498,8 @@ class SitePhysics:
         )
         self._noise_w = cfg.grid.noise_mw * 1e6
         self._noise_interval_s = cfg.grid.noise_interval_ms / 1000.0
-        self._tan_phi = math.tan(math.acos(cfg.grid.power_factor))
+        self.tan_phi = math.tan(math.acos(cfg.grid.power_factor))
+        """Reactive over active grid power (the site's power factor)."""
         commands = Commands(
             bess=BessCommand(),
             chw_setpoint_c=cfg.thermal.chw_setpoint_c,
@@ -478,6 +512,7 @@ class SitePhysics:
             self.thermal_params, sum(hall_w), commands.chw_setpoint_c, commands.heat_setpoint_c
         )
         bess = BessState(power_w=0.0, soc=cfg.bess.soc_initial)
+        cooling = self._cooling_w(thermal)
         first = SiteState(
             t=0.0,
             bess=bess,
@@ -485,7 +520,8 @@ class SitePhysics:
             commands=commands,
             hall_demand_w=demand,
             hall_w=hall_w,
-            grid_w=self._grid_w(0.0, hall_w, thermal, bess),
+            cooling_w=cooling,
+            grid_w=self._grid_w(0.0, hall_w, cooling, bess),
             grid_import_j=0.0,
             grid_export_j=0.0,
             hall_demand_j=tuple(0.0 for _ in self.halls),
@@ -527,6 +563,11 @@ class SitePhysics:
     def truth_at(self, t: float) -> Truth:
         """What the site was (or, past the last commit and without new commands, will be) at
         ``t``. Raises :class:`LookupError` for times older than the truth buffer."""
+        return self._truth(self.state_at(t))
+
+    def state_at(self, t: float) -> SiteState:
+        """The state :meth:`truth_at` derives its answer from (cheaper when only the stored
+        quantities, such as the energy counters, are needed)."""
         with self._lock:
             i = bisect.bisect_right(self._times, t) - 1
             if i < 0:
@@ -534,9 +575,7 @@ class SitePhysics:
                     f"t={t:.3f} s is older than the truth buffer (oldest {self._times[0]:.3f} s)"
                 )
             state = self._states[i]
-        if state.t < t:
-            state = self._integrate(state, t)
-        return self._truth(state)
+        return self._integrate(state, t) if state.t < t else state
 
     def rack_power_w(self, truth: Truth, hall: int, rack: int) -> float:
         """Power one rack draws in ``truth`` (its share of the hall, capped by its limit)."""
@@ -561,10 +600,16 @@ class SitePhysics:
     # ---------------------------------------------------------------------------- commands
 
     def command_bess(self, t: float, **changes: Any) -> None:
-        """Change the PCS command at ``t`` (fields of :class:`BessCommand`)."""
-        self._command(
-            t, lambda c: dataclasses.replace(c, bess=dataclasses.replace(c.bess, **changes))
-        )
+        """Change the PCS command at ``t`` (fields of :class:`BessCommand`); it starts to act
+        after the PCS's dead time, at ``t + response_delay_ms``."""
+        delay = self.bess_params.dead_time_s
+
+        def change(s: SiteState) -> SiteState:
+            wanted = dataclasses.replace(s.bess_requested, **changes)
+            pending = (*s.bess_pending, PendingBess(s.t + delay, wanted))
+            return _apply_due(dataclasses.replace(s, bess_pending=pending))
+
+        self._change(t, change)
 
     def set_chw_setpoint(self, t: float, celsius: float) -> None:
         self._command(t, lambda c: dataclasses.replace(c, chw_setpoint_c=celsius))
@@ -588,10 +633,15 @@ class SitePhysics:
         self._command(t, change)
 
     def _command(self, t: float, change: Callable[[Commands], Commands]) -> None:
+        """Change a command at ``t``, acting at once."""
+        self._change(t, lambda s: dataclasses.replace(s, commands=change(s.commands)))
+
+    def _change(self, t: float, change: Callable[[SiteState], SiteState]) -> None:
+        """Change the state at ``t`` (or at the last commit, if that is later)."""
         with self._lock:
             latest = self._states[-1]
             state = self._integrate(latest, t) if t > latest.t else latest
-            state = dataclasses.replace(state, commands=change(state.commands))
+            state = change(state)
             if state.t == latest.t:
                 # the command takes effect from this instant on: it replaces the state here
                 self._states[-1] = state
@@ -627,36 +677,43 @@ class SitePhysics:
         )
 
     def _grid_w(
-        self, t: float, hall_w: Sequence[float], thermal: ThermalState, bess: BessState
+        self, t: float, hall_w: Sequence[float], cooling_w: float, bess: BessState
     ) -> float:
-        out = thermal_outputs(self.thermal_params, thermal)
-        cooling = out.chiller_w + out.heat_pump_w
-        return sum(hall_w) + cooling - bess.power_w + self._noise(t)
+        return sum(hall_w) + cooling_w - bess.power_w + self._noise(t)
 
     def _integrate(self, state: SiteState, t: float) -> SiteState:
+        """Integrate to ``t`` in steps of at most MAX_STEP_S, cut where a PCS command acts."""
+        state = _apply_due(state)
         while state.t < t:
-            dt = min(MAX_STEP_S, t - state.t)
-            state = self._step(state, dt, t if dt == t - state.t else state.t + dt)
+            end = min(state.t + MAX_STEP_S, t)
+            if state.bess_pending:
+                end = min(end, state.bess_pending[0].effective_t)
+            state = _apply_due(self._step(state, end - state.t, end))
         return state
 
     def _step(self, s: SiteState, dt: float, t1: float) -> SiteState:
         c = s.commands
-        mid = s.t + 0.5 * dt
-        it_mid = sum(self._limited(self.trace.hall_demand_w(mid), c.rack_limits))
+        demand_mid = self.trace.hall_demand_w(s.t + 0.5 * dt)
+        demand = self.trace.hall_demand_w(t1)
+        demand_j, it_j = self._demand_energy_j(s, t1, demand_mid, demand)
         thermal = thermal_step(
             self.thermal_params,
             s.thermal,
-            it_w=it_mid,
+            it_w=it_j / dt,  # the step's mean IT power
             chw_setpoint_c=c.chw_setpoint_c,
             heat_setpoint_c=c.heat_setpoint_c,
             dt=dt,
         )
         target = bess_target_w(self.bess_params, c.bess, s.bess.soc)
         bess = bess_step(self.bess_params, s.bess, target, dt)
-        demand = self.trace.hall_demand_w(t1)
         hall_w = self._limited(demand, c.rack_limits)
-        grid = self._grid_w(t1, hall_w, thermal, bess)
-        energy = 0.5 * (s.grid_w + grid) * dt
+        cooling = self._cooling_w(thermal)
+        grid = self._grid_w(t1, hall_w, cooling, bess)
+        # the grid energy is exact but for the (slow, smooth) cooling, so that a meter's window
+        # mean E(r) - E(r - T) does not depend on how the time was cut into steps
+        cooling_j = 0.5 * (s.cooling_w + cooling) * dt
+        bess_j = (bess.discharged_j - s.bess.discharged_j) - (bess.charged_j - s.bess.charged_j)
+        energy = it_j + cooling_j + self._noise_j(s.t, t1) - bess_j
         curtailed = s.curtailed_j
         if any(c.rack_limits):
             updated = dict(curtailed)
@@ -672,16 +729,63 @@ class SitePhysics:
             bess=bess,
             thermal=thermal,
             commands=c,
+            bess_pending=s.bess_pending,
             hall_demand_w=demand,
             hall_w=hall_w,
+            cooling_w=cooling,
             grid_w=grid,
             grid_import_j=s.grid_import_j + max(energy, 0.0),
             grid_export_j=s.grid_export_j - min(energy, 0.0),
-            hall_demand_j=tuple(
-                e + 0.5 * (a + b) * dt
-                for e, a, b in zip(s.hall_demand_j, s.hall_demand_w, demand, strict=True)
-            ),
+            hall_demand_j=tuple(e + de for e, de in zip(s.hall_demand_j, demand_j, strict=True)),
             curtailed_j=curtailed,
+        )
+
+    def _demand_energy_j(
+        self,
+        s: SiteState,
+        t1: float,
+        demand_mid: tuple[float, ...],
+        demand_end: tuple[float, ...],
+    ) -> tuple[tuple[float, ...], float]:
+        """∫ of each hall's demand and ∫ of the IT power (after rack limits) from ``s.t`` to
+        ``t1``: Simpson's rule on each piece between the trace's breakpoints, exact for the
+        trace's piecewise-quadratic shape (a rack limit's own kink is not a breakpoint)."""
+        limits = s.commands.rack_limits
+        cuts = [s.t, *self.trace.breakpoints(s.t, t1), t1]
+        halls = [0.0] * len(demand_end)
+        it_j = 0.0
+        d_a = s.hall_demand_w
+        it_a = sum(self._limited(d_a, limits))
+        for a, b in itertools.pairwise(cuts):
+            if len(cuts) == 2:
+                d_m, d_b = demand_mid, demand_end
+            else:
+                d_m = self.trace.hall_demand_w(0.5 * (a + b))
+                d_b = demand_end if b == t1 else self.trace.hall_demand_w(b)
+            sixth = (b - a) / 6.0
+            for h, (x, y, z) in enumerate(zip(d_a, d_m, d_b, strict=True)):
+                halls[h] += sixth * (x + 4.0 * y + z)
+            it_b = sum(self._limited(d_b, limits))
+            it_j += sixth * (it_a + 4.0 * sum(self._limited(d_m, limits)) + it_b)
+            d_a, it_a = d_b, it_b
+        return tuple(halls), it_j
+
+    def _cooling_w(self, thermal: ThermalState) -> float:
+        out = thermal_outputs(self.thermal_params, thermal)
+        return out.chiller_w + out.heat_pump_w
+
+    def _noise_j(self, a: float, b: float) -> float:
+        """∫ of the grid noise from ``a`` to ``b``: exact, the noise being linear between its
+        knots (every ``noise_interval_ms``)."""
+        if not self._noise_w:
+            return 0.0
+        step = self._noise_interval_s
+        knots = (k * step for k in range(math.floor(a / step) + 1, math.ceil(b / step)))
+        cuts = [a, *(x for x in knots if a < x < b), b]
+        values = [self._noise(x) for x in cuts]
+        return sum(
+            0.5 * (v0 + v1) * (x1 - x0)
+            for (x0, v0), (x1, v1) in itertools.pairwise(zip(cuts, values, strict=True))
         )
 
     def _truth(self, s: SiteState) -> Truth:
@@ -701,7 +805,7 @@ class SitePhysics:
             bess_target_w=bess_target_w(self.bess_params, c.bess, s.bess.soc),
             soc=s.bess.soc,
             grid_w=s.grid_w,
-            grid_var=abs(s.grid_w) * self._tan_phi,
+            grid_var=abs(s.grid_w) * self.tan_phi,
             grid_voltage_v=voltage,
             frequency_hz=frequency_hz(grid_cfg, self.seed, s.t),
             chw_supply_c=th.chw_supply_c,
@@ -721,6 +825,18 @@ class SitePhysics:
             bess_discharged_j=s.bess.discharged_j,
             state=s,
         )
+
+
+def _apply_due(state: SiteState) -> SiteState:
+    """Let the pending PCS commands whose dead time is over act (the last of them wins)."""
+    pending = state.bess_pending
+    due = 0
+    while due < len(pending) and pending[due].effective_t <= state.t:
+        due += 1
+    if not due:
+        return state
+    commands = dataclasses.replace(state.commands, bess=pending[due - 1].command)
+    return dataclasses.replace(state, commands=commands, bess_pending=pending[due:])
 
 
 def _rack_weights(seed: int, hall: int, racks: int, spread: float) -> tuple[float, ...]:

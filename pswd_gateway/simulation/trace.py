@@ -53,6 +53,12 @@ class ItTrace(Protocol):
         """Demand of the whole site at ``t`` seconds, in W."""
         ...
 
+    def breakpoints(self, a: float, b: float) -> list[float]:
+        """The instants in (a, b), in order, where the demand's shape changes: between two of
+        them each hall's demand is a polynomial of degree 2 at most, so the physics integrates
+        it exactly (Simpson's rule on each piece)."""
+        ...
+
 
 EventKind = Literal["job_start", "job_full_power", "job_stopping", "job_end"]
 
@@ -117,6 +123,29 @@ class _Job:
         envelope = min(1.0, tau / self.ramp_up, (self.end - t) / self.ramp_down)
         return envelope * self._level(tau, seed)
 
+    def breakpoints(self, a: float, b: float, seed: int) -> list[float]:
+        """Instants in (a, b) where the power changes slope (unsorted)."""
+        if b <= self.start or a >= self.end:
+            return []
+        out = [
+            t
+            for t in (self.start, self.start + self.ramp_up, self.end - self.ramp_down, self.end)
+            if a < t < b
+        ]
+        first = max(math.floor((a - self.start) / self.period), 0)
+        last = math.floor((min(b, self.end) - self.start) / self.period)
+        for k in range(first, last + 1):
+            base = self.start + k * self.period
+            compute = self._compute(k, seed)
+            kinks = (0.0, self.edge, self.edge + compute, 2.0 * self.edge + compute)
+            out.extend(base + x for x in kinks if a < base + x < b)
+        return out
+
+    def _compute(self, k: int, seed: int) -> float:
+        # the compute phase varies a little from one iteration to the next (seeded)
+        compute = self.compute * (1.0 + self.jitter * (2.0 * uniform(seed, self.stream, k) - 1.0))
+        return min(max(compute, self.edge), self.period - 3.0 * self.edge)
+
     def _level(self, tau: float, seed: int) -> float:
         k = math.floor(tau / self.period)
         if self.checkpoint_iterations and (
@@ -125,9 +154,7 @@ class _Job:
             return self.low  # writing a checkpoint: GPUs wait on storage
         x = tau - k * self.period
         edge = self.edge
-        # the compute phase varies a little from one iteration to the next (seeded)
-        compute = self.compute * (1.0 + self.jitter * (2.0 * uniform(seed, self.stream, k) - 1.0))
-        compute = min(max(compute, edge), self.period - 3.0 * edge)
+        compute = self._compute(k, seed)
         swing = self.high - self.low
         if x < edge:
             return self.low + swing * x / edge
@@ -170,6 +197,12 @@ class TrainingTrace:
 
     def it_power_w(self, t: float) -> float:
         return sum(self.hall_demand_w(t))
+
+    def breakpoints(self, a: float, b: float) -> list[float]:
+        out: set[float] = set()
+        for job in self._jobs:
+            out.update(job.breakpoints(a, b, self.seed))
+        return sorted(out)
 
     def active_jobs(self, t: float) -> list[str]:
         """Names of the jobs running at ``t``."""
@@ -227,6 +260,23 @@ class CsvTrace:
     def hall_demand_w(self, t: float) -> tuple[float, ...]:
         share = self.it_power_w(t) / len(self._halls)
         return (share,) * len(self._halls)
+
+    def breakpoints(self, a: float, b: float) -> list[float]:
+        """The samples in (a, b), repeated every cycle when looping."""
+        times = self._t
+        first, last = times[0], times[-1]
+        if not self._loop:
+            return times[bisect.bisect_right(times, a) : bisect.bisect_left(times, b)]
+        length = last - first
+        out: list[float] = []
+        for cycle in range(
+            max(math.floor((a - first) / length), 0), math.floor((b - first) / length) + 1
+        ):
+            shift = cycle * length
+            lo = bisect.bisect_right(times, a - shift)
+            hi = bisect.bisect_left(times, b - shift)
+            out.extend(t + shift for t in times[lo:hi])
+        return sorted(set(out))
 
 
 def read_trace_csv(path: Path, *, loop: bool = True) -> CsvTrace:

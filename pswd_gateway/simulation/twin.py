@@ -9,6 +9,11 @@ between requests; ``await twin.stop()`` stops everything and may be called any n
 :meth:`Twin.pause_device` makes one device stop answering (its listener is closed, its
 connections dropped); :meth:`Twin.resume_device` brings it back on the same port with the same
 registers.
+
+The devices are imperfect as real plant is: the meter's and the PCS's measurements refresh at
+fixed instants (:attr:`Twin.meter`, :attr:`Twin.bess_meter`), the PCS acts after a dead time,
+and the devices in ``[simulation.faults] devices`` stall, lose requests and answer with jitter
+(:attr:`Twin.faults`). :meth:`Twin.truth_at` stays the instantaneous physics.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from pswd_gateway.simulation.devices import (
     SiteContext,
     thermal_plant_bank,
 )
+from pswd_gateway.simulation.faults import DeviceFaults
+from pswd_gateway.simulation.measurement import BessView, MeterView, shown_range
 from pswd_gateway.simulation.modbus_servers import ModbusDeviceServer, RegisterBank, TwinError
 from pswd_gateway.simulation.physics import SitePhysics, Truth
 from pswd_gateway.simulation.redfish import RedfishTwinServer
@@ -89,14 +96,28 @@ class Twin:
         self.clock = SimClock(clock, wall)
         self.physics = SitePhysics(cfg)
         self.site = SiteContext(self.physics, self.clock)
+        self.meter = MeterView.from_config(self.physics)
+        """What the grid meter shows (W > 0 = import)."""
+        self.bess_meter = BessView.from_config(self.physics)
+        """What the PCS's measurements show (W > 0 = discharge)."""
         self.banks: dict[str, RegisterBank] = {
-            "grid_meter": SunSpecBank(GridMeterBehaviour(cfg), self.site.sample),
-            "bess": SunSpecBank(BessBehaviour(self.site), self.site.sample),
+            "grid_meter": SunSpecBank(GridMeterBehaviour(cfg, view=self.meter), self.site.sample),
+            "bess": SunSpecBank(BessBehaviour(self.site, self.bess_meter), self.site.sample),
             "thermal": thermal_plant_bank(self.site),
         }
+        self.faults: dict[str, DeviceFaults] = {
+            name: DeviceFaults(cfg.faults, cfg.seed, name) for name in cfg.faults.devices
+        }
+        """The devices with faults, and when they stall, lose requests, delay replies."""
         self.modbus: dict[str, ModbusDeviceServer] = {
             name: ModbusDeviceServer(
-                name, bank, host=cfg.host, port=cfg.ports.of(name), unit_id=UNIT_ID
+                name,
+                bank,
+                host=cfg.host,
+                port=cfg.ports.of(name),
+                unit_id=UNIT_ID,
+                faults=self.faults.get(name),
+                clock=self.clock.now,
             )
             for name, bank in self.banks.items()
         }
@@ -120,7 +141,9 @@ class Twin:
             return
         self._started = True
         if not self._clock_started:  # time runs on across a stop/start
-            self.clock.restart()
+            # building the devices sampled the physics already (at the clock's time since
+            # construction): time starts from there, or early commands would act in its past
+            self.clock.restart(self.physics.latest.t)
             self._clock_started = True
         try:
             for server in self.modbus.values():
@@ -281,8 +304,10 @@ class Twin:
         """(lowest, highest) of ``value(truth)`` between two POSIX times, sampled every 1 ms
         (at most :data:`MAX_RANGE_SAMPLES` samples) and at both ends.
 
-        A reading taken by a request sent at ``start`` and answered at ``end`` lies in this
-        range, whatever the machine's speed: the device computed it at one instant in between.
+        A reading of an instantaneous value (the thermal plant's) taken by a request sent at
+        ``start`` and answered at ``end`` lies in this range, whatever the machine's speed: the
+        device computed it at one instant in between. The meter and the PCS show refreshed
+        window means instead: see :meth:`shown_range` and :meth:`meter_power_range_w`.
         """
         t0, t1 = sorted((self.clock.from_posix(start_posix), self.clock.from_posix(end_posix)))
         t0 = max(t0, self.physics.oldest_t)
@@ -296,6 +321,30 @@ class Twin:
 
         This is the physics' load-positive truth, whatever sign the meter serves."""
         return self.truth_range(start_posix, end_posix, lambda t: t.grid_w)
+
+    def shown_range(
+        self,
+        start_posix: float,
+        end_posix: float,
+        value: Callable[[float], float],
+        refresh_s: float,
+    ) -> tuple[float, float]:
+        """(lowest, highest) of what a device refreshing every ``refresh_s`` showed between two
+        POSIX times, ``value(t)`` being what it shows at twin time ``t`` (e.g.
+        ``twin.meter.active_power_w``). A reading taken by a request sent at ``start`` and
+        answered at ``end`` lies in this range."""
+        oldest = self.physics.oldest_t  # a window must start within the truth buffer
+        t0 = max(self.clock.from_posix(start_posix), oldest + refresh_s if oldest else 0.0)
+        t1 = max(self.clock.from_posix(end_posix), t0)
+        return shown_range(value, t0, t1, refresh_s)
+
+    def meter_power_range_w(self, start_posix: float, end_posix: float) -> tuple[float, float]:
+        """(lowest, highest) active power (W, > 0 = import) the grid meter showed between two
+        POSIX times: refreshed window means with the meter's noise, not the instantaneous
+        truth. A reading of its ``W`` register taken meanwhile lies in this range."""
+        return self.shown_range(
+            start_posix, end_posix, self.meter.active_power_w, self.meter.refresh_s
+        )
 
     # ------------------------------------------------------------------------------ the tick
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -140,6 +141,56 @@ def test_import_and_export_energy_accumulate_by_sign() -> None:
     assert exporting.grid_export_j > 0.0
 
 
+def net_import_j(physics: SitePhysics, t: float) -> float:
+    truth = physics.truth_at(t)
+    return truth.grid_import_j - truth.grid_export_j
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    cuts_a=st.lists(st.floats(min_value=0.001, max_value=0.2), min_size=1, max_size=60),
+    cuts_b=st.lists(st.floats(min_value=0.001, max_value=0.2), min_size=1, max_size=60),
+    window=st.floats(min_value=0.005, max_value=0.5),
+)
+def test_grid_energy_over_a_window_does_not_depend_on_how_time_was_cut(
+    cuts_a: list[float], cuts_b: list[float], window: float
+) -> None:
+    """The meters' window means are energy differences, so the energy counters must not depend
+    on the requests: IT (Simpson between the trace's breakpoints), noise (exact between its
+    knots) and BESS (exact lag) are integrated exactly, only the slow cooling is not. Two sites
+    asked at different instants agree on the mean import over any window to within 1 kW."""
+    cfg = SimulationConfig(seed=4)  # the demo jobs with their 40 ms edges, noise on
+    a, b = SitePhysics(cfg), SitePhysics(cfg)
+    for physics, cuts in ((a, cuts_a), (b, cuts_b)):
+        physics.command_bess(0.0, enabled=True, setpoint_w=-40 * MW)
+        t = 15.0  # the first job runs at full power from 15 s
+        physics.advance(t)
+        physics.command_bess(t + 0.1, setpoint_w=120 * MW)
+        for cut in cuts:
+            t += cut
+            physics.advance(t)
+    end = min(a.latest.t, b.latest.t)
+    start = max(end - window, 15.0)
+    mean_a = (net_import_j(a, end) - net_import_j(a, start)) / (end - start)
+    mean_b = (net_import_j(b, end) - net_import_j(b, start)) / (end - start)
+    assert mean_a == pytest.approx(mean_b, abs=1e3)
+
+
+def test_grid_energy_is_the_integral_of_the_grid_power() -> None:
+    """Over a second with 40 ms edges and a BESS step, E(b) - E(a) matches a 0.25 ms numerical
+    integral of the instantaneous grid power (to 0.5 kW of mean power)."""
+    physics = SitePhysics(SimulationConfig(seed=8))
+    run(physics, 20.0, step=0.25)
+    physics.command_bess(20.3, enabled=True, setpoint_w=90 * MW)
+    run(physics, 21.5, step=0.01)
+    n = 4000
+    powers = [physics.truth_at(20.0 + i / n).grid_w for i in range(n + 1)]
+    integral = sum(0.5 * (x + y) / n for x, y in itertools.pairwise(powers))
+    assert net_import_j(physics, 21.0) - net_import_j(physics, 20.0) == pytest.approx(
+        integral, abs=500.0
+    )
+
+
 def test_frequency_event_reaches_its_nadir_and_recovers() -> None:
     """A configured dip takes the frequency to nominal + delta, then back to nominal."""
     event = FrequencyEvent(start_s=5.0, delta_hz=-0.2, fall_s=2.0, hold_s=3.0, recover_s=4.0)
@@ -160,13 +211,91 @@ def test_sixty_hz_grid_wanders_around_sixty() -> None:
 # ------------------------------------------------------------------------------ BESS
 
 
-def test_bess_follows_a_setpoint_within_its_response_time() -> None:
-    """After a step the PCS is within 5 % of the setpoint after 20 ms and settled soon after."""
-    physics = SitePhysics(quiet())
+def test_bess_follows_a_setpoint_after_its_dead_time_within_its_response_time() -> None:
+    """A step written at 1 s does nothing for the 20 ms dead time, is within 5 % of the
+    setpoint 60 ms (response_ms) after that and settled soon after."""
+    physics = SitePhysics(quiet(bess=BessSimConfig(response_delay_ms=20.0, response_ms=60.0)))
     physics.command_bess(1.0, enabled=True, setpoint_w=100 * MW)
-    assert physics.advance(1.005).bess_w < 95 * MW
-    assert physics.advance(1.020).bess_w == pytest.approx(100 * MW, rel=0.05)
-    assert physics.advance(1.2).bess_w == pytest.approx(100 * MW, rel=1e-6)
+    assert physics.advance(1.019).bess_w == 0.0
+    assert 0.0 < physics.advance(1.040).bess_w < 95 * MW
+    assert physics.advance(1.080).bess_w == pytest.approx(100 * MW, rel=0.05)
+    assert physics.advance(1.5).bess_w == pytest.approx(100 * MW, rel=1e-6)
+
+
+def test_the_default_pcs_has_a_dead_time_and_a_20ms_response() -> None:
+    """The defaults are the demo's PCS, written directly: 10 ms dead time, 20 ms to settle."""
+    params = BessParams.from_config(BessSimConfig())
+    assert params.dead_time_s == pytest.approx(0.010)
+    assert params.tau_s == pytest.approx(0.020 / 3)
+
+
+def test_truth_before_a_commands_effective_time_does_not_include_it() -> None:
+    """Asked afterwards, the truth just before t + delay still has the old command acting and
+    the truth at t + delay the new one; the registers read back the new one at once."""
+    physics = SitePhysics(quiet(bess=BessSimConfig(response_delay_ms=30.0)))
+    physics.advance(2.0)
+    physics.command_bess(2.0, enabled=True, setpoint_w=-80 * MW)
+    assert physics.latest.bess_requested.setpoint_w == -80 * MW
+    assert physics.latest.commands.bess.enabled is False
+    run(physics, 3.0)
+    before = physics.truth_at(2.0299)
+    assert before.state.commands.bess.enabled is False
+    assert before.bess_target_w == 0.0
+    assert before.bess_w == 0.0
+    acting = physics.truth_at(2.030)
+    assert acting.state.commands.bess.setpoint_w == -80 * MW
+    assert acting.bess_target_w == -80 * MW
+    assert acting.bess_w == 0.0  # the lag starts from here
+    assert physics.truth_at(2.031).bess_w < 0.0
+
+
+def test_commands_in_the_dead_time_act_in_order_at_their_own_instants() -> None:
+    """Two setpoints 5 ms apart with a 20 ms dead time act at +20 ms and +25 ms."""
+    physics = SitePhysics(quiet(bess=BessSimConfig(response_delay_ms=20.0)))
+    physics.command_bess(1.000, enabled=True, setpoint_w=50 * MW)
+    physics.command_bess(1.005, setpoint_w=70 * MW)
+    assert physics.latest.bess_requested.setpoint_w == 70 * MW
+    assert physics.latest.bess_requested.enabled is True
+    assert physics.truth_at(1.0199).bess_target_w == 0.0
+    assert physics.truth_at(1.0200).bess_target_w == 50 * MW
+    assert physics.truth_at(1.0249).bess_target_w == 50 * MW
+    assert physics.truth_at(1.0250).bess_target_w == 70 * MW
+    run(physics, 2.0)
+    assert physics.truth_at(2.0).bess_w == pytest.approx(70 * MW)
+    assert physics.latest.bess_pending == ()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    delay_ms=st.floats(min_value=0.0, max_value=500.0),
+    at=st.floats(min_value=0.001, max_value=3.0),
+    setpoint=st.floats(min_value=-250 * MW, max_value=250 * MW),
+    steps=st.lists(st.floats(min_value=0.0005, max_value=0.2), min_size=1, max_size=40),
+)
+def test_a_command_with_dead_time_acts_as_the_same_command_given_that_much_later(
+    delay_ms: float, at: float, setpoint: float, steps: list[float]
+) -> None:
+    """Dead time is pure delay: commanding at t with delay d gives the same BESS as commanding
+    at t + d without one, at every instant, however the requests cut the time — and nothing of
+    the command shows before t + d."""
+    delay = delay_ms / 1000.0
+    delayed = SitePhysics(quiet(bess=BessSimConfig(response_delay_ms=delay_ms)))
+    direct = SitePhysics(quiet(bess=BessSimConfig(response_delay_ms=0.0)))
+    delayed.command_bess(at, enabled=True, setpoint_w=setpoint)
+    direct.command_bess(at + delay, enabled=True, setpoint_w=setpoint)
+    t = at
+    for step in steps:
+        t += step
+        a, b = delayed.advance(t), direct.truth_at(t)
+        assert a.bess_w == pytest.approx(b.bess_w, rel=1e-9, abs=1e-3)
+        assert a.soc == pytest.approx(b.soc, rel=1e-12)
+        if t < at + delay:
+            assert a.bess_w == 0.0
+    for back in (at + 0.5 * delay, at + delay, (at + delay + t) / 2):
+        if back <= t:
+            assert delayed.truth_at(back).bess_w == pytest.approx(
+                direct.truth_at(back).bess_w, rel=1e-9, abs=1e-3
+            )
 
 
 def test_bess_idles_until_enabled() -> None:
@@ -217,7 +346,8 @@ def test_bess_stops_charging_at_the_top_of_its_soc_window() -> None:
 
 def test_charge_and_discharge_efficiencies_apply_to_the_stored_energy() -> None:
     """Charging stores 95 % of the AC energy; discharging draws AC / 95 % from storage."""
-    physics = SitePhysics(quiet())
+    # a fast PCS without dead time: its transitions are negligible against the 60 s legs
+    physics = SitePhysics(quiet(bess=BessSimConfig(response_delay_ms=0.0, response_ms=20.0)))
     capacity_j = 120 * 3.6e9
     physics.command_bess(0.0, enabled=True, setpoint_w=-100 * MW)
     run(physics, 60.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -192,3 +193,54 @@ def test_site_power_stays_between_baseline_and_all_peaks_and_halls_add_up(t: flo
     ceiling = cfg.baseline_mw * 1e6 + sum(j.peak_mw * 1e6 for j in cfg.jobs)
     assert cfg.baseline_mw * 1e6 - 1e-3 <= power <= ceiling + 1e-3
     assert sum(trace.hall_demand_w(t)) == pytest.approx(power)
+
+
+def _is_quadratic_between(trace: TrainingTrace | CsvTrace, a: float, b: float) -> bool:
+    """The demand on [a, b] is the parabola through its ends and middle (to 1 W)."""
+    fa, fm, fb = (trace.it_power_w(x) for x in (a, 0.5 * (a + b), b))
+    for u in (0.1, 0.25, 0.4, 0.6, 0.75, 0.9):
+        x = a + u * (b - a)
+        parabola = fa * (1 - u) * (1 - 2 * u) + fm * 4 * u * (1 - u) + fb * u * (2 * u - 1)
+        if abs(trace.it_power_w(x) - parabola) > 1.0:
+            return False
+    return True
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    start=st.floats(min_value=0.0, max_value=120.0),
+    length=st.floats(min_value=0.001, max_value=0.5),
+    jitter=st.floats(min_value=0.0, max_value=0.3),
+    checkpoint=st.booleans(),
+)
+def test_between_breakpoints_the_demand_is_at_most_quadratic(
+    start: float, length: float, jitter: float, checkpoint: bool
+) -> None:
+    """The physics integrates the demand exactly (Simpson on each piece) because between two of
+    the trace's breakpoints — edges, phase changes, ramp ends, job start and end — each piece is
+    a polynomial of degree two at most (a ramp times an edge)."""
+    cfg = one_job(jitter=jitter, checkpoint_every_s=10.0 if checkpoint else None, checkpoint_s=4.0)
+    trace = TrainingTrace(cfg, seed=3)
+    cuts = [start, *trace.breakpoints(start, start + length), start + length]
+    assert cuts == sorted(cuts)
+    assert all(start < x < start + length for x in cuts[1:-1])
+    for a, b in itertools.pairwise(cuts):
+        assert _is_quadratic_between(trace, a, b), (a, b)
+
+
+def test_a_job_edge_is_a_breakpoint_and_a_plateau_has_none() -> None:
+    """The rising edge of an iteration starts and ends at breakpoints; a compute plateau has
+    none inside it."""
+    trace = TrainingTrace(one_job(ramp_up_s=0.0), seed=1)
+    start = 10.0 + 20 * 2.0  # iteration 20 of a 2 s period starting at 10 s
+    assert trace.breakpoints(start - 0.01, start + 0.05) == pytest.approx([start, start + 0.04])
+    assert trace.breakpoints(start + 0.2, start + 0.9) == []
+
+
+def test_a_looped_recording_breaks_at_its_samples_in_every_cycle() -> None:
+    """A replayed CSV is linear between samples; looping repeats them every cycle."""
+    trace = CsvTrace([0.0, 1.0, 3.0], [10e6, 30e6, 20e6], loop=True)
+    assert trace.breakpoints(0.5, 3.5) == pytest.approx([1.0, 3.0])
+    assert trace.breakpoints(3.5, 7.5) == pytest.approx([4.0, 6.0, 7.0])
+    once = CsvTrace([0.0, 1.0, 3.0], [10e6, 30e6, 20e6], loop=False)
+    assert once.breakpoints(0.5, 10.0) == pytest.approx([1.0, 3.0])  # then it holds
