@@ -145,6 +145,19 @@ class ModbusDeviceConfig(_DeviceBase):
     register_map: str
     """Map name (``sunspec-bess`` → ``devices/sunspec-bess.toml`` beside the config file or
     shipped with the gateway) or a path to a TOML file."""
+    measurement_refresh_ms: Annotated[float, Field(ge=0.0, le=60_000.0)] = 0.0
+    """How often the device refreshes its measurements, each the mean over the window just
+    ended (its datasheet's update or averaging period). Readings are time-stamped with the
+    estimated measurement time, not the request's (0: the device measures when asked)."""
+
+    write_connection: Literal["shared", "own"] = "shared"
+    """``own``: setpoint writes go over a second connection of their own, so they never queue
+    behind a poll (a battery written 50 times a second; the device must accept two connections).
+    ``shared``: over the polls' connection, between two of their reads."""
+
+    @property
+    def measurement_refresh_s(self) -> float:
+        return self.measurement_refresh_ms / 1000.0
 
 
 class RedfishDeviceConfig(_DeviceBase):
@@ -421,6 +434,32 @@ class SchedulingConfig(_Strict):
         return self
 
 
+class GuardConfig(_Strict):
+    """``[control.guard]``: what the grid loop must never do (see docs/control.md#guard)."""
+
+    enabled: bool = True
+    window_s: Annotated[float, Field(gt=0.1, le=60.0)] = 2.0
+    max_flips_per_s: Annotated[float, Field(gt=0.0, le=100.0)] = 6.0
+    """Battery setpoint sign reversals a second (the 2 Hz training rhythm makes 4)."""
+    flip_deadband_mw: Annotated[float, Field(ge=0.0, le=10_000.0)] = 5.0
+    off_plan_band_mw: Annotated[float, Field(gt=0.0, le=10_000.0)] = 30.0
+    """Largest mean of (grid - plan) over ``off_plan_window_s``, either way."""
+    off_plan_window_s: Annotated[float, Field(gt=0.1, le=600.0)] = 10.0
+    rough_window_s: Annotated[float, Field(gt=0.1, le=600.0)] = 4.0
+    """The grid may not be rougher than the load behind it over this window."""
+    rough_margin_mw: Annotated[float, Field(ge=0.0, le=10_000.0)] = 5.0
+    rearm_s: Annotated[float, Field(gt=0.0, le=86_400.0)] = 60.0
+    rearm_max_s: Annotated[float, Field(gt=0.0, le=86_400.0)] = 900.0
+    hold_s: Annotated[float, Field(ge=0.0, le=600.0)] = 2.0
+    """Safe mode holds the battery's last good setpoint this long, then ramps it to zero."""
+
+    @model_validator(mode="after")
+    def _rearm(self) -> GuardConfig:
+        if self.rearm_max_s < self.rearm_s:
+            raise ValueError("rearm_max_s must not be below rearm_s")
+        return self
+
+
 class ControlConfig(_Strict):
     """``[control]``: the control cycle and its controllers (see docs/control.md)."""
 
@@ -451,6 +490,20 @@ class ControlConfig(_Strict):
     """Municipal heat network supply temperature the heat-recovery heat pump holds."""
     announce_lead_s: Annotated[float, Field(ge=0.0, le=86_400.0)] = 900.0
     """How far ahead an announced job starts to move the battery's SoC target."""
+    payback_s: Annotated[float, Field(ge=0.0, le=60.0)] = 0.5
+    """Time constant of the pay-back of what the grid drew beyond its plan (0: off)."""
+    payback_max_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    """The pay-back never asks for more than this fraction of the inverter rating."""
+    battery_skew_ms: Annotated[float, Field(ge=0.0, le=5_000.0)] = 5.0
+    """How far past its newest reading the battery's power may be held to meet a meter
+    measurement; a meter reading further ahead waits for the battery's next reading."""
+    actuation_ms: Annotated[float, Field(ge=0.0, le=10_000.0)] = 30.0
+    """From a meter reading's arrival to the battery acting on the setpoint decided from it
+    (the write, the PCS's dead time and response): an announced edge goes on the battery that
+    much ahead of the measurement that will show it."""
+    meter_stale_ms: Annotated[float, Field(ge=50.0, le=60_000.0)] = 500.0
+    """No new meter measurement for this long: the battery ramps to zero."""
+    guard: GuardConfig = GuardConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> ControlConfig:

@@ -1,10 +1,13 @@
 """``pswd-gateway bench smoothing``: the grid controllers replayed on an IT-load trace.
 
-Simulated time, no sockets. The trace (a ``t_s,it_power_mw`` CSV at any rate down to 1 ms, or
-the twin's generator) is held on a 10 ms grid. Every ``sample_s`` the controller gets what a
-meter and the battery would report at that instant, decides, and its setpoint reaches the
-battery after ``write_latency_s``; the battery follows with its first-order response and
-integrates its state of charge with its efficiencies. Three runs:
+Simulated time, no sockets. The trace is a ``t_s,it_power_mw`` CSV at any rate down to 1 ms, or
+the twin's generator. By default (*realistic*) each run is the whole loop against the twin's
+physics with the twin's imperfections (:mod:`pswd_gateway.bench.sitesim`: meter refresh and
+averaging, PCS dead time and response, reply jitter, lost replies, stalls, the pollers and the
+gateway's own grid loop and guard), so offline and live figures agree. ``ideal=True`` (``--ideal``)
+keeps the old replay: the trace held on a 10 ms grid, every ``sample_s`` the controller gets
+what a perfect meter and battery would report at that instant, its setpoint reaches the battery
+after ``write_latency_s`` and the battery follows with a first-order response. Three runs:
 
 - ``predictive``: :func:`pswd_gateway.control.grid.grid_step` with each job's announcement
   visible from its ``announced_at_s``;
@@ -34,10 +37,17 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from pswd_gateway.bench.sitesim import SAMPLE_S, SiteSim
+from pswd_gateway.config import ControlConfig, SiteConfig
 from pswd_gateway.control.grid import Announced, GridReading, GridSettings, grid_step
 from pswd_gateway.control.thermal import ThermalSettings, ThermalState, thermal_step
 from pswd_gateway.errors import ConfigError
-from pswd_gateway.simulation.config import JobConfig, ThermalSimConfig, TraceConfig
+from pswd_gateway.simulation.config import (
+    JobConfig,
+    SimulationConfig,
+    ThermalSimConfig,
+    TraceConfig,
+)
 from pswd_gateway.simulation.physics import ThermalParams, thermal_outputs, thermal_steady_state
 from pswd_gateway.simulation.physics import thermal_step as plant_thermal_step
 from pswd_gateway.simulation.trace import TrainingTrace
@@ -241,16 +251,13 @@ def simulate(
     order = sorted(announcements, key=lambda a: a.announced_at_s)
     visible: list[Announced] = []
     nxt = 0
-    grid_energy = 0.0
     for i in range(n):
         t = i * SIM_DT_S
         if i % every == 0:
             while nxt < len(order) and order[nxt].announced_at_s <= t:
                 visible.append(order[nxt].to_control())
                 nxt += 1
-            reading = GridReading(
-                t, it_w[i] - b, b, e / s.bess_capacity_j, grid_energy_j=grid_energy
-            )
+            reading = GridReading(t, it_w[i] - b, b, e / s.bess_capacity_j)
             decision = grid_step(state, reading, visible, s)
             state = decision.state
             fallbacks += decision.fallback is not None
@@ -259,11 +266,64 @@ def simulate(
             setpoint, pending = pending[1], None
         b = setpoint + (b - setpoint) * keep
         grid[i] = it_w[i] - b
-        grid_energy += grid[i] * SIM_DT_S
         bess[i] = b
         e -= (b / bat.discharge_efficiency if b > 0 else b * bat.charge_efficiency) * SIM_DT_S
         energy[i + 1] = e
     return Series(SIM_DT_S, grid, bess, energy), fallbacks
+
+
+def simulate_realistic(
+    trace: TraceConfig,
+    setup: SmoothingSetup,
+    announcements: Sequence[AnnouncementIn],
+    duration_s: float,
+    simulation: SimulationConfig | None = None,
+) -> tuple[Series, int, int]:
+    """The whole loop against the twin (:mod:`~pswd_gateway.bench.sitesim`); returns the truth
+    series (20 ms), the fallbacks and the guard trips."""
+    s = setup.settings
+    base = simulation or SimulationConfig()
+    sim = base.model_copy(
+        update={
+            "trace": trace,
+            "bess": base.bess.model_copy(
+                update={
+                    "power_mw": s.bess_rated_w / 1e6,
+                    "energy_mwh": s.bess_capacity_j / 3.6e9,
+                    "soc_min": s.soc_min,
+                    "soc_max": s.soc_max,
+                    "soc_initial": setup.battery.soc_initial,
+                }
+            ),
+        }
+    )
+    site = SiteConfig(
+        grid_import_limit_mw=s.import_limit_w / 1e6,
+        grid_ramp_limit_mw_per_s=s.ramp_limit_w_per_s / 1e6,
+    )
+    control = ControlConfig(
+        enabled=True,
+        ramp_margin=s.ramp_margin,
+        band_low_hz=s.band_low_hz,
+        soc_min=s.soc_min,
+        soc_max=s.soc_max,
+        soc_target=s.soc_target,
+        soc_restore_s=s.soc_restore_s,
+        payback_s=s.payback_s,
+    )
+    order = sorted(announcements, key=lambda a: a.announced_at_s)
+    run = SiteSim(
+        sim,
+        control=control,
+        site=site,
+        announced=[a.to_control() for a in order],
+        visible_from=[a.announced_at_s for a in order],
+    ).run(duration_s)
+    grid = np.asarray([w for _, w in run.truth_grid])
+    bess = np.asarray([w for _, w in run.bess])
+    soc = [x for _, x in run.soc]
+    energy = np.asarray([soc[0], *soc]) * s.bess_capacity_j
+    return Series(SAMPLE_S, grid, bess, energy), run.fallbacks, len(run.guard_trips)
 
 
 def _means(x: Array, dt: float, width: float) -> Array:
@@ -476,22 +536,34 @@ def run_smoothing(
     setup: SmoothingSetup | None = None,
     duration_s: float = 3600.0,
     with_optimum: bool = True,
+    ideal: bool = False,
+    simulation: SimulationConfig | None = None,
 ) -> dict[str, Any]:
+    """Predictive, reactive and optimum runs; ``ideal`` replays with perfect measurement
+    instead of the twin's imperfections (``simulation``: the twin's settings, default ones)."""
     setup = setup or default_setup()
     if trace is None:
         _, it = generated_trace(duration_s)
         announced = generated_announcements() if announcements is None else []
+        twin_trace = TraceConfig(jobs=BENCH_JOBS)
     else:
         _, it = load_trace_csv(trace)
         announced = []
+        twin_trace = TraceConfig(replay_csv=str(trace), replay_loop=False, jobs=())
     if announcements is not None:
         announced = load_announcements(announcements)
     result: dict[str, Any] = {}
     t0 = time.perf_counter()
-    series, fallbacks = simulate(it, setup, announced)
-    result["predictive"] = summarise(series, it, setup, fallbacks)
-    series, fallbacks = simulate(it, setup, [])
-    result["reactive"] = summarise(series, it, setup, fallbacks)
+    for name, visible in (("predictive", announced), ("reactive", [])):
+        if ideal:
+            series, fallbacks = simulate(it, setup, visible)
+            result[name] = summarise(series, it, setup, fallbacks)
+        else:
+            length = len(it) * SIM_DT_S
+            series, fallbacks, trips = simulate_realistic(
+                twin_trace, setup, visible, length, simulation
+            )
+            result[name] = summarise(series, it, setup, fallbacks) | {"guard_trips": trips}
     sim_s = time.perf_counter() - t0
     result["thermal"] = evaluate_thermal(it, announced)
     if with_optimum:
@@ -501,6 +573,7 @@ def run_smoothing(
         "trace": str(trace) if trace else "generated (3 jobs, 40 ms edges)",
         "duration_s": round(len(it) * SIM_DT_S, 2),
         "announcements": len(announced),
+        "measurements": "ideal" if ideal else "realistic (the twin's imperfections)",
         "sample_s": setup.sample_s,
         "ramp_limit_mw_per_s": setup.settings.ramp_limit_w_per_s / 1e6,
         "planning_ramp_mw_per_s": setup.settings.planning_ramp_w_per_s / 1e6,

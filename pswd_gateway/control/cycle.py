@@ -1,9 +1,12 @@
-"""The control cycle: every ``cycle_ms`` and at once on each fresh grid-meter reading.
+"""The control cycle: at once on each new grid-meter measurement, and every ``cycle_ms``.
 
-Each run freezes a snapshot of the store, turns it into a :class:`GridReading`, runs the pure
-controllers (:mod:`pswd_gateway.control.grid`) and writes the one resulting setpoint plan to the
-devices, each write with a timeout. I/O is injected (``write``, ``record``), so the cycle can run
-against the twin, a test double of the device layer, or nothing.
+A new meter measurement (a reading with a source time not seen before) steps the grid loop
+(:class:`pswd_gateway.control.loop.GridLoop`: the battery's power at the meter's measurement
+instant, the pure controllers of :mod:`pswd_gateway.control.grid`, the guard) and the resulting
+setpoint plan is written to the devices, each write with a timeout. Timer runs step nothing:
+they ramp the battery down when the meter has gone quiet, carry safe mode on, run the thermal
+loop and rewrite a setpoint the device may have lost. I/O is injected (``write``, ``record``),
+so the cycle can run against the twin, a test double of the device layer, or nothing.
 
 Timing is measured, not assumed: the lateness of each timer-driven run against its deadline,
 and for meter-driven runs the time from the reading's arrival to the battery setpoint written.
@@ -20,22 +23,23 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pswd_gateway.config import ControlConfig, SiteConfig
-from pswd_gateway.control.grid import (
-    Announced,
-    Fallback,
-    GridDecision,
-    GridReading,
-    GridSettings,
-    LimiterState,
-    grid_step,
-)
+from pswd_gateway.control.grid import Announced, Fallback, GridDecision, GridSettings
+from pswd_gateway.control.guard import GuardEvent, GuardSettings
+from pswd_gateway.control.loop import GridLoop, LoopSettings, Outcome
 from pswd_gateway.control.thermal import ThermalSettings, ThermalState, thermal_step
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.errors import PswdError
 from pswd_gateway.logging import get_logger
 from pswd_gateway.store import PointStore, Snapshot
 
-__all__ = ["ControlCycle", "ControlStats", "SetpointWrite"]
+__all__ = [
+    "SETPOINT_DEADBAND_W",
+    "ControlCycle",
+    "ControlStats",
+    "SetpointWrite",
+    "grid_settings",
+    "loop_settings",
+]
 
 log = get_logger("control")
 
@@ -49,6 +53,51 @@ REWRITE_EVERY_S: Final = 1.0
 THERMAL_EVERY_S: Final = 1.0
 """The thermal loop runs once a second (the plant moves in tens of seconds)."""
 THERMAL_DEADBAND_C: Final = 0.05
+
+
+def grid_settings(
+    c: ControlConfig, site: SiteConfig, rated_w: float, energy_j: float
+) -> GridSettings:
+    """The grid controllers' settings from ``[control]`` and ``[site]`` and the battery's
+    rating (W) and energy (J)."""
+    return GridSettings(
+        ramp_limit_w_per_s=site.grid_ramp_limit_mw_per_s * 1e6,
+        import_limit_w=site.import_limit_mw * 1e6,
+        bess_rated_w=rated_w,
+        bess_capacity_j=energy_j,
+        soc_min=c.soc_min,
+        soc_max=c.soc_max,
+        soc_target=c.soc_target,
+        ramp_margin=c.ramp_margin,
+        band_low_hz=c.band_low_hz,
+        soc_restore_s=c.soc_restore_s,
+        lookahead_s=c.announce_lead_s,
+        payback_s=c.payback_s,
+        payback_max_fraction=c.payback_max_fraction,
+    )
+
+
+def loop_settings(c: ControlConfig) -> LoopSettings:
+    """The grid loop's alignment, staleness and guard settings from ``[control]``."""
+    g = c.guard
+    return LoopSettings(
+        max_skew_s=c.battery_skew_ms / 1000.0,
+        stale_s=c.meter_stale_ms / 1000.0,
+        actuation_s=c.actuation_ms / 1000.0,
+        guard=GuardSettings(
+            enabled=g.enabled,
+            window_s=g.window_s,
+            max_flips_per_s=g.max_flips_per_s,
+            flip_deadband_w=g.flip_deadband_mw * 1e6,
+            off_plan_band_w=g.off_plan_band_mw * 1e6,
+            off_plan_window_s=g.off_plan_window_s,
+            rough_window_s=g.rough_window_s,
+            rough_margin_w=g.rough_margin_mw * 1e6,
+            rearm_s=g.rearm_s,
+            rearm_max_s=g.rearm_max_s,
+            hold_s=g.hold_s,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +130,11 @@ class ControlStats:
     last: GridDecision | None = None
     last_error: str | None = None
     chw_setpoint_c: float | None = None
+    guard_trips_total: int = 0
+    guard_active: bool = False
+    """Safe mode: the guard tripped and has not re-armed yet."""
+    guard_reason: str | None = None
+    """Why the guard last tripped (kept after it re-arms)."""
     grid_samples: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=512))
     """Recent grid-meter readings ``(source_ts, W)``, for the measured ramp."""
 
@@ -107,9 +161,11 @@ class ControlCycle:
     """Announced jobs on the wall clock (POSIX seconds), given the time now."""
     record: Callable[[list[SetpointWrite]], Awaitable[None]] | None = None
     on_fallback: Callable[[Fallback], None] | None = None
+    on_guard: Callable[[GuardEvent], None] | None = None
+    """Called on each guard trip and re-arm (see :mod:`pswd_gateway.control.guard`)."""
     clock: Callable[[], float] = time.time
     stats: ControlStats = field(default_factory=ControlStats)
-    _state: LimiterState | None = field(default=None, init=False)
+    loop: GridLoop = field(init=False)
     _fresh: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _fresh_ts: float | None = field(default=None, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
@@ -122,11 +178,22 @@ class ControlCycle:
     _chw_written: float | None = field(default=None, init=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
+    def __post_init__(self) -> None:
+        self.loop = GridLoop(loop_settings(self.config))
+
     # ---- lifecycle ----
 
+    @property
+    def _meter_key(self) -> str:
+        return f"{self.site.grid_meter}.active_power"
+
+    @property
+    def _bess_key(self) -> str | None:
+        return None if self.site.bess is None else f"{self.site.bess}.active_power"
+
     async def start(self) -> None:
-        meter = f"{self.site.grid_meter}.active_power"
-        self._subscription = self.store.subscribe(self._on_points, [meter])
+        keys = [self._meter_key] + ([self._bess_key] if self._bess_key else [])
+        self._subscription = self.store.subscribe(self._on_points, keys)
         self._task = asyncio.create_task(self._loop(), name="control-cycle")
         log.info(
             "control_started",
@@ -148,14 +215,18 @@ class ControlCycle:
                 await self._write(self.site.bess, "power_setpoint", 0.0, [])
 
     def _on_points(self, points: Sequence[Point]) -> None:
-        fresh = False
         for p in points:
-            if p.quality is Quality.GOOD:
-                self.stats.grid_samples.append((p.source_ts, p.value))
-                fresh = True
-        if fresh:
-            self._fresh_ts = points[-1].received_ts
-            self._fresh.set()
+            if p.quality is Quality.INVALID:
+                continue
+            if p.name == self._bess_key:
+                if self.loop.battery(p.source_ts, p.value):
+                    self._fresh.set()  # the meter measurement that waited for it can go
+            elif p.quality is Quality.GOOD and self.loop.is_new(p.source_ts):
+                samples = self.stats.grid_samples
+                if not samples or p.source_ts > samples[-1][0]:
+                    samples.append((p.source_ts, p.value))
+                self._fresh_ts = p.received_ts
+                self._fresh.set()
 
     async def _loop(self) -> None:
         period = self.config.cycle_ms / 1000.0
@@ -200,52 +271,11 @@ class ControlCycle:
             energy = energy or snap.value(f"{bess}.energy_rating")
         if not rated or not energy:
             return None
-        return GridSettings(
-            ramp_limit_w_per_s=self.site.grid_ramp_limit_mw_per_s * 1e6,
-            import_limit_w=self.site.import_limit_mw * 1e6,
-            bess_rated_w=rated,
-            bess_capacity_j=energy,
-            soc_min=c.soc_min,
-            soc_max=c.soc_max,
-            soc_target=c.soc_target,
-            ramp_margin=c.ramp_margin,
-            band_low_hz=c.band_low_hz,
-            soc_restore_s=c.soc_restore_s,
-            lookahead_s=c.announce_lead_s,
-        )
-
-    def reading(self, snap: Snapshot, now: float) -> GridReading | None:
-        meter = self.site.grid_meter
-        grid = snap.value(f"{meter}.active_power")
-        if grid is None:
-            return None
-        bess_dev = self.site.bess
-        soc = bess_w = None
-        if bess_dev is not None:
-            soc = snap.value(f"{bess_dev}.soc")
-            measured = snap.get(f"{bess_dev}.active_power")
-            if measured is not None and measured.quality is not Quality.INVALID:
-                bess_w = measured.value
-            # The battery follows a setpoint within tens of ms, faster than it is polled: until a
-            # reading newer than the last write arrives, the setpoint is the better estimate.
-            if self._last_written is not None and (
-                measured is None or measured.received_ts < self._last_written_at + 0.05
-            ):
-                bess_w = self._last_written
-        imported = snap.value(f"{meter}.energy_imported")
-        exported = snap.value(f"{meter}.energy_exported")
-        energy = None if imported is None or exported is None else imported - exported
-        return GridReading(
-            t=now,
-            grid_w=grid,
-            bess_w=bess_w or 0.0,
-            soc=soc,
-            bess_available=bess_w is not None and soc is not None,
-            grid_energy_j=energy,
-        )
+        return grid_settings(c, self.site, rated, energy)
 
     async def run_once(self, received_ts: float | None = None) -> GridDecision | None:
-        """One cycle; ``received_ts`` is when the meter reading that triggered it arrived."""
+        """One cycle; ``received_ts`` is when the meter reading that triggered it arrived
+        (``None``: a timer run, which steps the grid loop only if a new measurement waits)."""
         async with self._lock:
             return await self._run(received_ts)
 
@@ -255,26 +285,77 @@ class ControlCycle:
             self.stats.meter_runs_total += 1
         now = self.clock()
         snap = self.store.snapshot(now)
-        settings = self.settings(snap)
-        reading = self.reading(snap, now)
-        if settings is None or reading is None:
+        outcome = self._decide(snap, now)
+        decision = outcome.decision
+        if decision is not None:
+            self.stats.last = decision
+            if decision.fallback is not None and not self.loop.guard.tripped:
+                self.stats.fallbacks_total += 1
+                if self.on_fallback is not None:
+                    self.on_fallback(decision.fallback)
+        elif outcome.skipped is not None and outcome.skipped != "safe mode":
             self.stats.skipped_total += 1
-            self._state = None  # start afresh from the next good reading
-            return None
-        jobs = self.jobs(now) if self.config.predictive else ()
-        decision = grid_step(self._state, reading, jobs, settings)
-        self._state = decision.state
-        self.stats.last = decision
-        if decision.fallback is not None:
-            self.stats.fallbacks_total += 1
-            if self.on_fallback is not None:
-                self.on_fallback(decision.fallback)
-        if self.config.enabled and self.site.bess is not None:
-            await self._act(decision, snap, received_ts)
+        if outcome.event is not None:
+            self._guard_event(outcome.event)
+        started = outcome.setpoint_w is not None or self._last_written is not None
+        if self.config.enabled and self.site.bess is not None and started:
+            await self._act(outcome.setpoint_w, snap, received_ts)
         return decision
 
-    async def _act(self, decision: GridDecision, snap: Snapshot, received_ts: float | None) -> None:
-        """Write the plan: enable once, thermal setpoints once, the battery when it moved."""
+    def _decide(self, snap: Snapshot, now: float) -> Outcome:
+        """A loop step on a new meter measurement; otherwise the timer's idle run."""
+        settings = self.settings(snap)
+        meter = snap.get(self._meter_key)
+        usable = settings is not None and meter is not None and meter.quality is Quality.GOOD
+        if (
+            usable
+            and meter is not None
+            and settings is not None
+            and self.loop.is_new(meter.source_ts)
+        ):
+            return self._step(snap, meter, settings, now)
+        outcome = self.loop.idle(now, settings)
+        if not usable:
+            return Outcome(outcome.setpoint_w, skipped="no usable grid or battery reading")
+        return outcome
+
+    def _step(self, snap: Snapshot, meter: Point, settings: GridSettings, now: float) -> Outcome:
+        """A new meter measurement: the battery's readings up to now, then one loop step."""
+        bess_dev = self.site.bess
+        soc = None
+        available = False
+        if bess_dev is not None:
+            soc = snap.value(f"{bess_dev}.soc")
+            measured = snap.get(f"{bess_dev}.active_power")
+            if measured is not None and measured.quality is not Quality.INVALID:
+                self.loop.battery(measured.source_ts, measured.value)
+                available = soc is not None
+        jobs = self.jobs(now) if self.config.predictive else ()
+        return self.loop.step(
+            meter.source_ts,
+            meter.value,
+            received=meter.received_ts,
+            soc=soc,
+            bess_available=available,
+            jobs=jobs,
+            settings=settings,
+        )
+
+    def _guard_event(self, event: GuardEvent) -> None:
+        stats = self.stats
+        stats.guard_active = event.tripped
+        if event.tripped:
+            stats.guard_trips_total += 1
+            stats.guard_reason = event.reason.value if event.reason else None
+            log.error("control_guard_tripped", reason=stats.guard_reason, detail=event.detail)
+        else:
+            log.warning("control_guard_rearmed", detail=event.detail)
+        if self.on_guard is not None:
+            self.on_guard(event)
+
+    async def _act(self, setpoint: float | None, snap: Snapshot, received_ts: float | None) -> None:
+        """Write the plan: enable once, thermal setpoints once, the battery when it moved
+        (``setpoint`` ``None``: no new decision; the last one is kept alive)."""
         writes: list[SetpointWrite] = []
         bess = self.site.bess
         assert bess is not None
@@ -284,13 +365,14 @@ class ControlCycle:
         now = snap.taken_at
         if self.site.thermal is not None:
             await self._act_thermal(snap, writes)
-        setpoint = decision.bess_setpoint_w
-        due = (
+        if setpoint is None:
+            setpoint = self._last_written if self._last_written is not None else None
+        due = setpoint is not None and (
             self._last_written is None
             or abs(setpoint - self._last_written) >= SETPOINT_DEADBAND_W
             or now - self._last_written_at >= REWRITE_EVERY_S
         )
-        if due:
+        if due and setpoint is not None:
             await self._write(bess, "power_setpoint", setpoint, writes)
             if writes[-1].ok:
                 self._last_written, self._last_written_at = setpoint, self.clock()

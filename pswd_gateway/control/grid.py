@@ -5,8 +5,10 @@ the controllers in a fixed order and the arbiter last:
 
 1. *Predictive feed-forward* (:func:`expected_announced_w`, :func:`planned_announced_w`): each
    announced job contributes the load it will draw (its own fast ramp) and, separately, the
-   grid draw planned for it: a ramp at the planning rate centred on the job's rise, so that
-   the 40 ms start lands on the battery and the grid has already taken half of it.
+   grid draw planned for it: a ramp at the planning rate that ends with the job's own rise, so
+   the grid already carries the job's level when it starts (the battery charges meanwhile) and
+   the grid is flat when the training rhythm begins; the fall is centred on the job's end (an
+   end is an estimate).
 2. *Grid ramp limiter*: the rest of the site load, what nobody announced, passes a two-stage
    low-pass filter (cut-off half the lowest oscillation band, so the training rhythm is
    attenuated); the grid target is that plus the planned draw plus the SoC bias, followed at
@@ -16,6 +18,17 @@ the controllers in a fixed order and the arbiter last:
 4. *Arbiter*: hard limits win, in this order: the grid import limit, the inverter rating, the
    SoC window. What the battery cannot cover goes to the grid, and when that breaks the ramp
    limit the decision carries a *workload fallback*: the workload is asked to ramp instead.
+5. *Pay-back* (bounded): what the grid drew beyond its plan since the last reading (an edge
+   faster than the measurement) is integrated from the meter's power readings, each over its own
+   measurement interval, and given back through the battery with time constant ``payback_s``,
+   never more than ``payback_max_w``. The integral counts the grid against the plan, not
+   against what was commanded, so a pay-back that reaches the grid empties it: a first-order
+   loop, stable for any loop delay below ``pi/2 x payback_s`` (docs/control.md).
+
+The reading's time is the meter's *measurement* time and the battery's power is taken at that
+same instant (:class:`pswd_gateway.control.loop.GridLoop` aligns them): grid + battery is then
+the site's load at one instant, whatever the battery is doing, so the battery setpoint does not
+feed back on itself.
 
 The reactive baseline is the same step with no announced jobs.
 
@@ -67,6 +80,16 @@ class GridSettings:
     """The pull never asks for more than this fraction of the inverter rating."""
     lookahead_s: float = 900.0
     """How far ahead an announced start or stop moves the SoC target."""
+    payback_s: float = 0.5
+    """Time constant of the pay-back of what the grid drew beyond its plan (0: none)."""
+    payback_max_fraction: float = 0.1
+    """The pay-back never asks for more than this fraction of the inverter rating."""
+    max_gap_s: float = 1.0
+    """Readings further apart than this restart the pay-back (nothing is known in between)."""
+
+    @property
+    def payback_max_w(self) -> float:
+        return self.payback_max_fraction * self.bess_rated_w
 
     @property
     def planning_ramp_w_per_s(self) -> float:
@@ -99,14 +122,16 @@ class GridReading:
     """One fresh reading of the grid connection and the battery."""
 
     t: float
+    """When the meter measured ``grid_w`` (its source time, POSIX seconds)."""
     grid_w: float
     bess_w: float
+    """The battery's power at ``t``, the same instant as ``grid_w``."""
     soc: float | None
     """``None`` when the battery's state of charge is not known (invalid quality)."""
     bess_available: bool = True
-    grid_energy_j: float | None = None
-    """The meter's net import energy counter, when it has one: the grid energy between two
-    readings shows what a fast edge cost the grid before the controller could see it."""
+    acting_at: float | None = None
+    """When a setpoint decided from this reading will act (arrival + write + the PCS's dead
+    time and response): the battery is given now what the announced jobs will add by then."""
 
     @property
     def site_load_w(self) -> float:
@@ -124,15 +149,13 @@ class LimiterState:
     f1: float
     f2: float
     """The two low-pass stages over the unannounced part of the site load."""
-    energy_j: float | None = None
-    """The meter's energy counter at ``t``."""
-    commanded_grid_w: float | None = None
-    """Grid draw the last setpoint aimed at (plan less pay-back)."""
+    leak_j: float = 0.0
+    """Energy the grid drew beyond its plan and not yet given back."""
 
     @classmethod
     def start(cls, reading: GridReading, unannounced_w: float | None = None) -> LimiterState:
         base = reading.site_load_w if unannounced_w is None else unannounced_w
-        return cls(reading.t, reading.grid_w, base, base, reading.grid_energy_j, None)
+        return cls(reading.t, reading.grid_w, base, base)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +180,8 @@ class GridDecision:
     planned_announced_w: float
     soc_bias_w: float
     soc_target: float
+    payback_w: float
+    """Battery power added to give back what the grid drew beyond its plan."""
     binding: str | None
     """The hard limit that decided the setpoint, if one did."""
     fallback: Fallback | None
@@ -181,15 +206,16 @@ def expected_announced_w(t: float, jobs: Sequence[Announced]) -> float:
 
 
 def planned_announced_w(t: float, jobs: Sequence[Announced], ramp_w_per_s: float) -> float:
-    """Grid draw planned for the announced jobs: ramps at ``ramp_w_per_s``, centred on each
-    job's own rise and fall, so half of every step is on the grid before the job moves."""
+    """Grid draw planned for the announced jobs: ramps at ``ramp_w_per_s`` that end with each
+    job's own rise (the grid is at the job's level when it starts, and flat while its rhythm
+    begins) and are centred on its fall."""
     total = 0.0
     for j in jobs:
         span = j.level_w / ramp_w_per_s
         rise = j.rise_s
-        up_mid = j.start_s + rise / 2.0
+        up_end = j.start_s + rise
         down_mid = j.end_s - rise / 2.0
-        up = _ramp((t - (up_mid - span / 2.0)) / span)
+        up = _ramp((t - (up_end - span)) / span)
         down = _ramp(((down_mid + span / 2.0) - t) / span)
         total += j.level_w * min(up, down)
     return total
@@ -201,16 +227,17 @@ def soc_target(t: float, jobs: Sequence[Announced], s: GridSettings) -> float:
     rp = s.planning_ramp_w_per_s
     lo, hi = s.soc_min, s.soc_max
     for j in jobs:
-        # Each half of a centred ramp moves level²/(8·rate) through the battery, plus what the
-        # filter lets through if the level was misjudged by a quarter. Before a start the grid
-        # rises first (the battery charges, then gives it back): keep room. Before a stop the
-        # grid falls first (the battery gives, then charges): keep energy.
-        need = j.level_w**2 / (8.0 * rp) + 0.25 * j.level_w * 2.0 * s.filter_tau_s
-        frac = need / s.bess_capacity_j
+        # Before a start the grid rises first, the whole ramp (level²/(2·rate) into the
+        # battery): keep room. Before a stop the grid falls first, half a centred ramp
+        # (level²/(8·rate) out of the battery): keep energy. Both plus what the filter lets
+        # through if the level was misjudged by a quarter.
+        misjudged = 0.25 * j.level_w * 2.0 * s.filter_tau_s
+        room = (j.level_w**2 / (2.0 * rp) + misjudged) / s.bess_capacity_j
+        energy = (j.level_w**2 / (8.0 * rp) + misjudged) / s.bess_capacity_j
         if 0.0 <= j.start_s - t <= s.lookahead_s:
-            hi = min(hi, s.soc_max - frac)
+            hi = min(hi, s.soc_max - room)
         if 0.0 <= j.end_s - t <= s.lookahead_s:
-            lo = max(lo, s.soc_min + frac)
+            lo = max(lo, s.soc_min + energy)
     target = min(max(s.soc_target, lo), hi) if lo <= hi else (lo + hi) / 2.0
     return min(max(target, s.soc_min), s.soc_max)
 
@@ -245,6 +272,27 @@ def _binding(wanted: float, reading: GridReading, s: GridSettings) -> str:
     return "bess_power"
 
 
+def _ahead_w(reading: GridReading, jobs: Sequence[Announced], expected_w: float) -> float:
+    """Feed-forward: what the announced jobs will add between the measurement and the instant
+    the setpoint acts goes on the battery now, so it moves with a 40 ms edge, not after it."""
+    if reading.acting_at is None or reading.acting_at <= reading.t:
+        return 0.0
+    return expected_announced_w(reading.acting_at, jobs) - expected_w
+
+
+def _payback(
+    leak_j: float, over_plan_w: float, dt: float, plan_w: float, s: GridSettings
+) -> tuple[float, float]:
+    """(energy still owed, pay-back power): the grid's draw beyond its plan at this reading,
+    held over the reading's interval, added to what is owed and given back over
+    ``payback_s`` within ``payback_max_w`` (never through the import limit)."""
+    if s.payback_s <= 0.0 or not 0.0 < dt <= s.max_gap_s:
+        return 0.0, 0.0
+    cap = s.payback_max_w * s.payback_s
+    leak = min(max(leak_j + over_plan_w * dt, -cap), cap)
+    return leak, max(leak / s.payback_s, plan_w - s.import_limit_w)
+
+
 def grid_step(
     state: LimiterState | None,
     reading: GridReading,
@@ -257,6 +305,7 @@ def grid_step(
     rp = s.planning_ramp_w_per_s
     expected = expected_announced_w(t, jobs)
     planned = planned_announced_w(t, jobs, rp)
+    ahead = _ahead_w(reading, jobs, expected)
     if state is None or t <= state.t:
         state = LimiterState.start(reading, load - expected)
         dt = 0.0
@@ -275,20 +324,8 @@ def grid_step(
     binding: str | None = None
     if grid > s.import_limit_w:
         grid, binding = s.import_limit_w, "import_limit"
-    # Energy pay-back: what the grid drew since the last reading beyond what was commanded
-    # (an edge faster than the readings) is given back over the next interval, so averaged
-    # grid power follows the plan.
-    leak = 0.0
-    if (
-        dt > 0
-        and reading.grid_energy_j is not None
-        and state.energy_j is not None
-        and state.commanded_grid_w is not None
-    ):
-        leak = (reading.grid_energy_j - state.energy_j) - state.commanded_grid_w * dt
-        leak = min(max(leak, -s.bess_rated_w * dt), s.bess_rated_w * dt)
-    payback = leak / dt if dt > 0 else 0.0
-    wanted = load - grid
+    leak, payback = _payback(state.leak_j, reading.grid_w - grid, dt, grid, s)
+    wanted = load + ahead - grid
     bess = _clamp_bess(wanted, reading, s)
     if bess is None:
         bess, binding = 0.0, "bess_unavailable"
@@ -310,10 +347,13 @@ def grid_step(
                 wanted - bess,
                 rp,
             )
+    if bess != wanted:
+        leak = payback = 0.0  # the grid takes what the battery cannot, by design: nothing to repay
     elif payback:
         # Best effort, never at the cost of the plan: within the same hard limits.
-        bess = _clamp_bess(wanted + payback, reading, s) or 0.0
-    commanded = load - bess
+        paid = _clamp_bess(wanted + payback, reading, s)
+        bess = wanted if paid is None else paid
+        payback = bess - wanted
     return GridDecision(
         t=t,
         bess_setpoint_w=bess,
@@ -323,7 +363,8 @@ def grid_step(
         planned_announced_w=planned,
         soc_bias_w=bias,
         soc_target=target_soc,
+        payback_w=payback,
         binding=binding,
         fallback=fallback,
-        state=LimiterState(t, grid, f1, f2, reading.grid_energy_j, commanded),
+        state=LimiterState(t, grid, f1, f2, leak),
     )

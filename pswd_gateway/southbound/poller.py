@@ -1,13 +1,18 @@
 """The poll scheduler: one task per device on absolute deadlines, with IEC 61850-style quality.
 
 - Deadlines are ``t0 + k·interval`` on the monotonic clock: no drift however long polls take.
+  ``t0`` is a whole multiple of the interval, so devices polled at the same interval are polled
+  on one grid: the grid meter's and the battery's readings belong to the same instants.
 - A slot whose deadline passed by a whole interval (the previous poll was still running, or the
   loop was late) is counted in ``overruns_total`` and skipped — never queued.
 - Each poll runs under ``asyncio.timeout(driver.timeout_s)``.
 - A failed or timed-out poll marks the device ``questionable`` at once; ``invalid_after_s``
   without a good reading marks it ``invalid``; a good reading brings fresh ``good`` points.
-- A lost connection is re-established with exponential back-off (0.1 s doubling to 5 s) inside
-  the deadline grid: reconnect attempts happen only in poll slots, never in a tight loop.
+- A failed poll closes the connection (a late reply would otherwise answer the next request:
+  Modbus clients match replies in order) and reconnects at the next slot: a lost reply, or a
+  short burst of late ones on a busy machine, costs only its slots. From the
+  ``BACKOFF_AFTER``-th failure in a row the reconnects back off exponentially (0.1 s doubling to
+  5 s) inside the deadline grid: never in a tight loop against a device that is gone.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ LATENESS_BUCKETS_S: tuple[float, ...] = (
 RESERVOIR = 10_000
 CONNECT_TIMEOUT_S = 2.0
 """Connecting (TCP, sessions, SunSpec chain check) is not latency-critical: at least this long."""
+BACKOFF_AFTER = 3
+"""Failures in a row before reconnects back off."""
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 LOG_EVERY_S = 10.0
@@ -136,6 +143,7 @@ class Poller:
         self.stats = PollStats(driver.name, driver.poll_interval_s)
         self._connected = False
         self._backoff_s = BACKOFF_MIN_S
+        self._failures_in_row = 0
         self._next_connect = 0.0
         self._last_good = clock()
         self._last_log = -math.inf
@@ -147,8 +155,9 @@ class Poller:
     async def run(self) -> None:
         """Poll until cancelled."""
         interval = self.driver.poll_interval_s
-        t0 = self._clock()
-        self._last_good = t0
+        now = self._clock()
+        t0 = math.ceil(now / interval) * interval  # one grid for every device of this interval
+        self._last_good = now
         k = 0
         try:
             while True:
@@ -204,6 +213,7 @@ class Poller:
 
     def _succeeded(self, now: float) -> None:
         self._backoff_s = BACKOFF_MIN_S
+        self._failures_in_row = 0
         self._last_good = now
         self.stats.last_success_wall = self._wall()
         if not self.stats.up:
@@ -220,8 +230,12 @@ class Poller:
             if self._connected:
                 self._connected = False
                 asyncio.get_running_loop().create_task(self._close_quietly())
-            self._next_connect = now + self._backoff_s
-            self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+            if self._failures_in_row < BACKOFF_AFTER - 1:
+                self._next_connect = now  # reconnect at the next slot
+            else:
+                self._next_connect = now + self._backoff_s
+                self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+            self._failures_in_row += 1
             self._log_rate_limited("poll_failed", error=reason)
         self.stats.up = False
         target = (

@@ -47,13 +47,16 @@ def test_a_step_trace_with_its_announcement_gives_every_figure(tmp_path: Path) -
             ]
         )
     )
-    result = run_smoothing(trace, ann)
+    result = run_smoothing(trace, ann, ideal=True)
     for run in ("predictive", "reactive", "optimum"):
         assert set(result[run]) >= KEYS
     assert result["predictive"]["ramp_limit_violations"] == 0
     assert result["optimum"]["ramp_limit_violations"] == 0
     pred, reac = result["predictive"], result["reactive"]
-    assert pred["bess_capacity_needed_mwh"] < reac["bess_capacity_needed_mwh"]
+    # announced, the grid is at the job's level when it starts; unannounced, the step breaks
+    # the limit until the limiter catches up
+    assert reac["ramp_limit_violations"] > 0
+    assert pred["max_grid_ramp_mw_per_s"] < reac["max_grid_ramp_mw_per_s"]
     assert result["setup"]["announcements"] == 1
 
 
@@ -82,3 +85,22 @@ def test_bad_announcements_name_the_entry_and_field(tmp_path: Path) -> None:
     where = {p for p, _ in err.value.problems}
     assert "/0/peak_power_mw" in where
     assert "/0/ramp_rate_mw_per_sec" in where
+
+
+def test_the_realistic_runs_go_through_the_twins_imperfections_and_the_guard(
+    tmp_path: Path,
+) -> None:
+    """The default: the whole loop against the twin's physics, meters and faults."""
+    lines = ["t_s,it_power_mw"]
+    for i in range(3000):  # 30 s: 20 MW, then a 1.2 s rhythm of 20 to 80 MW from 15 s
+        t = i * 0.01
+        lines.append(f"{t:.2f},{20.0 if t < 15.0 or int((t - 15.0) / 0.6) % 2 else 80.0}")
+    trace = tmp_path / "trace.csv"
+    trace.write_text("\n".join(lines) + "\n")
+    result = run_smoothing(trace, None, with_optimum=False)
+    assert result["setup"]["measurements"].startswith("realistic")
+    for run in ("predictive", "reactive"):
+        assert set(result[run]) >= KEYS
+        assert result[run]["guard_trips"] == 0
+    # the battery took the rhythm: far less of it reaches the grid
+    assert result["reactive"]["band_energy_ratio"] < 0.2

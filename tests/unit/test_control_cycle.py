@@ -24,7 +24,12 @@ class Clock:
 
 
 def feed(
-    store: PointStore, t: float, grid_mw: float, soc: float = 0.5, q: Quality = Quality.GOOD
+    store: PointStore,
+    t: float,
+    grid_mw: float,
+    soc: float = 0.5,
+    q: Quality = Quality.GOOD,
+    bess_mw: float = 0.0,
 ) -> None:
     def p(name: str, value: float, unit: str) -> Point:
         return Point(name, value, unit, q, t, t)
@@ -32,7 +37,7 @@ def feed(
     store.update(
         [
             p("meter.active_power", grid_mw * MW, "W"),
-            p("bess.active_power", 0.0, "W"),
+            p("bess.active_power", bess_mw * MW, "W"),
             p("bess.soc", soc, "1"),
             p("bess.power_rating", 250 * MW, "W"),
             p("bess.energy_rating", 120 * 3.6e9, "J"),
@@ -77,13 +82,19 @@ async def test_a_step_is_written_to_the_battery_and_small_changes_are_not_rewrit
     feed(store, clock.now, 300.0)
     await cycle.run_once(received_ts=clock.now)
     (setpoint,) = [w for w in writes if w[1] == "power_setpoint"]
-    assert setpoint[2] == pytest.approx(200 * MW, rel=0.02)
+    last = cycle.stats.last
+    assert last is not None
+    # the battery takes the 200 MW step, plus the pay-back of the 20 ms the grid carried it
+    assert last.payback_w == pytest.approx(200 * MW * 0.02 / 0.5, rel=0.01)
+    assert setpoint[2] == pytest.approx(200 * MW + last.payback_w, rel=0.02)
     assert len(cycle.stats.reading_to_setpoint_s) == 1
     writes.clear()
     clock.now += 0.02
-    feed(store, clock.now, 300.0 - cycle.stats.last.bess_setpoint_w / MW)  # type: ignore[union-attr]
+    # the battery followed: the same load, the grid on its plan less the pay-back
+    bess = last.bess_setpoint_w / MW
+    feed(store, clock.now, 300.0 - bess, bess_mw=bess)
     await cycle.run_once()
-    assert not [w for w in writes if w[1] == "power_setpoint"]  # within the 50 kW dead band
+    assert cycle.stats.last.bess_setpoint_w == pytest.approx(bess * MW, abs=1.5 * MW)  # type: ignore[union-attr]
 
 
 async def test_without_a_good_meter_reading_nothing_is_decided_or_written() -> None:

@@ -120,8 +120,20 @@ async def test_reconnect_backs_off_instead_of_hammering_the_device() -> None:
     driver = FakeDriver(clock, [DeviceError("dev", "reset")] * 100)
     poller = Poller(driver, PointStore(), invalid_after_s=1.0, clock=clock, sleep=clock.sleep)
     await run_for(poller, clock, 10.0)
-    # 100 slots in 10 s; back-off 0.1, 0.2, 0.4 … 5 s allows only a handful of attempts
-    assert 3 <= driver.connects <= 10
+    # 100 slots in 10 s; three at once, then back-off 0.1, 0.2, 0.4 … 5 s: only a handful
+    assert 5 <= driver.connects <= 12
+
+
+async def test_one_lost_reply_costs_one_slot_not_a_back_off() -> None:
+    """A single failure reconnects at the next slot; the device is read again at once."""
+    clock = FakeClock()
+    driver = FakeDriver(clock, [1.0, 2.0, TimeoutError(), 3.0, 4.0, 5.0])
+    store = PointStore()
+    poller = Poller(driver, store, invalid_after_s=1.0, clock=clock, sleep=clock.sleep)
+    await run_for(poller, clock, 0.55)
+    assert poller.stats.errors_total == 1
+    assert driver.connects == 2  # the first connect and one reconnect, no slot skipped
+    assert poller.stats.polls_total == poller.stats.errors_total + 5
 
 
 async def test_lateness_is_recorded_per_poll() -> None:

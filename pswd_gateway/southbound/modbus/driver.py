@@ -16,6 +16,7 @@ from pswd_gateway.domain.units import from_si, to_si
 from pswd_gateway.errors import DeviceError, WriteRefusedError
 from pswd_gateway.logging import get_logger
 from pswd_gateway.southbound.modbus.registermap import (
+    ReadBlock,
     RegisterMap,
     RegisterPoint,
     decode_point,
@@ -23,6 +24,7 @@ from pswd_gateway.southbound.modbus.registermap import (
     read_plan,
 )
 from pswd_gateway.southbound.modbus.sunspec import END_MODEL_ID, SUNS_MARKER, SunSpecRegisterMap
+from pswd_gateway.southbound.source_time import SourceClock
 
 __all__ = ["ModbusDriver"]
 
@@ -46,10 +48,16 @@ class ModbusDriver:
         self.cfg = cfg
         self.regmap = regmap
         self._wall = wall_clock
-        self._plan = read_plan(regmap.points)
+        self._every = sorted({p.poll_every for p in regmap.points})
+        self._plans: dict[tuple[int, ...], tuple[list[ReadBlock], list[RegisterPoint]]] = {}
+        self._polls = 0
         self._units = {p.name: to_si(1.0, p.unit)[1] for p in regmap.points}
         self._client: AsyncModbusTcpClient | None = None
         self._sf_cache: dict[int, int] = {}
+        self._source = SourceClock(cfg.measurement_refresh_s)
+        self._verified = False
+        self._writer: AsyncModbusTcpClient | None = None
+        self._write_io = asyncio.Lock()
         self._io = asyncio.Lock()
         """One request in flight per connection: a setpoint write between two read blocks of a
         poll, never beside one (pymodbus would match the answers to the wrong requests)."""
@@ -70,6 +78,18 @@ class ModbusDriver:
         if self._client is not None and self._client.connected:
             return
         await self.close()
+        self._client = await self._open()
+        if isinstance(self.regmap, SunSpecRegisterMap) and not self._verified:
+            # Once per process: a reconnect after a lost reply is the same device, and seven
+            # more round trips right then are seven more chances to lose one.
+            try:
+                await self._verify_sunspec(self.regmap)
+            except DeviceError:
+                await self.close()
+                raise
+            self._verified = True
+
+    async def _open(self) -> AsyncModbusTcpClient:
         client = AsyncModbusTcpClient(
             self.cfg.host,
             port=self.cfg.port,
@@ -86,38 +106,83 @@ class ModbusDriver:
         if not ok:
             client.close()
             raise DeviceError(self.name, f"cannot connect to {self._where()}")
-        self._client = client
-        if isinstance(self.regmap, SunSpecRegisterMap):
-            try:
-                await self._verify_sunspec(self.regmap)
-            except DeviceError:
-                await self.close()
-                raise
+        return client
+
+    async def _write_client(self) -> tuple[AsyncModbusTcpClient, asyncio.Lock]:
+        """The connection writes go over: the polls' own, or (``write_connection = "own"``)
+        one of their own, opened on the first write and again after a failed one, so that a
+        setpoint never queues behind a poll nor a late reply to it confuses the next read."""
+        if self.cfg.write_connection == "shared":
+            return self._require_client(), self._io
+        if self._writer is None or not self._writer.connected:
+            self._drop_writer()
+            self._writer = await self._open()
+        return self._writer, self._write_io
+
+    def _drop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     async def close(self) -> None:
+        self._drop_writer()
         client, self._client = self._client, None
         if client is not None:
             client.close()
 
     async def read(self) -> Sequence[Point]:
         sent = self._wall()
+        self._source.begin(sent)
+        plan, due = self._plan()
+        self._polls += 1
         image: dict[int, int] = {}
-        for block in self._plan:
+        for block in plan:
             regs = await self._read_block(block.start, block.count)
             image.update(zip(range(block.start, block.start + block.count), regs, strict=True))
         received = self._wall()
         points: list[Point] = []
-        for p in self.regmap.points:
+        for p in due:
             value = self._decode(p, image)
             if value is None:
                 continue
             si, unit = to_si(value, p.unit)
-            points.append(
-                Point(point_key(self.name, p.name), si, unit, Quality.GOOD, sent, received)
-            )
+            key = point_key(self.name, p.name)
+            source = self._source.stamp(key, si)
+            points.append(Point(key, si, unit, Quality.GOOD, source, received))
         return points
 
     async def write(self, point: str, value: float) -> None:
+        p, native, regs = await self._encode(point, value)
+        client, lock = await self._write_client()
+        try:
+            async with lock:
+                reply = await client.write_registers(p.address, regs, device_id=self.cfg.unit_id)
+        except (ModbusException, OSError) as exc:
+            if client is self._writer:
+                self._drop_writer()
+            raise DeviceError(self.name, f"write {point} at {p.address}: {exc}") from None
+        except asyncio.CancelledError:
+            if client is self._writer:
+                self._drop_writer()  # its reply may still come: it must not answer the next write
+            raise
+        self._check(reply, f"write {point} at {p.address}")
+        log.debug("device_write", device=self.name, point=point, value=native, unit=p.unit)
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _plan(self) -> tuple[list[ReadBlock], list[RegisterPoint]]:
+        """The reads of this poll and the points they serve (``poll_every``: slow points only
+        on every N-th poll; the first poll reads them all)."""
+        key = tuple(n for n in self._every if self._polls % n == 0)
+        cached = self._plans.get(key)
+        if cached is None:
+            due = [p for p in self.regmap.points if p.poll_every in key]
+            cached = (read_plan(tuple(due), self.regmap.read_gap), due)
+            self._plans[key] = cached
+        return cached
+
+    async def _encode(self, point: str, value: float) -> tuple[RegisterPoint, float, list[int]]:
+        """Validate a write and turn it into registers (the scale factor read once)."""
         try:
             p = self.regmap.point(point)
         except KeyError:
@@ -145,16 +210,7 @@ class ModbusDriver:
             regs = encode_point(p, native, self.regmap.orders(p), sf)
         except ValueError as exc:
             raise WriteRefusedError(self.name, str(exc)) from None
-        client = self._require_client()
-        try:
-            async with self._io:
-                reply = await client.write_registers(p.address, regs, device_id=self.cfg.unit_id)
-        except (ModbusException, OSError) as exc:
-            raise DeviceError(self.name, f"write {point} at {p.address}: {exc}") from None
-        self._check(reply, f"write {point} at {p.address}")
-        log.debug("device_write", device=self.name, point=point, value=native, unit=p.unit)
-
-    # ---- helpers -------------------------------------------------------------------------
+        return p, native, regs
 
     def _decode(self, p: RegisterPoint, image: dict[int, int]) -> float | None:
         regs = [image[a] for a in range(p.address, p.end)]

@@ -95,6 +95,9 @@ class RegisterPoint(BaseModel):
     sf_address: Annotated[int, Field(ge=0, le=65535)] | None = None
     """Address of a SunSpec ``sunssf`` register: value = raw * scale * 10**sf."""
     access: Literal["r", "rw"] = "r"
+    poll_every: Annotated[int, Field(ge=1, le=10_000)] = 1
+    """Read on every N-th poll (1: every poll). Ratings and read-backs of what the gateway wrote
+    need not cost a request in every 20 ms poll of a device the control loop waits for."""
     minimum: float | None = None
     """Lowest value a write may carry (engineering unit); writes outside are refused."""
     maximum: float | None = None
@@ -135,6 +138,9 @@ class RegisterMap(BaseModel):
     byte_order: Order = "big"
     word_order: Order = "big"
     points: tuple[RegisterPoint, ...]
+    read_gap: Annotated[int, Field(ge=0, le=MAX_READ_REGISTERS)] = 8
+    """Unused registers one read may span between two points (every register in such a gap
+    must answer a read). Fewer requests per poll: less time, fewer chances to lose a reply."""
 
     @model_validator(mode="after")
     def _no_overlap(self) -> RegisterMap:

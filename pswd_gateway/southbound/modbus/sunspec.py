@@ -29,6 +29,7 @@ import sunspec2.device as ss_device
 from pydantic import BaseModel, ConfigDict, Field
 
 from pswd_gateway.southbound.modbus.registermap import (
+    MAX_READ_REGISTERS,
     DataType,
     RegisterMap,
     RegisterPoint,
@@ -60,6 +61,7 @@ class _SunSpecPointRef(BaseModel):
     unit: str | None = None
     scale: float = 1.0
     access: Literal["r", "rw"] | None = None
+    poll_every: Annotated[int, Field(ge=1, le=10_000)] = 1
     minimum: float | None = None
     maximum: float | None = None
     description: str = ""
@@ -151,6 +153,7 @@ def _resolve(ref: _SunSpecPointRef, layout: SunSpecLayout) -> RegisterPoint:
         scale=scale,
         sf_address=sf_address,
         access=access,
+        poll_every=ref.poll_every,
         minimum=ref.minimum,
         maximum=ref.maximum,
         description=ref.description or f"SunSpec {ref.model}.{ref.point}",
@@ -158,9 +161,14 @@ def _resolve(ref: _SunSpecPointRef, layout: SunSpecLayout) -> RegisterPoint:
 
 
 class SunSpecRegisterMap(RegisterMap):
-    """A register map whose points come from SunSpec models; knows the expected layout."""
+    """A register map whose points come from SunSpec models; knows the expected layout.
+
+    A SunSpec chain is one block of readable registers (each model's header and body), so a
+    read may span any gap that fits in it: the battery's 701/702/704/802 points are three reads,
+    not ten."""
 
     layout: SunSpecLayout
+    read_gap: int = MAX_READ_REGISTERS
 
 
 def resolve_sunspec_map(data: Mapping[str, Any]) -> SunSpecRegisterMap:

@@ -1,0 +1,186 @@
+"""The grid loop between readings and setpoints: one instant, one step per measurement, the
+guard, staleness. Cycle tables in the style of OpenEMS's ControllerTest: inputs per cycle,
+expected setpoint per cycle, on a fake clock."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pswd_gateway.control.grid import GridSettings
+from pswd_gateway.control.loop import GridLoop, LoopSettings
+
+MW = 1e6
+S = GridSettings(
+    ramp_limit_w_per_s=20 * MW,
+    import_limit_w=320 * MW,
+    bess_rated_w=250 * MW,
+    bess_capacity_j=120 * 3.6e9,
+    payback_s=0.0,
+)
+
+
+def step(loop: GridLoop, t: float, grid_mw: float, received: float | None = None) -> float | None:
+    out = loop.step(
+        t,
+        grid_mw * MW,
+        received=t + 0.03 if received is None else received,
+        soc=0.5,
+        bess_available=True,
+        jobs=(),
+        settings=S,
+    )
+    return None if out.setpoint_w is None else out.setpoint_w / MW
+
+
+def test_cycle_table_a_step_measured_at_one_instant() -> None:
+    """(t, battery reading, meter reading) per cycle → the setpoint written."""
+    loop = GridLoop()
+    table = [
+        # t      battery  meter   expected setpoint (MW)
+        (10.00, 0.0, 100.0, 0.0),
+        (10.02, 0.0, 300.0, 200.0),  # an unannounced 200 MW step: the battery takes it
+        (10.04, 200.0, 100.0, 200.0),  # the battery delivered: same load, same setpoint
+        (10.06, 200.0, 100.4, 200.0),  # the plan rose 0.4 MW (14 MW/s x 20 ms): the grid too
+    ]
+    for t, bess, meter, expected in table:
+        loop.battery(t, bess * MW)
+        got = step(loop, t, meter)
+        assert got == pytest.approx(expected, abs=0.6), (t, got)
+
+
+def test_the_battery_is_taken_at_the_meters_measurement_instant() -> None:
+    loop = GridLoop()
+    loop.battery(10.00, 0.0)
+    step(loop, 10.0, 100.0)
+    loop.battery(10.04, 100 * MW)  # the battery moved from 0 to 100 MW over 40 ms
+    # the meter measured at 10.02 (half way): the battery was at 50 MW then, not 100
+    assert loop.battery_at(10.02) == pytest.approx(50 * MW)
+    setpoint = step(loop, 10.02, 150.0)  # load = 150 + 50 = 200 MW, plan ~100
+    assert setpoint == pytest.approx(100.0, abs=0.5)
+
+
+def test_a_meter_reading_ahead_of_the_battery_waits_for_its_next_reading() -> None:
+    loop = GridLoop(LoopSettings(max_skew_s=0.005))
+    loop.battery(10.0, 0.0)
+    step(loop, 10.0, 100.0)
+    out = loop.step(
+        10.04, 120 * MW, received=10.05, soc=0.5, bess_available=True, jobs=(), settings=S
+    )
+    assert out.setpoint_w is None
+    assert out.skipped is not None
+    assert "waiting" in out.skipped
+    assert loop.waiting == 10.04
+    assert loop.battery(10.05, 0.0)  # now the meter reading can be stepped
+    assert step(loop, 10.04, 120.0) == pytest.approx(20.0, abs=0.5)
+    assert loop.waiting is None
+
+
+def test_a_repeated_measurement_is_not_stepped_twice() -> None:
+    loop = GridLoop()
+    loop.battery(10.0, 0.0)
+    assert step(loop, 10.0, 100.0) is not None
+    assert step(loop, 10.0, 100.0) is None
+    assert not loop.is_new(10.0)
+
+
+def test_without_new_meter_measurements_the_battery_ramps_to_zero() -> None:
+    loop = GridLoop(LoopSettings(stale_s=0.5))
+    loop.battery(10.0, 0.0)
+    step(loop, 10.0, 100.0, received=10.0)
+    loop.battery(10.02, 0.0)
+    assert step(loop, 10.02, 200.0, received=10.02) == pytest.approx(100.0, abs=0.5)
+    assert loop.idle(10.3, S).setpoint_w is None  # not stale yet
+    first = loop.idle(10.6, S)
+    assert first.skipped is not None
+    assert first.setpoint_w == pytest.approx(100 * MW, rel=0.01)
+    later = loop.idle(11.6, S).setpoint_w
+    assert later == pytest.approx(100 * MW - S.planning_ramp_w_per_s * 1.0, rel=0.01)
+    assert loop.idle(30.0, S).setpoint_w == 0.0
+    assert loop.state is None  # the limiter starts afresh from the next reading
+
+
+def test_a_battery_that_does_the_opposite_of_its_setpoint_cannot_make_the_loop_ring() -> None:
+    """Grid + battery at one instant is the load, whatever the battery does: no feedback."""
+    loop = GridLoop()
+    bess = 0.0
+    for k in range(200):
+        t = 100.0 + 0.02 * k
+        loop.battery(t, bess)
+        out = loop.step(
+            t, 100 * MW - bess, received=t, soc=0.5, bess_available=True, jobs=(), settings=S
+        )
+        assert out.event is None
+        bess = -(out.setpoint_w or 0.0) * 1.5
+    assert abs(loop.setpoint_w) < 1.0
+
+
+def ring(loop: GridLoop, t: float, cycles: int) -> tuple[float, list[object]]:
+    """A loop fed a battery reading stamped 100 ms later than it was measured (a device whose
+    averaging the gateway was not told of): the load estimate lags the battery, an integrator
+    with delay, and it rings."""
+    events: list[object] = []
+    history = [0.0] * 6
+    for k in range(cycles):
+        t += 0.02
+        loop.battery(t, history[-6])  # what the battery did 100 ms ago, stamped now
+        load = 150 * MW if k >= 5 else 100 * MW  # a 50 MW step sets it off
+        grid = load - history[-1]
+        out = loop.step(t, grid, received=t, soc=0.5, bess_available=True, jobs=(), settings=S)
+        if out.event is not None:
+            events.append(out.event)
+        history.append(loop.setpoint_w)  # an ideal battery does what it is told at once
+    return t, events
+
+
+def test_a_ringing_loop_is_put_in_safe_mode_and_re_armed_later() -> None:
+    loop = GridLoop()
+    loop.battery(100.0, 0.0)
+    step(loop, 100.0, 100.0)
+    loop.battery(100.0, 0.0)
+    t, events = ring(loop, 100.0, 300)
+    assert events
+    first = events[0]
+    assert first.tripped  # type: ignore[attr-defined]
+    assert loop.guard.tripped
+    # in safe mode the setpoint is the guard's, whatever the readings say
+    held = loop.setpoint_w
+    t += 0.02
+    loop.battery(t, 0.0)
+    out = loop.step(t, 50 * MW, received=t, soc=0.5, bess_available=True, jobs=(), settings=S)
+    assert out.skipped == "safe mode"
+    assert out.setpoint_w == pytest.approx(held, abs=abs(held) * 0.05 + 1.0)
+    # after the wait the loop controls again, from the reading it gets
+    t = first.at + loop.guard.wait_s + 0.01  # type: ignore[attr-defined]
+    loop.battery(t, 0.0)
+    out = loop.step(t, 100 * MW, received=t, soc=0.5, bess_available=True, jobs=(), settings=S)
+    assert out.event is not None
+    assert not out.event.tripped
+    assert not loop.guard.tripped
+
+
+def test_an_unavailable_battery_is_left_idle() -> None:
+    loop = GridLoop()
+    out = loop.step(
+        10.0, 100 * MW, received=10.0, soc=None, bess_available=False, jobs=(), settings=S
+    )
+    assert out.setpoint_w == 0.0
+    assert out.decision is not None
+    assert out.decision.binding == "bess_unavailable"
+
+
+def test_the_pay_back_follows_the_meters_measurement_times_not_the_cycles() -> None:
+    """Readings 20 ms apart on the meter's clock: the pay-back integrates 20 ms, whenever the
+    cycle ran (the old loop used the cycle's clock and paid back counter increments that did
+    not line up with it)."""
+    s = dataclasses.replace(S, payback_s=0.5)
+    loop = GridLoop()
+    loop.battery(10.0, 0.0)
+    loop.step(10.0, 100 * MW, received=10.5, soc=0.5, bess_available=True, jobs=(), settings=s)
+    loop.battery(10.02, 0.0)
+    out = loop.step(
+        10.02, 300 * MW, received=11.7, soc=0.5, bess_available=True, jobs=(), settings=s
+    )
+    assert out.decision is not None
+    assert out.decision.payback_w == pytest.approx(200 * MW * 0.02 / 0.5, rel=0.01)
