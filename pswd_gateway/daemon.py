@@ -33,12 +33,13 @@ from pswd_gateway import __version__
 from pswd_gateway.config import GatewayConfig, SiteConfig, load_config
 from pswd_gateway.control.cycle import ControlCycle, SetpointWrite
 from pswd_gateway.control.grid import Announced, Fallback
+from pswd_gateway.control.guard import GuardEvent
 from pswd_gateway.domain.identity import Identity
 from pswd_gateway.domain.workloads import PowerProfile
 from pswd_gateway.errors import ConfigError, DeviceError, PswdError
 from pswd_gateway.integration.feed import ForecastFeed
 from pswd_gateway.integration.forecasts import build_forecast_provider
-from pswd_gateway.journal import AsyncJournal, AuditEntry
+from pswd_gateway.journal import AsyncJournal, AuditEntry, format_ts
 from pswd_gateway.logging import configure_logging, get_logger
 from pswd_gateway.northbound.asgi import AsgiListener
 from pswd_gateway.northbound.http_api import ApiContext, create_app
@@ -116,6 +117,10 @@ class Gateway:
     _supervised: dict[str, _Supervised] = field(default_factory=dict, init=False)
     _setpoint_buffer: list[SetpointWrite] = field(default_factory=list, init=False)
     _last_fallback_notice: float = field(default=-1e9, init=False)
+    _guard_records: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    """Audit records and site notices of guard events still being written."""
+    _guard_order: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    """Guard events are recorded one at a time, in the order they came."""
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _watchdog_task: asyncio.Task[None] | None = field(default=None, init=False)
     _ready: bool = field(default=False, init=False)
@@ -245,6 +250,7 @@ class Gateway:
             jobs=self._announced_jobs,
             record=self._record_setpoints,
             on_fallback=self._on_fallback,
+            on_guard=self._on_guard,
         )
         await self.control.start()
 
@@ -313,6 +319,55 @@ class Gateway:
             )
         )
 
+    def _on_guard(self, event: GuardEvent) -> None:
+        """The control guard tripped or re-armed (called on the loop by the control cycle, which
+        logs it): tell the OPC UA and MMS servers now; audit and notify workloads in the
+        background."""
+        if self.opcua is not None:
+            self.opcua.control_guard(event)
+        if self.mms is not None:
+            self.mms.control_guard(event)
+        task = asyncio.get_running_loop().create_task(
+            self._record_guard(event), name="control-guard-record"
+        )
+        self._guard_records.add(task)
+        task.add_done_callback(self._guard_records.discard)
+
+    async def _record_guard(self, event: GuardEvent) -> None:
+        """The audit record and the ``control_guard`` site notice of one guard event."""
+        async with self._guard_order:
+            await self._record_guard_now(event)
+
+    async def _record_guard_now(self, event: GuardEvent) -> None:
+        at = datetime.fromtimestamp(event.at, UTC)
+        reason = event.reason.value if event.reason is not None else None
+        action = "guard_trip" if event.tripped else "guard_rearm"
+        if self.journal is not None:
+            entry = AuditEntry(
+                actor="control:guard",
+                role=None,
+                action=action,
+                target=self.config.site.name,
+                outcome="accepted",
+                detail={"reason": reason, "detail": event.detail},
+                at=at,
+            )
+            try:
+                await self.journal.call(self.journal.sync.audit, entry)
+            except Exception:
+                log.exception("control_guard_audit_failed", action=action)
+        if self.workloads is not None:
+            notice = {
+                "tripped": event.tripped,
+                "reason": reason,
+                "detail": event.detail,
+                "at": format_ts(at),
+            }
+            try:
+                await self.workloads.site_notice("control_guard", notice)
+            except Exception:
+                log.exception("control_guard_notice_failed", action=action)
+
     async def stop(self) -> None:
         """Stop everything started, in reverse order, within the configured timeout."""
         self.notifier.notify("STOPPING=1")
@@ -331,6 +386,8 @@ class Gateway:
                 await self._stop_task("forecast")
                 if self.control is not None:
                     await self.control.stop()
+                if self._guard_records:  # the last guard event's audit record and notice
+                    await asyncio.gather(*self._guard_records)
                 await self._stop_task("setpoint-journal")
                 await self._flush_setpoints_once()
                 if self.workloads is not None:

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from pswd_gateway import __version__
 from pswd_gateway.config import SiteConfig, SiteRole
 from pswd_gateway.control.cycle import ControlStats
+from pswd_gateway.control.guard import GuardReason
 from pswd_gateway.domain.points import Quality
 from pswd_gateway.southbound.poller import PollStats
 from pswd_gateway.store import PointStore, Snapshot
@@ -198,10 +199,16 @@ def _control_metrics(c: ControlStats) -> Iterator[Metric]:
             c.fallbacks_total,
         ),
         ("pswd_control_skipped", "Runs without a usable grid or battery reading.", c.skipped_total),
+        (
+            "pswd_control_guard_trips",
+            "Times the control guard tripped into safe mode.",
+            c.guard_trips_total,
+        ),
     ):
         counter = CounterMetricFamily(name, help_text)
         counter.add_metric([], value)
         yield counter
+    yield _guard_active(c)
     for name, help_text, samples in (
         (
             "pswd_control_cycle_lateness_seconds",
@@ -252,6 +259,23 @@ def _control_metrics(c: ControlStats) -> Iterator[Metric]:
         if reading is not None:
             gauge.add_metric([], reading)
         yield gauge
+
+
+def _guard_active(c: ControlStats) -> Metric:
+    """One series per guard reason, 1 for the reason of the trip in force, all 0 while the loop
+    controls normally: the series never come and go, and ``max(...) == 1`` is the alert."""
+    gauge = GaugeMetricFamily(
+        "pswd_control_guard_active",
+        "1 while the control guard holds the battery in safe mode, labelled with why it tripped.",
+        labels=["reason"],
+    )
+    reasons = [r.value for r in GuardReason]
+    current = c.guard_reason or "unknown"
+    if c.guard_active and current not in reasons:
+        reasons.append(current)
+    for reason in reasons:
+        gauge.add_metric([reason], 1.0 if c.guard_active and reason == current else 0.0)
+    return gauge
 
 
 def _le(bound: float) -> str:

@@ -72,19 +72,37 @@ def operate(con: Any, ref: str, value: Any, sbo: bool) -> dict[str, Any]:
     return out
 
 
+READS = {
+    "float": m.IedConnection_readFloatValue,
+    "int": m.IedConnection_readInt32Value,
+    "int64": m.IedConnection_readInt64Value,
+    "bool": m.IedConnection_readBooleanValue,
+    "quality": m.IedConnection_readQualityValue,
+}
+"""``[kind, reference, FC]`` → ``[value, error]``."""
+
+
+def utc_ms(con: Any, ref: str, fc: int) -> list[Any]:
+    """A Timestamp attribute (``t``) in ms since the epoch, and the error."""
+    value, err = m.IedConnection_readObject(con, ref, fc)
+    return [m.MmsValue_getUtcTimeInMs(value) if err == 0 else None, err]
+
+
+def dataset(con: Any, ref: str) -> list[Any]:
+    """The members of a dataset (``LD/LN.DO[FC]``), and the error."""
+    members, err = m.IedConnection_getDataSetDirectory(con, ref, None)
+    return [_names(members), err]
+
+
 def run(con: Any, command: list[Any]) -> Any:
     kind, *args = command
     fc = getattr(m, f"IEC61850_FC_{args[1]}") if len(args) > 1 and isinstance(args[1], str) else 0
-    if kind == "float":
-        return list(m.IedConnection_readFloatValue(con, args[0], fc))
-    if kind == "int":
-        return list(m.IedConnection_readInt32Value(con, args[0], fc))
-    if kind == "int64":
-        return list(m.IedConnection_readInt64Value(con, args[0], fc))
-    if kind == "bool":
-        return list(m.IedConnection_readBooleanValue(con, args[0], fc))
-    if kind == "quality":
-        return list(m.IedConnection_readQualityValue(con, args[0], fc))
+    if kind in READS:
+        return list(READS[kind](con, args[0], fc))
+    if kind == "utc_ms":
+        return utc_ms(con, args[0], fc)
+    if kind == "dataset":
+        return dataset(con, args[0])
     if kind == "browse":
         return browse(con, args[0])
     if kind == "connect_again":  # another association while this one stays open

@@ -423,3 +423,56 @@ async def test_unknown_routes_and_methods_are_problems(api: Api) -> None:
         assert r.headers["content-type"] == "application/problem+json"
         r = await http.delete("/v1/workloads")
         assert r.status_code == 405
+
+
+async def test_a_guard_trip_and_rearm_are_streamed_and_audited(tmp_path: Path) -> None:
+    """The whole gateway: each control-guard trip and re-arm is a `control_guard` event on the
+    stream (tripped, reason, detail, time) and a line of the audit chain, which still verifies."""
+    from guard_events import REARM_DETAIL, TRIP_DETAIL, rearm, trip  # noqa: PLC0415
+
+    from pswd_gateway.daemon import Gateway  # noqa: PLC0415
+    from pswd_gateway.journal import format_ts  # noqa: PLC0415
+
+    settings = config().model_dump(mode="json", exclude={"config_dir"})
+    settings["listeners"] = {
+        "metrics": {"enabled": False, "port": 0},
+        "api": {"host": "127.0.0.1", "port": 0},
+    }
+    settings["storage"] = {"state_dir": str(tmp_path), "journal_synchronous": "normal"}
+    gw = Gateway(GatewayConfig.model_validate(settings))
+    await gw.start()
+    try:
+        assert gw.api_listener is not None
+        assert gw.workloads is not None
+        api = Api(f"http://127.0.0.1:{gw.api_listener.port}", gw.workloads)
+        async with api.client("viewer") as http:
+            live = asyncio.create_task(read_events(http, 2))
+            await asyncio.sleep(0.3)
+            tripped = trip(gw)
+            rearmed = rearm(gw)
+            on, off = await asyncio.wait_for(live, 10)
+        assert gw.journal is not None
+        audit = await gw.journal.call(gw.journal.sync.audit_entries, 0, 100)
+        verified = await gw.journal.call(gw.journal.sync.verify_audit)
+    finally:
+        await gw.stop()
+    assert (on["type"], off["type"]) == ("control_guard", "control_guard")
+    assert on["workload_id"] is None
+    assert on["data"] == {
+        "tripped": True,
+        "reason": "grid_off_plan",
+        "detail": TRIP_DETAIL,
+        "at": format_ts(datetime.fromtimestamp(tripped.at, UTC)),
+    }
+    assert off["data"] == {
+        "tripped": False,
+        "reason": None,
+        "detail": REARM_DETAIL,
+        "at": format_ts(datetime.fromtimestamp(rearmed.at, UTC)),
+    }
+    guard = [a for a in audit if a["actor"] == "control:guard"]
+    assert [a["action"] for a in guard] == ["guard_trip", "guard_rearm"]
+    assert guard[0]["detail"] == {"reason": "grid_off_plan", "detail": TRIP_DETAIL}
+    assert guard[0]["at"] == format_ts(datetime.fromtimestamp(tripped.at, UTC))
+    assert guard[1]["detail"] == {"reason": None, "detail": REARM_DETAIL}
+    assert verified == (len(audit), None)

@@ -41,6 +41,10 @@ class Context:
     site: SiteConfig
     load_step_imminent: bool = False
     """An announced job starts or stops within ``iec61850.load_step_lead_s``."""
+    guard_tripped: bool = False
+    """The control guard holds the battery in safe mode."""
+    guard_changed_at: float | None = None
+    """When the guard last tripped or re-armed (POSIX seconds); ``None``: not since start."""
 
 
 Source = Callable[[Snapshot, Context], "Reading | None"]
@@ -161,6 +165,11 @@ def _load_step(snap: Snapshot, ctx: Context) -> Reading | None:
     return (1.0 if ctx.load_step_imminent else 0.0), Quality.GOOD, snap.taken_at
 
 
+def _guard(snap: Snapshot, ctx: Context) -> Reading | None:
+    changed = ctx.guard_changed_at if ctx.guard_changed_at is not None else snap.taken_at
+    return (1.0 if ctx.guard_tripped else 0.0), Quality.GOOD, changed
+
+
 def _dr_limit(site: SiteConfig) -> float:
     return site.demand_response_limit_mw if site.demand_response_limit_mw is not None else 0.0
 
@@ -191,6 +200,8 @@ TABLE: Final[tuple[DataObject, ...]] = (
                _available(GRID, "active_power"), "Grid meter healthy (GOOSE)"),
     DataObject("GRID", "GGIO1", "Ind3", "SPS", SIUnit.DIMENSIONLESS, 0, _load_step,
                "Announced load step imminent: a job starts or stops within the lead time (GOOSE)"),
+    DataObject("GRID", "GGIO1", "Ind4", "SPS", SIUnit.DIMENSIONLESS, 0, _guard,
+               "Control guard tripped: the battery is in safe mode (GOOSE)"),
     DataObject("GRID", "GAPC1", "ImpLimW", "APC", SIUnit.WATT, 6,
                _setting(lambda s: s.grid_import_limit_mw),
                "Grid import limit, MW (operate: direct with enhanced security)",

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pswd_gateway.config import LOOPBACK_NETWORKS, Iec61850UserConfig, Network, SiteConfig
+from pswd_gateway.control.guard import GuardEvent
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.logging import get_logger
 from pswd_gateway.northbound.iec61850 import native
@@ -175,6 +176,7 @@ class MmsServer:
         """Per ``LD/LN.DO``: the C addresses of its value, q and t attributes."""
         self._pending: dict[str, Future[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._guard: GuardEvent | None = None
 
     # ---- lifecycle ----
 
@@ -210,6 +212,12 @@ class MmsServer:
         """Publish now rather than at the next cycle (an event: a setting changed)."""
         if self._wake is not None:
             self._wake.set()
+
+    def control_guard(self, event: GuardEvent) -> None:
+        """The control guard tripped or re-armed: ``GGIO1.Ind4`` follows at once (by report and
+        GOOSE), stamped with the event's time. Call on the event loop."""
+        self._guard = event
+        self.wake()
 
     async def stop(self) -> None:
         if self._subscription is not None:
@@ -421,7 +429,13 @@ class MmsServer:
     def batch(self) -> list[Update]:
         """What changed in the store since the last batch, in the table's units."""
         snap = self.store.snapshot(time.time())
-        ctx = Context(self.site(), self.hooks.load_step_imminent())
+        guard = self._guard
+        ctx = Context(
+            self.site(),
+            self.hooks.load_step_imminent(),
+            guard_tripped=guard is not None and guard.tripped,
+            guard_changed_at=None if guard is None else guard.at,
+        )
         out: list[Update] = []
         for row in TABLE:
             got = row.source(snap, ctx)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ from pswd_gateway.config import (
     SiteConfig,
     SiteRole,
 )
+from pswd_gateway.control.guard import GuardEvent
 from pswd_gateway.domain.identity import Identity
 from pswd_gateway.domain.points import Quality
 from pswd_gateway.domain.workloads import Action, Announcement, IllegalTransitionError
@@ -61,6 +63,9 @@ OPERATOR_ROLES: Final = frozenset({"operator", "engineer", "admin"})
 """May announce, cancel and acknowledge."""
 LIMIT_ROLES: Final = frozenset({"operator", "admin"})
 """May set the grid limits."""
+GUARD_ALARM: Final = "ControlGuard"
+GUARD_SEVERITY: Final = 900
+"""High: OPC UA's top severity band is 801-1000."""
 
 
 def _unece(code: str, name: str) -> ua.EUInformation:
@@ -324,12 +329,15 @@ class OpcUaServer:
         self._alarm: Any = None
         self._event_task: asyncio.Task[None] | None = None
         self._alarms_active: dict[str, bool] = {}
+        self._guard_events: deque[GuardEvent] = deque(maxlen=64)
         self.acknowledged: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self.users.on_refusal = self._login_refused
+        self._guard: GuardEvent | None = None
         self.model = (
             *MODEL,
             Variable("DemandResponse", "ImportLimit", W, 0.0, 1e10, _dr_limit(config)),
+            Variable("Control", "GuardActive", ONE, 0.0, 1.0, self._guard_active),
         )
 
     # ---- lifecycle ----
@@ -595,17 +603,54 @@ class OpcUaServer:
         for name, (active, severity, message) in conditions.items():
             if self._alarms_active.get(name, False) == active or self._alarm is None:
                 continue
-            self._alarms_active[name] = active
-            ev = self._alarm.event
-            ev.ConditionName = name
-            ev.Severity = severity if active else 100
-            ev.SourceName = "PSWD"
-            ev.Retain = active
-            with contextlib.suppress(AttributeError):
-                ev.ActiveState = ua.LocalizedText("Active" if active else "Inactive")
-            await self._alarm.trigger(message=message if active else f"{name} cleared")
-            self.events_total += 1
-            log.info("opcua_alarm", condition=name, active=active, message=message)
+            await self._trigger_alarm(name, active, severity, message if active else None)
+        while self._guard_events and self._alarm is not None:
+            guard = self._guard_events.popleft()
+            await self._trigger_alarm(
+                GUARD_ALARM,
+                guard.tripped,
+                GUARD_SEVERITY,
+                guard.detail if guard.tripped else f"{GUARD_ALARM} cleared: {guard.detail}",
+                at=datetime.fromtimestamp(guard.at, UTC),
+            )
+
+    async def _trigger_alarm(
+        self,
+        name: str,
+        active: bool,
+        severity: int,
+        message: str | None,
+        at: datetime | None = None,
+    ) -> None:
+        """One AlarmConditionType event: ``name`` became active (``severity``) or cleared."""
+        assert self._alarm is not None
+        self._alarms_active[name] = active
+        ev = self._alarm.event
+        ev.ConditionName = name
+        ev.Severity = severity if active else 100
+        ev.SourceName = "PSWD"
+        ev.Retain = active
+        with contextlib.suppress(AttributeError):
+            ev.ActiveState = ua.LocalizedText("Active" if active else "Inactive")
+        if "ActiveState/Id" in ev.data_types:  # the Boolean a standard alarm client reads
+            setattr(ev, "ActiveState/Id", active)
+        text = message or (name if active else f"{name} cleared")
+        await self._alarm.trigger(time_attr=at, message=text)
+        self.events_total += 1
+        log.info("opcua_alarm", condition=name, active=active, message=text)
+
+    def control_guard(self, event: GuardEvent) -> None:
+        """The control guard tripped or re-armed: ``Control.GuardActive`` and the
+        ``ControlGuard`` alarm follow at the next publish (events are raised on the publish task
+        only, one at a time)."""
+        self._guard = event
+        self._guard_events.append(event)
+
+    def _guard_active(self, snap: Snapshot, _site: SiteConfig) -> tuple[float, Quality, float]:
+        guard = self._guard
+        if guard is None:
+            return 0.0, Quality.GOOD, snap.taken_at
+        return (1.0 if guard.tripped else 0.0), Quality.GOOD, guard.at
 
     async def _sync_workloads(self, server: Server) -> int:
         if self.workloads is None:
