@@ -326,10 +326,18 @@ def bench_smoothing(
     no_optimum: Annotated[
         bool, typer.Option("--no-optimum", help="Skip the perfect-foresight LP.")
     ] = False,
+    ideal: Annotated[
+        bool,
+        typer.Option(
+            "--ideal",
+            help="Perfect measurement (the old replay) instead of the twin's imperfections.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Replay an IT-load trace through the predictive and reactive controllers and the
-    perfect-foresight optimum (simulated time)."""
+    perfect-foresight optimum (simulated time; by default against the twin's physics with its
+    imperfect meters, PCS and devices, as the live site runs)."""
     import json  # noqa: PLC0415
 
     from pswd_gateway.bench.smoothing import default_setup, render, run_smoothing  # noqa: PLC0415
@@ -337,7 +345,12 @@ def bench_smoothing(
     setup = default_setup(ramp_limit_mw_per_s, sample_ms / 1000.0)
     try:
         result = run_smoothing(
-            trace, announcements, setup=setup, duration_s=duration_s, with_optimum=not no_optimum
+            trace,
+            announcements,
+            setup=setup,
+            duration_s=duration_s,
+            with_optimum=not no_optimum,
+            ideal=ideal,
         )
     except ConfigError as exc:
         for where, problem in exc.problems:
@@ -368,6 +381,32 @@ def bench_control_latency(
         typer.echo("--load must be read or post", err=True)
         raise typer.Exit(2)
     raise typer.Exit(asyncio.run(run_control_bench(duration_s, rate, meter_poll_ms, as_json, load)))
+
+
+@bench_app.command("soak")
+def bench_soak(
+    minutes: Annotated[
+        float, typer.Option(min=0.1, help="Run to this far into the twin's run (job at 45 s).")
+    ] = 10.0,
+    busy_core: Annotated[
+        bool, typer.Option("--busy-core", help="Keep one core busy from another process.")
+    ] = False,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The whole demo site (twin, gateway with every listener, the ML platform's job) on free
+    loopback ports: grid ramp and band, import limit, battery, guard, overruns."""
+    from pswd_gateway.bench.soak import run_soak_bench  # noqa: PLC0415
+    from pswd_gateway.errors import PswdError  # noqa: PLC0415
+
+    try:
+        code = asyncio.run(run_soak_bench(minutes, as_json, busy_core, config))
+    except ConfigError as exc:
+        _fail(exc)
+    except PswdError as exc:
+        typer.echo(f"soak: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 @bench_app.command("opcua")

@@ -16,7 +16,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,12 +25,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pswd_gateway.client import ApiError, AsyncPswdClient
 from pswd_gateway.config import GatewayConfig, ModbusDeviceConfig
 from pswd_gateway.daemon import Gateway
 from pswd_gateway.domain.points import Quality
-from pswd_gateway.domain.workloads import WorkloadState
 from pswd_gateway.logging import configure_logging
+from pswd_gateway.ml_platform import play_demo_job, trace_job
 from pswd_gateway.security.certs import OpcUaCertPaths, init_opcua_certs
 from pswd_gateway.simulation.twin import spawn_twin, stop_process
 from pswd_gateway.simulation.twin import started_at as twin_started_at
@@ -38,23 +37,6 @@ from pswd_gateway.simulation.twin import started_at as twin_started_at
 __all__ = ["run_demo"]
 
 TWIN_START_TIMEOUT_S = 30.0
-DEMO_TOKEN = "pswd-demo-submitter"  # noqa: S105 - the published demo token, loopback only
-DEMO_JOB_LEAD_S = 30.0
-"""When the twin's start time cannot be read: announce for now + this."""
-DEMO_JOB_TWIN_START_S = 45.0
-"""When the demo job starts in the twin's IT-load trace (``[[simulation.trace.jobs]]``)."""
-DEMO_JOB = {
-    "workload_type": "ai_training",
-    "name": "llm-pretrain-demo",
-    "flexibility": "fixed",
-    "power_profile": {
-        "peak_power_mw": 200,
-        "ramp_rate_mw_per_sec": 50,
-        "duration_estimate_sec": 1800,
-        "oscillation_period_sec": 2.5,
-        "oscillation_depth_mw": 180,
-    },
-}
 
 
 def _endpoints(cfg: GatewayConfig) -> list[tuple[str, str, int]]:
@@ -296,55 +278,20 @@ def _print_listeners(console: Console, cfg: GatewayConfig, gw: Gateway, log_dir:
 
 
 async def _play_ml_platform(gw: Gateway, events: deque[str], twin_log: Path) -> None:
-    """Announce the demo job over HTTP (for when the twin will start it), then report its start
-    once the site is ready."""
+    """The ML platform's part (:func:`pswd_gateway.ml_platform.play_demo_job`), with its job's
+    events shown as they happen."""
     if gw.api_listener is None or gw.workloads is None:
         return
     url = f"http://{gw.api_listener.host}:{gw.api_listener.port}"
-    t0 = twin_started_at(twin_log)
-    start = datetime.now(UTC) + timedelta(seconds=DEMO_JOB_LEAD_S)
-    if t0 is not None and t0 + DEMO_JOB_TWIN_START_S > time.time() + 10.0:
-        start = datetime.fromtimestamp(t0 + DEMO_JOB_TWIN_START_S, UTC)
-    body = DEMO_JOB | {
-        "timing_constraints": {
-            "earliest_start_time": start.isoformat(),
-            "deadline": (start + timedelta(hours=1)).isoformat(),
-        }
-    }
+    job = trace_job(gw.config.simulation)
+    job_start_s = job.start_s if job is not None else 0.0  # none: announced for now + 30 s
     follow = asyncio.create_task(_follow_events(gw, events))
-    async with AsyncPswdClient(url, DEMO_TOKEN) as pswd:
-        for leftover in list(gw.workloads.active.values()):
-            if leftover.announcement.name == DEMO_JOB["name"]:
-                await pswd.workload.cancel(leftover.id, "demo: left over from an earlier run")
-        try:
-            workload = await pswd.workload.announce(body)
-        except ApiError as exc:
-            events.append(f"announcement refused: {exc}")
-            follow.cancel()
-            return
-        try:
-            await _start_when_ready(gw, pswd, workload.id)
-            await asyncio.Event().wait()
-        finally:
-            follow.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follow
-            if workload.id in gw.workloads.active:
-                with contextlib.suppress(ApiError, OSError):
-                    await pswd.workload.cancel(workload.id, "demo stopped")
-
-
-async def _start_when_ready(gw: Gateway, pswd: AsyncPswdClient, workload_id: str) -> None:
-    assert gw.workloads is not None
-    while (current := gw.workloads.active.get(workload_id)) is not None:
-        alloc = current.allocation
-        due = alloc is not None and datetime.now(UTC) >= alloc.scheduled_start
-        if current.state is WorkloadState.READY or (
-            due and current.state in {WorkloadState.SCHEDULED, WorkloadState.PREPARING}
-        ):
-            await pswd.workload.start(workload_id, "demo: the training job starts")
-            return
-        await asyncio.sleep(0.2)
+    try:
+        await play_demo_job(url, twin_started_at(twin_log), job_start_s, on_refused=events.append)
+    finally:
+        follow.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follow
 
 
 async def _follow_events(gw: Gateway, events: deque[str]) -> None:

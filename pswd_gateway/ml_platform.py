@@ -1,0 +1,177 @@
+"""The ML platform's part on the demo site, played by ``make demo`` and ``bench soak``.
+
+The platform announces the demo's 200 MW training job through the workload HTTP API (with the
+demo submitter token) for the moment the twin will start it, reports its start once the site
+says it is ready, and cancels it when it is stopped while the job is still open. Everything
+goes over HTTP, as a real platform's would; nothing here reaches into the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from pswd_gateway.client import ApiError, AsyncPswdClient
+from pswd_gateway.domain.workloads import WorkloadState
+from pswd_gateway.simulation.config import JobConfig, SimulationConfig
+
+__all__ = [
+    "DEMO_JOB",
+    "DEMO_TOKEN",
+    "PlatformRun",
+    "demo_job_level_mw",
+    "demo_job_start",
+    "play_demo_job",
+    "trace_job",
+]
+
+DEMO_TOKEN: Final = "pswd-demo-submitter"  # noqa: S105 - the published demo token, loopback only
+DEMO_JOB_LEAD_S: Final = 30.0
+"""When the twin's start time is unknown (or too close): announce for now + this."""
+MIN_NOTICE_S: Final = 10.0
+"""The twin's job start is used only while it is at least this far ahead."""
+POLL_S: Final = 0.2
+START_GRACE_S: Final = 60.0
+"""The start is reported at the latest this long after the announced start, or never."""
+CLEANUP_TIMEOUT_S: Final = 5.0
+START_REASON: Final = "demo: the training job starts"
+ACTIVE: Final = (
+    WorkloadState.ANNOUNCED,
+    WorkloadState.SCHEDULED,
+    WorkloadState.PREPARING,
+    WorkloadState.READY,
+    WorkloadState.RUNNING,
+)
+MAX_LIST_PAGES: Final = 10
+DEMO_JOB: Final[Mapping[str, Any]] = {
+    "workload_type": "ai_training",
+    "name": "llm-pretrain-demo",
+    "flexibility": "fixed",
+    "power_profile": {
+        "peak_power_mw": 200,
+        "ramp_rate_mw_per_sec": 50,
+        "duration_estimate_sec": 1800,
+        "oscillation_period_sec": 2.5,
+        "oscillation_depth_mw": 180,
+    },
+}
+"""What the platform announces (the twin's first ``[[simulation.trace.jobs]]`` entry)."""
+
+
+def trace_job(simulation: Mapping[str, Any]) -> JobConfig | None:
+    """The job the platform announces: the first ``[[simulation.trace.jobs]]`` of the twin
+    (``None`` when it has none)."""
+    jobs = SimulationConfig.model_validate(simulation).trace.jobs
+    return jobs[0] if jobs else None
+
+
+def demo_job_level_mw() -> float:
+    """The mean power the announcement promises: peak less half the oscillation depth."""
+    profile = DEMO_JOB["power_profile"]
+    return float(profile["peak_power_mw"]) - float(profile["oscillation_depth_mw"]) / 2.0
+
+
+def demo_job_start(twin_t0: float | None, job_start_s: float, now: float) -> datetime:
+    """When to announce the job for: the twin's start time plus ``job_start_s`` while that is
+    at least :data:`MIN_NOTICE_S` ahead, otherwise now + :data:`DEMO_JOB_LEAD_S`."""
+    if twin_t0 is not None and twin_t0 + job_start_s > now + MIN_NOTICE_S:
+        return datetime.fromtimestamp(twin_t0 + job_start_s, UTC)
+    return datetime.fromtimestamp(now + DEMO_JOB_LEAD_S, UTC)
+
+
+@dataclass
+class PlatformRun:
+    """What the platform did, for its caller to show or measure (POSIX seconds)."""
+
+    workload_id: str | None = None
+    announced_start: float | None = None
+    started_at: float | None = None
+    """When the platform reported the job's start (``None``: not reported)."""
+    refused: str | None = None
+    """Why the announcement or the start was refused."""
+
+
+async def play_demo_job(
+    url: str,
+    twin_t0: float | None,
+    job_start_s: float,
+    *,
+    token: str = DEMO_TOKEN,
+    run: PlatformRun | None = None,
+    on_refused: Callable[[str], object] | None = None,
+) -> None:
+    """Announce the demo job for ``twin_t0 + job_start_s``, report its start when the site is
+    ready (or its start is due), then hold until cancelled; on the way out, cancel the job if
+    it is still open. Returns early when the API refuses the announcement.
+
+    Leftovers of the same name from an earlier run (a kept journal) are cancelled first.
+    """
+    run = run if run is not None else PlatformRun()
+    start = demo_job_start(twin_t0, job_start_s, time.time())
+    body = dict(DEMO_JOB) | {
+        "timing_constraints": {
+            "earliest_start_time": start.isoformat(),
+            "deadline": (start + timedelta(hours=1)).isoformat(),
+        }
+    }
+    async with AsyncPswdClient(url, token) as pswd:
+        await _cancel_leftovers(pswd)
+        try:
+            workload = await pswd.workload.announce(body)
+        except ApiError as exc:
+            run.refused = f"announcement refused: {exc}"
+            if on_refused is not None:
+                on_refused(run.refused)
+            return
+        run.workload_id = workload.id
+        run.announced_start = start.timestamp()
+        try:
+            try:
+                if await _start_when_ready(pswd, workload.id, start.timestamp() + START_GRACE_S):
+                    run.started_at = time.time()
+            except ApiError as exc:
+                run.refused = f"start refused: {exc}"
+                if on_refused is not None:
+                    on_refused(run.refused)
+            await asyncio.Event().wait()
+        finally:
+            with contextlib.suppress(ApiError, OSError, TimeoutError):
+                async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+                    current = await pswd.workload.get(workload.id)
+                    if current.state in ACTIVE:
+                        await pswd.workload.cancel(workload.id, "demo stopped")
+
+
+async def _cancel_leftovers(pswd: AsyncPswdClient) -> None:
+    cursor: str | None = None
+    for _ in range(MAX_LIST_PAGES):
+        page = await pswd.workload.list(list(ACTIVE), cursor=cursor)
+        for leftover in page.items:
+            if leftover.announcement.name == DEMO_JOB["name"]:
+                await pswd.workload.cancel(leftover.id, "demo: left over from an earlier run")
+        cursor = page.next_cursor
+        if cursor is None:
+            return
+
+
+async def _start_when_ready(pswd: AsyncPswdClient, workload_id: str, give_up_at: float) -> bool:
+    """Report the start once the site is ready or the start is due; False when the job left
+    the open states first, or ``give_up_at`` (POSIX) passed."""
+    while time.time() < give_up_at:
+        current = await pswd.workload.get(workload_id)
+        if current.state not in ACTIVE or current.state is WorkloadState.RUNNING:
+            return False
+        alloc = current.allocation
+        due = alloc is not None and datetime.now(UTC) >= alloc.scheduled_start
+        if current.state is WorkloadState.READY or (
+            due and current.state in {WorkloadState.SCHEDULED, WorkloadState.PREPARING}
+        ):
+            await pswd.workload.start(workload_id, START_REASON)
+            return True
+        await asyncio.sleep(POLL_S)
+    return False
