@@ -50,6 +50,19 @@ def _endpoints(cfg: GatewayConfig) -> list[tuple[str, str, int]]:
     return out
 
 
+async def _twin_started(proc: asyncio.subprocess.Process, log: Path, since: float) -> bool:
+    """Whether *this* twin started (its log says so): the ports answering may be another
+    process's, left over from an earlier run, while this one failed to bind them and exited."""
+    deadline = time.monotonic() + TWIN_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if twin_started_at(log, since) is not None:
+            return True
+        if proc.returncode is not None:
+            return False
+        await asyncio.sleep(0.1)
+    return False
+
+
 async def _wait_for_ports(
     endpoints: list[tuple[str, str, int]], proc: asyncio.subprocess.Process, timeout_s: float
 ) -> list[str]:
@@ -210,10 +223,13 @@ async def run_demo(cfg: GatewayConfig, config_path: Path, duration_s: float | No
         f"[bold]pswd-gateway demo[/] — site [cyan]{cfg.site.name}[/], config {config_path}"
     )
     console.print("starting the site's digital twin …")
+    spawned = time.time() - 1.0  # the twin's own t = 0 comes after this
     proc = await spawn_twin(config_path, twin_log)
     gw: Gateway | None = None
     try:
         missing = await _wait_for_ports(_endpoints(cfg), proc, TWIN_START_TIMEOUT_S)
+        if not missing and not await _twin_started(proc, log_dir / "twin.log", spawned):
+            missing = ["its own devices: another process may hold the demo's ports"]
         if missing:
             console.print(
                 f"[red]the twin did not start[/] ({', '.join(missing)} not listening); "

@@ -377,9 +377,10 @@ class Twin:
         return trace.events() if isinstance(trace, TrainingTrace) else []
 
 
-def started_at(log: Path) -> float | None:
+def started_at(log: Path, since: float | None = None) -> float | None:
     """The POSIX time of a twin's t = 0, read from its JSON log (the ``twin_started`` line that
-    :meth:`Twin.start` writes); ``None`` until that line is there."""
+    :meth:`Twin.start` writes); ``None`` until that line is there. ``since``: only a twin that
+    started at or after that POSIX time (a log appended to by several runs)."""
     try:
         lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
@@ -389,7 +390,9 @@ def started_at(log: Path) -> float | None:
             continue
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             value = json.loads(line).get("posix_start")
-            return float(value) if value is not None else None
+            if value is None or (since is not None and float(value) < since):
+                return None
+            return float(value)
     return None
 
 
