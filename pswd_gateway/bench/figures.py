@@ -10,6 +10,8 @@ every reading by how long it stood.
   reading), :func:`seconds_over` counts whole seconds (windows aligned to ``t0``) whose mean
   moved by more than the limit from the second before.
 - *band*: the largest distance of a reading from the mean of the readings in a window.
+- *import limit crossed by the battery*: whole seconds whose mean grid import was above the
+  limit while the battery's mean charged (a contracted capacity is judged on means).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 __all__ = [
     "band_w",
     "bin_means",
+    "import_crossings",
     "max_step_w_per_s",
     "mean_between",
     "seconds_over",
@@ -99,3 +102,18 @@ def throughput_j(samples: Samples, t0: float, t1: float) -> float:
     """Energy through the battery, both directions, from its power readings (held)."""
     inside = [s for s in samples if t0 <= s[0] <= t1]
     return sum(abs(wa) * (tb - ta) for (ta, wa), (tb, _) in itertools.pairwise(inside))
+
+
+def import_crossings(
+    grid: Samples, bess: Samples, t0: float, t1: float, limit_w: float
+) -> list[tuple[float, float, float]]:
+    """(second, mean grid W, mean battery W) of each whole second from ``t0`` in which the
+    grid's mean was above ``limit_w`` while the battery's mean charged (< 0)."""
+    out: list[tuple[float, float, float]] = []
+    for k in range(max(0, math.floor(t1 - t0))):
+        a = t0 + k
+        g = mean_between(grid, a, a + 1.0)
+        b = mean_between(bess, a, a + 1.0)
+        if g is not None and b is not None and g > limit_w and b < 0.0:
+            out.append((a, g, b))
+    return out

@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from pswd_gateway.bench.figures import (
     band_w,
-    bin_means,
+    import_crossings,
     max_step_w_per_s,
     seconds_over,
     throughput_j,
@@ -114,11 +114,7 @@ class SiteRun:
         """The soak figures of this run (MW, MW/s, MWh); the IT load is flat until
         ``flat_end_s`` (where the grid starts to prepare for the job)."""
         flat_end = flat_end_s
-        grid_s = bin_means(self.meter, 0.0, end_s)
-        bess_s = bin_means(self.bess, 0.0, end_s)
-        over_by_battery = any(
-            g > import_limit_w and b < 0.0 for g, b in zip(grid_s, bess_s, strict=False)
-        )
+        over_by_battery = bool(import_crossings(self.meter, self.bess, 0.0, end_s, import_limit_w))
         return {
             "max_step_mw_per_s": round(max_step_w_per_s(self.meter, job_start_s, end_s) / 1e6, 2),
             "seconds_over_limit": seconds_over(self.meter, job_start_s, end_s, ramp_limit_w_per_s),
@@ -184,7 +180,6 @@ class SiteSim:
         timing: GatewayTiming = GatewayTiming(),
         announced: Sequence[Announced] = (),
         visible_from: Sequence[float] | None = None,
-        on_step: Callable[[float], None] | None = None,
     ) -> None:
         self.cfg = simulation
         self.physics = SitePhysics(simulation)
@@ -213,7 +208,6 @@ class SiteSim:
         self._pending: tuple[float, float] | None = None
         self._soc = simulation.bess.soc_initial
         self._written_at = -math.inf
-        self._on_step = on_step
         faulty = set(simulation.faults.devices)
 
         def faults(name: str) -> DeviceFaults | None:

@@ -340,14 +340,12 @@ def soak_figures(
         if any(a <= t <= b for t, _ in rec.it_load):
             it_band = figures.band_w(rec.it_load, a, b) / 1e6
     # The import limit as a contracted capacity is judged: on 1 s means, whole seconds.
-    crossings: list[tuple[float, float, float]] = []
-    for k in range(math.floor(ended_s)):
-        grid_mean = figures.mean_between(grid, k, k + 1.0)
-        bess_mean = figures.mean_between(rec.battery, k, k + 1.0)
-        if grid_mean is None or bess_mean is None:
-            continue
-        if grid_mean > import_limit_mw * 1e6 and bess_mean < 0:
-            crossings.append((float(k), grid_mean / 1e6, bess_mean / 1e6))
+    crossings = [
+        (t, g / 1e6, b / 1e6)
+        for t, g, b in figures.import_crossings(
+            grid, rec.battery, 0.0, ended_s, import_limit_mw * 1e6
+        )
+    ]
     top = max(grid, key=lambda s: s[1]) if grid else None
     throughput = (
         figures.throughput_j(rec.battery, rec.battery[0][0], rec.battery[-1][0])

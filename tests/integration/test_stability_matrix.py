@@ -16,15 +16,15 @@ grid has ramped down, and the guard never trips. docs/control.md gives the envel
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
 import pytest
 
 from pswd_gateway.bench.figures import band_w
-from pswd_gateway.bench.sitesim import GatewayTiming, SiteSim, flat_until
+from pswd_gateway.bench.sitesim import GatewayTiming, SiteSim, announce_jobs, flat_until
 from pswd_gateway.config import ControlConfig, SiteConfig
-from pswd_gateway.control.grid import Announced
 from pswd_gateway.simulation.config import SimulationConfig
 
 pytestmark = pytest.mark.integration
@@ -105,18 +105,11 @@ def simulation(meter_ms: float, pcs: tuple[float, float], faults: dict[str, floa
 def run(
     case: Case, sim: SimulationConfig, timing: GatewayTiming
 ) -> tuple[SiteSim, list[tuple[float, float]], list[tuple[float, str]]]:
-    job = sim.trace.jobs[0]
-    announced = []
-    if case.announce:
-        level = job.peak_mw * (1.0 - job.depth / 2.0)
-        announced.append(
-            Announced(
-                start_s=job.start_s - case.late_s,
-                end_s=job.start_s - case.late_s + job.duration_s,
-                level_w=level * MW,
-                ramp_w_per_s=job.peak_mw * MW / (job.edge_ms / 1000.0),
-            )
-        )
+    # announced as the ML platform does, ``late_s`` before the job really starts
+    announced = [
+        dataclasses.replace(a, start_s=a.start_s - case.late_s, end_s=a.end_s - case.late_s)
+        for a in (announce_jobs(sim.trace.jobs) if case.announce else [])
+    ]
     site = SiteSim(sim, control=CONTROL, site=SITE, timing=timing, announced=announced)
     record = site.run(END_S)
     return site, record.meter, record.guard_trips
