@@ -276,7 +276,15 @@ class Gateway:
             if start > horizon or end < now - 60.0:
                 continue
             level = profile.peak_power_mw - (profile.oscillation_depth_mw or 0.0) / 2.0
-            jobs.append(Announced(start, end, level * 1e6, profile.ramp_rate_mw_per_sec * 1e6))
+            jobs.append(
+                Announced(
+                    start,
+                    end,
+                    level * 1e6,
+                    profile.ramp_rate_mw_per_sec * 1e6,
+                    peak_w=profile.peak_power_mw * 1e6,
+                )
+            )
         return jobs
 
     async def _record_setpoints(self, writes: list[SetpointWrite]) -> None:

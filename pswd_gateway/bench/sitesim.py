@@ -36,8 +36,8 @@ from pswd_gateway.bench.figures import (
 from pswd_gateway.config import ControlConfig, SiteConfig
 from pswd_gateway.control.cycle import REWRITE_EVERY_S, SETPOINT_DEADBAND_W, grid_settings
 from pswd_gateway.control.cycle import loop_settings as make_loop_settings
-from pswd_gateway.control.grid import Announced, GridSettings
-from pswd_gateway.control.loop import GridLoop
+from pswd_gateway.control.grid import Announced, GridSettings, announced_edges
+from pswd_gateway.control.loop import FAST_EDGE_S, GridLoop
 from pswd_gateway.simulation.config import JobConfig, SimulationConfig
 from pswd_gateway.simulation.faults import DeviceFaults
 from pswd_gateway.simulation.measurement import BessView, MeterView
@@ -150,6 +150,7 @@ def announce_jobs(jobs: Sequence[JobConfig]) -> list[Announced]:
                 end_s=j.start_s + j.duration_s,
                 level_w=level * 1e6,
                 ramp_w_per_s=j.peak_mw * 1e6 / max(j.ramp_up_s, j.edge_ms / 1000.0),
+                peak_w=j.peak_mw * 1e6,
             )
         )
     return out
@@ -314,6 +315,11 @@ class SiteSim:
             self.run_record.fallbacks += 1
         self._write(now, outcome.setpoint_w)
 
+    def _lead(self, now: float) -> None:
+        """The cycle's timer run ahead of a fast announced edge (GridLoop.next_edge)."""
+        jobs = [a for a, t in zip(self.announced, self._visible_from, strict=True) if t <= now]
+        self._write(now, self.loop.lead(now, jobs, self.settings).setpoint_w)
+
     def _tick(self, now: float) -> None:
         outcome = self.loop.idle(now, self.settings)
         self._write(now, outcome.setpoint_w)
@@ -348,6 +354,10 @@ class SiteSim:
         self._schedule_poll(self._meter)
         self._schedule_poll(self._bess)
         self._at(self.timing.cycle_s, self._tick)
+        for begin, end in announced_edges(self.announced):
+            if end - begin <= FAST_EDGE_S:
+                due = (begin + end) / 2.0 - self.loop.settings.actuation_s
+                self._at(self._gateway_time(max(due, 0.0)), self._lead)
         self._at(0.0, self._sample)
         while self._queue:
             t, _, action = heapq.heappop(self._queue)

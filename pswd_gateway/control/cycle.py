@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -177,6 +178,8 @@ class ControlCycle:
     _thermal: ThermalState | None = field(default=None, init=False)
     _chw_written: float | None = field(default=None, init=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    _led_to: float = field(default=-math.inf, init=False)
+    _lead_due: float = field(default=-math.inf, init=False)
 
     def __post_init__(self) -> None:
         self.loop = GridLoop(loop_settings(self.config))
@@ -233,12 +236,16 @@ class ControlCycle:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + period
         while True:
-            timeout = max(0.0, deadline - loop.time())
+            timeout = max(0.0, min(deadline, self._next_lead(loop.time())) - loop.time())
             meter = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._fresh.wait(), timeout)
                 meter = True
             now = loop.time()
+            if not meter and now < deadline:  # a lead ahead of an announced edge
+                self._led_to = self._lead_due  # once, even where the two clocks disagree
+                await self._run_guarded(None)
+                continue
             if meter:
                 self._fresh.clear()
                 received = self._fresh_ts
@@ -247,17 +254,31 @@ class ControlCycle:
             else:
                 self.stats.lateness_s.append(max(0.0, now - deadline))
                 received = None
-            try:
-                await self.run_once(received)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.stats.last_error = str(exc)
-                log.exception("control_run_failed")
+            await self._run_guarded(received)
             # Next deadline on the absolute grid; a missed slot is skipped, not queued.
             deadline += period
             if deadline <= loop.time():
                 deadline = loop.time() + period
+
+    def _next_lead(self, loop_now: float) -> float:
+        """Loop time of the next lead ahead of an announced edge (inf: none)."""
+        if not self.config.predictive:
+            return math.inf
+        now = self.clock()
+        due = self.loop.next_edge(max(now, self._led_to), self.jobs(now))
+        if due is None:
+            return math.inf
+        self._lead_due = due
+        return loop_now + (due - now)
+
+    async def _run_guarded(self, received: float | None) -> None:
+        try:
+            await self.run_once(received)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.stats.last_error = str(exc)
+            log.exception("control_run_failed")
 
     # ---- one run ----
 
@@ -314,6 +335,10 @@ class ControlCycle:
             and self.loop.is_new(meter.source_ts)
         ):
             return self._step(snap, meter, settings, now)
+        if settings is not None and self.config.predictive:
+            lead = self.loop.lead(now, self.jobs(now), settings)
+            if lead.setpoint_w is not None:
+                return lead
         outcome = self.loop.idle(now, settings)
         if not usable:
             return Outcome(outcome.setpoint_w, skipped="no usable grid or battery reading")

@@ -48,7 +48,9 @@ __all__ = [
     "GridReading",
     "GridSettings",
     "LimiterState",
+    "announced_edges",
     "expected_announced_w",
+    "feedforward_w",
     "grid_step",
     "planned_announced_w",
     "soc_bias_w",
@@ -111,10 +113,18 @@ class Announced:
     """Expected mean power while it runs (peak less half the oscillation depth)."""
     ramp_w_per_s: float
     """The job's own ramp; its real edges may be far faster."""
+    peak_w: float | None = None
+    """Power of its first phase (a training job starts computing, at its peak); ``None``: the
+    level. Only the start edge's feed-forward uses it; the rhythm after it is not announced
+    in phase, so the limiter treats it as load."""
 
     @property
     def rise_s(self) -> float:
         return self.level_w / self.ramp_w_per_s if self.ramp_w_per_s > 0 else 0.0
+
+    @property
+    def start_edge_w(self) -> float:
+        return self.level_w if self.peak_w is None else max(self.peak_w, self.level_w)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,12 +282,37 @@ def _binding(wanted: float, reading: GridReading, s: GridSettings) -> str:
     return "bess_power"
 
 
-def _ahead_w(reading: GridReading, jobs: Sequence[Announced], expected_w: float) -> float:
+def feedforward_w(t: float, jobs: Sequence[Announced]) -> float:
+    """The announced jobs' load at ``t`` as the feed-forward sees it: :func:`expected_announced_w`
+    with each start edge rising to the job's first phase (:attr:`Announced.start_edge_w`), not
+    its mean. Only differences are used: what the jobs add between two instants."""
+    total = expected_announced_w(t, jobs)
+    for j in jobs:
+        extra = j.start_edge_w - j.level_w
+        if extra <= 0.0 or t <= j.start_s:
+            continue
+        edge_s = j.start_edge_w / j.ramp_w_per_s if j.ramp_w_per_s > 0 else 0.0
+        total += extra * (1.0 if edge_s <= 0 else _ramp((t - j.start_s) / edge_s))
+    return total
+
+
+def announced_edges(jobs: Sequence[Announced]) -> list[tuple[float, float]]:
+    """(begin, end) of each announced job's edges as :func:`feedforward_w` shapes them: its
+    start (to its first phase) and its fall."""
+    edges = []
+    for j in jobs:
+        edge_s = j.start_edge_w / j.ramp_w_per_s if j.ramp_w_per_s > 0 else 0.0
+        edges.append((j.start_s, j.start_s + edge_s))
+        edges.append((j.end_s - j.rise_s, j.end_s))
+    return edges
+
+
+def _ahead_w(reading: GridReading, jobs: Sequence[Announced]) -> float:
     """Feed-forward: what the announced jobs will add between the measurement and the instant
     the setpoint acts goes on the battery now, so it moves with a 40 ms edge, not after it."""
     if reading.acting_at is None or reading.acting_at <= reading.t:
         return 0.0
-    return expected_announced_w(reading.acting_at, jobs) - expected_w
+    return feedforward_w(reading.acting_at, jobs) - feedforward_w(reading.t, jobs)
 
 
 def _payback(
@@ -305,7 +340,7 @@ def grid_step(
     rp = s.planning_ramp_w_per_s
     expected = expected_announced_w(t, jobs)
     planned = planned_announced_w(t, jobs, rp)
-    ahead = _ahead_w(reading, jobs, expected)
+    ahead = _ahead_w(reading, jobs)
     if state is None or t <= state.t:
         state = LimiterState.start(reading, load - expected)
         dt = 0.0

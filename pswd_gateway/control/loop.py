@@ -33,11 +33,19 @@ from pswd_gateway.control.grid import (
     GridReading,
     GridSettings,
     LimiterState,
+    announced_edges,
+    feedforward_w,
     grid_step,
 )
 from pswd_gateway.control.guard import Guard, GuardEvent, GuardSettings
 
-__all__ = ["GridLoop", "LoopSettings", "Outcome"]
+__all__ = ["FAST_EDGE_S", "GridLoop", "LoopSettings", "Outcome"]
+
+FAST_EDGE_S = 0.1
+"""An announced edge this short goes on the battery at once, timed to its middle (a lead);
+slower ones follow the readings' feed-forward."""
+TIME_EPS_S = 1e-4
+"""Instants this close are one (POSIX seconds in floats resolve to ~0.2 µs)."""
 
 HISTORY = 512
 
@@ -82,6 +90,9 @@ class GridLoop:
     _stale_since: tuple[float, float] | None = field(default=None, init=False)
     waiting: float | None = field(default=None, init=False)
     """Source time of a meter measurement waiting for a battery reading at or after it."""
+    ahead_to: float | None = field(default=None, init=False)
+    """The announced edges up to this instant are on the battery (the last decision's
+    ``acting_at``, or a lead's)."""
 
     def __post_init__(self) -> None:
         self.guard = Guard(self.settings.guard)
@@ -149,8 +160,9 @@ class GridLoop:
             bess_w,
             soc,
             bess_available and soc is not None,
-            acting_at=received + self.settings.actuation_s,
+            acting_at=max(self._reach(received, jobs), self.ahead_to or -math.inf),
         )
+        self.ahead_to = reading.acting_at
         previous_plan = self.state.grid_w if self.state is not None else None
         decision = grid_step(self.state, reading, jobs, settings)
         self.state = decision.state
@@ -172,6 +184,47 @@ class GridLoop:
             return Outcome(outcome.setpoint_w, decision, trip)
         self.setpoint_w = decision.bess_setpoint_w
         return Outcome(self.setpoint_w, decision, event)
+
+    def lead(self, now: float, jobs: Sequence[Announced], settings: GridSettings) -> Outcome:
+        """A timer run at ``now`` (the clock of ``received``) ahead of an announced edge: what the
+        jobs add between the last decision's acting instant and this run's goes on the battery
+        now, not with the next reading, which may come too late for a 40 ms edge. The next
+        step decides afresh from its reading (its feed-forward starts from here)."""
+        if self.state is None or self.ahead_to is None or self.guard.tripped:
+            return Outcome(None, skipped=None)
+        if self._stale_since is not None:
+            return Outcome(None, skipped=None)
+        acting = self._reach(now, jobs)
+        if acting <= self.ahead_to:
+            return Outcome(None, skipped=None)
+        add = feedforward_w(acting, jobs) - feedforward_w(self.ahead_to, jobs)
+        self.ahead_to = acting
+        if add == 0.0:
+            return Outcome(None, skipped=None)
+        rated = settings.bess_rated_w
+        self.setpoint_w = min(max(self.setpoint_w + add, -rated), rated)
+        return Outcome(self.setpoint_w, skipped=None)
+
+    def _reach(self, now: float, jobs: Sequence[Announced]) -> float:
+        """The instant a setpoint decided at ``now`` acts, and the feed-forward covers: ``now +
+        actuation_s``, or the end of a fast announced edge whose middle it reaches (the
+        battery then moves with the edge, not ahead of it or after it)."""
+        acting = now + self.settings.actuation_s
+        for begin, end in announced_edges(jobs):
+            if end - begin <= FAST_EDGE_S and (begin + end) / 2.0 <= acting + TIME_EPS_S < end:
+                acting = end
+        return acting
+
+    def next_edge(self, now: float, jobs: Sequence[Announced]) -> float | None:
+        """When the next lead is due (the clock of ``received``): ``actuation_s`` before the
+        middle of a fast announced edge, if one comes after ``now``."""
+        lead = self.settings.actuation_s
+        due = [
+            (begin + end) / 2.0 - lead
+            for begin, end in announced_edges(jobs)
+            if end - begin <= FAST_EDGE_S and (begin + end) / 2.0 - lead > now
+        ]
+        return min(due, default=None)
 
     def idle(self, now: float, settings: GridSettings | None) -> Outcome:
         """A timer run at ``now`` (the clock of ``received``): safe-mode and stale ramps."""

@@ -243,3 +243,23 @@ def test_an_announced_edge_goes_on_the_battery_before_the_meter_can_show_it() ->
     plain = grid_step(state, without, (job,), S0)
     assert ahead.bess_setpoint_w - plain.bess_setpoint_w == pytest.approx(200 * MW, rel=0.01)
     assert ahead.site_load_w == plain.site_load_w  # the estimate of the load stays measured
+
+
+def test_a_training_start_goes_on_the_battery_at_its_peak_not_its_mean() -> None:
+    """A training job starts computing, at its peak: the start edge's feed-forward gives the
+    battery the peak; the mean (peak less half the rhythm's depth) would leave the rest on the
+    grid for a loop delay. Once the job has started, nothing more is added ahead."""
+    job = Announced(100.0, 700.0, 110 * MW, 5000 * MW, peak_w=200 * MW)
+    mean_only = Announced(100.0, 700.0, 110 * MW, 5000 * MW)
+    state = grid_step(None, reading(99.0, 250.0, 0.0), (job,), S0).state
+    early = GridReading(99.98, 250 * MW, 0.0, 0.5, acting_at=100.05)
+    plain = grid_step(state, GridReading(99.98, 250 * MW, 0.0, 0.5), (job,), S0)
+    peak = grid_step(state, early, (job,), S0)
+    mean = grid_step(state, early, (mean_only,), S0)
+    assert peak.bess_setpoint_w - plain.bess_setpoint_w == pytest.approx(200 * MW, rel=0.01)
+    assert mean.bess_setpoint_w - plain.bess_setpoint_w == pytest.approx(110 * MW, rel=0.01)
+    after = GridReading(100.05, 250 * MW, 0.0, 0.5, acting_at=100.12)
+    started = grid_step(state, after, (job,), S0)
+    assert started.bess_setpoint_w == pytest.approx(
+        grid_step(state, GridReading(100.05, 250 * MW, 0.0, 0.5), (job,), S0).bess_setpoint_w
+    )

@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from pswd_gateway.control.grid import GridSettings
+from pswd_gateway.control.grid import Announced, GridSettings
 from pswd_gateway.control.loop import GridLoop, LoopSettings
 
 MW = 1e6
@@ -184,3 +184,37 @@ def test_the_pay_back_follows_the_meters_measurement_times_not_the_cycles() -> N
     )
     assert out.decision is not None
     assert out.decision.payback_w == pytest.approx(200 * MW * 0.02 / 0.5, rel=0.01)
+
+
+def test_a_lead_puts_an_announced_edge_on_the_battery_without_waiting_for_a_reading() -> None:
+    """The timer runs `actuation_s` before the middle of an announced 40 ms start: the job's
+    first phase goes on the battery then, once; the next reading decides afresh and keeps it."""
+    job = Announced(100.0, 700.0, 110 * MW, 5000 * MW, peak_w=200 * MW)
+    loop = GridLoop(LoopSettings(actuation_s=0.03))
+
+    def at(t: float, grid_mw: float, received: float) -> float | None:
+        loop.battery(t, 0.0)
+        out = loop.step(
+            t, grid_mw * MW, received=received, soc=0.5, bess_available=True,
+            jobs=(job,), settings=S,
+        )  # fmt: skip
+        return None if out.setpoint_w is None else out.setpoint_w / MW
+
+    before = at(99.90, 100.0, 99.92)
+    assert loop.next_edge(99.92, (job,)) == pytest.approx(100.02 - 0.03)
+    assert before is not None
+    assert loop.lead(99.97, (job,), S).setpoint_w is None  # before its middle is in reach
+    led = loop.lead(99.99, (job,), S)
+    assert led.setpoint_w is not None
+    assert led.setpoint_w / MW - before == pytest.approx(200.0, abs=0.5)
+    assert loop.lead(99.995, (job,), S).setpoint_w is None  # once
+    # a reading measured before the edge, arriving after the lead, keeps the edge on
+    after = at(99.96, 100.0, 99.98)
+    assert after == pytest.approx(led.setpoint_w / MW, abs=1.5)  # the plan moved 60 ms on
+    assert loop.next_edge(100.0, (job,)) == pytest.approx(700.0 - job.rise_s / 2 - 0.03)
+
+
+def test_no_lead_before_the_loop_has_decided_or_in_safe_mode() -> None:
+    job = Announced(100.0, 700.0, 110 * MW, 5000 * MW)
+    loop = GridLoop()
+    assert loop.lead(99.97, (job,), S).setpoint_w is None
