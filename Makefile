@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test test-tools lint typecheck pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,12 @@ lint: $(STAMP_DEV)
 typecheck: $(STAMP_DEV)
 	$(BIN)/mypy
 
-pytest: $(STAMP_DEV)
-	$(BIN)/pytest -q tests/unit tests/integration
+## test-tools: promtool/prometheus (into .venv/tools), systemd-analyze, lintian where missing
+test-tools: | $(BIN)/python
+	scripts/test-tools $(VENV)/tools
+
+pytest: $(STAMP_DEV) test-tools
+	PATH="$(abspath $(VENV))/tools/usr/bin:$$PATH" $(BIN)/pytest -q tests/unit tests/integration
 
 ## bench: the benchmarks behind docs/benchmarks.md
 bench: $(STAMP_DEV)

@@ -15,6 +15,7 @@ import gc
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,11 +44,12 @@ from pswd_gateway.journal import AsyncJournal, AuditEntry, format_ts
 from pswd_gateway.logging import configure_logging, get_logger
 from pswd_gateway.northbound.asgi import AsgiListener
 from pswd_gateway.northbound.http_api import ApiContext, create_app
+from pswd_gateway.northbound.http_api.security import HttpStats
 from pswd_gateway.northbound.http_api.site import site_view
 from pswd_gateway.northbound.iec61850.controls import Caller
 from pswd_gateway.northbound.iec61850.model import GooseAddress
 from pswd_gateway.northbound.iec61850.server import MmsHooks, MmsServer
-from pswd_gateway.northbound.metrics import GatewayCollector, make_registry
+from pswd_gateway.northbound.metrics import GatewayCollector, OpsView, make_registry
 from pswd_gateway.northbound.opcua.server import OpcUaServer
 from pswd_gateway.scheduling.scheduler import Scheduler
 from pswd_gateway.scheduling.service import WorkloadService
@@ -59,6 +61,14 @@ from pswd_gateway.store import PointStore
 __all__ = ["Gateway", "SystemdNotifier", "run_gateway"]
 
 log = get_logger("daemon")
+
+
+def _not_after(cert: Path) -> float:
+    """When a DER certificate expires (POSIX seconds)."""
+    from cryptography import x509  # noqa: PLC0415
+
+    return x509.load_der_x509_certificate(cert.read_bytes()).not_valid_after_utc.timestamp()
+
 
 RESTART_BACKOFF_S = 1.0
 SETPOINT_FLUSH_S = 1.0
@@ -107,6 +117,8 @@ class Gateway:
     journal: AsyncJournal | None = field(default=None, init=False)
     control: ControlCycle | None = field(default=None, init=False)
     opcua: OpcUaServer | None = field(default=None, init=False)
+    _http_stats: HttpStats | None = field(default=None, init=False)
+    _certificate_expiry: dict[str, float] = field(default_factory=dict, init=False)
     mms: MmsServer | None = field(default=None, init=False)
     _load_step_cache: tuple[float, bool] = field(default=(0.0, False), init=False)
     heap: HeapKeeper | None = None
@@ -153,8 +165,10 @@ class Gateway:
                 site_view(self.store, self._site, self.workloads),
                 lambda: self._ready,
             )
+            app = create_app(self.config.api, context)
+            self._http_stats = app.state.http_stats
             self.api_listener = AsgiListener(
-                create_app(self.config.api, context),
+                app,
                 api.host,
                 api.port,
                 name="api",
@@ -172,6 +186,8 @@ class Gateway:
                 ramp=lambda: self.control.stats.grid_ramp_w_per_s() if self.control else None,
             )
             await self.opcua.start()
+            if self.opcua.certificate_path is not None:
+                self._certificate_expiry["opcua"] = _not_after(self.opcua.certificate_path)
         mms = self.config.listeners.iec61850
         if mms.enabled:
             settings = self.config.iec61850
@@ -523,6 +539,7 @@ class Gateway:
             self._site,
             self.poll_stats,
             control_stats=lambda: self.control.stats if self.control is not None else None,
+            ops=self._ops_view,
         )
         registry = make_registry(collector)
         ProcessCollector(registry=registry)
@@ -545,6 +562,31 @@ class Gateway:
                 Route("/healthz", healthz),
                 Route("/readyz", readyz),
             ]
+        )
+
+    def _ops_view(self) -> OpsView:
+        site, control = self._site(), self.config.control
+        feed, journal = self.forecast, self.journal
+        return OpsView(
+            import_limit_w=site.import_limit_mw * 1e6,
+            ramp_limit_w_per_s=site.grid_ramp_limit_mw_per_s * 1e6,
+            soc_window=(control.soc_min, control.soc_max),
+            journal_errors_total=journal.errors_total if journal is not None else 0,
+            audit_total=dict(journal.sync.audit_counts) if journal is not None else {},
+            forecast_updates_total=feed.updates_total if feed is not None else 0,
+            forecast_failures_total=feed.failures_total if feed is not None else 0,
+            forecast_last_update=(
+                feed.last_update.timestamp()
+                if feed is not None and feed.last_update is not None
+                else None
+            ),
+            certificate_expiry=self._certificate_expiry,
+            workloads_by_state=(
+                Counter(w.state.value for w in self.workloads.active.values())
+                if self.workloads is not None
+                else {}
+            ),
+            http_latency=self._http_stats.by_route if self._http_stats is not None else {},
         )
 
     def _site(self) -> SiteConfig:

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -228,6 +229,8 @@ class Journal:
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(path, str(exc)) from exc
         self._last_hash = self._tail_hash()
+        self.audit_counts: Counter[str] = Counter()
+        """Audit entries appended since start, by outcome (metrics)."""
 
     # ---- schema -------------------------------------------------------------------------------
 
@@ -421,6 +424,7 @@ class Journal:
             ),
         )
         self._last_hash = digest
+        self.audit_counts[entry.outcome] += 1
 
     def _tail_hash(self) -> str:
         row = self._db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
@@ -618,6 +622,8 @@ class AsyncJournal:
     def __init__(self, journal: Journal) -> None:
         self.sync = journal
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self.errors_total = 0
+        """Calls that failed in SQLite (metrics: a disk or lock problem to look at)."""
 
     @classmethod
     def open(cls, path: Path, synchronous: Literal["full", "normal"] = "full") -> AsyncJournal:
@@ -628,6 +634,7 @@ class AsyncJournal:
         try:
             return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
         except sqlite3.Error as exc:
+            self.errors_total += 1
             raise JournalError(self.sync.path, str(exc)) from exc
 
     async def close(self) -> None:

@@ -28,6 +28,7 @@ from pswd_gateway.control.grid import Announced, Fallback, GridDecision, GridSet
 from pswd_gateway.control.guard import GuardEvent, GuardSettings
 from pswd_gateway.control.loop import GridLoop, LoopSettings, Outcome
 from pswd_gateway.control.thermal import ThermalSettings, ThermalState, thermal_step
+from pswd_gateway.domain.histogram import LatencyHistogram
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.errors import PswdError
 from pswd_gateway.logging import get_logger
@@ -125,9 +126,11 @@ class ControlStats:
     fallbacks_total: int = 0
     skipped_total: int = 0
     """Runs without a usable reading (grid meter or battery invalid)."""
-    lateness_s: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    lateness_s: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(window=SAMPLES))
     """How late each run started: after its deadline (timer), after its reading (meter)."""
-    reading_to_setpoint_s: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    reading_to_setpoint_s: LatencyHistogram = field(
+        default_factory=lambda: LatencyHistogram(window=SAMPLES)
+    )
     last: GridDecision | None = None
     last_error: str | None = None
     chw_setpoint_c: float | None = None

@@ -41,6 +41,8 @@ class ForecastFeed:
     failures_total: int = field(default=0, init=False)
     updates_total: int = field(default=0, init=False)
     last_error: str | None = field(default=None, init=False)
+    last_update: datetime | None = field(default=None, init=False)
+    """When the forecast was last replaced (``None``: never)."""
     _current: CarbonForecast | None = field(default=None, init=False)
 
     def current(self) -> CarbonForecast:
@@ -68,6 +70,7 @@ class ForecastFeed:
             log.warning("forecast_refresh_failed", error=str(exc), keeping=self._source())
             return False
         self._current = forecast
+        self.last_update = self.clock()
         self.updates_total += 1
         self.last_error = None
         log.info("forecast_updated", source=forecast.source, slots=len(forecast.carbon_g_per_kwh))

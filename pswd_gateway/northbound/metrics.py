@@ -6,9 +6,10 @@ Names use base units (``_watts``, ``_seconds``, ``_ratio``, ``_total``). A point
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -24,11 +25,12 @@ from pswd_gateway import __version__
 from pswd_gateway.config import SiteConfig, SiteRole
 from pswd_gateway.control.cycle import ControlStats
 from pswd_gateway.control.guard import GuardReason
+from pswd_gateway.domain.histogram import LatencyHistogram
 from pswd_gateway.domain.points import Quality
 from pswd_gateway.southbound.poller import PollStats
 from pswd_gateway.store import PointStore, Snapshot
 
-__all__ = ["GatewayCollector", "SitePoint", "make_registry"]
+__all__ = ["GatewayCollector", "OpsView", "SitePoint", "make_registry"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,27 @@ SITE_POINTS: tuple[SitePoint, ...] = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class OpsView:
+    """What an operator alerts on beyond the site's points, read at scrape time."""
+
+    import_limit_w: float
+    ramp_limit_w_per_s: float
+    soc_window: tuple[float, float]
+    journal_errors_total: int = 0
+    audit_total: Mapping[str, int] = field(default_factory=dict)
+    """Audit entries by outcome (accepted, refused, failed)."""
+    forecast_updates_total: int = 0
+    forecast_failures_total: int = 0
+    forecast_last_update: float | None = None
+    """POSIX time the forecast was last replaced."""
+    certificate_expiry: Mapping[str, float] = field(default_factory=dict)
+    """Listener → POSIX time its certificate expires."""
+    workloads_by_state: Mapping[str, int] = field(default_factory=dict)
+    http_latency: Mapping[tuple[str, str], LatencyHistogram] = field(default_factory=dict)
+    """(method, route template) → request latency."""
+
+
 class GatewayCollector(Collector):
     """Reads the store and the pollers' statistics when Prometheus scrapes."""
 
@@ -102,9 +125,11 @@ class GatewayCollector(Collector):
         poll_stats: Callable[[], Sequence[PollStats]],
         *,
         control_stats: Callable[[], ControlStats | None] = lambda: None,
+        ops: Callable[[], OpsView | None] = lambda: None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._control_stats = control_stats
+        self._ops = ops
         self._store = store
         self._site = site
         self._poll_stats = poll_stats
@@ -129,6 +154,9 @@ class GatewayCollector(Collector):
         control = self._control_stats()
         if control is not None:
             yield from _control_metrics(control)
+        ops = self._ops()
+        if ops is not None:
+            yield from _ops_metrics(ops)
 
     def _device_metrics(self, snap: Snapshot, stats: Sequence[PollStats]) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -164,13 +192,7 @@ class GatewayCollector(Collector):
             q = worst.get(s.device)
             for candidate in Quality:
                 quality.add_metric([s.device, candidate.value], 1.0 if q is candidate else 0.0)
-            buckets: list[tuple[str, float]] = []
-            cumulative = 0
-            for bound, count in zip(s.lateness_buckets_s, s.lateness_bucket_counts, strict=False):
-                cumulative += count
-                buckets.append((_le(bound), cumulative))
-            buckets.append(("+Inf", s.lateness_count))
-            lateness.add_metric(labels, buckets, s.lateness_sum_s)
+            lateness.add_metric(labels, *_buckets(s.lateness))
             overruns.add_metric(labels, s.overruns_total)
             polls.add_metric(labels, s.polls_total)
             errors.add_metric(labels, s.errors_total)
@@ -209,24 +231,21 @@ def _control_metrics(c: ControlStats) -> Iterator[Metric]:
         counter.add_metric([], value)
         yield counter
     yield _guard_active(c)
-    for name, help_text, samples in (
+    for name, help_text, histogram in (
         (
             "pswd_control_cycle_lateness_seconds",
-            "Lateness of timer-driven control runs (recent samples).",
+            "How late each control run started: after its deadline or after its meter reading.",
             c.lateness_s,
         ),
         (
             "pswd_control_reading_to_setpoint_seconds",
-            "From a grid-meter reading arriving to the battery setpoint written (recent samples).",
+            "From a grid-meter reading arriving to the battery setpoint written.",
             c.reading_to_setpoint_s,
         ),
     ):
-        gauge = GaugeMetricFamily(name, help_text, labels=["quantile"])
-        if samples:
-            ordered = sorted(samples)
-            for q in (0.5, 0.99, 1.0):
-                gauge.add_metric([repr(q)], ordered[min(len(ordered) - 1, int(q * len(ordered)))])
-        yield gauge
+        family = HistogramMetricFamily(name, help_text)
+        family.add_metric([], *_buckets(histogram))
+        yield family
     last = c.last
     for name, help_text, reading in (
         (
@@ -278,8 +297,76 @@ def _guard_active(c: ControlStats) -> Metric:
     return gauge
 
 
-def _le(bound: float) -> str:
-    return repr(float(bound))
+def _gauge(name: str, help_text: str, value: float | None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, help_text)
+    if value is not None:
+        family.add_metric([], value)
+    return family
+
+
+def _ops_metrics(o: OpsView) -> Iterator[Metric]:
+    yield _gauge(
+        "pswd_site_import_limit_watts",
+        "Grid import limit in force (the site's, or a lower demand-response limit).",
+        o.import_limit_w,
+    )
+    yield _gauge(
+        "pswd_site_ramp_limit_watts_per_second",
+        "The operator's limit on the rate of change of the grid import.",
+        o.ramp_limit_w_per_s,
+    )
+    window = GaugeMetricFamily(
+        "pswd_bess_soc_window_ratio",
+        "The battery's allowed state-of-charge window (control.soc_min, control.soc_max).",
+        labels=["bound"],
+    )
+    window.add_metric(["min"], o.soc_window[0])
+    window.add_metric(["max"], o.soc_window[1])
+    yield window
+    journal = CounterMetricFamily("pswd_journal_errors", "Journal calls that failed in SQLite.")
+    journal.add_metric([], o.journal_errors_total)
+    yield journal
+    audit = CounterMetricFamily(
+        "pswd_audit_events", "Audit entries written, by outcome.", labels=["outcome"]
+    )
+    for outcome in ("accepted", "refused", "failed"):
+        audit.add_metric([outcome], o.audit_total.get(outcome, 0))
+    yield audit
+    updates = CounterMetricFamily("pswd_forecast_updates", "Forecast refreshes that succeeded.")
+    updates.add_metric([], o.forecast_updates_total)
+    failures = CounterMetricFamily("pswd_forecast_failures", "Forecast refreshes that failed.")
+    failures.add_metric([], o.forecast_failures_total)
+    yield from (updates, failures)
+    yield _gauge(
+        "pswd_forecast_last_update_timestamp_seconds",
+        "When the carbon/price forecast was last replaced (absent: never).",
+        o.forecast_last_update,
+    )
+    expiry = GaugeMetricFamily(
+        "pswd_certificate_expiry_timestamp_seconds",
+        "When a listener's certificate expires.",
+        labels=["listener"],
+    )
+    for listener, at in sorted(o.certificate_expiry.items()):
+        expiry.add_metric([listener], at)
+    yield expiry
+    workloads = GaugeMetricFamily("pswd_workloads", "Active workloads by state.", labels=["state"])
+    for state, n in sorted(o.workloads_by_state.items()):
+        workloads.add_metric([state], n)
+    yield workloads
+    http = HistogramMetricFamily(
+        "pswd_http_request_duration_seconds",
+        "Workload API requests: from arrival to response headers, by route template.",
+        labels=["method", "route"],
+    )
+    for (method, route), histogram in sorted(o.http_latency.items()):
+        http.add_metric([method, route], *_buckets(histogram))
+    yield http
+
+
+def _buckets(h: LatencyHistogram) -> tuple[list[tuple[str, float]], float]:
+    """A histogram's cumulative buckets (``le`` labels as Prometheus writes them) and sum."""
+    return [("+Inf" if b == math.inf else repr(b), n) for b, n in h.cumulative()], h.sum_s
 
 
 def _worst_quality_by_device(snap: Snapshot) -> dict[str, Quality]:

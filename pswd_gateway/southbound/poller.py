@@ -18,13 +18,12 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import math
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from pswd_gateway.domain.histogram import LATENCY_BUCKETS_S, LatencyHistogram
 from pswd_gateway.domain.points import Quality
 from pswd_gateway.errors import DeviceError
 from pswd_gateway.logging import get_logger
@@ -35,19 +34,7 @@ __all__ = ["LATENESS_BUCKETS_S", "Percentiles", "PollStats", "Poller"]
 
 log = get_logger("poller")
 
-LATENESS_BUCKETS_S: tuple[float, ...] = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-)
+LATENESS_BUCKETS_S = LATENCY_BUCKETS_S
 RESERVOIR = 10_000
 CONNECT_TIMEOUT_S = 2.0
 """Connecting (TCP, sessions, SunSpec chain check) is not latency-critical: at least this long."""
@@ -76,32 +63,25 @@ class PollStats:
     timeouts_total: int = 0
     overruns_total: int = 0
     reconnects_total: int = 0
-    lateness_buckets_s: tuple[float, ...] = LATENESS_BUCKETS_S
-    lateness_bucket_counts: list[int] = field(default_factory=lambda: [0] * len(LATENESS_BUCKETS_S))
-    lateness_sum_s: float = 0.0
-    lateness_count: int = 0
+    lateness: LatencyHistogram = field(
+        default_factory=lambda: LatencyHistogram(window=RESERVOIR), repr=False
+    )
     up: bool = False
     quality: Quality | None = None
     last_success_wall: float | None = None
     last_error: str | None = None
     last_tick: float = 0.0
     """Monotonic time the loop last ran a slot (the watchdog's proof of life)."""
-    _recent: deque[float] = field(default_factory=lambda: deque(maxlen=RESERVOIR), repr=False)
 
     def observe_lateness(self, lateness_s: float) -> None:
-        i = bisect.bisect_left(self.lateness_buckets_s, lateness_s)
-        if i < len(self.lateness_bucket_counts):
-            self.lateness_bucket_counts[i] += 1
-        self.lateness_sum_s += lateness_s
-        self.lateness_count += 1
-        self._recent.append(lateness_s)
+        self.lateness.append(lateness_s)
 
     def lateness_samples(self) -> list[float]:
         """The most recent lateness samples (at most 10,000), oldest first."""
-        return list(self._recent)
+        return list(self.lateness)
 
     def lateness_percentiles(self) -> Percentiles:
-        samples = sorted(self._recent)
+        samples = sorted(self.lateness)
         if not samples:
             return Percentiles(math.nan, math.nan, math.nan)
         last = len(samples) - 1
@@ -111,10 +91,7 @@ class PollStats:
         """Zero the counters (benchmarks measure after a warm-up)."""
         self.polls_total = self.errors_total = self.timeouts_total = 0
         self.overruns_total = self.reconnects_total = 0
-        self.lateness_bucket_counts = [0] * len(self.lateness_buckets_s)
-        self.lateness_sum_s = 0.0
-        self.lateness_count = 0
-        self._recent.clear()
+        self.lateness = LatencyHistogram(window=RESERVOIR)
 
 
 class _WaitingToReconnect(Exception):  # noqa: N818 - a signal, not an error

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -230,7 +229,7 @@ async def test_a_guard_trip_shows_in_the_metrics_until_the_guard_rearms(gateway:
     assert trips_rearmed == trips_tripped  # a counter: the re-arm does not undo the trip
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+@pytest.mark.needs_tool("promtool", "prometheus")
 async def test_metrics_pass_promtool(gateway: Gateway) -> None:
     """`promtool check metrics` finds nothing to warn about in the exposition."""
     assert gateway.metrics_listener is not None

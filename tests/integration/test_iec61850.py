@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
 
+import pyiec61850.pyiec61850 as m
 import pytest
 
 from pswd_gateway.bench.api import free_port
@@ -24,7 +25,6 @@ from pswd_gateway.store import PointStore
 
 pytestmark = pytest.mark.integration
 
-m = pytest.importorskip("pyiec61850.pyiec61850")
 SITE = SiteConfig(grid_meter="meter", bess="bess", thermal=None, it_load=())
 CLIENT = Path(__file__).with_name("mms_client.py")
 USERS = (
@@ -259,7 +259,7 @@ async def stop_goose(server: MmsServer, subscriber: Any) -> None:
     subscriber.stop()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="GOOSE on lo needs raw sockets (root)")
+@pytest.mark.needs_root
 async def test_goose_frames_on_lo_count_state_and_retransmit() -> None:
     store = PointStore()
     feed(store, 10e6)
@@ -480,7 +480,7 @@ async def test_a_guard_trip_sets_ind4_with_its_time_until_the_guard_rearms(tmp_p
     assert cleared_at[0] == pytest.approx(rearmed.at * 1000, abs=1)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="GOOSE on lo needs raw sockets (root)")
+@pytest.mark.needs_root
 async def test_a_guard_trip_is_a_new_goose_state_of_the_events_dataset() -> None:
     """`GGIO1.Ind4` is a member of `Events`: a trip and its re-arm each publish a new stNum."""
     from pswd_gateway.control.guard import GuardEvent, GuardReason  # noqa: PLC0415

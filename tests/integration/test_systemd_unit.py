@@ -13,7 +13,7 @@ import pytest
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "pswd-gateway.service"
 analyze = shutil.which("systemd-analyze")
-needs_systemd = pytest.mark.skipif(analyze is None, reason="systemd-analyze is not installed")
+needs_systemd = pytest.mark.needs_tool("systemd-analyze", "systemd")
 
 
 def unit_for_this_machine(tmp_path: Path) -> Path:

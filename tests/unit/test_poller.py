@@ -142,5 +142,5 @@ async def test_lateness_is_recorded_per_poll() -> None:
     driver = FakeDriver(clock, [1.0] * 20)
     poller = Poller(driver, PointStore(), invalid_after_s=1.0, clock=clock, sleep=clock.sleep)
     await run_for(poller, clock, 1.0)
-    assert poller.stats.lateness_count == poller.stats.polls_total
+    assert poller.stats.lateness.count == poller.stats.polls_total
     assert poller.stats.lateness_percentiles().max == pytest.approx(0.0, abs=1e-9)

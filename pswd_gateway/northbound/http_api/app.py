@@ -58,6 +58,7 @@ from pswd_gateway.northbound.http_api.schemas import (
 )
 from pswd_gateway.northbound.http_api.security import (
     BodyLimit,
+    HttpStats,
     RateLimiter,
     ServerTiming,
     TokenBook,
@@ -106,7 +107,8 @@ def create_app(config: ApiConfig, context: ApiContext | None = None) -> FastAPI:
     )
     app.state.context = context
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
-    app.add_middleware(ServerTiming)
+    app.state.http_stats = HttpStats()
+    app.add_middleware(ServerTiming, stats=app.state.http_stats)
     app.add_exception_handler(ProblemError, handle_problem)
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(StarletteHTTPException, handle_http)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pswd_gateway.config import ApiConfig
+from pswd_gateway.domain.histogram import LatencyHistogram
 from pswd_gateway.domain.identity import Identity
 from pswd_gateway.northbound.http_api.problems import ProblemError, problem_response
 
@@ -120,15 +121,31 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+@dataclass
+class HttpStats:
+    """Latency of each route's requests (metrics: ``pswd_http_request_duration_seconds``)."""
+
+    by_route: dict[tuple[str, str], LatencyHistogram] = field(default_factory=dict)
+
+    def observe(self, method: str, route: str, seconds: float) -> None:
+        key = (method, route)
+        histogram = self.by_route.get(key)
+        if histogram is None:
+            histogram = self.by_route[key] = LatencyHistogram(window=256)
+        histogram.append(seconds)
+
+
 class ServerTiming:
     """ASGI middleware: every response carries ``Server-Timing: app;dur=<ms>`` (W3C).
 
     The time from the request reaching the application to its response headers, so a client
-    can tell the gateway's own share of a latency from the network's and its own.
+    can tell the gateway's own share of a latency from the network's and its own; observed per
+    route template (never the raw path: one series per route, whatever the client sends).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, stats: HttpStats | None = None) -> None:
         self.app = app
+        self.stats = stats
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -138,7 +155,11 @@ class ServerTiming:
 
         async def timed(message: Message) -> None:
             if message["type"] == "http.response.start":
-                ms = (time.perf_counter() - t0) * 1000.0
+                seconds = time.perf_counter() - t0
+                ms = seconds * 1000.0
+                if self.stats is not None:
+                    route = getattr(scope.get("route"), "path", None) or "unmatched"
+                    self.stats.observe(scope.get("method", "?"), route, seconds)
                 headers = [*message.get("headers", ()), (b"server-timing", b"app;dur=%.2f" % ms)]
                 message = {**message, "headers": headers}
             await send(message)

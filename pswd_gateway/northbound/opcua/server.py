@@ -309,6 +309,8 @@ class OpcUaServer:
         ramp: Callable[[], float | None] | None = None,
     ) -> None:
         self.ramp = ramp
+        self.certificate_path: Path | None = None
+        """The server certificate, once started."""
         self.config = config
         self.store = store
         self.site = site
@@ -347,6 +349,7 @@ class OpcUaServer:
         cfg = self.config.opcua
         certs_dir = cfg.certs_dir if cfg.certs_dir.is_absolute() else Path.cwd() / cfg.certs_dir
         paths = OpcUaCertPaths(certs_dir)
+        self.certificate_path = paths.cert
         if not paths.exists():
             raise ConfigError(
                 "opcua",
