@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -37,6 +39,11 @@ iec61850_app = typer.Typer(no_args_is_help=True, help="IEC 61850: the ICD file."
 app.add_typer(iec61850_app, name="iec61850")
 app.add_typer(certs_app, name="certs")
 
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Gateway TOML file (default: the embedded demo config)."),
+]
+
 
 @iec61850_app.command("icd")
 def iec61850_icd(
@@ -54,42 +61,117 @@ def iec61850_icd(
 app.add_typer(opcua_app, name="opcua")
 
 
+CertsDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir",
+        help="Use this certificate directory instead of the config's opcua.certs_dir.",
+        show_default=False,
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class _CertsDir:
+    """The certificate directory a ``certs`` command works on, and why that one."""
+
+    root: Path
+    origin: str
+    """Said after the paths printed: ``the gateway's opcua.certs_dir from config/demo.toml``."""
+    flags: str
+    """The options that select it again, for the commands suggested in the output."""
+
+
+def _certs_dir(directory: Path | None, config: Path | None) -> _CertsDir:
+    """``--dir`` if given, else the config's ``opcua.certs_dir`` resolved as the OPC UA server
+    resolves it. With both, ``--dir`` wins and a differing configured directory is named."""
+    from pswd_gateway.security.certs import resolve_certs_dir  # noqa: PLC0415
+
+    configured: Path | None = None
+    if directory is None or config is not None:
+        try:
+            cfg = load_config(config)
+        except ConfigError as exc:
+            _fail(exc)
+        configured = resolve_certs_dir(cfg.opcua.certs_dir)
+    source = _shown(config or DEFAULT_CONFIG)
+    if directory is None:
+        assert configured is not None
+        flags = "" if config is None else f" --config {shlex.quote(str(config))}"
+        return _CertsDir(configured, f"the gateway's opcua.certs_dir from {source}", flags)
+    if configured is not None and configured.resolve() != directory.resolve():
+        typer.echo(
+            f"note: --dir wins; {source} has opcua.certs_dir {_shown(configured)}, "
+            f"so a gateway started with it does not read {_shown(directory)}",
+            err=True,
+        )
+    return _CertsDir(directory, "given with --dir", f" --dir {shlex.quote(str(directory))}")
+
+
+def _shown(path: Path) -> Path:
+    """PATH relative to the working directory when it lies below it, else absolute."""
+    absolute = path.resolve()
+    with contextlib.suppress(ValueError):
+        return absolute.relative_to(Path.cwd().resolve())
+    return absolute
+
+
 @certs_app.command("init")
 def certs_init(
-    directory: Annotated[Path, typer.Option("--dir", help="Certificate directory.")] = Path(
-        "certs"
-    ),
+    config: ConfigOption = None,
+    directory: CertsDirOption = None,
     host: Annotated[
         list[str] | None, typer.Option("--host", help="Host name or address (repeatable).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing certificate.")] = False,
 ) -> None:
-    """Write the OPC UA server certificate and key and the trust folders (kept if present)."""
-    from pswd_gateway.security.certs import init_opcua_certs  # noqa: PLC0415
+    """Write the OPC UA server certificate and key into the gateway's opcua.certs_dir (kept if
+    present) and make its trust folders. A relative certs_dir is taken from the working
+    directory, as the gateway does. `make demo` writes them on its first start. The gateway
+    loads its certificate when it starts: after --force, restart it."""
+    from pswd_gateway.security.certs import OpcUaCertPaths, init_opcua_certs  # noqa: PLC0415
 
-    existed = (directory / "opcua" / "server_cert.der").exists()
-    paths = init_opcua_certs(directory, host, force=force)
+    where = _certs_dir(directory, config)
+    existed = OpcUaCertPaths(where.root).exists()
+    paths = init_opcua_certs(where.root, host, force=force)
     verb = "kept" if existed and not force else "wrote"
-    typer.echo(f"{verb} {paths.cert} and {paths.key}")
-    typer.echo(f"trusted client certificates go in {paths.trusted} (`certs trust --opcua CERT`)")
+    typer.echo(f"{verb} {_shown(paths.cert)} and {_shown(paths.key)} ({where.origin})")
+    if existed and force:
+        typer.echo("a running gateway serves the old certificate until it restarts")
+    typer.echo(
+        f"trusted client certificates go in {_shown(paths.trusted)} "
+        f"(`pswd-gateway certs trust --opcua CERT{where.flags}`)"
+    )
 
 
 @certs_app.command("trust")
 def certs_trust(
     opcua: Annotated[Path, typer.Option("--opcua", help="A client certificate (DER or PEM).")],
-    directory: Annotated[Path, typer.Option("--dir", help="Certificate directory.")] = Path(
-        "certs"
-    ),
+    config: ConfigOption = None,
+    directory: CertsDirOption = None,
 ) -> None:
-    """Admit an OPC UA client certificate; takes effect when the gateway (re)starts."""
-    from pswd_gateway.security.certs import trust_opcua_client  # noqa: PLC0415
+    """Admit an OPC UA client certificate: a copy goes into opcua/trusted/ under the gateway's
+    opcua.certs_dir (a relative one is taken from the working directory, as the gateway does).
+    No restart needed: the running gateway reads that folder again when a certificate it does
+    not trust yet connects, so the client gets in at its next attempt. A certificate deleted
+    from trusted/ can still get in until the gateway restarts."""
+    from pswd_gateway.security.certs import OpcUaCertPaths, trust_opcua_client  # noqa: PLC0415
 
+    where = _certs_dir(directory, config)
     try:
-        target = trust_opcua_client(directory, opcua)
+        target = trust_opcua_client(where.root, opcua)
     except (OSError, ValueError) as exc:
-        typer.echo(f"{opcua}: not a readable certificate ({exc})", err=True)
+        typer.echo(f"{opcua}: not a readable certificate: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"trusted: {target}")
+    typer.echo(f"trusted: {_shown(target)} ({where.origin})")
+    if OpcUaCertPaths(where.root).exists():
+        typer.echo("a running gateway admits the client at its next connection attempt")
+    else:
+        typer.echo(
+            f"note: {_shown(where.root)} has no OPC UA server certificate yet; a gateway "
+            "that reads this directory writes (`make demo`) or needs (`certs init`) one",
+            err=True,
+        )
 
 
 @opcua_app.command("nodeset")
@@ -166,12 +248,6 @@ def opcua_password(
     typer.echo("[[opcua.users]]")
     for key, value in entry.items():
         typer.echo(f'{key} = "{value}"')
-
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Gateway TOML file (default: the embedded demo config)."),
-]
 
 
 def _version(value: bool) -> None:

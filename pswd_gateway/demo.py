@@ -30,7 +30,7 @@ from pswd_gateway.daemon import Gateway
 from pswd_gateway.domain.points import Quality
 from pswd_gateway.logging import configure_logging
 from pswd_gateway.ml_platform import play_demo_job, trace_job
-from pswd_gateway.security.certs import OpcUaCertPaths, init_opcua_certs
+from pswd_gateway.security.certs import OpcUaCertPaths, init_opcua_certs, resolve_certs_dir
 from pswd_gateway.simulation.twin import spawn_twin, stop_process
 from pswd_gateway.simulation.twin import started_at as twin_started_at
 
@@ -237,9 +237,9 @@ async def run_demo(cfg: GatewayConfig, config_path: Path, duration_s: float | No
             )
             return 1
         if cfg.listeners.opcua.enabled:
-            paths = OpcUaCertPaths(cfg.opcua.certs_dir)
+            paths = OpcUaCertPaths(resolve_certs_dir(cfg.opcua.certs_dir))
             if not paths.exists():
-                init_opcua_certs(cfg.opcua.certs_dir)
+                init_opcua_certs(paths.root)
                 console.print(f"wrote the OPC UA server certificate to {paths.cert}")
         gw = Gateway(cfg, config_path=config_path)
         await gw.start()

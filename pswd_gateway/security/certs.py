@@ -1,12 +1,17 @@
 """Certificates: ``pswd-gateway certs init`` and ``certs trust --opcua CERT``.
 
-Layout under the certificate directory (default ``certs/``; production
-``/etc/pswd-gateway/certs``)::
+Layout under the certificate directory, ``opcua.certs_dir`` (``var/certs`` in the demo config;
+production ``/etc/pswd-gateway/certs``; see :func:`resolve_certs_dir` for a relative one)::
 
     opcua/server_cert.der   the OPC UA application instance certificate (self-signed)
     opcua/server_key.pem    its private key (mode 0600)
     opcua/trusted/          client certificates admitted (DER or PEM)
     opcua/rejected/         client certificates seen and refused, for an operator to review
+
+The running OPC UA server reads ``trusted/`` again whenever a client certificate is not in the
+list it holds (``RejectingValidator`` in :mod:`pswd_gateway.northbound.opcua.server`), so a
+certificate trusted here admits its client at the next connection attempt, without a restart.
+A certificate removed from ``trusted/`` may still be admitted until the gateway restarts.
 
 Generated with asyncua's certificate helpers (``cryptography`` underneath): RSA 2048, SHA-256,
 the application URI and the host names in the subject alternative names, as OPC 10000-6 6.2.2
@@ -32,6 +37,7 @@ __all__ = [
     "OpcUaCertPaths",
     "init_opcua_certs",
     "make_client_certificate",
+    "resolve_certs_dir",
     "trust_opcua_client",
 ]
 
@@ -61,6 +67,12 @@ class OpcUaCertPaths:
 
     def exists(self) -> bool:
         return self.cert.is_file() and self.key.is_file()
+
+
+def resolve_certs_dir(certs_dir: Path) -> Path:
+    """``opcua.certs_dir`` as the OPC UA server resolves it (``OpcUaServer.start``): a relative
+    path is taken from the working directory, not from the configuration file's directory."""
+    return certs_dir if certs_dir.is_absolute() else Path.cwd() / certs_dir
 
 
 def _alt_names(hosts: list[str]) -> list[x509.GeneralName]:
@@ -101,6 +113,11 @@ def init_opcua_certs(
 
 def _load_any(path: Path) -> x509.Certificate:
     data = path.read_bytes()
+    if b"PRIVATE KEY-----" in data:
+        raise ValueError(
+            "it holds a private key; give the certificate (`opcua client-cert` "
+            "writes it as NAME.der)"
+        )
     try:
         return x509.load_der_x509_certificate(data)
     except ValueError:
@@ -109,6 +126,7 @@ def _load_any(path: Path) -> x509.Certificate:
 
 def trust_opcua_client(root: Path, cert_path: Path) -> Path:
     """Admit a client certificate: copied (as DER) into ``opcua/trusted``; returns its path.
+    The server's copy of it in ``opcua/rejected`` (named by fingerprint), if any, is removed.
 
     Raises ``ValueError`` when the file is not a certificate."""
     cert = _load_any(cert_path)
@@ -117,9 +135,7 @@ def trust_opcua_client(root: Path, cert_path: Path) -> Path:
     fingerprint = cert.fingerprint(hashes.SHA256()).hex()[:16]
     target = paths.trusted / f"{cert_path.stem}-{fingerprint}.der"
     target.write_bytes(cert.public_bytes(serialization.Encoding.DER))
-    rejected = paths.rejected / cert_path.name
-    if rejected.exists():
-        rejected.unlink()
+    (paths.rejected / f"{fingerprint}.der").unlink(missing_ok=True)
     return target
 
 

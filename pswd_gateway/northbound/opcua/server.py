@@ -49,7 +49,7 @@ from pswd_gateway.journal import AuditEntry
 from pswd_gateway.logging import get_logger
 from pswd_gateway.northbound.opcua import guard
 from pswd_gateway.scheduling.service import WorkloadService
-from pswd_gateway.security.certs import APPLICATION_URI, OpcUaCertPaths
+from pswd_gateway.security.certs import APPLICATION_URI, OpcUaCertPaths, resolve_certs_dir
 from pswd_gateway.security.passwords import verify_password
 from pswd_gateway.store import PointStore, Snapshot
 
@@ -347,7 +347,7 @@ class OpcUaServer:
     async def start(self) -> None:
         listener = self.config.listeners.opcua
         cfg = self.config.opcua
-        certs_dir = cfg.certs_dir if cfg.certs_dir.is_absolute() else Path.cwd() / cfg.certs_dir
+        certs_dir = resolve_certs_dir(cfg.certs_dir)
         paths = OpcUaCertPaths(certs_dir)
         self.certificate_path = paths.cert
         if not paths.exists():
