@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import sdnotify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -53,6 +53,7 @@ from pswd_gateway.northbound.metrics import GatewayCollector, OpsView, make_regi
 from pswd_gateway.northbound.opcua.server import OpcUaServer
 from pswd_gateway.scheduling.scheduler import Scheduler
 from pswd_gateway.scheduling.service import WorkloadService
+from pswd_gateway.site_settings import SiteSettings
 from pswd_gateway.southbound.base import Driver
 from pswd_gateway.southbound.factory import build_driver
 from pswd_gateway.southbound.poller import Poller, PollStats
@@ -136,6 +137,12 @@ class Gateway:
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _watchdog_task: asyncio.Task[None] | None = field(default=None, init=False)
     _ready: bool = field(default=False, init=False)
+    settings: SiteSettings = field(init=False)
+    """The one owner of the site's settings (limits operators change, reloads)."""
+
+    def __post_init__(self) -> None:
+        self.settings = SiteSettings(self.config.site, audit=self._audit_setting)
+        self.settings.subscribe(self._on_site)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -454,8 +461,9 @@ class Gateway:
     async def reload(self) -> None:
         """SIGHUP: re-read the config file; apply what is safe, keep running on errors.
 
-        Applied: logging level/format, site limits and roles, devices added, removed or
-        changed (their pollers restart). Listener changes need a restart and are logged.
+        Applied: logging level/format, the site's settings (audited, and in force at once in the
+        control cycle, the scheduler and every surface), devices added, removed or changed
+        (their pollers restart). Listener changes need a restart and are logged.
         """
         if self.config_path is None:
             log.warning("reload_skipped", reason="started without a config file")
@@ -474,7 +482,13 @@ class Gateway:
         new_devices = {d.name: d for d in new.devices if d.enabled}
         changed = [n for n in old_devices if new_devices.get(n) != old_devices[n]]
         added = [n for n in new_devices if n not in old_devices]
-        self.config = new.model_copy(update={"listeners": self.config.listeners})
+        self.config = new.model_copy(
+            update={"listeners": self.config.listeners, "site": self.settings.current}
+        )
+        try:
+            await self.settings.replace(new.site, Identity("config-file", "admin"))
+        except PswdError as exc:  # the journal could not audit it: not in force
+            log.error("reload_site_rejected", error=str(exc))
         for name in changed:
             await self._remove_poller(name)
         for name in changed + added:
@@ -590,40 +604,36 @@ class Gateway:
         )
 
     def _site(self) -> SiteConfig:
-        return self.config.site
-
-    SETTABLE: ClassVar[frozenset[str]] = frozenset(
-        {
-            "grid_import_limit_mw",
-            "grid_ramp_limit_mw_per_s",
-            "demand_response_limit_mw",
-            "demand_response_active",
-        }
-    )
+        return self.settings.current
 
     async def set_site_limit(self, what: str, value: float | bool, who: Identity) -> None:
-        """An operator's new grid limit or demand-response state (OPC UA, IEC 61850):
-        journalled and audited first, then in force from the next control cycle. Kept until
-        restart or reload."""
-        if what not in self.SETTABLE:
-            raise ValueError(f"not a settable limit: {what}")
-        old = getattr(self.config.site, what)
-        if self.journal is not None:
-            entry = AuditEntry(
-                actor=who.name,
-                role=who.role,
-                action=f"set {what}",
-                target=self.config.site.name,
-                outcome="accepted",
-                detail={"from": old, "to": value},
-                at=datetime.now(UTC),
-            )
-            await self.journal.call(self.journal.sync.audit, entry)
-        site = self.config.site.model_copy(update={what: value})
+        """An operator's new grid limit or demand-response state (OPC UA, IEC 61850): journalled
+        and audited first, then in force everywhere at once (control, scheduler, surfaces).
+        Kept until restart or reload."""
+        await self.settings.set(what, value, who)
+
+    async def _audit_setting(self, who: Identity, action: str, detail: dict[str, Any]) -> None:
+        if self.journal is None:
+            return
+        entry = AuditEntry(
+            actor=who.name,
+            role=who.role,
+            action=action,
+            target=self.settings.current.name,
+            outcome="accepted",
+            detail=detail,
+            at=datetime.now(UTC),
+        )
+        await self.journal.call(self.journal.sync.audit, entry)
+
+    def _on_site(self, site: SiteConfig) -> None:
+        """Every part that holds the site's settings sees a change at once."""
         self.config = self.config.model_copy(update={"site": site})
         if self.control is not None:
             self.control.site = site
-        log.warning("site_limit_changed", limit=what, old=old, new=value, by=who.name)
+        if self.workloads is not None:
+            self.workloads.scheduler.site = site
+            self.workloads.mark_dirty()  # placements are re-checked against the new limits
 
     async def _mms_operate(self, what: str, value: float | bool, caller: Caller) -> None:
         await self.set_site_limit(what, value, Identity(caller.name, caller.role))

@@ -195,7 +195,7 @@ class Scheduler:
         forecast: CarbonForecast,
         fixed: Sequence[PlacedJob] | None,
     ) -> _Site:
-        limit = np.full(grid.n, self.site.grid_import_limit_mw)
+        limit = np.full(grid.n, self.site.import_limit_mw)  # an operator's demand response too
         dr = np.zeros(grid.n, dtype=bool)
         for window in self.cfg.demand_response:
             a = max(0, math.floor(grid.offset(window.start)))
@@ -340,7 +340,7 @@ class Scheduler:
             what = (
                 "the demand-response import limit"
                 if binding == "demand_response"
-                else f"the {self.site.grid_import_limit_mw:g} MW import limit"
+                else f"the {self.site.import_limit_mw:g} MW import limit"
             )
             reason = (
                 f"at every start between {span} the grid import would exceed {what} by more "

@@ -225,6 +225,8 @@ async def test_methods_check_arguments_and_roles(site: Site) -> None:
         assert bad.value.code == ua.StatusCodes.BadInvalidArgument
         await pswd.call_method(f"{idx}:SetGridImportLimit", 250.0)
         assert site.gw.config.site.grid_import_limit_mw == 250.0
+        # …in force at once where placement is decided, not only in the control cycle
+        assert site.gw.workloads.scheduler.site.grid_import_limit_mw == 250.0
         with pytest.raises(ua.UaStatusCodeError) as out:
             await pswd.call_method(f"{idx}:SetGridImportLimit", -5.0)
         assert out.value.code == ua.StatusCodes.BadOutOfRange

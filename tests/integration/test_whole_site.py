@@ -3,9 +3,10 @@
 The soak bench's machinery (:func:`pswd_gateway.bench.soak.measure_soak`) runs the twin as its
 own process with the demo config's ``[simulation]`` (every device, both BMCs, the thermal
 plant), the gateway here with every listener the demo enables, and the ML platform announcing
-the demo's 200 MW job (45 s into the twin's run) over the API. The run goes on to 80 s of the
-twin's time: 35 s of the flat IT load before the job and 35 s of its training swings. The
-same run is made on a quiet machine and with one core kept busy by another process.
+the demo's 200 MW job (45 s into the twin's run) over the API. The run goes on to 70 s of the
+twin's time: 35 s of the flat IT load before the job and 25 s of its training swings (ten
+periods of its rhythm). The same run is made on a quiet machine and with one core kept busy by
+another process.
 
 Every figure comes from the grid meter's readings as the gateway received them, through
 :mod:`pswd_gateway.bench.figures` (the one definition of a 1 s-mean step and of a band).
@@ -33,7 +34,7 @@ from pswd_gateway.simulation.trace import build_trace
 
 pytestmark = pytest.mark.integration
 
-RUN_TO_S = 80.0
+RUN_TO_S = 70.0
 """Twin time the run ends at: the job starts at 45 s."""
 FLAT_BAND_MW = 5.0
 DEVICES = ("grid_meter", "bess", "thermal", "gpu_hall_a", "gpu_hall_b")
