@@ -46,7 +46,6 @@ from pswd_gateway.northbound.asgi import AsgiListener
 from pswd_gateway.northbound.http_api import ApiContext, create_app
 from pswd_gateway.northbound.http_api.security import HttpStats
 from pswd_gateway.northbound.http_api.site import site_view
-from pswd_gateway.northbound.iec61850.controls import Caller
 from pswd_gateway.northbound.iec61850.model import GooseAddress
 from pswd_gateway.northbound.iec61850.server import MmsHooks, MmsServer
 from pswd_gateway.northbound.metrics import GatewayCollector, OpsView, make_registry
@@ -635,12 +634,12 @@ class Gateway:
             self.workloads.scheduler.site = site
             self.workloads.mark_dirty()  # placements are re-checked against the new limits
 
-    async def _mms_operate(self, what: str, value: float | bool, caller: Caller) -> None:
-        await self.set_site_limit(what, value, Identity(caller.name, caller.role))
+    async def _mms_operate(self, what: str, value: float | bool, caller: Identity) -> None:
+        await self.set_site_limit(what, value, caller)
 
-    async def _mms_refused(self, caller: Caller, action: str, why: str) -> None:
+    async def _mms_refused(self, caller: Identity, action: str, why: str) -> None:
         if self.workloads is not None:
-            await self.workloads.audit_refusal(Identity(caller.name, caller.role), action, why)
+            await self.workloads.audit_refusal(caller, action, why)
 
     def _load_step_imminent(self) -> bool:
         """An announced job starts or stops within ``iec61850.load_step_lead_s`` (worked out at

@@ -476,3 +476,30 @@ async def test_a_guard_trip_and_rearm_are_streamed_and_audited(tmp_path: Path) -
     assert guard[0]["at"] == format_ts(datetime.fromtimestamp(tripped.at, UTC))
     assert guard[1]["detail"] == {"reason": None, "detail": REARM_DETAIL}
     assert verified == (len(audit), None)
+
+
+async def test_the_role_table_every_route_for_every_role(api: Api) -> None:
+    """Per role, each action passes or gets 403 exactly as the one role model
+    (domain.identity.ROLE_PERMISSIONS) says: the same table as OPC UA and IEC 61850."""
+    from pswd_gateway.config import DEMO_TOKEN_SHA256  # noqa: PLC0415
+    from pswd_gateway.domain.identity import Identity, Permission  # noqa: PLC0415
+
+    async with api.client("admin") as admin:
+        others = (await admin.post("/v1/workloads", json=body())).json()["id"]
+    roles = sorted(set(DEMO_TOKEN_SHA256.values()))
+    for role in roles:
+        who = Identity(f"demo-{role}", role)
+        async with api.client(role) as client:
+            own = None
+            for path in ("/v1/workloads", f"/v1/workloads/{others}", "/v1/site", "/v1/forecast"):
+                r = await client.get(path)
+                assert (r.status_code != 403) == who.can(Permission.READ), (role, path)
+            r = await client.post("/v1/workloads", json=body())
+            assert (r.status_code != 403) == who.can(Permission.ANNOUNCE), (role, r.text)
+            if r.status_code == 201:
+                own = r.json()["id"]
+            if own is not None:
+                r = await client.post(f"/v1/workloads/{own}/cancel", json={"reason": "t"})
+                assert (r.status_code != 403) == who.can(Permission.ACT_OWN), (role, r.text)
+            r = await client.post(f"/v1/workloads/{others}/start", json={"reason": "t"})
+            assert (r.status_code != 403) == who.can(Permission.ACT_ANY), (role, r.text)

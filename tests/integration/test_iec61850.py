@@ -16,8 +16,8 @@ import pytest
 
 from pswd_gateway.bench.api import free_port
 from pswd_gateway.config import Iec61850UserConfig, SiteConfig
+from pswd_gateway.domain.identity import Identity
 from pswd_gateway.domain.points import Point, Quality
-from pswd_gateway.northbound.iec61850.controls import Caller
 from pswd_gateway.northbound.iec61850.model import GooseAddress
 from pswd_gateway.northbound.iec61850.server import MmsHooks, MmsServer
 from pswd_gateway.security.passwords import hash_password
@@ -42,11 +42,11 @@ class Site:
         self.site = SITE
         self.audit: list[tuple[str, str, str, str]] = []
 
-    async def operate(self, action: str, value: float | bool, caller: Caller) -> None:
+    async def operate(self, action: str, value: float | bool, caller: Identity) -> None:
         self.audit.append((caller.name, action, str(value), "accepted"))
         self.site = self.site.model_copy(update={action: value})
 
-    async def refused(self, caller: Caller, action: str, why: str) -> None:
+    async def refused(self, caller: Identity, action: str, why: str) -> None:
         self.audit.append((caller.name, action, why, "refused"))
 
 

@@ -29,7 +29,7 @@ from pswd_gateway.security.passwords import hash_password
 pytestmark = pytest.mark.integration
 
 CLIENT_URI = "urn:pswd:test-client"
-USERS = {"viewer": "viewer", "operator": "operator", "engineer": "engineer"}
+USERS = {"viewer": "viewer", "operator": "operator", "engineer": "engineer", "admin": "admin"}
 
 
 @dataclass
@@ -335,9 +335,9 @@ async def test_workload_state_changes_and_alarms_arrive_as_events(site: Site) ->
 
 
 async def test_demand_response_is_acknowledged_by_operators_only(site: Site) -> None:
-    async with await secure_client(site, "engineer") as eng:
-        idx = await eng.get_namespace_index("urn:pswd:gateway")
-        pswd = eng.get_node(ua.NodeId("PSWD", idx))
+    async with await secure_client(site, "operator") as op:
+        idx = await op.get_namespace_index("urn:pswd:gateway")
+        pswd = op.get_node(ua.NodeId("PSWD", idx))
         await pswd.call_method(f"{idx}:AcknowledgeDemandResponse", "dr-20300115T1700Z")
         with pytest.raises(ua.UaStatusCodeError) as missing:
             await pswd.call_method(f"{idx}:AcknowledgeDemandResponse", "dr-19990101T0000Z")
@@ -345,16 +345,17 @@ async def test_demand_response_is_acknowledged_by_operators_only(site: Site) -> 
         with pytest.raises(ua.UaStatusCodeError) as wrong:
             await pswd.call_method(f"{idx}:CancelWorkload", "wl_0000000000000000", "x")
         assert wrong.value.code == ua.StatusCodes.BadNotFound
-    async with await secure_client(site, "viewer") as viewer:
-        pswd = viewer.get_node(ua.NodeId("PSWD", idx))
-        for method, args in (
-            ("AcknowledgeDemandResponse", ["dr-20300115T1700Z"]),
-            ("CancelWorkload", ["wl_0000000000000000", "x"]),
-            ("SetGridRampLimit", [10.0]),
-        ):
-            with pytest.raises(ua.UaStatusCodeError) as denied:
-                await pswd.call_method(f"{idx}:{method}", *args)
-            assert denied.value.code == ua.StatusCodes.BadUserAccessDenied
+    for role in ("viewer", "engineer"):  # engineering settings are not operating the grid
+        async with await secure_client(site, role) as other:
+            pswd = other.get_node(ua.NodeId("PSWD", idx))
+            for method, args in (
+                ("AcknowledgeDemandResponse", ["dr-20300115T1700Z"]),
+                ("CancelWorkload", ["wl_0000000000000000", "x"]),
+                ("SetGridRampLimit", [10.0]),
+            ):
+                with pytest.raises(ua.UaStatusCodeError) as denied:
+                    await pswd.call_method(f"{idx}:{method}", *args)
+                assert denied.value.code == ua.StatusCodes.BadUserAccessDenied
     assert site.gw.opcua is not None
     assert site.gw.opcua.acknowledged == {"dr-20300115T1700Z"}
 
@@ -517,3 +518,39 @@ async def test_a_guard_trip_raises_the_control_guard_alarm_until_it_rearms(site:
     assert during.Value.Value == 1.0
     assert during.SourceTimestamp.timestamp() == pytest.approx(tripped.at, abs=1e-3)
     assert after.Value.Value == 0.0
+
+
+async def test_the_role_table_every_method_for_every_role(site: Site) -> None:
+    """Per role, each method passes or is refused exactly as the one role model
+    (domain.identity.ROLE_PERMISSIONS) says: the same table as the HTTP API and IEC 61850.
+    A permitted call may still fail on its argument (an unknown id): it must not be
+    BadUserAccessDenied."""
+    from pswd_gateway.domain.identity import Identity  # noqa: PLC0415
+    from pswd_gateway.northbound.opcua.server import METHOD_PERMISSIONS  # noqa: PLC0415
+
+    args = {
+        "AnnounceWorkload": [announcement()],
+        "CancelWorkload": ["wl_unknown", "role table"],
+        "AcknowledgeDemandResponse": ["dr-unknown"],
+        "SetGridImportLimit": [320.0],
+        "SetGridRampLimit": [20.0],
+    }
+    assert set(args) == set(METHOD_PERMISSIONS)
+    table: dict[tuple[str, str], bool] = {}
+    for role in USERS:
+        async with await secure_client(site, role) as client:
+            idx = await client.get_namespace_index("urn:pswd:gateway")
+            pswd = client.get_node(ua.NodeId("PSWD", idx))
+            for method, values in args.items():
+                try:
+                    await pswd.call_method(f"{idx}:{method}", *values)
+                    table[role, method] = True
+                except ua.UaStatusCodeError as exc:
+                    table[role, method] = exc.code != ua.StatusCodes.BadUserAccessDenied
+    expected = {
+        (role, method): Identity(role, role).can(permission)
+        for role in USERS
+        for method, permission in METHOD_PERMISSIONS.items()
+    }
+    assert table == expected
+    assert not table["engineer", "AnnounceWorkload"]  # engineering is not operating

@@ -9,12 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pswd_gateway.config import SiteConfig
-from pswd_gateway.northbound.iec61850.controls import ANONYMOUS, Caller, judge
+from pswd_gateway.domain.identity import Identity, Permission
+from pswd_gateway.northbound.iec61850.controls import ANONYMOUS, judge
 from pswd_gateway.northbound.iec61850.model import CONTROLS, TABLE
 from pswd_gateway.northbound.iec61850.native import AddCause, Check
 
 SITE = SiteConfig()
-OPERATOR = Caller("mms:tso", "operator")
+OPERATOR = Identity("mms:tso", "operator")
 IMPORT = CONTROLS["GRID/GAPC1.ImpLimW"]
 DR_LIMIT = CONTROLS["GRID/GAPC1.DRLimW"]
 DR_ACT = CONTROLS["GRID/GAPC1.DRAct"]
@@ -24,8 +25,8 @@ DR_ACT = CONTROLS["GRID/GAPC1.DRAct"]
     ("row", "value", "caller", "site", "check", "cause"),
     [
         (IMPORT, 250.0, OPERATOR, SITE, Check.ACCEPTED, AddCause.UNKNOWN),
-        (IMPORT, 250.0, Caller("mms:boss", "admin"), SITE, Check.ACCEPTED, AddCause.UNKNOWN),
-        (IMPORT, 250.0, Caller("mms:a", "viewer"), SITE, Check.ACCESS_DENIED,
+        (IMPORT, 250.0, Identity("mms:boss", "admin"), SITE, Check.ACCEPTED, AddCause.UNKNOWN),
+        (IMPORT, 250.0, Identity("mms:a", "viewer"), SITE, Check.ACCESS_DENIED,
          AddCause.NO_ACCESS_AUTHORITY),
         (IMPORT, 250.0, ANONYMOUS, SITE, Check.ACCESS_DENIED, AddCause.NO_ACCESS_AUTHORITY),
         (IMPORT, 0.0, OPERATOR, SITE, Check.VALUE_INVALID, AddCause.INCONSISTENT_PARAMETERS),
@@ -42,7 +43,7 @@ DR_ACT = CONTROLS["GRID/GAPC1.DRAct"]
     ],
 )  # fmt: skip
 def test_verdicts(
-    row: object, value: object, caller: Caller, site: SiteConfig, check: int, cause: int
+    row: object, value: object, caller: Identity, site: SiteConfig, check: int, cause: int
 ) -> None:
     verdict = judge(row, value, caller, site)  # type: ignore[arg-type]
     assert (verdict.check, verdict.add_cause) == (check, cause)
@@ -56,7 +57,7 @@ def test_every_control_has_a_range_or_is_a_switch() -> None:
         if row.control is None:
             continue
         assert row.cdc in {"APC", "SPC"}
-        assert row.control.roles == {"operator", "admin"}
+        assert row.control.permission is Permission.OPERATE
         if row.cdc == "APC":
             assert row.control.high > row.control.low
 
@@ -66,3 +67,19 @@ def test_a_setpoint_is_accepted_exactly_inside_its_range(value: float) -> None:
     verdict = judge(IMPORT, value, OPERATOR, SITE)
     inside = math.isfinite(value) and 0.0 < value <= 10_000.0
     assert verdict.accepted == inside
+
+
+@pytest.mark.parametrize("role", ["viewer", "operator", "admin"])
+def test_the_role_table_every_control_for_every_role(role: str) -> None:
+    """Each MMS control is operated or refused for lack of authority exactly as the one role
+    model says (the same table as the HTTP API and OPC UA)."""
+    caller = Identity(f"mms:{role}", role)
+    for row in TABLE:
+        if row.control is None:
+            continue
+        value: float | bool = True if row.cdc == "SPC" else row.control.high
+        verdict = judge(
+            row, value, caller, SITE.model_copy(update={"demand_response_limit_mw": 100.0})
+        )
+        refused = verdict.add_cause == AddCause.NO_ACCESS_AUTHORITY
+        assert refused != caller.can(row.control.permission), (role, row.reference, verdict)

@@ -13,21 +13,15 @@ from dataclasses import dataclass
 from typing import Final
 
 from pswd_gateway.config import SiteConfig
+from pswd_gateway.domain.identity import ROLE_PERMISSIONS, Identity
 from pswd_gateway.northbound.iec61850.model import Control, DataObject
 from pswd_gateway.northbound.iec61850.native import AddCause, Check
 
-__all__ = ["ANONYMOUS", "Caller", "Verdict", "judge"]
+__all__ = ["ANONYMOUS", "Verdict", "judge"]
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """The association's user, from its ACSE password (``anonymous`` without one)."""
-
-    name: str
-    role: str
-
-
-ANONYMOUS: Final = Caller("anonymous", "viewer")
+ANONYMOUS: Final = Identity("anonymous", "viewer")
+"""An association without a password: reads only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +38,22 @@ class Verdict:
 ACCEPTED: Final = Verdict(Check.ACCEPTED, AddCause.UNKNOWN)
 
 
-def judge(row: DataObject, value: float | bool | None, caller: Caller, site: SiteConfig) -> Verdict:
+def judge(
+    row: DataObject, value: float | bool | None, caller: Identity, site: SiteConfig
+) -> Verdict:
     """Whether ``caller`` may operate ``row`` with ``value`` (in the row's unit and multiplier)."""
     ctl = row.control
     if ctl is None:
         return Verdict(
             Check.ACCESS_DENIED, AddCause.NOT_SUPPORTED, f"{row.reference} is status only"
         )
-    if caller.role not in ctl.roles:
+    if not caller.can(ctl.permission):
+        allowed = sorted(r for r, p in ROLE_PERMISSIONS.items() if ctl.permission in p)
         return Verdict(
             Check.ACCESS_DENIED,
             AddCause.NO_ACCESS_AUTHORITY,
             f"{caller.name} ({caller.role}) may not operate {row.reference}; "
-            f"roles allowed: {', '.join(sorted(ctl.roles))}",
+            f"roles allowed: {', '.join(allowed)}",
         )
     if row.cdc == "SPC":
         return _judge_switch(ctl, value, site)

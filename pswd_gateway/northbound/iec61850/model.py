@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from pswd_gateway.config import SiteConfig, SiteRole
+from pswd_gateway.domain.identity import Permission
 from pswd_gateway.domain.points import Quality
 from pswd_gateway.store import Snapshot
 
@@ -73,7 +74,7 @@ class CtlModel:
 @dataclass(frozen=True, slots=True)
 class Control:
     """How a controllable row is operated: its control model, the range of ctlVal (in the row's
-    unit x 10^multiplier), the roles that may operate it, and what it sets."""
+    unit x 10^multiplier), the permission operating it needs, and what it sets."""
 
     ctl_model: int
     action: str
@@ -82,7 +83,8 @@ class Control:
     low: float = 0.0
     high: float = 0.0
     low_inclusive: bool = False
-    roles: frozenset[str] = frozenset({"operator", "admin"})
+    permission: Permission = Permission.OPERATE
+    """From the one role model (``domain.identity``): the same on every surface."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,10 +30,11 @@ from typing import Any, Final
 
 from pswd_gateway.config import LOOPBACK_NETWORKS, Iec61850UserConfig, Network, SiteConfig
 from pswd_gateway.control.guard import GuardEvent
+from pswd_gateway.domain.identity import Identity
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.logging import get_logger
 from pswd_gateway.northbound.iec61850 import native
-from pswd_gateway.northbound.iec61850.controls import ANONYMOUS, Caller, judge
+from pswd_gateway.northbound.iec61850.controls import ANONYMOUS, judge
 from pswd_gateway.northbound.iec61850.model import (
     CONTROLS,
     TABLE,
@@ -75,9 +76,9 @@ async def _nothing(*_args: Any) -> None:
 class MmsHooks:
     """What the server asks of the rest of the gateway."""
 
-    operate: Callable[[str, float | bool, Caller], Coroutine[Any, Any, None]] = _nothing
+    operate: Callable[[str, float | bool, Identity], Coroutine[Any, Any, None]] = _nothing
     """Carry out an accepted control: (site setting, value, caller); journal and audit first."""
-    refused: Callable[[Caller, str, str], Coroutine[Any, Any, None]] = _nothing
+    refused: Callable[[Identity, str, str], Coroutine[Any, Any, None]] = _nothing
     """Audit a refusal: (caller, action, why)."""
     load_step_imminent: Callable[[], bool] = lambda: False
 
@@ -317,7 +318,7 @@ class MmsServer:
 
     # ---- callbacks from libiec61850's thread (ctypes holds the interpreter lock for them) ----
 
-    def _refuse(self, caller: Caller, action: str, why: str) -> None:
+    def _refuse(self, caller: Identity, action: str, why: str) -> None:
         log.warning("mms_refused", user=caller.name, role=caller.role, action=action, why=why)
         loop = self._loop
         if loop is not None and not loop.is_closed():
@@ -334,7 +335,7 @@ class MmsServer:
         index = self.users.find(password)
         if index is None:
             self.stats.associations_refused_total += 1
-            self._refuse(Caller("unknown", "none"), "mms association", "wrong password")
+            self._refuse(Identity("unknown", "none"), "mms association", "wrong password")
             return False
         token[0] = index + 1
         return True
@@ -349,20 +350,20 @@ class MmsServer:
         if ip is None or not any(ip in net for net in self.allowed_networks):
             self.stats.connections_refused_total += 1
             self._refuse(
-                Caller(f"mms:{peer}", "none"), "mms connection", "peer not in allowed_networks"
+                Identity(f"mms:{peer}", "none"), "mms connection", "peer not in allowed_networks"
             )
             lib.ClientConnection_abort(connection)
             return
         self.stats.connections_open += 1
 
-    def _caller(self, action: Any) -> Caller:
+    def _caller(self, action: Any) -> Identity:
         lib = native.library()
         connection = lib.ControlAction_getClientConnection(action)
         token = lib.ClientConnection_getSecurityToken(connection) if connection else None
         if not token:
             return ANONYMOUS
         user = self.users.users[int(token) - 1]
-        return Caller(f"mms:{user.name}", user.role)
+        return Identity(f"mms:{user.name}", user.role)
 
     def _control(self, action: Any) -> str:
         lib = native.library()
@@ -419,7 +420,7 @@ class MmsServer:
         )
         return native.Result.WAITING
 
-    async def _carry_out(self, action: str, value: float | bool, caller: Caller) -> None:
+    async def _carry_out(self, action: str, value: float | bool, caller: Identity) -> None:
         await self.hooks.operate(action, value, caller)
         self.stats.controls_accepted_total += 1
         self.wake()

@@ -41,10 +41,10 @@ from pswd_gateway.config import (
     SiteRole,
 )
 from pswd_gateway.control.guard import GuardEvent
-from pswd_gateway.domain.identity import Identity
+from pswd_gateway.domain.identity import Identity, Permission
 from pswd_gateway.domain.points import Quality
 from pswd_gateway.domain.workloads import Action, Announcement, IllegalTransitionError
-from pswd_gateway.errors import ConfigError, NotFoundError, PswdError
+from pswd_gateway.errors import ConfigError, ForbiddenError, NotFoundError, PswdError
 from pswd_gateway.journal import AuditEntry
 from pswd_gateway.logging import get_logger
 from pswd_gateway.northbound.opcua import guard
@@ -59,9 +59,16 @@ log = get_logger("opcua")
 
 NAMESPACE: Final = "urn:pswd:gateway"
 UNECE: Final = "http://www.opcfoundation.org/UA/units/un/cefact"
-OPERATOR_ROLES: Final = frozenset({"operator", "engineer", "admin"})
-"""May announce, cancel and acknowledge."""
-LIMIT_ROLES: Final = frozenset({"operator", "admin"})
+METHOD_PERMISSIONS: Final[dict[str, Permission]] = {
+    "AnnounceWorkload": Permission.ANNOUNCE,
+    "CancelWorkload": Permission.ACT_OWN,
+    "AcknowledgeDemandResponse": Permission.OPERATE,
+    "SetGridImportLimit": Permission.OPERATE,
+    "SetGridRampLimit": Permission.OPERATE,
+}
+"""What each method needs, from the one role model (``domain.identity``): the same roles as
+the HTTP API and IEC 61850. Cancelling someone else's workload needs ``act_any`` as well
+(the workload service decides)."""
 """May set the grid limits."""
 GUARD_ALARM: Final = "ControlGuard"
 GUARD_SEVERITY: Final = 900
@@ -703,8 +710,7 @@ class OpcUaServer:
     async def _audit_refusal(self, user: str, action: str, why: str) -> None:
         if self.workloads is None:
             return
-        role = self.users.role(user)
-        who = Identity(f"opcua:{user}", {"engineer": "operator"}.get(role or "", role or "none"))
+        who = Identity(f"opcua:{user}", self.users.role(user) or "none")
         await self.workloads.audit_refusal(who, action, why)
 
     def _login_refused(self, user: str | None, why: str) -> None:
@@ -716,24 +722,25 @@ class OpcUaServer:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    def _caller(self, need: frozenset[str] | None = None) -> Identity:
+    def _caller(self, method: str) -> Identity:
+        """The session's user, if its role has what ``method`` needs; else BadUserAccessDenied."""
         user = guard.current_user.get()
         name = getattr(user, "name", None)
         role = self.users.role(name)
         if role is None:
             raise ua.uaerrors.BadUserAccessDenied
-        if need is not None and role not in need:
-            log.warning("opcua_method_refused", user=name, role=role)
+        who = Identity(f"opcua:{name}", role)
+        if not who.can(METHOD_PERMISSIONS[method]):
+            log.warning("opcua_method_refused", user=name, role=role, method=method)
             raise ua.uaerrors.BadUserAccessDenied
-        api_role = {"engineer": "operator"}.get(role, role)
-        return Identity(f"opcua:{name}", api_role)
+        return who
 
     async def _announce(
         self,
         parent: ua.NodeId,  # noqa: ARG002 - asyncua passes the object
         body: ua.Variant,
     ) -> list[ua.Variant]:
-        who = self._caller(OPERATOR_ROLES)
+        who = self._caller("AnnounceWorkload")
         if self.workloads is None:
             raise ua.uaerrors.BadNotSupported
         if not isinstance(body.Value, str):
@@ -745,10 +752,9 @@ class OpcUaServer:
             log.info("opcua_announce_invalid", field=first["loc"], rule=first["type"])
             raise ua.uaerrors.BadInvalidArgument from None
         try:
-            workload, _ = await self.workloads.announce(
-                announcement,
-                Identity(who.name, "submitter" if who.role == "operator" else who.role),
-            )
+            workload, _ = await self.workloads.announce(announcement, who)
+        except ForbiddenError:
+            raise ua.uaerrors.BadUserAccessDenied from None
         except PswdError as exc:
             log.info("opcua_announce_refused", error=str(exc))
             raise ua.uaerrors.BadRequestNotAllowed from None
@@ -760,7 +766,7 @@ class OpcUaServer:
         wid: ua.Variant,
         reason: ua.Variant,
     ) -> list[ua.Variant]:
-        who = self._caller(OPERATOR_ROLES)
+        who = self._caller("CancelWorkload")
         if self.workloads is None:
             raise ua.uaerrors.BadNotSupported
         if not isinstance(wid.Value, str) or not isinstance(reason.Value, str):
@@ -771,6 +777,8 @@ class OpcUaServer:
             )
         except NotFoundError:
             raise ua.uaerrors.BadNotFound from None
+        except ForbiddenError:
+            raise ua.uaerrors.BadUserAccessDenied from None
         except (IllegalTransitionError, PswdError):
             raise ua.uaerrors.BadInvalidState from None
         return []
@@ -780,7 +788,7 @@ class OpcUaServer:
         parent: ua.NodeId,  # noqa: ARG002 - asyncua passes the object
         event_id: ua.Variant,
     ) -> list[ua.Variant]:
-        who = self._caller(OPERATOR_ROLES)
+        who = self._caller("AcknowledgeDemandResponse")
         if not isinstance(event_id.Value, str):
             raise ua.uaerrors.BadTypeMismatch
         windows = {dr_event_id(w.start): w for w in self.config.scheduling.demand_response}
@@ -804,9 +812,9 @@ class OpcUaServer:
         return []
 
     async def _set_limit(
-        self, what: str, value: ua.Variant, low: float, high: float
+        self, method: str, what: str, value: ua.Variant, low: float, high: float
     ) -> list[ua.Variant]:
-        who = self._caller(LIMIT_ROLES)
+        who = self._caller(method)
         v = value.Value
         if not isinstance(v, float) or not low < v <= high:
             raise ua.uaerrors.BadOutOfRange
@@ -818,11 +826,15 @@ class OpcUaServer:
         parent: ua.NodeId,  # noqa: ARG002 - asyncua passes the object
         mw: ua.Variant,
     ) -> list[ua.Variant]:
-        return await self._set_limit("grid_import_limit_mw", mw, 0.0, 10_000.0)
+        return await self._set_limit(
+            "SetGridImportLimit", "grid_import_limit_mw", mw, 0.0, 10_000.0
+        )
 
     async def _set_ramp_limit(
         self,
         parent: ua.NodeId,  # noqa: ARG002 - asyncua passes the object
         mw_per_s: ua.Variant,
     ) -> list[ua.Variant]:
-        return await self._set_limit("grid_ramp_limit_mw_per_s", mw_per_s, 0.0, 10_000.0)
+        return await self._set_limit(
+            "SetGridRampLimit", "grid_ramp_limit_mw_per_s", mw_per_s, 0.0, 10_000.0
+        )
