@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test test-tools lint typecheck pytest bench clean
+.PHONY: demo test test-tools lint typecheck pytest bench clean deb
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,4 +47,8 @@ bench: $(STAMP_DEV)
 	$(BIN)/pswd-gateway bench poll --devices 10 --devices 100 --devices 500
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var build dist *.egg-info
+
+## deb: the edge box's Debian package, dist/pswd-gateway_<version>_<arch>.deb (docs/deployment.md)
+deb: | $(BIN)/python
+	PIP_PYTHON=$(BIN)/python packaging/build-deb

@@ -54,9 +54,15 @@ def _apc(value: float) -> Any:
 
 
 def operate(con: Any, ref: str, value: Any, sbo: bool) -> dict[str, Any]:
-    ctl = m.ControlObjectClient_create(ref, con)
+    try:
+        ctl = m.ControlObjectClient_create(ref, con)
+    except RuntimeError:  # the binding raises where the C function returns NULL
+        ctl = None
     if ctl is None:
-        return {"ok": False, "error": "no such control"}
+        # Nothing was sent to the control: the client could not read its model (the
+        # association was lost, or there is no such control). Safe to try again.
+        state = m.IedConnection_getState(con)
+        return {"ok": False, "error": "control object not created", "state": state}
     m.ControlObjectClient_setOrigin(ctl, "test-desk", 3)  # orCat 3: remote control
     ctl_val = m.MmsValue_newBoolean(value) if isinstance(value, bool) else _apc(float(value))
     out: dict[str, Any] = {"ctl_model": m.ControlObjectClient_getControlModel(ctl)}

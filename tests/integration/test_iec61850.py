@@ -72,14 +72,24 @@ async def client(port: int, commands: list[list[Any]], password: str = "") -> di
 
     A list of reads is run again (up to twice) when the association is lost right after it was
     made and every read fails with CONNECTION_LOST: seen intermittently on a loaded machine
-    (also before the guard indication existed), and a read changes nothing. Controls never are.
+    (also before the guard indication existed), and a read changes nothing. Controls are run
+    again only when the client could not even create a control object (nothing was sent).
     """
     result = await _client_once(port, commands, password)
     for _ in range(2):
-        if not _reads_lost(commands, result):
+        if not (_reads_lost(commands, result) or _controls_never_sent(result)):
             break
         result = await _client_once(port, commands, password)
     return result
+
+
+def _controls_never_sent(result: dict[str, Any]) -> bool:
+    """The client could not read a control's model on an association the server dropped, so
+    nothing reached any control: trying again cannot operate anything twice."""
+    outcomes = [r for r in result["results"] if isinstance(r, dict)]
+    return any(r.get("error") == "control object not created" for r in outcomes) and not any(
+        r.get("ok") or r.get("selected") for r in outcomes
+    )
 
 
 def _reads_lost(commands: list[list[Any]], result: dict[str, Any]) -> bool:
