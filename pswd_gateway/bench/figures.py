@@ -73,6 +73,37 @@ def max_step_w_per_s(samples: Samples, t0: float, t1: float, window_s: float = 1
     return worst
 
 
+def sliding_steps(samples: Samples, t0: float, t1: float, window_s: float = 1.0) -> list[float]:
+    """Every ``|mean(t-w, t) - mean(t-2w, t-w)| / w`` for window ends ``t`` in ``[t0, t1]``,
+    stepping by 100 ms (the distribution :func:`max_step_w_per_s` takes the largest of)."""
+    out = []
+    for k in range(max(0, math.floor((t1 - t0) / SLIDE_S)) + 1):
+        t = t0 + k * SLIDE_S
+        now = mean_between(samples, t - window_s, t)
+        before = mean_between(samples, t - 2 * window_s, t - window_s)
+        if now is not None and before is not None:
+            out.append(abs(now - before) / window_s)
+    return out
+
+
+def step_quantile(
+    samples: Samples, t0: float, t1: float, q: float, window_s: float = 1.0
+) -> float | None:
+    """The ``q`` quantile of :func:`sliding_steps` (``None``: no pair of windows)."""
+    steps = sorted(sliding_steps(samples, t0, t1, window_s))
+    return steps[min(len(steps) - 1, int(q * len(steps)))] if steps else None
+
+
+def share_over(
+    samples: Samples, t0: float, t1: float, limit_w_per_s: float, window_s: float = 1.0
+) -> float | None:
+    """Share of the sliding ``window_s`` windows ending in ``[t0, t1]`` (every 100 ms) whose mean
+    moved by more than the limit from the window before: :func:`seconds_over` without its
+    dependence on where a rhythm's edges fall against whole seconds. ``None``: no pair."""
+    steps = sliding_steps(samples, t0, t1, window_s)
+    return sum(s > limit_w_per_s for s in steps) / len(steps) if steps else None
+
+
 def bin_means(samples: Samples, t0: float, t1: float, width_s: float = 1.0) -> list[float]:
     """Means of the whole ``width_s`` windows from ``t0`` up to ``t1``."""
     out: list[float] = []

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -40,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -232,6 +233,10 @@ class SoakFigures:
     max_step_at_s: float | None
     """The second (its start) that held the largest step."""
     seconds_over_ramp_limit: int | None
+    share_over_ramp_limit: float | None
+    """Share of the sliding 1 s windows (every 100 ms) whose step was over the limit."""
+    p90_step_mw_per_s: float | None
+    """The 90th percentile of those windows' steps (the largest is one coincidence)."""
     steps_over_limit: tuple[tuple[float, float], ...]
     """(second, largest step in it) for the first seconds whose sliding step was over."""
     flat_window_s: tuple[float, float] | None
@@ -321,7 +326,7 @@ def soak_figures(
     limit_w = ramp_limit_mw_per_s * 1e6
     grid = rec.grid
     ramp_window = (job_start_s, ended_s) if ended_s > job_start_s else None
-    max_step = max_step_at = seconds_over = None
+    max_step = max_step_at = seconds_over = share = p90 = None
     over: list[Sample] = []
     if ramp_window is not None and grid:
         by_second = _steps_by_second(grid, *ramp_window)
@@ -330,6 +335,8 @@ def soak_figures(
             max_step = worst / 1e6
             over = [(t, w / 1e6) for t, w in by_second if w > limit_w]
         seconds_over = _seconds_over(grid, *ramp_window, limit_w)
+        share = figures.share_over(grid, *ramp_window, limit_w)
+        p90 = figures.step_quantile(grid, *ramp_window, 0.9)
     band = mean = it_band = None
     if flat_window_s is not None:
         a, b = flat_window_s
@@ -359,6 +366,8 @@ def soak_figures(
         max_step_mw_per_s=_r(max_step, 2),
         max_step_at_s=_r(max_step_at, 1),
         seconds_over_ramp_limit=seconds_over,
+        share_over_ramp_limit=_r(share, 3),
+        p90_step_mw_per_s=_r(None if p90 is None else p90 / 1e6, 2),
         steps_over_limit=tuple((round(t, 1), round(w, 2)) for t, w in over[:MAX_LISTED]),
         flat_window_s=_r2(flat_window_s),
         grid_band_flat_mw=_r(band, 2),
@@ -683,14 +692,18 @@ async def measure_soak(
     workdir: Path | None = None,
     stop: asyncio.Event | None = None,
     progress: Callable[[str], object] | None = None,
+    job_start_s: float | None = None,
 ) -> SoakResult:
     """Run the whole site until ``duration_s`` into the twin's run (or ``stop``) and measure it.
 
     ``workdir`` keeps the state and the logs (default: a temporary directory, removed);
-    ``progress`` is called with a status line every 10 s.
+    ``progress`` is called with a status line every 10 s; ``job_start_s`` moves the twin's first
+    job (the one the ML platform announces) to start then, e.g. sooner for a test.
     """
     path = config_path or DEFAULT_CONFIG
     cfg = load_config(path)
+    if job_start_s is not None:
+        cfg = cfg.model_copy(update={"simulation": _first_job_at(cfg.simulation, job_start_s)})
     try:
         SimulationConfig.model_validate(cfg.simulation)
     except ValidationError as exc:
@@ -700,6 +713,16 @@ async def measure_soak(
     with tempfile.TemporaryDirectory(prefix="pswd-soak-") as tmp:
         result = await _measure(cfg, path, duration_s, busy_core, Path(tmp), stop, progress)
     return replace(result, workdir=None)
+
+
+def _first_job_at(simulation: Mapping[str, Any], start_s: float) -> dict[str, Any]:
+    """``[simulation]`` with its first trace job starting at ``start_s`` (nothing else moved)."""
+    sim = copy.deepcopy(dict(simulation))
+    jobs = sim.get("trace", {}).get("jobs")
+    if not jobs:
+        raise ConfigError("simulation", [("simulation.trace.jobs", "the soak needs a job to run")])
+    jobs[0] = {**jobs[0], "start_s": start_s}
+    return sim
 
 
 async def _measure(
@@ -904,6 +927,9 @@ def render(result: SoakResult) -> str:
          + (f"; worst in the second from {f.max_step_at_s:g} s" if f.max_step_at_s else "")),
         ("seconds over the ramp limit", "—" if f.seconds_over_ramp_limit is None
          else str(f.seconds_over_ramp_limit), ramp),
+        ("sliding 1 s windows over it", "—" if f.share_over_ramp_limit is None
+         else f"{f.share_over_ramp_limit:.1%}", f"every 100 ms; {ramp}"),
+        ("p90 1 s-mean step", _fmt(f.p90_step_mw_per_s, " MW/s"), f"sliding; {ramp}"),
         ("grid band, IT load flat", _fmt(f.grid_band_flat_mw, " MW"),
          f"± around {_fmt(f.grid_mean_flat_mw, ' MW')}, {flat}; IT load band "
          + _fmt(f.it_load_band_flat_mw, " MW")),

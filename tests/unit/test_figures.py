@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pswd_gateway.bench.figures import import_crossings
+from pswd_gateway.bench.figures import import_crossings, share_over
 
 MW = 1e6
 
@@ -22,3 +22,22 @@ def test_a_second_without_a_battery_reading_is_not_judged() -> None:
     grid = [(k * 0.1, 400 * MW) for k in range(30)]
     bess = [(2.5, -1 * MW)]  # no reading before 2.5 s
     assert [t for t, _, _ in import_crossings(grid, bess, 0.0, 3.0, 320 * MW)] == [2.0]
+
+
+@pytest.mark.parametrize("phase_s", [0.0, 0.3, 0.7, 1.1, 1.9])
+def test_the_share_over_does_not_depend_on_where_a_rhythm_falls_against_whole_seconds(
+    phase_s: float,
+) -> None:
+    """A 2.5 s, 180 MW square rhythm: whole seconds over the limit change with its phase, the
+    share of sliding windows over it barely does."""
+
+    def rhythm(shift_s: float) -> list[tuple[float, float]]:
+        return [
+            (k * 0.01, 200e6 if ((k * 0.01 + shift_s) % 2.5) < 1.875 else 20e6) for k in range(6001)
+        ]
+
+    reference = share_over(rhythm(0.0), 10.0, 50.0, 20e6)
+    share = share_over(rhythm(phase_s), 10.0, 50.0, 20e6)
+    assert reference is not None
+    assert share == pytest.approx(reference, abs=0.03)
+    assert share_over([], 0.0, 1.0, 1.0) is None
