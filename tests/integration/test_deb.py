@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_systemd_unit import assert_verifies_cleanly
 
 import pswd_gateway
 
@@ -340,15 +341,7 @@ def test_installed_unit_is_the_repository_unit_and_verifies(
     assert os.access(target, os.X_OK)
     local = tmp_path / "pswd-gateway.service"
     local.write_text(text.replace("/usr/bin/pswd-gateway", str(target)), encoding="utf-8")
-    result = subprocess.run(
-        ["systemd-analyze", "verify", str(local)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == "", result.stderr
+    assert_verifies_cleanly(local)
 
 
 @needs_install

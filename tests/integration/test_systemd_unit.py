@@ -33,11 +33,11 @@ def directives() -> configparser.ConfigParser:
     return parser
 
 
-@needs_systemd
-def test_unit_verifies_cleanly(tmp_path: Path) -> None:
-    """`systemd-analyze verify` prints nothing and succeeds."""
+def assert_verifies_cleanly(unit: Path) -> None:
+    """`systemd-analyze verify` prints nothing and succeeds (the unit here, and as the Debian
+    package installs it: tests/integration/test_deb.py)."""
     result = subprocess.run(
-        [analyze, "verify", str(unit_for_this_machine(tmp_path))],  # type: ignore[list-item]
+        ["systemd-analyze", "verify", str(unit)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -45,6 +45,11 @@ def test_unit_verifies_cleanly(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
+
+
+@needs_systemd
+def test_unit_verifies_cleanly(tmp_path: Path) -> None:
+    assert_verifies_cleanly(unit_for_this_machine(tmp_path))
 
 
 @needs_systemd
