@@ -81,6 +81,7 @@ from pswd_gateway.simulation.twin import MODBUS_DEVICES, spawn_twin, started_at,
 __all__ = [
     "Recording",
     "SoakResult",
+    "first_job_at",
     "measure_soak",
     "render",
     "run_soak_bench",
@@ -703,7 +704,7 @@ async def measure_soak(
     path = config_path or DEFAULT_CONFIG
     cfg = load_config(path)
     if job_start_s is not None:
-        cfg = cfg.model_copy(update={"simulation": _first_job_at(cfg.simulation, job_start_s)})
+        cfg = cfg.model_copy(update={"simulation": first_job_at(cfg.simulation, job_start_s)})
     try:
         SimulationConfig.model_validate(cfg.simulation)
     except ValidationError as exc:
@@ -715,7 +716,7 @@ async def measure_soak(
     return replace(result, workdir=None)
 
 
-def _first_job_at(simulation: Mapping[str, Any], start_s: float) -> dict[str, Any]:
+def first_job_at(simulation: Mapping[str, Any], start_s: float) -> dict[str, Any]:
     """``[simulation]`` with its first trace job starting at ``start_s`` (nothing else moved)."""
     sim = copy.deepcopy(dict(simulation))
     jobs = sim.get("trace", {}).get("jobs")

@@ -183,6 +183,8 @@ class ControlCycle:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     _led_to: float = field(default=-math.inf, init=False)
     _lead_due: float = field(default=-math.inf, init=False)
+    _jobs: Sequence[Announced] = field(default=(), init=False)
+    """The announced jobs as the last meter step saw them (fetched once per reading)."""
 
     def __post_init__(self) -> None:
         self.loop = GridLoop(loop_settings(self.config))
@@ -268,7 +270,7 @@ class ControlCycle:
         if not self.config.predictive:
             return math.inf
         now = self.clock()
-        due = self.loop.next_edge(max(now, self._led_to), self.jobs(now))
+        due = self.loop.next_edge(max(now, self._led_to), self._jobs)
         if due is None:
             return math.inf
         self._lead_due = due
@@ -359,6 +361,7 @@ class ControlCycle:
                 self.loop.battery(measured.source_ts, measured.value)
                 available = soc is not None
         jobs = self.jobs(now) if self.config.predictive else ()
+        self._jobs = jobs  # the timer's next lead is worked out from these
         return self.loop.step(
             meter.source_ts,
             meter.value,

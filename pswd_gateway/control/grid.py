@@ -126,6 +126,11 @@ class Announced:
     def start_edge_w(self) -> float:
         return self.level_w if self.peak_w is None else max(self.peak_w, self.level_w)
 
+    @property
+    def start_edge_s(self) -> float:
+        """How long its start edge takes to reach :attr:`start_edge_w` at its own ramp."""
+        return self.start_edge_w / self.ramp_w_per_s if self.ramp_w_per_s > 0 else 0.0
+
 
 @dataclass(frozen=True, slots=True)
 class GridReading:
@@ -291,7 +296,7 @@ def feedforward_w(t: float, jobs: Sequence[Announced]) -> float:
         extra = j.start_edge_w - j.level_w
         if extra <= 0.0 or t <= j.start_s:
             continue
-        edge_s = j.start_edge_w / j.ramp_w_per_s if j.ramp_w_per_s > 0 else 0.0
+        edge_s = j.start_edge_s
         total += extra * (1.0 if edge_s <= 0 else _ramp((t - j.start_s) / edge_s))
     return total
 
@@ -301,8 +306,7 @@ def announced_edges(jobs: Sequence[Announced]) -> list[tuple[float, float]]:
     start (to its first phase) and its fall."""
     edges = []
     for j in jobs:
-        edge_s = j.start_edge_w / j.ramp_w_per_s if j.ramp_w_per_s > 0 else 0.0
-        edges.append((j.start_s, j.start_s + edge_s))
+        edges.append((j.start_s, j.start_s + j.start_edge_s))
         edges.append((j.end_s - j.rise_s, j.end_s))
     return edges
 

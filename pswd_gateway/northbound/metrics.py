@@ -145,11 +145,7 @@ class GatewayCollector(Collector):
         info.add_metric([], {"version": __version__, "site": site.name})
         yield info
         for sp in SITE_POINTS:
-            family = GaugeMetricFamily(sp.metric, sp.help)
-            value = sp.value(snap, site)
-            if value is not None:
-                family.add_metric([], value)
-            yield family
+            yield _gauge(sp.metric, sp.help, sp.value(snap, site))
         yield from self._device_metrics(snap, self._poll_stats())
         control = self._control_stats()
         if control is not None:
@@ -274,10 +270,7 @@ def _control_metrics(c: ControlStats) -> Iterator[Metric]:
             c.grid_ramp_w_per_s(),
         ),
     ):
-        gauge = GaugeMetricFamily(name, help_text)
-        if reading is not None:
-            gauge.add_metric([], reading)
-        yield gauge
+        yield _gauge(name, help_text, reading)
 
 
 def _guard_active(c: ControlStats) -> Metric:
@@ -298,6 +291,7 @@ def _guard_active(c: ControlStats) -> Metric:
 
 
 def _gauge(name: str, help_text: str, value: float | None) -> GaugeMetricFamily:
+    """An unlabelled gauge; without a value the family is exported empty (absent = unknown)."""
     family = GaugeMetricFamily(name, help_text)
     if value is not None:
         family.add_metric([], value)

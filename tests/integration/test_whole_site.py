@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from pswd_gateway.bench import figures
-from pswd_gateway.bench.soak import SoakResult, measure_soak, render
+from pswd_gateway.bench.soak import SoakResult, first_job_at, measure_soak, render
 from pswd_gateway.config import DEFAULT_CONFIG, load_config
 from pswd_gateway.simulation.config import SimulationConfig
 from pswd_gateway.simulation.trace import build_trace
@@ -86,8 +86,7 @@ def it_load_steps(
     limit, share of sliding windows over it) of the IT load alone: what the grid would see
     without the battery (the twin's trace, every 10 ms, with the run's job start)."""
     raw = load_config(DEFAULT_CONFIG).simulation
-    jobs = [{**raw["trace"]["jobs"][0], "start_s": JOB_START_S}, *raw["trace"]["jobs"][1:]]
-    sim = SimulationConfig.model_validate({**raw, "trace": {**raw["trace"], "jobs": jobs}})
+    sim = SimulationConfig.model_validate(first_job_at(raw, JOB_START_S))
     trace = build_trace(sim)
     it = [(k * 0.01, trace.it_power_w(k * 0.01)) for k in range(round(end_s * 100) + 1)]
     return (
