@@ -26,6 +26,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pswd_gateway.domain.points import point_key
+from pswd_gateway.domain.signals import Role as SignalRole
+from pswd_gateway.domain.units import from_mw
 from pswd_gateway.errors import ConfigError
 from pswd_gateway.security.passwords import PASSWORD_HASH_PATTERN, verify_password
 
@@ -103,9 +105,57 @@ class SiteConfig(_Strict):
         return min(self.grid_import_limit_mw, self.demand_response_limit_mw)
 
     @property
+    def import_limit_w(self) -> float:
+        """The import limit in force, in W."""
+        return from_mw(self.import_limit_mw)
+
+    @property
+    def grid_import_limit_w(self) -> float:
+        """The site's own import limit, in W."""
+        return from_mw(self.grid_import_limit_mw)
+
+    @property
+    def grid_ramp_limit_w_per_s(self) -> float:
+        """The grid operator's ramp limit, in W/s."""
+        return from_mw(self.grid_ramp_limit_mw_per_s)
+
+    @property
+    def demand_response_limit_w(self) -> float:
+        """The demand-response import limit in W; 0 when none is set."""
+        limit = self.demand_response_limit_mw
+        return 0.0 if limit is None else from_mw(limit)
+
+    def devices(self, role: SignalRole) -> tuple[str, ...]:
+        """The devices playing ``role`` (:class:`pswd_gateway.domain.signals.SiteMap`)."""
+        if role is SignalRole.IT_LOAD:
+            return self.it_load
+        device: str | None = getattr(self, role.value)
+        return () if device is None else (device,)
+
+    def setting(self, name: str) -> float:
+        """A site setting in SI units, by name (:class:`~pswd_gateway.domain.signals.SiteMap`):
+        ``grid_import_limit_w``, ``grid_ramp_limit_w_per_s``, ``demand_response_limit_w``,
+        ``demand_response_active`` (0 or 1), ``import_limit_w``."""
+        if name not in _SI_SETTINGS:
+            msg = f"unknown site setting {name!r}; known: {', '.join(sorted(_SI_SETTINGS))}"
+            raise KeyError(msg)
+        return float(getattr(self, name))
+
+    @property
     def it_load_points(self) -> tuple[str, ...]:
         """The store keys whose sum is the IT load."""
         return tuple(f"{d}.total_power" for d in self.it_load)
+
+
+_SI_SETTINGS = frozenset(
+    {
+        "grid_import_limit_w",
+        "grid_ramp_limit_w_per_s",
+        "demand_response_limit_w",
+        "demand_response_active",
+        "import_limit_w",
+    }
+)
 
 
 class _DeviceBase(_Strict):

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from pswd_gateway.domain.points import Point, Quality, split_key
+from pswd_gateway.domain.points import Point, Quality, Sample, split_key
+from pswd_gateway.domain.signals import Signal, SiteMap
 
 __all__ = ["PointStore", "Snapshot", "Subscription"]
 
@@ -38,7 +39,22 @@ class Snapshot:
             return None
         return p.value
 
-    def total(self, keys: Sequence[str]) -> tuple[float, Quality, float] | None:
+    def read(self, signal: Signal, site: SiteMap) -> Sample | None:
+        """The signal's value now: its device point(s) on this site, or the site setting it
+        reads (good, at ``taken_at``); ``None`` when no device plays its role or a point is
+        absent. Invalid samples are returned as such: callers decide (see :meth:`usable`)."""
+        if signal.setting is not None:
+            return Sample(site.setting(signal.setting), Quality.GOOD, self.taken_at)
+        assert signal.role is not None
+        devices = site.devices(signal.role)
+        return self.total([f"{d}.{signal.point}" for d in devices])
+
+    def usable(self, signal: Signal, site: SiteMap) -> float | None:
+        """The signal's value when it may be used for control (present and not invalid)."""
+        sample = self.read(signal, site)
+        return None if sample is None or sample.quality is Quality.INVALID else sample.value
+
+    def total(self, keys: Sequence[str]) -> Sample | None:
         """Several points as one: their sum, the worst quality and the oldest source time;
         ``None`` when there are no keys or any is absent."""
         points = [self.points.get(k) for k in keys]
@@ -46,7 +62,7 @@ class Snapshot:
         if not present or len(present) != len(points):
             return None
         worst = max((p.quality for p in present), key=lambda q: q.rank)
-        return sum(p.value for p in present), worst, min(p.source_ts for p in present)
+        return Sample(sum(p.value for p in present), worst, min(p.source_ts for p in present))
 
     def usable_total(self, keys: Sequence[str]) -> float | None:
         """The sum of several points; ``None`` when any is absent or invalid (or none given)."""

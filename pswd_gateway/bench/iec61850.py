@@ -21,6 +21,7 @@ from pswd_gateway.bench.api import free_port
 from pswd_gateway.bench.control import percentiles
 from pswd_gateway.config import SiteConfig
 from pswd_gateway.domain.points import Point, Quality
+from pswd_gateway.domain.units import SiUnit
 from pswd_gateway.northbound.iec61850.model import TABLE
 from pswd_gateway.northbound.iec61850.server import MmsServer
 from pswd_gateway.store import PointStore
@@ -35,9 +36,9 @@ def _feed(store: PointStore, grid_w: float, meter_ok: bool = True) -> None:
     quality = Quality.GOOD if meter_ok else Quality.INVALID
     store.update(
         [
-            Point("meter.active_power", grid_w, "W", quality, now, now),
-            Point("meter.frequency", 50.0, "Hz", Quality.GOOD, now, now),
-            Point("bess.soc", 0.5, "1", Quality.GOOD, now, now),
+            Point("meter.active_power", grid_w, SiUnit.WATT, quality, now, now),
+            Point("meter.frequency", 50.0, SiUnit.HERTZ, Quality.GOOD, now, now),
+            Point("bess.soc", 0.5, SiUnit.RATIO, Quality.GOOD, now, now),
         ]
     )
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
-__all__ = ["Point", "Quality", "point_key", "split_key"]
+from pswd_gateway.domain.units import SiUnit
+
+__all__ = ["Point", "Quality", "Sample", "point_key", "split_key"]
 
 
 class Quality(enum.StrEnum):
@@ -41,7 +44,7 @@ class Point:
 
     name: str
     value: float
-    unit: str
+    unit: SiUnit
     quality: Quality
     source_ts: float
     received_ts: float
@@ -53,6 +56,17 @@ class Point:
     def with_quality(self, quality: Quality) -> Point:
         """The same reading with another quality (value and timestamps kept)."""
         return Point(self.name, self.value, self.unit, quality, self.source_ts, self.received_ts)
+
+
+class Sample(NamedTuple):
+    """One value of a signal as a consumer sees it: value (SI), quality, source time (POSIX s).
+
+    For a signal several points add up to (the IT load), the sum, the worst quality and the
+    oldest source time."""
+
+    value: float
+    quality: Quality
+    source_ts: float
 
 
 def point_key(device: str, point: str) -> str:

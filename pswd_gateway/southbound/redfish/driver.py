@@ -33,6 +33,7 @@ import httpx
 
 from pswd_gateway.config import RedfishDeviceConfig
 from pswd_gateway.domain.points import Point, Quality, point_key
+from pswd_gateway.domain.units import SiUnit
 from pswd_gateway.errors import DeviceError, DeviceTimeoutError, WriteRefusedError
 from pswd_gateway.logging import get_logger
 from pswd_gateway.southbound.redfish.documents import (
@@ -366,7 +367,7 @@ class RedfishDriver:
         points: list[Point] = []
         total, oldest, reporting = 0.0, math.inf, 0
 
-        def add(point: str, value: float, unit: str, source_ts: float) -> None:
+        def add(point: str, value: float, unit: SiUnit, source_ts: float) -> None:
             key = point_key(self.name, point)
             points.append(Point(key, value, unit, Quality.GOOD, source_ts, received))
 
@@ -376,18 +377,18 @@ class RedfishDriver:
                 continue
             prefix = self._names.prefix(cid)
             if sample.power_w is not None:
-                add(f"{prefix}_power", sample.power_w, "W", sample.source_ts)
+                add(f"{prefix}_power", sample.power_w, SiUnit.WATT, sample.source_ts)
                 total += sample.power_w
                 oldest = min(oldest, sample.source_ts)
                 reporting += 1
             if sample.inlet_temp_c is not None:
-                add(f"{prefix}_inlet_temp", sample.inlet_temp_c, "degC", sample.source_ts)
+                add(f"{prefix}_inlet_temp", sample.inlet_temp_c, SiUnit.CELSIUS, sample.source_ts)
             if sample.power_limit_w is not None:
-                add(f"{prefix}{LIMIT_SUFFIX}", sample.power_limit_w, "W", sample.source_ts)
+                add(f"{prefix}{LIMIT_SUFFIX}", sample.power_limit_w, SiUnit.WATT, sample.source_ts)
         if reporting == 0:
             scope = f" among {', '.join(self.cfg.chassis)}" if self.cfg.chassis else ""
             raise DeviceError(self.name, f"no chassis reported its power{scope}")
-        add("total_power", total, "W", oldest)
+        add("total_power", total, SiUnit.WATT, oldest)
         return points
 
     async def _read_environment_metrics(self, sent: float) -> dict[str, ChassisSample]:
