@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pswd_gateway.config import SchedulingConfig, SiteConfig
 from pswd_gateway.domain.workloads import Announcement
 from pswd_gateway.errors import DoesNotFitError
-from pswd_gateway.integration.forecasts import SimulatedForecast
+from pswd_gateway.forecasts.providers import SimulatedForecast
 from pswd_gateway.scheduling.model import PlacedJob
 from pswd_gateway.scheduling.scheduler import Scheduler
 

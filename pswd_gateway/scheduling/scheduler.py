@@ -1,6 +1,6 @@
 """Carbon-aware placement of announced workloads, inside the site's limits.
 
-The planning grid is ``slot_minutes`` slots from the current slot over ``horizon_h`` (plus a
+The planning slots are ``slot_minutes`` long, from the current slot over ``horizon_h`` (plus a
 day of tail so that jobs starting near the end are costed whole). A job at start ``s`` draws its
 mean power in every slot it overlaps, in proportion to the overlap. Per slot:
 
@@ -70,7 +70,9 @@ TOL = 1e-6
 
 
 @dataclass(frozen=True)
-class _Grid:
+class _Slots:
+    """The time slots of one plan: slot ``k`` starts at ``start + k·slot_s``."""
+
     start: datetime
     slot_s: int
     n: int
@@ -90,8 +92,13 @@ class _Grid:
 
 
 @dataclass(frozen=True)
-class _Site:
-    grid: _Grid
+class _Horizon:
+    """What each slot of the plan holds: import limit, carbon, price and the load placed.
+
+    ``dr`` marks the slots whose limit a demand-response window lowered.
+    """
+
+    slots: _Slots
     limit: Array
     dr: npt.NDArray[np.bool_]
     carbon: Array
@@ -103,12 +110,12 @@ class _Site:
     @property
     def base_excess_mwh(self) -> float:
         """Battery energy the held jobs already need (import above the limit)."""
-        return float(np.maximum(self.fixed - self.limit, 0.0).sum()) * self.grid.slot_h
+        return float(np.maximum(self.fixed - self.limit, 0.0).sum()) * self.slots.slot_h
 
 
 @dataclass
 class _LoadCache:
-    grid: _Grid | None = None
+    slots: _Slots | None = None
     jobs: dict[str, tuple[PlacedJob, Array]] = field(default_factory=dict)
     total: Array = field(default_factory=lambda: np.zeros(0))
 
@@ -133,14 +140,14 @@ class Scheduler:
         self._cache = _LoadCache()
         self._cache_lock = threading.Lock()
 
-    # ---- the grid and the site over it ----
+    # ---- the slots and what each holds ----
 
-    def _grid(self, now: datetime) -> _Grid:
+    def _slots(self, now: datetime) -> _Slots:
         slot_s = self.cfg.slot_minutes * 60
         epoch = now.timestamp()
         start = now - timedelta(seconds=epoch % slot_s)
         n_start = self.cfg.horizon_h * 3600 // slot_s
-        return _Grid(start, slot_s, n_start + TAIL_S // slot_s, n_start)
+        return _Slots(start, slot_s, n_start + TAIL_S // slot_s, n_start)
 
     # ---- the book of held jobs (kept by the caller, so a placement costs O(1) in their number)
 
@@ -149,82 +156,82 @@ class Scheduler:
         with self._cache_lock:
             cache = self._cache
             old = cache.jobs.pop(job.id, None)
-            if old is not None and cache.grid is not None:
+            if old is not None and cache.slots is not None:
                 cache.total -= old[1]
             vec = (
-                self._job_load(job.announcement, cache.grid.offset(job.start), cache.grid)
-                if cache.grid is not None
+                self._job_load(job.announcement, cache.slots.offset(job.start), cache.slots)
+                if cache.slots is not None
                 else np.zeros(0)
             )
             cache.jobs[job.id] = (job, vec)
-            if cache.grid is not None:
+            if cache.slots is not None:
                 cache.total += vec
 
     def release(self, workload_id: str) -> None:
         """Forget a held job (it ended, or moved to a state the plan no longer holds)."""
         with self._cache_lock:
             old = self._cache.jobs.pop(workload_id, None)
-            if old is not None and self._cache.grid is not None:
+            if old is not None and self._cache.slots is not None:
                 self._cache.total -= old[1]
 
     def held(self) -> list[PlacedJob]:
         with self._cache_lock:
             return [job for job, _ in self._cache.jobs.values()]
 
-    def _held_load(self, grid: _Grid, fixed: Sequence[PlacedJob] | None) -> Array:
+    def _held_load(self, slots: _Slots, fixed: Sequence[PlacedJob] | None) -> Array:
         """Base load plus the held jobs: ``fixed``, or (None) the book kept by hold/release."""
         if fixed is not None:
-            load = np.full(grid.n, self.cfg.base_load_mw)
+            load = np.full(slots.n, self.cfg.base_load_mw)
             for job in fixed:
-                load += self._job_load(job.announcement, grid.offset(job.start), grid)
+                load += self._job_load(job.announcement, slots.offset(job.start), slots)
             return load
         with self._cache_lock:
             cache = self._cache
-            if cache.grid != grid:  # a new slot began: recompute every held job once
-                cache.grid = grid
-                cache.total = np.full(grid.n, self.cfg.base_load_mw)
+            if cache.slots != slots:  # a new slot began: recompute every held job once
+                cache.slots = slots
+                cache.total = np.full(slots.n, self.cfg.base_load_mw)
                 for key, (job, _) in list(cache.jobs.items()):
-                    vec = self._job_load(job.announcement, grid.offset(job.start), grid)
+                    vec = self._job_load(job.announcement, slots.offset(job.start), slots)
                     cache.jobs[key] = (job, vec)
                     cache.total += vec
             return cache.total.copy()
 
-    def _site(
+    def _horizon(
         self,
-        grid: _Grid,
+        slots: _Slots,
         forecast: CarbonForecast,
         fixed: Sequence[PlacedJob] | None,
-    ) -> _Site:
-        limit = np.full(grid.n, self.site.import_limit_mw)  # an operator's demand response too
-        dr = np.zeros(grid.n, dtype=bool)
+    ) -> _Horizon:
+        limit = np.full(slots.n, self.site.import_limit_mw)  # an operator's demand response too
+        dr = np.zeros(slots.n, dtype=bool)
         for window in self.cfg.demand_response:
-            a = max(0, math.floor(grid.offset(window.start)))
-            b = min(grid.n, math.ceil(grid.offset(window.end)))
+            a = max(0, math.floor(slots.offset(window.start)))
+            b = min(slots.n, math.ceil(slots.offset(window.end)))
             if a < b:
                 lower = limit[a:b] > window.import_limit_mw
                 dr[a:b] |= lower
                 limit[a:b] = np.minimum(limit[a:b], window.import_limit_mw)
-        sampled = forecast.resampled(grid.start, grid.slot_s, grid.n)
+        sampled = forecast.resampled(slots.start, slots.slot_s, slots.n)
         price = None
         if sampled.price_per_mwh is not None:
             price = np.asarray(sampled.price_per_mwh)
-        load = self._held_load(grid, fixed)
+        load = self._held_load(slots, fixed)
         carbon = np.asarray(sampled.carbon_g_per_kwh)
-        return _Site(grid, limit, dr, carbon, price, load, forecast.source)
+        return _Horizon(slots, limit, dr, carbon, price, load, forecast.source)
 
     @staticmethod
-    def _job_load(a: Announcement, start_offset: float, grid: _Grid) -> Array:
-        duration = a.power_profile.duration_estimate_sec / grid.slot_s
-        cov = _coverage(np.array([start_offset]), duration, grid.n)[0]
+    def _job_load(a: Announcement, start_offset: float, slots: _Slots) -> Array:
+        duration = a.power_profile.duration_estimate_sec / slots.slot_s
+        cov = _coverage(np.array([start_offset]), duration, slots.n)[0]
         load: Array = a.power_profile.mean_power_mw() * cov
         return load
 
-    def _candidates(self, a: Announcement, grid: _Grid, now: datetime) -> Array:
+    def _candidates(self, a: Announcement, slots: _Slots, now: datetime) -> Array:
         """Candidate start offsets: the first possible instant, then every slot boundary."""
         first = max(a.earliest_start, now)
         last = a.latest_start
-        lo = grid.offset(first)
-        hi = min(grid.offset(last), float(grid.n_start))
+        lo = slots.offset(first)
+        hi = min(slots.offset(last), float(slots.n_start))
         if lo > hi + TOL:
             return np.zeros(0)
         if a.flexibility is Flexibility.FIXED:
@@ -236,24 +243,26 @@ class Scheduler:
     # ---- evaluation of one job's candidates ---------------------------------------------------
 
     def _evaluate(
-        self, a: Announcement, starts: Array, site: _Site
+        self, a: Announcement, starts: Array, horizon: _Horizon
     ) -> tuple[Array, dict[BindingConstraint, npt.NDArray[np.bool_]], Array, Array]:
         """Per candidate: cost, violated constraints, carbon kg, worst excess over the battery.
 
         Only the slots the candidates can touch are computed; battery energy used elsewhere
         by the others is added as a constant.
         """
-        grid = site.grid
+        slots = horizon.slots
         mean = a.power_profile.mean_power_mw()
-        duration = a.power_profile.duration_estimate_sec / grid.slot_s
+        duration = a.power_profile.duration_estimate_sec / slots.slot_s
         lo = max(0, math.floor(float(starts.min())))
-        hi = min(grid.n, math.ceil(float(starts.max()) + duration) + 1)
+        hi = min(slots.n, math.ceil(float(starts.max()) + duration) + 1)
         cov = _coverage(starts - lo, duration, hi - lo)
-        fixed, limit = site.fixed[lo:hi], site.limit[lo:hi]
+        fixed, limit = horizon.fixed[lo:hi], horizon.limit[lo:hi]
         load = fixed[None, :] + mean * cov
         excess = np.maximum(load - limit[None, :], 0.0)
-        outside = site.base_excess_mwh - float(np.maximum(fixed - limit, 0.0).sum()) * grid.slot_h
-        battery_energy = excess.sum(axis=1) * grid.slot_h + outside
+        outside = (
+            horizon.base_excess_mwh - float(np.maximum(fixed - limit, 0.0).sum()) * slots.slot_h
+        )
+        battery_energy = excess.sum(axis=1) * slots.slot_h + outside
         touched = cov > 0
         over_power: Mask = np.asarray(
             ((excess > self.cfg.bess_power_mw + TOL) & touched).any(axis=1)
@@ -262,12 +271,12 @@ class Scheduler:
         over_cooling: Mask = np.asarray(
             ((load > self.cfg.cooling_capacity_mw + TOL) & touched).any(axis=1)
         )
-        dr_hit: Mask = np.asarray(((excess > TOL) & site.dr[None, lo:hi] & touched).any(axis=1))
-        energy_mwh = mean * cov * grid.slot_h
-        carbon = energy_mwh @ site.carbon[lo:hi]
+        dr_hit: Mask = np.asarray(((excess > TOL) & horizon.dr[None, lo:hi] & touched).any(axis=1))
+        energy_mwh = mean * cov * slots.slot_h
+        carbon = energy_mwh @ horizon.carbon[lo:hi]
         cost = carbon.copy()
-        if site.price is not None and self.cfg.price_weight_kg_per_currency > 0:
-            cost += self.cfg.price_weight_kg_per_currency * (energy_mwh @ site.price[lo:hi])
+        if horizon.price is not None and self.cfg.price_weight_kg_per_currency > 0:
+            cost += self.cfg.price_weight_kg_per_currency * (energy_mwh @ horizon.price[lo:hi])
         cost += battery_energy * BATTERY_PENALTY_KG_PER_MWH
         cost += starts * EARLINESS_KG_PER_SLOT
         violations: dict[BindingConstraint, npt.NDArray[np.bool_]] = {
@@ -280,13 +289,17 @@ class Scheduler:
         worst = (np.where(touched, excess, 0.0) - self.cfg.bess_power_mw).max(axis=1)
         return cost, violations, carbon, worst
 
-    def _price(self, a: Announcement, start: float, site: _Site) -> float | None:
-        if site.price is None:
+    def _price(self, a: Announcement, start: float, horizon: _Horizon) -> float | None:
+        if horizon.price is None:
             return None
         cov = _coverage(
-            np.array([start]), a.power_profile.duration_estimate_sec / site.grid.slot_s, site.grid.n
+            np.array([start]),
+            a.power_profile.duration_estimate_sec / horizon.slots.slot_s,
+            horizon.slots.n,
         )
-        return float((a.power_profile.mean_power_mw() * cov[0] * site.grid.slot_h) @ site.price)
+        return float(
+            (a.power_profile.mean_power_mw() * cov[0] * horizon.slots.slot_h) @ horizon.price
+        )
 
     # ---- place one ----
 
@@ -304,9 +317,9 @@ class Scheduler:
         service does: a placement then costs the same with 10 or 10,000 jobs held).
         """
         del workload_id
-        grid = self._grid(now)
-        site = self._site(grid, forecast, others)
-        starts = self._candidates(announcement, grid, now)
+        slots = self._slots(now)
+        horizon = self._horizon(slots, forecast, others)
+        starts = self._candidates(announcement, slots, now)
         if len(starts) == 0:
             raise DoesNotFitError(
                 f"its window has passed: the latest start was "
@@ -314,13 +327,13 @@ class Scheduler:
                 "deadline",
                 None,
             )
-        cost, violations, carbon, worst = self._evaluate(announcement, starts, site)
+        cost, violations, carbon, worst = self._evaluate(announcement, starts, horizon)
         feasible = ~np.logical_or.reduce(list(violations.values()))
         if not feasible.any():
-            raise self._does_not_fit(announcement, starts, violations, worst, site, now)
+            raise self._does_not_fit(announcement, starts, violations, worst, horizon, now)
         best = int(np.argmin(np.where(feasible, cost, np.inf)))
         return self._allocation(
-            announcement, starts, best, cost, violations, carbon, site, now, solver="insert"
+            announcement, starts, best, cost, violations, carbon, horizon, now, solver="insert"
         )
 
     def _does_not_fit(
@@ -329,13 +342,13 @@ class Scheduler:
         starts: Array,
         violations: Mapping[BindingConstraint, npt.NDArray[np.bool_]],
         worst: Array,
-        site: _Site,
+        horizon: _Horizon,
         now: datetime,
     ) -> DoesNotFitError:
         counts = {k: int(v.sum()) for k, v in violations.items()}
         binding = max(counts, key=lambda k: counts[k])
-        grid = site.grid
-        span = f"{_t(grid.at(starts[0]))} and {_t(grid.at(starts[-1]))}"
+        slots = horizon.slots
+        span = f"{_t(slots.at(starts[0]))} and {_t(slots.at(starts[-1]))}"
         if binding in {"grid_import_limit", "demand_response"}:
             what = (
                 "the demand-response import limit"
@@ -357,20 +370,22 @@ class Scheduler:
                 f"at every start between {span} the heat load would exceed the "
                 f"{self.cfg.cooling_capacity_mw:g} MW cooling capacity"
             )
-        later = self._earliest_feasible(a, site, now)
+        later = self._earliest_feasible(a, horizon, now)
         return DoesNotFitError(reason, binding, later)
 
-    def _earliest_feasible(self, a: Announcement, site: _Site, now: datetime) -> datetime | None:
-        grid = site.grid
-        lo = max(grid.offset(a.earliest_start), grid.offset(now))
-        starts = np.arange(math.ceil(lo), grid.n_start + 1, dtype=float)
+    def _earliest_feasible(
+        self, a: Announcement, horizon: _Horizon, now: datetime
+    ) -> datetime | None:
+        slots = horizon.slots
+        lo = max(slots.offset(a.earliest_start), slots.offset(now))
+        starts = np.arange(math.ceil(lo), slots.n_start + 1, dtype=float)
         if len(starts) == 0:
             return None
-        _, violations, _, _ = self._evaluate(a, starts, site)
+        _, violations, _, _ = self._evaluate(a, starts, horizon)
         feasible = ~np.logical_or.reduce(list(violations.values()))
         if not feasible.any():
             return None
-        return grid.at(float(starts[int(np.argmax(feasible))]))
+        return slots.at(float(starts[int(np.argmax(feasible))]))
 
     def _allocation(
         self,
@@ -380,16 +395,16 @@ class Scheduler:
         cost: Array,
         violations: Mapping[BindingConstraint, npt.NDArray[np.bool_]],
         carbon: Array,
-        site: _Site,
+        horizon: _Horizon,
         now: datetime,
         *,
         solver: str,
     ) -> Allocation:
-        grid = site.grid
-        start = grid.at(float(starts[chosen]))
+        slots = horizon.slots
+        start = slots.at(float(starts[chosen]))
         ramp, battery, cooling = build_physical_plan(a, start, self.cfg, self.site)
         expected, run_now = float(carbon[chosen]), float(carbon[0])
-        binding, reason = self._explain(a, starts, chosen, cost, violations, carbon, site)
+        binding, reason = self._explain(a, starts, chosen, cost, violations, carbon, horizon)
         return Allocation(
             scheduled_start=start,
             scheduled_end=start + a.duration,
@@ -399,13 +414,13 @@ class Scheduler:
             expected_carbon_kg=round(expected, 3),
             run_now_carbon_kg=round(run_now, 3),
             carbon_saved_kg=round(run_now - expected, 3),
-            expected_cost=self._price(a, float(starts[chosen]), site),
+            expected_cost=self._price(a, float(starts[chosen]), horizon),
             explanation=Explanation(
                 chosen_slot_start=start, binding_constraint=binding, reason=reason
             ),
             solver=solver,
             planned_at=now,
-            forecast_source=site.source,
+            forecast_source=horizon.source,
         )
 
     def _explain(
@@ -416,15 +431,15 @@ class Scheduler:
         cost: Array,
         violations: Mapping[BindingConstraint, npt.NDArray[np.bool_]],
         carbon: Array,
-        site: _Site,
+        horizon: _Horizon,
     ) -> tuple[BindingConstraint, str]:
         saved = float(carbon[0] - carbon[chosen])
-        start = _t(site.grid.at(float(starts[chosen])))
+        start = _t(horizon.slots.at(float(starts[chosen])))
         if a.flexibility is Flexibility.FIXED:
             return "fixed_start", f"fixed start at {start} as announced"
         cleanest = int(np.argmin(cost))
         if cost[chosen] <= cost[cleanest] + 1e-6:
-            later = self._cleaner_after_window(a, site, float(carbon[chosen]))
+            later = self._cleaner_after_window(a, horizon, float(carbon[chosen]))
             if later is not None:
                 return "deadline", (
                     f"lowest-carbon start in the window ({start}, saves {saved:,.0f} kg CO2e "
@@ -446,22 +461,22 @@ class Scheduler:
         )
 
     def _cleaner_after_window(
-        self, a: Announcement, site: _Site, chosen_carbon: float
+        self, a: Announcement, horizon: _Horizon, chosen_carbon: float
     ) -> datetime | None:
-        grid = site.grid
-        lo = math.floor(grid.offset(a.latest_start)) + 1
-        if lo >= grid.n_start:
+        slots = horizon.slots
+        lo = math.floor(slots.offset(a.latest_start)) + 1
+        if lo >= slots.n_start:
             return None
-        starts = np.arange(lo, grid.n_start)
-        duration = a.power_profile.duration_estimate_sec / grid.slot_s
+        starts = np.arange(lo, slots.n_start)
+        duration = a.power_profile.duration_estimate_sec / slots.slot_s
         whole, part = int(duration), duration - int(duration)
-        cum = np.concatenate(([0.0], np.cumsum(site.carbon)))
-        ends = np.minimum(starts + whole, grid.n - 1)
-        per_mw = cum[ends] - cum[starts] + part * site.carbon[ends]  # prefix sums: O(n)
-        carbon = a.power_profile.mean_power_mw() * grid.slot_h * per_mw
+        cum = np.concatenate(([0.0], np.cumsum(horizon.carbon)))
+        ends = np.minimum(starts + whole, slots.n - 1)
+        per_mw = cum[ends] - cum[starts] + part * horizon.carbon[ends]  # prefix sums: O(n)
+        carbon = a.power_profile.mean_power_mw() * slots.slot_h * per_mw
         best = int(np.argmin(carbon))
         if carbon[best] < chosen_carbon * (1 - 1e-3):
-            return grid.at(float(starts[best]))
+            return slots.at(float(starts[best]))
         return None
 
     # ---- global re-plan -----------------------------------------------------------------------
@@ -479,33 +494,33 @@ class Scheduler:
         """Re-place every movable job at once (MILP, HiGHS); ``fixed`` jobs stay put."""
         t0 = time.perf_counter()
         current = current or {}
-        grid = self._grid(now)
-        site = self._site(grid, forecast, fixed)
+        slots = self._slots(now)
+        horizon = self._horizon(slots, forecast, fixed)
         unplaced: dict[str, DoesNotFitError] = {}
         jobs: list[tuple[str, Announcement, Array, Array, Array, Array]] = []
         for workload_id, a in movable:
-            starts = self._candidates(a, grid, now)
+            starts = self._candidates(a, slots, now)
             if workload_id in current:
-                here = grid.offset(current[workload_id])
+                here = slots.offset(current[workload_id])
                 if len(starts) and starts[0] - TOL <= here <= starts[-1] + TOL:
                     starts = np.unique(np.append(starts, here))
             if len(starts) == 0:
                 unplaced[workload_id] = DoesNotFitError("its window has passed", "deadline", None)
                 continue
-            starts = self._prune(a, starts, site, current.get(workload_id), grid)
-            cov = _coverage(starts, a.power_profile.duration_estimate_sec / grid.slot_s, grid.n)
+            starts = self._prune(a, starts, horizon, current.get(workload_id), slots)
+            cov = _coverage(starts, a.power_profile.duration_estimate_sec / slots.slot_s, slots.n)
             power = a.power_profile.mean_power_mw() * cov
-            cost, _, carbon, _ = self._evaluate_costs(a, starts, power, site)
+            cost, _, carbon, _ = self._evaluate_costs(a, starts, power, horizon)
             jobs.append((workload_id, a, starts, power, cost, carbon))
 
-        lp, n_x, battery_rows = self._model(jobs, site)
+        lp, n_x, battery_rows = self._model(jobs, horizon)
         h = highspy.Highs()  # type: ignore[no-untyped-call]
         h.setOptionValue("output_flag", False)  # noqa: FBT003 - highspy option API
         h.setOptionValue("threads", 1)
         h.setOptionValue("mip_rel_gap", 1e-4)
         h.setOptionValue("time_limit", float(time_limit_s or self.cfg.solver_time_limit_s))
         h.passModel(lp)
-        warm = self._warm_start(jobs, current, grid, site, lp.num_col_, n_x, battery_rows)
+        warm = self._warm_start(jobs, current, slots, horizon, lp.num_col_, n_x, battery_rows)
         if warm is not None:
             solution = highspy.HighsSolution()
             solution.col_value = list(warm)
@@ -535,9 +550,9 @@ class Scheduler:
                 )
                 continue
             del j
-            _, violations, _, _ = self._evaluate(a, starts, site)
+            _, violations, _, _ = self._evaluate(a, starts, horizon)
             allocations[workload_id] = self._allocation(
-                a, starts, chosen, cost, violations, carbon, site, now, solver="highs-milp"
+                a, starts, chosen, cost, violations, carbon, horizon, now, solver="highs-milp"
             )
             objective += float(carbon[chosen])
         return OptimiseResult(
@@ -553,22 +568,22 @@ class Scheduler:
     def _model(  # noqa: PLR0915 - one model, built in one place
         self,
         jobs: Sequence[tuple[str, Announcement, Array, Array, Array, Array]],
-        site: _Site,
+        horizon: _Horizon,
     ) -> tuple[highspy.HighsLp, int, npt.NDArray[np.int64]]:
         """The MILP in column form: x[j,c] per candidate, unplaced[j], battery d[t].
 
         Import and cooling rows are only added for slots where the held load plus every job at
         its most demanding candidate could break the limit: the others can never bind.
         """
-        grid = site.grid
-        potential = site.fixed.copy()
+        slots = horizon.slots
+        potential = horizon.fixed.copy()
         for *_, power, _, _ in jobs:
             potential += power.max(axis=0)
-        import_slots = np.nonzero(potential > site.limit + TOL)[0]
+        import_slots = np.nonzero(potential > horizon.limit + TOL)[0]
         cool_slots = np.nonzero(potential > self.cfg.cooling_capacity_mw + TOL)[0]
-        import_row = np.full(grid.n, -1)
+        import_row = np.full(slots.n, -1)
         import_row[import_slots] = np.arange(len(import_slots))
-        cool_row = np.full(grid.n, -1)
+        cool_row = np.full(slots.n, -1)
         cool_row[cool_slots] = len(import_slots) + np.arange(len(cool_slots))
         row_assign = len(import_slots) + len(cool_slots)
         row_energy = row_assign + len(jobs)
@@ -608,16 +623,16 @@ class Scheduler:
         # d[t] for the import rows that exist
         nb = len(import_slots)
         col_index.append(np.column_stack((np.arange(nb), np.full(nb, row_energy))).ravel())
-        col_value.append(np.tile([-1.0, grid.slot_h], nb))
+        col_value.append(np.tile([-1.0, slots.slot_h], nb))
         col_count.append(np.full(nb, 2))
-        costs.append(np.full(nb, BATTERY_PENALTY_KG_PER_MWH * grid.slot_h))
+        costs.append(np.full(nb, BATTERY_PENALTY_KG_PER_MWH * slots.slot_h))
 
         counts = np.concatenate(col_count)
         n_cols = len(counts)
         row_lower = np.full(n_rows, -highspy.kHighsInf)
         row_upper = np.zeros(n_rows)
-        row_upper[:nb] = (site.limit - site.fixed)[import_slots]
-        row_upper[nb:row_assign] = (self.cfg.cooling_capacity_mw - site.fixed)[cool_slots]
+        row_upper[:nb] = (horizon.limit - horizon.fixed)[import_slots]
+        row_upper[nb:row_assign] = (self.cfg.cooling_capacity_mw - horizon.fixed)[cool_slots]
         row_lower[row_assign:row_energy] = 1.0
         row_upper[row_assign:row_energy] = 1.0
         row_upper[row_energy] = self.cfg.bess_usable_energy_mwh
@@ -642,27 +657,32 @@ class Scheduler:
         return lp, n_x, import_slots
 
     def _evaluate_costs(
-        self, a: Announcement, starts: Array, power: Array, site: _Site
+        self, a: Announcement, starts: Array, power: Array, horizon: _Horizon
     ) -> tuple[Array, None, Array, None]:
-        grid = site.grid
-        energy = power * grid.slot_h
-        carbon = energy @ site.carbon
+        slots = horizon.slots
+        energy = power * slots.slot_h
+        carbon = energy @ horizon.carbon
         cost = carbon + starts * EARLINESS_KG_PER_SLOT
-        if site.price is not None and self.cfg.price_weight_kg_per_currency > 0:
-            cost = cost + self.cfg.price_weight_kg_per_currency * (energy @ site.price)
+        if horizon.price is not None and self.cfg.price_weight_kg_per_currency > 0:
+            cost = cost + self.cfg.price_weight_kg_per_currency * (energy @ horizon.price)
         del a
         return cost, None, carbon, None
 
     def _prune(
-        self, a: Announcement, starts: Array, site: _Site, current: datetime | None, grid: _Grid
+        self,
+        a: Announcement,
+        starts: Array,
+        horizon: _Horizon,
+        current: datetime | None,
+        slots: _Slots,
     ) -> Array:
         if len(starts) <= self.max_candidates:
             return starts
-        cov = _coverage(starts, a.power_profile.duration_estimate_sec / grid.slot_s, grid.n)
-        carbon = (cov * grid.slot_h) @ site.carbon
+        cov = _coverage(starts, a.power_profile.duration_estimate_sec / slots.slot_s, slots.n)
+        carbon = (cov * slots.slot_h) @ horizon.carbon
         keep = {0, len(starts) - 1}
         if current is not None:
-            keep.add(int(np.argmin(np.abs(starts - grid.offset(current)))))
+            keep.add(int(np.argmin(np.abs(starts - slots.offset(current)))))
         for i in np.argsort(carbon, kind="stable"):
             if len(keep) >= self.max_candidates:
                 break
@@ -673,31 +693,31 @@ class Scheduler:
         self,
         jobs: Sequence[tuple[str, Announcement, Array, Array, Array, Array]],
         current: Mapping[str, datetime],
-        grid: _Grid,
-        site: _Site,
+        slots: _Slots,
+        horizon: _Horizon,
         n_cols: int,
         n_x: int,
         battery_slots: npt.NDArray[np.int64],
     ) -> Array | None:
         """The current plan as a MIP start, when every job has one and it is feasible."""
         x = np.zeros(n_cols)
-        load = site.fixed.copy()
+        load = horizon.fixed.copy()
         col = 0
         for j, (workload_id, _, starts, power, _, _) in enumerate(jobs):
             here = current.get(workload_id)
             if here is None:
                 return None
-            c = int(np.argmin(np.abs(starts - grid.offset(here))))
-            if abs(starts[c] - grid.offset(here)) > TOL:
+            c = int(np.argmin(np.abs(starts - slots.offset(here))))
+            if abs(starts[c] - slots.offset(here)) > TOL:
                 return None
             x[col + c] = 1.0
             load += power[c]
             col += len(starts)
             del j
-        excess = np.maximum(load - site.limit, 0.0)
+        excess = np.maximum(load - horizon.limit, 0.0)
         if (excess > self.cfg.bess_power_mw + TOL).any():
             return None
-        if excess.sum() * grid.slot_h > self.cfg.bess_usable_energy_mwh + TOL:
+        if excess.sum() * slots.slot_h > self.cfg.bess_usable_energy_mwh + TOL:
             return None
         if (load > self.cfg.cooling_capacity_mw + TOL).any():
             return None
@@ -709,27 +729,27 @@ class Scheduler:
     def site_forecast(
         self, placed: Sequence[PlacedJob] | None, forecast: CarbonForecast, now: datetime
     ) -> SiteForecast:
-        grid = self._grid(now)
-        site = self._site(grid, forecast, placed)
-        slots = []
-        for t in range(grid.n_start):
-            load = float(site.fixed[t])
-            limit = float(site.limit[t])
+        slots = self._slots(now)
+        horizon = self._horizon(slots, forecast, placed)
+        rows = []
+        for t in range(slots.n_start):
+            load = float(horizon.fixed[t])
+            limit = float(horizon.limit[t])
             bess = min(self.cfg.bess_power_mw, max(0.0, load - limit))
-            slots.append(
+            rows.append(
                 SiteForecastSlot(
-                    start=grid.at(t),
+                    start=slots.at(t),
                     site_load_mw=load,
                     grid_import_mw=load - bess,
                     bess_mw=bess,
                     heat_export_mw=min(
                         self.cfg.heat_demand_mw, self.cfg.heat_recovery_max_fraction * load
                     ),
-                    carbon_g_per_kwh=float(site.carbon[t]),
+                    carbon_g_per_kwh=float(horizon.carbon[t]),
                     import_limit_mw=limit,
                 )
             )
-        return SiteForecast(grid.start, grid.slot_s, tuple(slots), forecast.source)
+        return SiteForecast(slots.start, slots.slot_s, tuple(rows), forecast.source)
 
 
 def _t(ts: datetime) -> str:

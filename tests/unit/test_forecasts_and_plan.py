@@ -11,7 +11,7 @@ import pytest
 from pswd_gateway.config import SchedulingConfig, SiteConfig
 from pswd_gateway.domain.workloads import Announcement
 from pswd_gateway.errors import ForecastError
-from pswd_gateway.integration.forecasts import (
+from pswd_gateway.forecasts.providers import (
     FileForecast,
     SimulatedForecast,
     parse_forecast_text,

@@ -16,8 +16,10 @@ from pswd_gateway.southbound.modbus.registermap import (
     RegisterMap,
     RegisterPoint,
     decode_point,
+    decode_registers,
     encode_point,
     read_plan,
+    scale_factor,
 )
 from pswd_gateway.southbound.modbus.sunspec import SunSpecRegisterMap, load_device_map
 
@@ -100,6 +102,26 @@ def test_sunspec_not_implemented_decodes_to_none() -> None:
     """SunSpec marks an unimplemented int16 as 0x8000: that is no value, not -32768."""
     p = RegisterPoint(name="w", address=0, type=DataType.INT16, sf_address=1)
     assert decode_point(p, [0x8000], sunssf=0) is None
+
+
+def test_a_scale_factor_register_is_a_signed_power_of_ten_and_0x8000_is_none() -> None:
+    """sunssf is int16: 0xFFFE is -2, 0x0003 is 3, and 0x8000 (not implemented) is no factor."""
+    assert scale_factor(0xFFFE) == -2
+    assert scale_factor(3) == 3
+    assert scale_factor(0x8000) is None
+
+
+def test_a_point_whose_scale_factor_is_not_implemented_decodes_to_none() -> None:
+    """A value without its scale factor is no value: decode_registers gives None, not a guess."""
+    regmap = RegisterMap(
+        name="m",
+        points=(
+            RegisterPoint(name="w", address=0, type=DataType.INT16, sf_address=1),
+            RegisterPoint(name="hz", address=2, type=DataType.UINT16, sf_address=3),
+        ),
+    )
+    image = {0: 1500, 1: 0x8000, 2: 5000, 3: 0xFFFE}
+    assert decode_registers(regmap, image) == {"w": None, "hz": 50.0}
 
 
 def test_overlapping_points_are_refused() -> None:

@@ -19,9 +19,10 @@ from pswd_gateway.southbound.modbus.registermap import (
     ReadBlock,
     RegisterMap,
     RegisterPoint,
-    decode_point,
+    decode_registers,
     encode_point,
     read_plan,
+    scale_factor,
 )
 from pswd_gateway.southbound.modbus.sunspec import END_MODEL_ID, SUNS_MARKER, SunSpecRegisterMap
 from pswd_gateway.southbound.source_time import SourceClock
@@ -29,10 +30,6 @@ from pswd_gateway.southbound.source_time import SourceClock
 __all__ = ["ModbusDriver"]
 
 log = get_logger("modbus")
-
-
-def _signed16(raw: int) -> int:
-    return raw - 0x10000 if raw >= 0x8000 else raw
 
 
 class ModbusDriver:
@@ -51,7 +48,6 @@ class ModbusDriver:
         self._every = sorted({p.poll_every for p in regmap.points})
         self._plans: dict[tuple[int, ...], tuple[list[ReadBlock], list[RegisterPoint]]] = {}
         self._polls = 0
-        self._units = {p.name: to_si(1.0, p.unit)[1] for p in regmap.points}
         self._client: AsyncModbusTcpClient | None = None
         self._sf_cache: dict[int, int] = {}
         self._source = SourceClock(cfg.measurement_refresh_s)
@@ -140,9 +136,10 @@ class ModbusDriver:
             regs = await self._read_block(block.start, block.count)
             image.update(zip(range(block.start, block.start + block.count), regs, strict=True))
         received = self._wall()
+        values = decode_registers(self.regmap, image, due)
         points: list[Point] = []
         for p in due:
-            value = self._decode(p, image)
+            value = values[p.name]
             if value is None:
                 continue
             si, unit = to_si(value, p.unit)
@@ -204,22 +201,19 @@ class ModbusDriver:
             # Scale factors are fixed by the device (SunSpec): read once, not on every write.
             sf = self._sf_cache.get(p.sf_address)
             if sf is None:
-                sf = _signed16((await self._read_block(p.sf_address, 1))[0])
+                sf = scale_factor((await self._read_block(p.sf_address, 1))[0])
+                if sf is None:
+                    raise WriteRefusedError(
+                        self.name,
+                        f"{point}: its scale factor at {p.sf_address} is not implemented "
+                        "by the device",
+                    )
                 self._sf_cache[p.sf_address] = sf
         try:
             regs = encode_point(p, native, self.regmap.orders(p), sf)
         except ValueError as exc:
             raise WriteRefusedError(self.name, str(exc)) from None
         return p, native, regs
-
-    def _decode(self, p: RegisterPoint, image: dict[int, int]) -> float | None:
-        regs = [image[a] for a in range(p.address, p.end)]
-        sf = None
-        if p.sf_address is not None:
-            sf = _signed16(image[p.sf_address])
-            if sf == -0x8000:
-                return None
-        return decode_point(p, regs, self.regmap.orders(p), sf)
 
     def _require_client(self) -> AsyncModbusTcpClient:
         if self._client is None or not self._client.connected:

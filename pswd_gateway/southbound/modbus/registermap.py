@@ -13,6 +13,7 @@ import itertools
 import math
 import struct
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Final, Literal
@@ -32,6 +33,7 @@ __all__ = [
     "encode_point",
     "load_register_map",
     "read_plan",
+    "scale_factor",
 ]
 
 MAX_READ_REGISTERS: Final = 125  # Modbus application protocol: read holding registers limit
@@ -270,19 +272,22 @@ def encode_point(
     return _from_bytes(raw_bytes, *orders)
 
 
+def scale_factor(register: int) -> int | None:
+    """A SunSpec scale factor register (``sunssf``, int16) as a power of ten; ``None`` when the
+    device marks it not implemented (0x8000)."""
+    sf = register - 0x10000 if register >= 0x8000 else register
+    return None if sf == _LAYOUT[DataType.SUNSSF][2] else sf
+
+
 def decode_registers(
-    regmap: RegisterMap, image: dict[int, int], points: tuple[RegisterPoint, ...] | None = None
+    regmap: RegisterMap, image: Mapping[int, int], points: Sequence[RegisterPoint] | None = None
 ) -> dict[str, float | None]:
-    """Decode every point from a sparse register image ``{address: register}``."""
+    """Decode ``points`` (every point of the map by default) from a register image
+    ``{address: register}`` holding their registers and their scale factors."""
     out: dict[str, float | None] = {}
     for p in points if points is not None else regmap.points:
         regs = [image[a] for a in range(p.address, p.end)]
-        sf = None
-        if p.sf_address is not None:
-            sf_raw = image[p.sf_address]
-            sf = sf_raw - 0x10000 if sf_raw >= 0x8000 else sf_raw
-            if sf == -0x8000:
-                sf = None
+        sf = scale_factor(image[p.sf_address]) if p.sf_address is not None else None
         out[p.name] = decode_point(p, regs, regmap.orders(p), sf)
     return out
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from pswd_gateway.errors import ForecastError
-from pswd_gateway.integration.forecasts import ForecastProvider
+from pswd_gateway.forecasts.providers import ForecastProvider
 from pswd_gateway.logging import get_logger
 from pswd_gateway.scheduling.model import CarbonForecast
 

@@ -1,0 +1,115 @@
+"""What the routes depend on: the running gateway, the caller's identity and its permission.
+
+The token book and the rate limiter are the app's (:class:`Gate` on ``app.state.gate``), the
+running gateway is ``app.state.context``; routes ask for them through the aliases at the end.
+"""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from pswd_gateway.domain.identity import Identity, Permission
+from pswd_gateway.northbound.http_api.problems import ProblemError
+from pswd_gateway.northbound.http_api.schemas import SiteOut
+from pswd_gateway.northbound.http_api.security import RateLimiter, TokenBook
+from pswd_gateway.scheduling.service import WorkloadService
+
+__all__ = [
+    "Announcer",
+    "ApiContext",
+    "Caller",
+    "Context",
+    "Gate",
+    "Reader",
+    "api_context",
+    "identify",
+    "require",
+]
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+bearer = HTTPBearer(auto_error=False, description="A token from api.tokens")
+
+
+@dataclass
+class ApiContext:
+    """What the routes need from the running gateway."""
+
+    service: WorkloadService
+    site: Callable[[], SiteOut]
+    ready: Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Who may come in, and how often: the configured tokens and a rate limit per token."""
+
+    tokens: TokenBook
+    limiter: RateLimiter
+
+
+def api_context(request: Request) -> ApiContext:
+    """The running gateway; 503 while it is still starting (no context set yet)."""
+    context = request.app.state.context
+    if context is None:
+        raise ProblemError(503, "starting", "Starting", "the gateway is starting; retry")
+    assert isinstance(context, ApiContext)
+    return context
+
+
+async def identify(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Identity:
+    """The caller behind the bearer token: 401 without a known token, 429 over its rate."""
+    gate = request.app.state.gate
+    assert isinstance(gate, Gate)
+    who = gate.tokens.identify(credentials.credentials) if credentials else None
+    if who is None:
+        why = "no bearer token" if credentials is None else "unknown bearer token"
+        if request.method in WRITE_METHODS:
+            await api_context(request).service.audit_refusal(None, f"http.{request.method}", why)
+        raise ProblemError(
+            401,
+            "unauthenticated",
+            "Authentication required",
+            f"{why}: send `Authorization: Bearer <token>` with a token from api.tokens",
+            headers={"WWW-Authenticate": 'Bearer realm="pswd-gateway"'},
+        )
+    wait = gate.limiter.allow(who.name)
+    if wait > 0:
+        raise ProblemError(
+            429,
+            "rate-limited",
+            "Too many requests",
+            f"token {who.name!r} exceeds {gate.limiter.rate_per_s:g} requests/s "
+            "(api.rate_limit_per_s)",
+            headers={"Retry-After": str(max(1, round(wait + 0.5)))},
+        )
+    return who
+
+
+def require(permission: Permission) -> Callable[[Request, Identity], Awaitable[Identity]]:
+    """A dependency: the caller, if its role has ``permission``; else 403 (audited on writes)."""
+
+    async def check(request: Request, who: Annotated[Identity, Depends(identify)]) -> Identity:
+        if not who.can(permission):
+            why = f"role {who.role!r} lacks {permission.value!r}"
+            if request.method != "GET":
+                await api_context(request).service.audit_refusal(
+                    who, f"http.{request.method} {request.url.path}", why
+                )
+            raise ProblemError(403, "forbidden", "Forbidden", why)
+        return who
+
+    return check
+
+
+Caller = Annotated[Identity, Depends(identify)]
+"""Any known caller; the route (or the service behind it) decides what it may do."""
+Reader = Annotated[Identity, Depends(require(Permission.READ))]
+Announcer = Annotated[Identity, Depends(require(Permission.ANNOUNCE))]
+Context = Annotated[ApiContext, Depends(api_context)]
