@@ -91,6 +91,23 @@ class SiteConfig(_Strict):
     thermal: DeviceName | None = "thermal"
     it_load: tuple[DeviceName, ...] = ()
     """Redfish devices whose power readings sum to the IT load."""
+    roles: dict[str, tuple[DeviceName, ...]] = {}
+    """Devices of the catalogue's further roles (``pswd_gateway.domain.signals.Role``), by
+    role name: a second grid meter is a role and a signal row in the catalogue, and a line here
+    (``roles = { grid_meter_2 = ["meter2"] }``)."""
+
+    @field_validator("roles")
+    @classmethod
+    def _known_roles(cls, roles: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        known = {r.value for r in SignalRole} - {"grid_meter", "bess", "thermal", "it_load"}
+        unknown = sorted(set(roles) - known)
+        if unknown:
+            msg = (
+                f"unknown role(s) {', '.join(unknown)}; roles of the signal catalogue beyond "
+                f"grid_meter, bess, thermal and it_load: {', '.join(sorted(known)) or 'none'}"
+            )
+            raise ValueError(msg)
+        return roles
 
     def point_key(self, role: SiteRole, point: str) -> str | None:
         """The store key of ``point`` on the device playing ``role``; None without one."""
@@ -129,7 +146,9 @@ class SiteConfig(_Strict):
         """The devices playing ``role`` (:class:`pswd_gateway.domain.signals.SiteMap`)."""
         if role is SignalRole.IT_LOAD:
             return self.it_load
-        device: str | None = getattr(self, role.value)
+        if role.value in self.roles:
+            return self.roles[role.value]
+        device: str | None = getattr(self, role.value, None)
         return () if device is None else (device,)
 
     def setting(self, name: str) -> float:

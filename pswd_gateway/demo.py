@@ -27,7 +27,9 @@ from rich.text import Text
 
 from pswd_gateway.config import GatewayConfig, ModbusDeviceConfig
 from pswd_gateway.daemon import Gateway
+from pswd_gateway.domain import signals as sig
 from pswd_gateway.domain.points import Quality
+from pswd_gateway.domain.units import to_mw
 from pswd_gateway.logging import configure_logging
 from pswd_gateway.ml_platform import play_demo_job, trace_job
 from pswd_gateway.security.certs import OpcUaCertPaths, init_opcua_certs, resolve_certs_dir
@@ -86,8 +88,18 @@ async def _wait_for_ports(
     return [name for name, _, _ in pending]
 
 
-def _fmt(value: float | None, scale: float, digits: int) -> str:
-    return "—" if value is None else f"{value / scale:,.{digits}f}"
+def _fmt(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``; ``—`` when unknown."""
+    return "—" if value is None else format(value, spec)
+
+
+def _mw(watts: float | None, spec: str = ",.1f") -> str:
+    """Watts (or W/s) shown in MW (MW/s)."""
+    return _fmt(None if watts is None else to_mw(watts), spec)
+
+
+def _percent(ratio: float | None) -> str:
+    return _fmt(None if ratio is None else ratio * 100, ",.1f")
 
 
 def _view(gw: Gateway, started: float, events: Sequence[str] = ()) -> Group:
@@ -95,11 +107,9 @@ def _view(gw: Gateway, started: float, events: Sequence[str] = ()) -> Group:
     site = cfg.site
     snap = gw.store.snapshot(time.time())
 
-    def v(device: str | None, point: str) -> float | None:
-        return None if device is None else snap.value(f"{device}.{point}")
+    def v(signal: sig.Signal) -> float | None:
+        return snap.usable(signal, site)
 
-    it_w = snap.usable_total(site.it_load_points)
-    soc = v(site.bess, "soc")
     plant = Table(title=f"{site.name} — live (Ctrl-C stops)", title_justify="left", expand=False)
     control = gw.control.stats if gw.control is not None else None
     ramp = control.grid_ramp_w_per_s() if control is not None else None
@@ -119,17 +129,17 @@ def _view(gw: Gateway, started: float, events: Sequence[str] = ()) -> Group:
     ):
         plant.add_column(col, justify="right")
     plant.add_row(
-        _fmt(v(site.grid_meter, "active_power"), 1e6, 1),
-        f"{site.grid_import_limit_mw:,.0f}",
-        _ramp_cell(ramp, site.grid_ramp_limit_mw_per_s),
-        _fmt(it_w, 1e6, 1),
-        _fmt(setpoint, 1e6, 1),
-        _fmt(v(site.bess, "active_power"), 1e6, 1),
-        _fmt(None if soc is None else soc * 100, 1, 1),
-        _fmt(v(site.thermal, "chw_supply_temp"), 1, 2),
-        _fmt(v(site.thermal, "heat_export_power"), 1e6, 1),
-        _fmt(v(site.thermal, "heat_supply_temp"), 1, 1),
-        _fmt(v(site.grid_meter, "frequency"), 1, 3),
+        _mw(v(sig.GRID_POWER)),
+        _mw(v(sig.GRID_IMPORT_LIMIT), ",.0f"),
+        _ramp_cell(ramp, v(sig.GRID_RAMP_LIMIT)),
+        _mw(v(sig.IT_POWER)),
+        _mw(setpoint),
+        _mw(v(sig.BESS_POWER)),
+        _percent(v(sig.BESS_SOC)),
+        _fmt(v(sig.CHW_SUPPLY_TEMP), ",.2f"),
+        _mw(v(sig.HEAT_EXPORT_POWER)),
+        _fmt(v(sig.HEAT_SUPPLY_TEMP), ",.1f"),
+        _fmt(v(sig.GRID_FREQUENCY), ",.3f"),
     )
     devices = Table(title="devices", title_justify="left")
     for col in (
@@ -144,10 +154,10 @@ def _view(gw: Gateway, started: float, events: Sequence[str] = ()) -> Group:
     ):
         devices.add_column(col, justify="right" if col != "device" else "left")
     style = {Quality.GOOD: "green", Quality.QUESTIONABLE: "yellow", Quality.INVALID: "red"}
+    qualities = snap.worst_quality_by_device()
     for name, poller in gw.pollers.items():
         s = poller.stats
-        points = snap.device(name).values()
-        worst = max((p.quality for p in points), key=lambda q: q.rank, default=None)
+        worst = qualities.get(name)
         pct = s.lateness_percentiles()
         devices.add_row(
             name,
@@ -163,13 +173,12 @@ def _view(gw: Gateway, started: float, events: Sequence[str] = ()) -> Group:
     return Group(plant, devices, _workloads_view(gw, events), footer)
 
 
-def _ramp_cell(ramp_w_per_s: float | None, limit_mw_per_s: float) -> Text:
-    """``+3.2 / 20``, red when over the limit."""
-    if ramp_w_per_s is None:
+def _ramp_cell(ramp_w_per_s: float | None, limit_w_per_s: float | None) -> Text:
+    """``+3.2 / 20`` (MW/s), red when over the limit."""
+    if ramp_w_per_s is None or limit_w_per_s is None:
         return Text("—")
-    mw = ramp_w_per_s / 1e6
-    style = "red" if abs(mw) > limit_mw_per_s else "green"
-    return Text(f"{mw:+.1f} / {limit_mw_per_s:g}", style=style)
+    style = "red" if abs(ramp_w_per_s) > limit_w_per_s else "green"
+    return Text(f"{to_mw(ramp_w_per_s):+.1f} / {to_mw(limit_w_per_s):g}", style=style)
 
 
 def _workloads_view(gw: Gateway, events: Sequence[str]) -> Group:
@@ -199,15 +208,15 @@ def _workloads_view(gw: Gateway, events: Sequence[str]) -> Group:
 def _plain_line(gw: Gateway) -> str:
     site = gw.config.site
     snap = gw.store.snapshot(time.time())
-    grid = snap.value(f"{site.grid_meter}.active_power")
-    bess = snap.value(f"{site.bess}.active_power") if site.bess else None
-    soc = snap.value(f"{site.bess}.soc") if site.bess else None
-    it_w = snap.usable_total(site.it_load_points)
+
+    def v(signal: sig.Signal) -> float | None:
+        return snap.usable(signal, site)
+
     ramp = gw.control.stats.grid_ramp_w_per_s() if gw.control is not None else None
     return (
-        f"grid {_fmt(grid, 1e6, 1)} MW  ramp {_fmt(ramp, 1e6, 1)} / "
-        f"{site.grid_ramp_limit_mw_per_s:g} MW/s  IT {_fmt(it_w, 1e6, 1)} MW  "
-        f"BESS {_fmt(bess, 1e6, 1)} MW  SoC {_fmt(None if soc is None else soc * 100, 1, 1)} %"
+        f"grid {_mw(v(sig.GRID_POWER))} MW  ramp {_mw(ramp)} / "
+        f"{_mw(v(sig.GRID_RAMP_LIMIT), 'g')} MW/s  IT {_mw(v(sig.IT_POWER))} MW  "
+        f"BESS {_mw(v(sig.BESS_POWER))} MW  SoC {_percent(v(sig.BESS_SOC))} %"
     )
 
 
@@ -330,8 +339,8 @@ async def _show(
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     started = time.monotonic()
     deadline = None if duration_s is None else started + duration_s
     try:
@@ -352,5 +361,5 @@ async def _show(
                     await asyncio.wait_for(stop.wait(), 1.0)
             console.print(_view(gw, started, events))
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

@@ -74,6 +74,15 @@ class Snapshot:
         prefix = device + "."
         return {k[len(prefix) :]: p for k, p in self.points.items() if k.startswith(prefix)}
 
+    def worst_quality_by_device(self) -> dict[str, Quality]:
+        """Each device's worst point quality, by device name in order (no points: no entry)."""
+        worst: dict[str, Quality] = {}
+        for p in self.points.values():
+            current = worst.get(p.device)
+            if current is None or p.quality.rank > current.rank:
+                worst[p.device] = p.quality
+        return dict(sorted(worst.items()))
+
     def __iter__(self) -> Iterator[Point]:
         return iter(self.points.values())
 

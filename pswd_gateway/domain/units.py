@@ -100,6 +100,7 @@ _CONVERSIONS: Final[dict[str, tuple[SiUnit, float]]] = {
     "s": (SiUnit.SECOND, 1.0),
     "Secs": (SiUnit.SECOND, 1.0),
     "ms": (SiUnit.SECOND, 1e-3),
+    "us": (SiUnit.SECOND, 1e-6),
     "m3/s": (SiUnit.CUBIC_METRE_PER_SECOND, 1.0),
     "L/s": (SiUnit.CUBIC_METRE_PER_SECOND, 1e-3),
     "m3/h": (SiUnit.CUBIC_METRE_PER_SECOND, 1.0 / 3600.0),

@@ -2,6 +2,11 @@
 
 Names use base units (``_watts``, ``_seconds``, ``_ratio``, ``_total``). A point whose quality is
 ``invalid`` is not exported at all: an absent series means "unknown", never a stale value.
+
+The site gauges are rows of the signal catalogue (:mod:`pswd_gateway.domain.signals`) with a
+metric name; unit, help text and where the value comes from are the signal's. Every store point
+is also exported as ``pswd_point{device, point, unit}``, so a newly configured device shows up
+without code.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -22,84 +28,110 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from pswd_gateway import __version__
-from pswd_gateway.config import SiteConfig, SiteRole
+from pswd_gateway.config import SiteConfig
 from pswd_gateway.control.cycle import ControlStats
 from pswd_gateway.control.guard import GuardReason
+from pswd_gateway.domain import signals as sig
 from pswd_gateway.domain.histogram import LatencyHistogram
-from pswd_gateway.domain.points import Quality
-from pswd_gateway.southbound.poller import PollStats
+from pswd_gateway.domain.points import Quality, split_key
+from pswd_gateway.domain.polling import PollStats
+from pswd_gateway.domain.units import SiUnit
 from pswd_gateway.store import PointStore, Snapshot
 
-__all__ = ["GatewayCollector", "OpsView", "SitePoint", "make_registry"]
+__all__ = [
+    "BASE_UNIT_SUFFIX",
+    "POINT_ONLY",
+    "SITE_POINTS",
+    "GatewayCollector",
+    "Gauge",
+    "OpsView",
+    "make_registry",
+]
+
+BASE_UNIT_SUFFIX: Final[Mapping[SiUnit, str]] = {
+    SiUnit.WATT: "_watts",
+    SiUnit.HERTZ: "_hertz",
+    SiUnit.CELSIUS: "_celsius",
+    SiUnit.RATIO: "_ratio",
+    SiUnit.JOULE: "_joules",
+    SiUnit.WATT_PER_SECOND: "_watts_per_second",
+}
+"""The Prometheus name suffix of a value in each SI unit a site gauge may have. Signals in other
+units (var, V, A, plain numbers) have no Prometheus base unit and are left to ``pswd_point``."""
 
 
-@dataclass(frozen=True, slots=True)
-class SitePoint:
-    """A site-level gauge: metric name, help text and how to find its value in a snapshot."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gauge:
+    """A site gauge: a catalogue signal under a Prometheus metric name."""
 
-    metric: str
-    help: str
-    value: Callable[[Snapshot, SiteConfig], float | None]
+    signal: sig.Signal
+    name: str
+
+    def __post_init__(self) -> None:
+        unit = self.signal.unit
+        suffix = BASE_UNIT_SUFFIX.get(unit)
+        if suffix is None:
+            msg = (
+                f"metric {self.name}: signal {self.signal.key} is in {unit}, which has no base "
+                "unit in Prometheus; leave it to pswd_point (POINT_ONLY)"
+            )
+            raise ValueError(msg)
+        if not self.name.endswith(suffix):
+            msg = f"metric {self.name}: signal {self.signal.key} is in {unit}, end it with {suffix}"
+            raise ValueError(msg)
+
+    @property
+    def help(self) -> str:
+        """The signal's description, with its sign convention where it has one."""
+        s = self.signal
+        return f"{s.description}; {s.sign}." if s.sign else f"{s.description}."
+
+    def value(self, snap: Snapshot, site: SiteConfig) -> float | None:
+        """The signal's value; ``None`` (the series is absent) when unknown or invalid."""
+        return snap.usable(self.signal, site)
 
 
-def _device_point(role: SiteRole, point: str) -> Callable[[Snapshot, SiteConfig], float | None]:
-    def get(snap: Snapshot, site: SiteConfig) -> float | None:
-        key = site.point_key(role, point)
-        return None if key is None else snap.value(key)
-
-    return get
-
-
-def _it_load(snap: Snapshot, site: SiteConfig) -> float | None:
-    return snap.usable_total(site.it_load_points)
-
-
-SITE_POINTS: tuple[SitePoint, ...] = (
-    SitePoint(
-        "pswd_grid_active_power_watts",
-        "Active power at the grid connection; positive = import from the grid.",
-        _device_point("grid_meter", "active_power"),
-    ),
-    SitePoint(
-        "pswd_grid_frequency_hertz",
-        "Grid frequency at the grid connection.",
-        _device_point("grid_meter", "frequency"),
-    ),
-    SitePoint("pswd_it_load_active_power_watts", "Active power drawn by the IT load.", _it_load),
-    SitePoint(
-        "pswd_bess_active_power_watts",
-        "Battery active power; positive = discharging into the site.",
-        _device_point("bess", "active_power"),
-    ),
-    SitePoint(
-        "pswd_bess_state_of_charge_ratio",
-        "Battery state of charge (0..1).",
-        _device_point("bess", "soc"),
-    ),
-    SitePoint(
-        "pswd_chilled_water_supply_temperature_celsius",
-        "Chilled-water supply temperature.",
-        _device_point("thermal", "chw_supply_temp"),
-    ),
-    SitePoint(
-        "pswd_heat_export_power_watts",
-        "Heat delivered to the municipal heating network.",
-        _device_point("thermal", "heat_export_power"),
-    ),
-    SitePoint(
-        "pswd_heat_supply_temperature_celsius",
-        "Supply temperature of the municipal heating network.",
-        _device_point("thermal", "heat_supply_temp"),
-    ),
+SITE_POINTS: Final[tuple[Gauge, ...]] = (
+    Gauge(signal=sig.GRID_POWER, name="pswd_grid_active_power_watts"),
+    Gauge(signal=sig.GRID_FREQUENCY, name="pswd_grid_frequency_hertz"),
+    Gauge(signal=sig.IT_POWER, name="pswd_it_load_active_power_watts"),
+    Gauge(signal=sig.BESS_POWER, name="pswd_bess_active_power_watts"),
+    Gauge(signal=sig.BESS_SOC, name="pswd_bess_state_of_charge_ratio"),
+    Gauge(signal=sig.CHW_SUPPLY_TEMP, name="pswd_chilled_water_supply_temperature_celsius"),
+    Gauge(signal=sig.HEAT_EXPORT_POWER, name="pswd_heat_export_power_watts"),
+    Gauge(signal=sig.HEAT_SUPPLY_TEMP, name="pswd_heat_supply_temperature_celsius"),
+    Gauge(signal=sig.IMPORT_LIMIT_IN_FORCE, name="pswd_site_import_limit_watts"),
+    Gauge(signal=sig.GRID_RAMP_LIMIT, name="pswd_site_ramp_limit_watts_per_second"),
 )
+"""The site's named gauges, what dashboards and alert rules are written against."""
+
+POINT_ONLY: Final[tuple[sig.Signal, ...]] = (
+    sig.GRID_REACTIVE_POWER,
+    sig.GRID_POWER_FACTOR,
+    sig.GRID_VOLTAGE,
+    sig.GRID_ENERGY_IMPORTED,
+    sig.GRID_ENERGY_EXPORTED,
+    sig.BESS_POWER_SETPOINT,
+    sig.BESS_REACTIVE_POWER,
+    sig.BESS_SOC_MAX,
+    sig.BESS_SOC_MIN,
+    sig.BESS_VOLTAGE,
+    sig.BESS_CURRENT,
+    sig.BESS_MAX_CHARGE,
+    sig.BESS_MAX_DISCHARGE,
+    sig.BESS_STATE,
+    sig.CHW_SUPPLY_SETPOINT,
+    sig.CHW_RETURN_TEMP,
+    sig.CHILLER_POWER,
+)
+"""Device signals of the catalogue without a named gauge: nothing alerts or plots on them by
+name, and ``pswd_point{device, point, unit}`` exports each of them (in SI, like every point)."""
 
 
 @dataclass(frozen=True, slots=True)
 class OpsView:
     """What an operator alerts on beyond the site's points, read at scrape time."""
 
-    import_limit_w: float
-    ramp_limit_w_per_s: float
     soc_window: tuple[float, float]
     journal_errors_total: int = 0
     audit_total: Mapping[str, int] = field(default_factory=dict)
@@ -144,8 +176,9 @@ class GatewayCollector(Collector):
         info = InfoMetricFamily("pswd_build", "Version of the running gateway.")
         info.add_metric([], {"version": __version__, "site": site.name})
         yield info
-        for sp in SITE_POINTS:
-            yield _gauge(sp.metric, sp.help, sp.value(snap, site))
+        for gauge in SITE_POINTS:
+            yield _gauge(gauge.name, gauge.help, gauge.value(snap, site))
+        yield _points(snap)
         yield from self._device_metrics(snap, self._poll_stats())
         control = self._control_stats()
         if control is not None:
@@ -181,7 +214,15 @@ class GatewayCollector(Collector):
         interval = GaugeMetricFamily(
             "pswd_poll_interval_seconds", "Configured poll interval.", labels=["device"]
         )
-        worst = _worst_quality_by_device(snap)
+        writes = CounterMetricFamily(
+            "pswd_device_writes", "Writes sent to the device (setpoints).", labels=["device"]
+        )
+        write_errors = CounterMetricFamily(
+            "pswd_device_write_errors",
+            "Writes refused (device gone), timed out or failed.",
+            labels=["device"],
+        )
+        worst = snap.worst_quality_by_device()
         for s in stats:
             labels = [s.device]
             up.add_metric(labels, 1.0 if s.up else 0.0)
@@ -194,7 +235,10 @@ class GatewayCollector(Collector):
             errors.add_metric(labels, s.errors_total)
             timeouts.add_metric(labels, s.timeouts_total)
             interval.add_metric(labels, s.interval_s)
+            writes.add_metric(labels, s.writes_total)
+            write_errors.add_metric(labels, s.write_errors_total)
         yield from (up, quality, lateness, overruns, polls, errors, timeouts, interval)
+        yield from (writes, write_errors)
 
 
 def _control_metrics(c: ControlStats) -> Iterator[Metric]:
@@ -290,6 +334,21 @@ def _guard_active(c: ControlStats) -> Metric:
     return gauge
 
 
+def _points(snap: Snapshot) -> Metric:
+    """Every store point, in SI, labelled with its device, point name and unit; invalid points
+    are absent."""
+    family = GaugeMetricFamily(
+        "pswd_point",
+        "Every device point the gateway holds, in SI units (label unit); absent while invalid.",
+        labels=["device", "point", "unit"],
+    )
+    for key, p in sorted(snap.points.items()):
+        if p.quality is not Quality.INVALID:
+            device, point = split_key(key)
+            family.add_metric([device, point, p.unit.value], p.value)
+    return family
+
+
 def _gauge(name: str, help_text: str, value: float | None) -> GaugeMetricFamily:
     """An unlabelled gauge; without a value the family is exported empty (absent = unknown)."""
     family = GaugeMetricFamily(name, help_text)
@@ -299,16 +358,6 @@ def _gauge(name: str, help_text: str, value: float | None) -> GaugeMetricFamily:
 
 
 def _ops_metrics(o: OpsView) -> Iterator[Metric]:
-    yield _gauge(
-        "pswd_site_import_limit_watts",
-        "Grid import limit in force (the site's, or a lower demand-response limit).",
-        o.import_limit_w,
-    )
-    yield _gauge(
-        "pswd_site_ramp_limit_watts_per_second",
-        "The operator's limit on the rate of change of the grid import.",
-        o.ramp_limit_w_per_s,
-    )
     window = GaugeMetricFamily(
         "pswd_bess_soc_window_ratio",
         "The battery's allowed state-of-charge window (control.soc_min, control.soc_max).",
@@ -361,16 +410,6 @@ def _ops_metrics(o: OpsView) -> Iterator[Metric]:
 def _buckets(h: LatencyHistogram) -> tuple[list[tuple[str, float]], float]:
     """A histogram's cumulative buckets (``le`` labels as Prometheus writes them) and sum."""
     return [("+Inf" if b == math.inf else repr(b), n) for b, n in h.cumulative()], h.sum_s
-
-
-def _worst_quality_by_device(snap: Snapshot) -> dict[str, Quality]:
-    worst: dict[str, Quality] = {}
-    for p in snap:
-        device = p.device
-        current = worst.get(device)
-        if current is None or p.quality.rank > current.rank:
-            worst[device] = p.quality
-    return worst
 
 
 def make_registry(collector: GatewayCollector) -> CollectorRegistry:

@@ -136,13 +136,19 @@ async def test_measurements_match_the_store_in_their_units(
         ["int", "PSWDGRID/MMXU1.TotW.units.SIUnit", "CF"],
         ["int", "PSWDGRID/MMXU1.TotW.units.multiplier", "CF"],
         ["float", "PSWDGRID/GAPC1.ImpLimW.mxVal.f", "MX"],
+        ["int", "PSWDBESS/ZBAT1.SoC.units.SIUnit", "CF"],
+        ["int", "PSWDBESS/ZBAT1.SoC.units.multiplier", "CF"],
+        ["int", "PSWDGRID/GAPC1.RmpLimW.units.SIUnit", "CF"],
     ])  # fmt: skip
     assert got["connect"] == 0
-    (mw, e1), (soc, e2), (unit, e3), (mult, e4), (limit, e5) = got["results"]
-    assert (e1, e2, e3, e4, e5) == (0, 0, 0, 0, 0)
+    results = got["results"]
+    assert [err for _, err in results] == [0] * len(results)
+    mw, soc, unit, mult, limit, soc_unit, soc_mult, ramp_unit = (v for v, _ in results)
     assert mw == pytest.approx(123.5)  # MW: unit W (62), multiplier M (6)
     assert (unit, mult) == (62, 6)
-    assert soc == pytest.approx(42.0)
+    assert soc == pytest.approx(42.0)  # the ratio 0.42 in percent: dimensionless (1), c (-2)
+    assert (soc_unit, soc_mult) == (1, -2)
+    assert ramp_unit == 81  # W/s
     assert limit == pytest.approx(SITE.grid_import_limit_mw)
     assert server.stats.updates_total >= 3
 

@@ -33,6 +33,17 @@ class WorkloadPage(BaseModel):
     """Pass as ``cursor`` for the next page; null on the last page."""
 
 
+class SignalOut(BaseModel):
+    """One signal of the site's catalogue, in SI units."""
+
+    value: float | None
+    """Null: no device plays its role, or its reading is invalid."""
+    unit: str
+    """SI unit (``W``, ``var``, ``Hz``, ``degC``, ``ratio``, ``J``, ``W/s``, ``1`` …)."""
+    quality: Literal["good", "questionable", "invalid"] | None
+    description: str
+
+
 class SiteOut(BaseModel):
     """The live site, from the latest readings. A null value is unknown (device invalid)."""
 
@@ -52,6 +63,8 @@ class SiteOut(BaseModel):
     devices: dict[str, Literal["good", "questionable", "invalid"]]
     workloads: dict[str, int]
     """Active workloads by state."""
+    signals: dict[str, SignalOut] = Field(default_factory=dict)
+    """Every signal of the site's catalogue by key (``grid.active_power`` …), SI units."""
 
 
 class ForecastSlotOut(BaseModel):

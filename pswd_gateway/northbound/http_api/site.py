@@ -1,4 +1,8 @@
-"""``GET /v1/site``: the live site from the store, in the API's units (MW, °C)."""
+"""``GET /v1/site``: the live site from the store, in the API's units (MW, °C).
+
+Every field is a signal of the catalogue (:mod:`pswd_gateway.domain.signals`) read from the
+snapshot; power is shown in MW through :func:`~pswd_gateway.domain.units.to_mw`.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pswd_gateway.config import SiteConfig
+from pswd_gateway.domain import signals as sig
 from pswd_gateway.domain.points import Quality
-from pswd_gateway.northbound.http_api.schemas import SiteOut
+from pswd_gateway.domain.units import to_mw
+from pswd_gateway.northbound.http_api.schemas import SignalOut, SiteOut
 from pswd_gateway.scheduling.service import WorkloadService
 from pswd_gateway.store import PointStore, Snapshot
 
 __all__ = ["site_view"]
-
-W_PER_MW = 1e6
 
 
 def site_view(
@@ -31,42 +35,53 @@ def site_view(
         snap = store.snapshot(now)
         cfg = site()
 
-        def point(device: str | None, name: str, scale: float = 1.0) -> float | None:
-            if device is None:
-                return None
-            value = snap.value(f"{device}.{name}")
-            return None if value is None else value / scale
+        def value(signal: sig.Signal) -> float | None:
+            return snap.usable(signal, cfg)
+
+        def mw(signal: sig.Signal) -> float | None:
+            watts = snap.usable(signal, cfg)
+            return None if watts is None else to_mw(watts)
 
         states = Counter(w.state.value for w in service.active.values())
         return SiteOut(
             at=datetime.fromtimestamp(now, UTC),
             site=cfg.name,
-            grid_import_mw=point(cfg.grid_meter, "active_power", W_PER_MW),
-            grid_frequency_hz=point(cfg.grid_meter, "frequency"),
-            it_load_mw=_it_load_mw(snap, cfg),
-            bess_power_mw=point(cfg.bess, "active_power", W_PER_MW),
-            bess_soc=point(cfg.bess, "soc"),
-            chw_supply_temp_c=point(cfg.thermal, "chw_supply_temp"),
-            heat_export_mw=point(cfg.thermal, "heat_export_power", W_PER_MW),
-            heat_supply_temp_c=point(cfg.thermal, "heat_supply_temp"),
-            grid_import_limit_mw=cfg.grid_import_limit_mw,
-            grid_ramp_limit_mw_per_s=cfg.grid_ramp_limit_mw_per_s,
-            devices=_worst_quality(snap),
+            grid_import_mw=mw(sig.GRID_POWER),
+            grid_frequency_hz=value(sig.GRID_FREQUENCY),
+            it_load_mw=mw(sig.IT_POWER),
+            bess_power_mw=mw(sig.BESS_POWER),
+            bess_soc=value(sig.BESS_SOC),
+            chw_supply_temp_c=value(sig.CHW_SUPPLY_TEMP),
+            heat_export_mw=mw(sig.HEAT_EXPORT_POWER),
+            heat_supply_temp_c=value(sig.HEAT_SUPPLY_TEMP),
+            grid_import_limit_mw=to_mw(_setting(sig.GRID_IMPORT_LIMIT, cfg)),
+            grid_ramp_limit_mw_per_s=to_mw(_setting(sig.GRID_RAMP_LIMIT, cfg)),
+            devices=snap.worst_quality_by_device(),
             workloads=dict(sorted(states.items())),
+            signals=_signals(snap, cfg),
         )
 
     return view
 
 
-def _it_load_mw(snap: Snapshot, cfg: SiteConfig) -> float | None:
-    total = snap.usable_total(cfg.it_load_points)
-    return None if total is None else total / W_PER_MW
+def _signals(snap: Snapshot, site: SiteConfig) -> dict[str, SignalOut]:
+    """Every catalogue signal (a new signal in the catalogue shows here without code)."""
+    out = {}
+    for signal in sig.SIGNALS:
+        sample = snap.read(signal, site)
+        usable = sample is not None and sample.quality is not Quality.INVALID
+        out[signal.key] = SignalOut(
+            value=sample.value if usable and sample is not None else None,
+            unit=signal.unit.value,
+            quality=None if sample is None else sample.quality.value,
+            description=signal.description,
+        )
+    return out
 
 
-def _worst_quality(snap: Snapshot) -> dict[str, Quality]:
-    worst: dict[str, Quality] = {}
-    for p in snap:
-        current = worst.get(p.device)
-        if current is None or p.quality.rank > current.rank:
-            worst[p.device] = p.quality
-    return dict(sorted(worst.items()))
+def _setting(signal: sig.Signal, site: sig.SiteMap) -> float:
+    """A signal that is a site setting: always known, in SI."""
+    if signal.setting is None:
+        msg = f"signal {signal.key} is not a site setting"
+        raise ValueError(msg)
+    return site.setting(signal.setting)

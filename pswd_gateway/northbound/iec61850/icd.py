@@ -18,6 +18,7 @@ from pswd_gateway.northbound.iec61850.model import (
     GOOSE_DATASET,
     GOOSE_LD,
     INTEGRITY_PERIOD_MS,
+    MULTIPLIERS,
     REPORT_DATASET,
     TABLE,
     GooseAddress,
@@ -37,7 +38,6 @@ __all__ = [
 SCL_NS: Final = "http://www.iec.ch/61850/2003/SCL"
 LLN0_OBJECTS: Final = (("Mod", "ENS"), ("Beh", "ENS"), ("Health", "ENS"), ("NamPlt", "LPL"))
 LPHD_OBJECTS: Final = (("PhyNam", "DPL"), ("PhyHealth", "ENS"), ("Proxy", "SPS"))
-SI_UNITS: Final = {1: "", 5: "A", 23: "°C", 29: "V", 33: "Hz", 62: "W", 63: "VAr", 72: "Wh"}
 CTL_MODELS: Final = {
     0: "status-only",
     1: "direct-with-normal-security",
@@ -45,7 +45,6 @@ CTL_MODELS: Final = {
     3: "direct-with-enhanced-security",
     4: "sbo-with-enhanced-security",
 }
-MULTIPLIERS: Final = {0: "", 3: "k", 6: "M"}
 
 
 def _split_ln(name: str) -> tuple[str, str]:
@@ -156,11 +155,11 @@ def _da_types(dtt: ET.Element) -> None:
     _sub(unit, "BDA", name="SIUnit", bType="Enum", type="SIUnit")
     _sub(unit, "BDA", name="multiplier", bType="Enum", type="multiplier")
     si = _sub(dtt, "EnumType", id="SIUnit")
-    for code, text in SI_UNITS.items():
+    for code, text in sorted({(row.unit, row.iec_unit.symbol) for row in TABLE}):
         _sub(si, "EnumVal", ord=str(code)).text = text
     mult = _sub(dtt, "EnumType", id="multiplier")
-    for code, text in MULTIPLIERS.items():
-        _sub(mult, "EnumVal", ord=str(code)).text = text
+    for code in sorted({row.multiplier for row in TABLE}):
+        _sub(mult, "EnumVal", ord=str(code)).text = MULTIPLIERS[code]
     models = _sub(dtt, "EnumType", id="ctlModel")
     for code, text in CTL_MODELS.items():
         _sub(models, "EnumVal", ord=str(code)).text = text

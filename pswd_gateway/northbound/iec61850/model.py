@@ -1,31 +1,72 @@
 """The IEC 61850 data model, from one table.
 
-Each row is a data object: logical device, logical node, data object name, its CDC, SI unit
-and multiplier (IEC 61850-7-3 Annex A codes), and where its value comes from in the store. The
-model built for libiec61850 (:func:`build_model`) and, later, the ICD file are generated from
-this table only.
+Each row is a data object: its object reference (``LD/LN.DO``), its CDC, and where its value
+comes from. A row that serves a site signal names it from the catalogue
+(:mod:`pswd_gateway.domain.signals`) and adds only what is IEC 61850's own: the reference and
+the multiplier. The SIUnit follows from the signal's unit (:data:`IEC_UNITS`), and so does the
+scale: a value is served as its SI value / (factor x 10^multiplier), e.g. W at multiplier 6 is
+MW, J is served in Wh. Rows that are not site signals (the GGIO1 indications) bring their own
+small source function.
+
+The model built for libiec61850 (:func:`build_model`) and the ICD file (:mod:`.icd`) are both
+generated from this table.
 """
 
 from __future__ import annotations
 
 import ctypes
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pswd_gateway.config import SiteConfig, SiteRole
+from pswd_gateway.config import SiteConfig
 from pswd_gateway.domain.identity import Permission
-from pswd_gateway.domain.points import Quality
+from pswd_gateway.domain.points import Quality, point_key
+from pswd_gateway.domain.signals import (
+    BESS_CURRENT,
+    BESS_MAX_CHARGE,
+    BESS_MAX_DISCHARGE,
+    BESS_POWER,
+    BESS_REACTIVE_POWER,
+    BESS_SOC,
+    BESS_SOC_MAX,
+    BESS_SOC_MIN,
+    BESS_STATE,
+    BESS_VOLTAGE,
+    CHILLER_POWER,
+    CHW_RETURN_TEMP,
+    CHW_SUPPLY_TEMP,
+    DEMAND_RESPONSE_ACTIVE,
+    DEMAND_RESPONSE_LIMIT,
+    GRID_ENERGY_EXPORTED,
+    GRID_ENERGY_IMPORTED,
+    GRID_FREQUENCY,
+    GRID_IMPORT_LIMIT,
+    GRID_POWER,
+    GRID_POWER_FACTOR,
+    GRID_RAMP_LIMIT,
+    GRID_REACTIVE_POWER,
+    GRID_VOLTAGE,
+    HEAT_EXPORT_POWER,
+    HEAT_SUPPLY_TEMP,
+    IT_POWER,
+    Signal,
+)
+from pswd_gateway.domain.units import SiUnit, to_si
 from pswd_gateway.store import Snapshot
 
 __all__ = [
     "CONTROLS",
+    "IEC_UNITS",
+    "MULTIPLIERS",
     "TABLE",
     "BuiltModel",
     "Context",
     "Control",
     "DataObject",
     "GooseAddress",
+    "IecUnit",
     "Reading",
     "SIUnit",
     "build_model",
@@ -62,6 +103,39 @@ class SIUnit:
     WATT: Final = 62
     VOLT_AMPERE_REACTIVE: Final = 63
     WATT_HOUR: Final = 72
+    WATT_PER_SECOND: Final = 81
+
+
+@dataclass(frozen=True, slots=True)
+class IecUnit:
+    """How a catalogue unit is served: its IEC 61850-7-3 SIUnit and the SI value of one of it."""
+
+    code: int
+    """The SIUnit code (IEC 61850-7-3 Annex A)."""
+    symbol: str
+    """As the ICD's SIUnit enumeration names it."""
+    factor: float = 1.0
+    """SI units per served unit: 3600 J per Wh."""
+
+
+IEC_UNITS: Final[dict[SiUnit, IecUnit]] = {
+    SiUnit.WATT: IecUnit(SIUnit.WATT, "W"),
+    SiUnit.VAR: IecUnit(SIUnit.VOLT_AMPERE_REACTIVE, "VAr"),
+    SiUnit.HERTZ: IecUnit(SIUnit.HERTZ, "Hz"),
+    SiUnit.VOLT: IecUnit(SIUnit.VOLT, "V"),
+    SiUnit.AMPERE: IecUnit(SIUnit.AMPERE, "A"),
+    SiUnit.CELSIUS: IecUnit(SIUnit.CELSIUS, "°C"),
+    SiUnit.JOULE: IecUnit(SIUnit.WATT_HOUR, "Wh", to_si(1.0, "Wh")[0]),
+    SiUnit.WATT_PER_SECOND: IecUnit(SIUnit.WATT_PER_SECOND, "W/s"),
+    SiUnit.RATIO: IecUnit(SIUnit.DIMENSIONLESS, ""),
+    SiUnit.ONE: IecUnit(SIUnit.DIMENSIONLESS, ""),
+}
+"""Catalogue unit → served unit: the one place a row's SIUnit and scale come from."""
+
+DIMENSIONLESS: Final = IEC_UNITS[SiUnit.ONE]
+
+MULTIPLIERS: Final = {-2: "c", 0: "", 3: "k", 6: "M"}
+"""IEC 61850-7-3 multipliers used here, as the ICD's multiplier enumeration names them."""
 
 
 class CtlModel:
@@ -87,23 +161,65 @@ class Control:
     """From the one role model (``domain.identity``): the same on every surface."""
 
 
-@dataclass(frozen=True, slots=True)
+_REFERENCE: Final = re.compile(r"([A-Z]+)/([A-Z]{4}\d*)\.(\w+)")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DataObject:
-    ld: str
-    ln: str
-    name: str
+    """One served data object: a catalogue ``signal``, or for an indication its own
+    ``source`` (exactly one of the two)."""
+
+    reference: str
+    """``LD/LN.DO`` without the IED name: ``GRID/MMXU1.TotW``."""
     cdc: str
-    unit: int
-    multiplier: int
-    """The value is served in unit x 10^multiplier (6: MW)."""
-    source: Source
-    description: str
+    signal: Signal | None = None
+    """The site signal served (its unit gives SIUnit and the scale)."""
+    multiplier: int = 0
+    """The value is served in the signal's IEC unit x 10^multiplier (6: MW, -2: percent)."""
+    source: Source | None = None
+    """For a row that is not a site signal: its value (dimensionless) from the snapshot."""
+    description: str = ""
+    """What the row means where the signal does not say it (an indication)."""
     control: Control | None = None
 
+    def __post_init__(self) -> None:
+        if _REFERENCE.fullmatch(self.reference) is None:
+            raise ValueError(f"{self.reference}: not an LD/LN.DO object reference")
+        if (self.signal is None) == (self.source is None):
+            raise ValueError(f"{self.reference}: give either a signal or a source")
+        if self.signal is None and self.multiplier != 0:
+            raise ValueError(f"{self.reference}: a multiplier needs a signal")
+        if self.multiplier not in MULTIPLIERS:
+            raise ValueError(f"{self.reference}: multiplier {self.multiplier} not in MULTIPLIERS")
+        if self.signal is not None and self.signal.unit not in IEC_UNITS:
+            raise ValueError(f"{self.reference}: no IEC 61850 unit for {self.signal.unit}")
+
     @property
-    def reference(self) -> str:
-        """``LD/LN.DO`` without the IED name."""
-        return f"{self.ld}/{self.ln}.{self.name}"
+    def ld(self) -> str:
+        return self.reference.partition("/")[0]
+
+    @property
+    def ln(self) -> str:
+        return self.reference.partition("/")[2].partition(".")[0]
+
+    @property
+    def name(self) -> str:
+        return self.reference.partition(".")[2]
+
+    @property
+    def iec_unit(self) -> IecUnit:
+        """The served unit: the signal's (:data:`IEC_UNITS`); an indication's is none."""
+        return DIMENSIONLESS if self.signal is None else IEC_UNITS[self.signal.unit]
+
+    @property
+    def unit(self) -> int:
+        """The IEC 61850-7-3 SIUnit code served in ``units``."""
+        return self.iec_unit.code
+
+    @property
+    def scale(self) -> float:
+        """SI value per served value: factor x 10^multiplier (10^6 for W at multiplier 6)."""
+        return self.iec_unit.factor * 10.0**self.multiplier
 
     @property
     def value_leaf(self) -> str:
@@ -115,6 +231,18 @@ class DataObject:
         """The functional constraint of the value (MX for measurements, ST for status)."""
         return "MX" if self.cdc in {"MV", "APC"} else "ST"
 
+    def read(self, snap: Snapshot, ctx: Context) -> Reading | None:
+        """The served value now (SI value / :attr:`scale`) with its quality and source time;
+        ``None`` while the site has nothing to serve (no device plays the role, or a point of
+        it has not been read yet)."""
+        if self.signal is None:
+            assert self.source is not None
+            return self.source(snap, ctx)
+        sample = snap.read(self.signal, ctx.site)
+        if sample is None:
+            return None
+        return sample.value / self.scale, sample.quality, sample.source_ts
+
 
 VALUE_LEAF: Final = {
     "MV": "mag.f",
@@ -125,42 +253,20 @@ VALUE_LEAF: Final = {
 }
 
 
-def _point(role: SiteRole, point: str, scale: float) -> Source:
-    def get(snap: Snapshot, ctx: Context) -> Reading | None:
-        key = ctx.site.point_key(role, point)
-        p = None if key is None else snap.get(key)
-        return None if p is None else (p.value / scale, p.quality, p.source_ts)
-
-    return get
-
-
-def _it_mw(snap: Snapshot, ctx: Context) -> Reading | None:
-    total = snap.total(ctx.site.it_load_points)
-    return None if total is None else (total[0] / 1e6, total[1], total[2])
-
-
-def _available(role: SiteRole, point: str) -> Source:
-    """1.0 while the device's point is good, 0.0 otherwise (an SPS; itself always valid)."""
+def _healthy(signal: Signal) -> Source:
+    """1.0 while the device point(s) behind ``signal`` are good, 0.0 otherwise (an SPS, itself
+    always valid, stamped with when the reading arrived)."""
+    role, point = signal.role, signal.point
+    if role is None or point is None:
+        raise ValueError(f"{signal.key}: a health indication needs a device signal")
 
     def get(snap: Snapshot, ctx: Context) -> Reading | None:
-        key = ctx.site.point_key(role, point)
-        p = None if key is None else snap.get(key)
-        up = p is not None and p.quality is Quality.GOOD
-        return (1.0 if up else 0.0), Quality.GOOD, (p.received_ts if p else snap.taken_at)
+        points = [snap.get(point_key(device, point)) for device in ctx.site.devices(role)]
+        up = bool(points) and all(p is not None and p.quality is Quality.GOOD for p in points)
+        arrived = [p.received_ts for p in points if p is not None]
+        return (1.0 if up else 0.0), Quality.GOOD, max(arrived, default=snap.taken_at)
 
     return get
-
-
-def _setting(get_value: Callable[[SiteConfig], float]) -> Source:
-    def get(snap: Snapshot, ctx: Context) -> Reading | None:
-        return float(get_value(ctx.site)), Quality.GOOD, snap.taken_at
-
-    return get
-
-
-def _dr_active(snap: Snapshot, ctx: Context) -> Reading | None:
-    active = ctx.site.demand_response_active
-    return (1.0 if active else 0.0), Quality.GOOD, snap.taken_at
 
 
 def _load_step(snap: Snapshot, ctx: Context) -> Reading | None:
@@ -172,86 +278,57 @@ def _guard(snap: Snapshot, ctx: Context) -> Reading | None:
     return (1.0 if ctx.guard_tripped else 0.0), Quality.GOOD, changed
 
 
-def _dr_limit(site: SiteConfig) -> float:
-    return site.demand_response_limit_mw if site.demand_response_limit_mw is not None else 0.0
-
-
-GRID: Final = "grid_meter"
-BESS: Final = "bess"
-PLANT: Final = "thermal"
 LIMIT_MW: Final = 10_000.0
+"""The highest setpoint an operator may give (ctlVal, MW or MW/s)."""
+_DIRECT: Final = CtlModel.DIRECT_ENHANCED
 
 TABLE: Final[tuple[DataObject, ...]] = (
-    DataObject("GRID", "MMXU1", "TotW", "MV", SIUnit.WATT, 6, _point(GRID, "active_power", 1e6),
-               "Active power at the grid connection, > 0 import"),
-    DataObject("GRID", "MMXU1", "TotVAr", "MV", SIUnit.VOLT_AMPERE_REACTIVE, 6,
-               _point(GRID, "reactive_power", 1e6), "Reactive power at the grid connection"),
-    DataObject("GRID", "MMXU1", "TotPF", "MV", SIUnit.DIMENSIONLESS, 0,
-               _point(GRID, "power_factor", 1.0), "Power factor at the grid connection"),
-    DataObject("GRID", "MMXU1", "Hz", "MV", SIUnit.HERTZ, 0, _point(GRID, "frequency", 1.0),
-               "Grid frequency"),
-    DataObject("GRID", "MMXU1", "PPV", "MV", SIUnit.VOLT, 3, _point(GRID, "voltage", 1e3),
-               "Line-to-line voltage at the grid connection, kV"),
-    DataObject("GRID", "MMTR1", "DmdWh", "BCR", SIUnit.WATT_HOUR, 0,
-               _point(GRID, "energy_imported", 3600.0), "Energy imported from the grid, Wh"),
-    DataObject("GRID", "MMTR1", "SupWh", "BCR", SIUnit.WATT_HOUR, 0,
-               _point(GRID, "energy_exported", 3600.0), "Energy exported to the grid, Wh"),
-    DataObject("GRID", "GGIO1", "Ind1", "SPS", SIUnit.DIMENSIONLESS, 0, _available(BESS, "soc"),
-               "Battery available (GOOSE)"),
-    DataObject("GRID", "GGIO1", "Ind2", "SPS", SIUnit.DIMENSIONLESS, 0,
-               _available(GRID, "active_power"), "Grid meter healthy (GOOSE)"),
-    DataObject("GRID", "GGIO1", "Ind3", "SPS", SIUnit.DIMENSIONLESS, 0, _load_step,
-               "Announced load step imminent: a job starts or stops within the lead time (GOOSE)"),
-    DataObject("GRID", "GGIO1", "Ind4", "SPS", SIUnit.DIMENSIONLESS, 0, _guard,
-               "Control guard tripped: the battery is in safe mode (GOOSE)"),
-    DataObject("GRID", "GAPC1", "ImpLimW", "APC", SIUnit.WATT, 6,
-               _setting(lambda s: s.grid_import_limit_mw),
-               "Grid import limit, MW (operate: direct with enhanced security)",
-               Control(CtlModel.DIRECT_ENHANCED, "grid_import_limit_mw", 0.0, LIMIT_MW)),
-    DataObject("GRID", "GAPC1", "RmpLimW", "APC", SIUnit.WATT, 6,
-               _setting(lambda s: s.grid_ramp_limit_mw_per_s),
-               "Grid ramp limit, MW per second (operate: direct with enhanced security)",
-               Control(CtlModel.DIRECT_ENHANCED, "grid_ramp_limit_mw_per_s", 0.0, LIMIT_MW)),
-    DataObject("GRID", "GAPC1", "DRLimW", "APC", SIUnit.WATT, 6, _setting(_dr_limit),
-               "Demand-response import limit, MW; in force while DRAct is on",
-               Control(CtlModel.DIRECT_ENHANCED, "demand_response_limit_mw", 0.0, LIMIT_MW,
-                       low_inclusive=True)),
-    DataObject("GRID", "GAPC1", "DRAct", "SPC", SIUnit.DIMENSIONLESS, 0, _dr_active,
-               "Demand response active (operate: select before operate, enhanced security; "
-               "false releases the limit) (GOOSE)",
-               Control(CtlModel.SBO_ENHANCED, "demand_response_active")),
-    DataObject("ITLOAD", "MMXU1", "TotW", "MV", SIUnit.WATT, 6, _it_mw,
-               "Active power of the IT load"),
-    DataObject("BESS", "MMXU1", "TotW", "MV", SIUnit.WATT, 6, _point(BESS, "active_power", 1e6),
-               "Battery active power, > 0 discharging"),
-    DataObject("BESS", "MMXU1", "TotVAr", "MV", SIUnit.VOLT_AMPERE_REACTIVE, 6,
-               _point(BESS, "reactive_power", 1e6), "Battery reactive power"),
-    DataObject("BESS", "ZBAT1", "SoC", "MV", SIUnit.DIMENSIONLESS, 0, _point(BESS, "soc", 0.01),
-               "Battery state of charge, percent"),
-    DataObject("BESS", "ZBAT1", "Vol", "MV", SIUnit.VOLT, 0, _point(BESS, "battery_voltage", 1.0),
-               "Battery DC voltage"),
-    DataObject("BESS", "ZBAT1", "Amp", "MV", SIUnit.AMPERE, 0,
-               _point(BESS, "battery_current", 1.0), "Battery DC current"),
-    DataObject("BESS", "ZBAT1", "SoCHiLim", "MV", SIUnit.DIMENSIONLESS, 0,
-               _point(BESS, "soc_max", 0.01), "Highest allowed state of charge, percent"),
-    DataObject("BESS", "ZBAT1", "SoCLoLim", "MV", SIUnit.DIMENSIONLESS, 0,
-               _point(BESS, "soc_min", 0.01), "Lowest allowed state of charge, percent"),
-    DataObject("BESS", "ZBTC1", "ChaWMax", "MV", SIUnit.WATT, 6,
-               _point(BESS, "max_charge_rate", 1e6), "Highest charging power, MW"),
-    DataObject("BESS", "ZBTC1", "DschWMax", "MV", SIUnit.WATT, 6,
-               _point(BESS, "max_discharge_rate", 1e6), "Highest discharging power, MW"),
-    DataObject("BESS", "ZBTC1", "BatSt", "MV", SIUnit.DIMENSIONLESS, 0,
-               _point(BESS, "battery_state", 1.0), "Battery state (SunSpec 802 BatSt code)"),
-    DataObject("THERMAL", "MMXU1", "ChwTmp", "MV", SIUnit.CELSIUS, 0,
-               _point(PLANT, "chw_supply_temp", 1.0), "Chilled-water supply temperature"),
-    DataObject("THERMAL", "MMXU1", "ChwRetTmp", "MV", SIUnit.CELSIUS, 0,
-               _point(PLANT, "chw_return_temp", 1.0), "Chilled-water return temperature"),
-    DataObject("THERMAL", "MMXU1", "ChlW", "MV", SIUnit.WATT, 6,
-               _point(PLANT, "chiller_power", 1e6), "Chiller electrical power, MW"),
-    DataObject("THERMAL", "MMXU2", "HeatW", "MV", SIUnit.WATT, 6,
-               _point(PLANT, "heat_export_power", 1e6), "Heat exported to the municipal network"),
-    DataObject("THERMAL", "MMXU2", "HeatTmp", "MV", SIUnit.CELSIUS, 0,
-               _point(PLANT, "heat_supply_temp", 1.0), "Heat-network supply temperature"),
+    DataObject(reference="GRID/MMXU1.TotW", cdc="MV", signal=GRID_POWER, multiplier=6),
+    DataObject(reference="GRID/MMXU1.TotVAr", cdc="MV", signal=GRID_REACTIVE_POWER,
+               multiplier=6),
+    DataObject(reference="GRID/MMXU1.TotPF", cdc="MV", signal=GRID_POWER_FACTOR),
+    DataObject(reference="GRID/MMXU1.Hz", cdc="MV", signal=GRID_FREQUENCY),
+    DataObject(reference="GRID/MMXU1.PPV", cdc="MV", signal=GRID_VOLTAGE, multiplier=3),
+    DataObject(reference="GRID/MMTR1.DmdWh", cdc="BCR", signal=GRID_ENERGY_IMPORTED),
+    DataObject(reference="GRID/MMTR1.SupWh", cdc="BCR", signal=GRID_ENERGY_EXPORTED),
+    DataObject(reference="GRID/GGIO1.Ind1", cdc="SPS", source=_healthy(BESS_SOC),
+               description="Battery available: its state-of-charge reading is good (GOOSE)"),
+    DataObject(reference="GRID/GGIO1.Ind2", cdc="SPS", source=_healthy(GRID_POWER),
+               description="Grid meter healthy (GOOSE)"),
+    DataObject(reference="GRID/GGIO1.Ind3", cdc="SPS", source=_load_step,
+               description="Announced load step imminent: a job starts or stops within the "
+               "lead time (GOOSE)"),
+    DataObject(reference="GRID/GGIO1.Ind4", cdc="SPS", source=_guard,
+               description="Control guard tripped: the battery is in safe mode (GOOSE)"),
+    DataObject(reference="GRID/GAPC1.ImpLimW", cdc="APC", signal=GRID_IMPORT_LIMIT, multiplier=6,
+               control=Control(_DIRECT, "grid_import_limit_mw", 0.0, LIMIT_MW)),
+    DataObject(reference="GRID/GAPC1.RmpLimW", cdc="APC", signal=GRID_RAMP_LIMIT, multiplier=6,
+               control=Control(_DIRECT, "grid_ramp_limit_mw_per_s", 0.0, LIMIT_MW)),
+    DataObject(reference="GRID/GAPC1.DRLimW", cdc="APC", signal=DEMAND_RESPONSE_LIMIT,
+               multiplier=6, description="In force while DRAct is on",
+               control=Control(_DIRECT, "demand_response_limit_mw", 0.0, LIMIT_MW,
+                               low_inclusive=True)),
+    DataObject(reference="GRID/GAPC1.DRAct", cdc="SPC", signal=DEMAND_RESPONSE_ACTIVE,
+               description="False releases the limit (GOOSE)",
+               control=Control(CtlModel.SBO_ENHANCED, "demand_response_active")),
+    DataObject(reference="ITLOAD/MMXU1.TotW", cdc="MV", signal=IT_POWER, multiplier=6),
+    DataObject(reference="BESS/MMXU1.TotW", cdc="MV", signal=BESS_POWER, multiplier=6),
+    DataObject(reference="BESS/MMXU1.TotVAr", cdc="MV", signal=BESS_REACTIVE_POWER,
+               multiplier=6),
+    DataObject(reference="BESS/ZBAT1.SoC", cdc="MV", signal=BESS_SOC, multiplier=-2),
+    DataObject(reference="BESS/ZBAT1.Vol", cdc="MV", signal=BESS_VOLTAGE),
+    DataObject(reference="BESS/ZBAT1.Amp", cdc="MV", signal=BESS_CURRENT),
+    DataObject(reference="BESS/ZBAT1.SoCHiLim", cdc="MV", signal=BESS_SOC_MAX, multiplier=-2),
+    DataObject(reference="BESS/ZBAT1.SoCLoLim", cdc="MV", signal=BESS_SOC_MIN, multiplier=-2),
+    DataObject(reference="BESS/ZBTC1.ChaWMax", cdc="MV", signal=BESS_MAX_CHARGE, multiplier=6),
+    DataObject(reference="BESS/ZBTC1.DschWMax", cdc="MV", signal=BESS_MAX_DISCHARGE,
+               multiplier=6),
+    DataObject(reference="BESS/ZBTC1.BatSt", cdc="MV", signal=BESS_STATE),
+    DataObject(reference="THERMAL/MMXU1.ChwTmp", cdc="MV", signal=CHW_SUPPLY_TEMP),
+    DataObject(reference="THERMAL/MMXU1.ChwRetTmp", cdc="MV", signal=CHW_RETURN_TEMP),
+    DataObject(reference="THERMAL/MMXU1.ChlW", cdc="MV", signal=CHILLER_POWER, multiplier=6),
+    DataObject(reference="THERMAL/MMXU2.HeatW", cdc="MV", signal=HEAT_EXPORT_POWER, multiplier=6),
+    DataObject(reference="THERMAL/MMXU2.HeatTmp", cdc="MV", signal=HEAT_SUPPLY_TEMP),
 )  # fmt: skip
 """The data objects served; docs/iec61850.md lists them with their object references."""
 

@@ -220,6 +220,15 @@ class MmsServer:
         self._guard = event
         self.wake()
 
+    def unhealthy(self, now: float) -> list[str]:  # noqa: ARG002 -- the Checked protocol
+        """The MMS worker thread or the feed task, when either ended without being stopped."""
+        bad = []
+        if self._thread is not None and not self._thread.is_alive():
+            bad.append("iec61850-mms")
+        if self._task is not None and self._task.done():
+            bad.append("iec61850-feed")
+        return bad
+
     async def stop(self) -> None:
         if self._subscription is not None:
             self._subscription.cancel()
@@ -439,7 +448,7 @@ class MmsServer:
         )
         out: list[Update] = []
         for row in TABLE:
-            got = row.source(snap, ctx)
+            got = row.read(snap, ctx)
             if got is None:
                 continue
             value, quality, ts = got
@@ -466,6 +475,7 @@ class MmsServer:
                 for ref, *_ in batch:
                     self._last.pop(ref, None)
             assert self._wake is not None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow a cancel
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
             self._wake.clear()
