@@ -1,12 +1,15 @@
 """The control cycle: at once on each new grid-meter measurement, and every ``cycle_ms``.
 
-A new meter measurement (a reading with a source time not seen before) steps the grid loop
-(:class:`pswd_gateway.control.loop.GridLoop`: the battery's power at the meter's measurement
-instant, the pure controllers of :mod:`pswd_gateway.control.grid`, the guard) and the resulting
-setpoint plan is written to the devices, each write with a timeout. Timer runs step nothing:
-they ramp the battery down when the meter has gone quiet, carry safe mode on, run the thermal
-loop and rewrite a setpoint the device may have lost. I/O is injected (``write``, ``record``),
-so the cycle can run against the twin, a test double of the device layer, or nothing.
+Each run takes one process image (a store snapshot, the site's settings, the time), steps every
+controller over it in priority order — the battery controller (the grid loop:
+:mod:`pswd_gateway.control.battery`), the cooling controller (:mod:`pswd_gateway.control.
+cooling`) — settles their requests in the :class:`~pswd_gateway.control.controllers.Arbiter`,
+and writes each resolved value its :class:`~pswd_gateway.control.controllers.WritePolicy` says
+is due through the device layer (``write``: the pollers), each write with a timeout. A new
+meter measurement steps the grid loop; timer runs ramp the battery down when the meter has gone
+quiet, carry safe mode on, lead announced edges, run the thermal loop and rewrite a setpoint the
+device may have lost. I/O is injected (``write``, ``record``), so the cycle can run against the
+twin, a test double of the device layer, or nothing.
 
 Timing is measured, not assumed: the lateness of each timer-driven run against its deadline,
 and for meter-driven runs the time from the reading's arrival to the battery setpoint written.
@@ -24,17 +27,32 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pswd_gateway.config import ControlConfig, SiteConfig
-from pswd_gateway.control.grid import Announced, Fallback, GridDecision, GridSettings
+from pswd_gateway.control.battery import (
+    ENABLE_POINT,
+    SETPOINT_POINT,
+    BatteryController,
+    grid_settings,
+)
+from pswd_gateway.control.controllers import (
+    Arbiter,
+    Controller,
+    ProcessImage,
+    SetpointRequest,
+    WritePolicy,
+)
+from pswd_gateway.control.cooling import CHW_SETPOINT_POINT, CoolingController
+from pswd_gateway.control.grid import Announced, Fallback, GridDecision
 from pswd_gateway.control.guard import GuardEvent, GuardSettings
-from pswd_gateway.control.loop import GridLoop, LoopSettings, Outcome
-from pswd_gateway.control.thermal import ThermalSettings, ThermalState, thermal_step
+from pswd_gateway.control.loop import GridLoop, LoopSettings
 from pswd_gateway.domain.histogram import LatencyHistogram
 from pswd_gateway.domain.points import Point, Quality
+from pswd_gateway.domain.units import from_mw
 from pswd_gateway.errors import PswdError
 from pswd_gateway.logging import get_logger
-from pswd_gateway.store import PointStore, Snapshot
+from pswd_gateway.store import PointStore
 
 __all__ = [
+    "POLICIES",
     "SETPOINT_DEADBAND_W",
     "ControlCycle",
     "ControlStats",
@@ -52,31 +70,12 @@ SETPOINT_DEADBAND_W: Final = 50e3
 """A battery setpoint closer than this to the last one written is not written again."""
 REWRITE_EVERY_S: Final = 1.0
 """…unless this long has passed (the device may have been reset)."""
-THERMAL_EVERY_S: Final = 1.0
-"""The thermal loop runs once a second (the plant moves in tens of seconds)."""
 THERMAL_DEADBAND_C: Final = 0.05
-
-
-def grid_settings(
-    c: ControlConfig, site: SiteConfig, rated_w: float, energy_j: float
-) -> GridSettings:
-    """The grid controllers' settings from ``[control]`` and ``[site]`` and the battery's
-    rating (W) and energy (J)."""
-    return GridSettings(
-        ramp_limit_w_per_s=site.grid_ramp_limit_mw_per_s * 1e6,
-        import_limit_w=site.import_limit_mw * 1e6,
-        bess_rated_w=rated_w,
-        bess_capacity_j=energy_j,
-        soc_min=c.soc_min,
-        soc_max=c.soc_max,
-        soc_target=c.soc_target,
-        ramp_margin=c.ramp_margin,
-        band_low_hz=c.band_low_hz,
-        soc_restore_s=c.soc_restore_s,
-        lookahead_s=c.announce_lead_s,
-        payback_s=c.payback_s,
-        payback_max_fraction=c.payback_max_fraction,
-    )
+POLICIES: Final = {
+    SETPOINT_POINT: WritePolicy(SETPOINT_DEADBAND_W, REWRITE_EVERY_S),
+    CHW_SETPOINT_POINT: WritePolicy(THERMAL_DEADBAND_C),
+}
+"""How each point is written; any other point: when it changes (enable, heat setpoint)."""
 
 
 def loop_settings(c: ControlConfig) -> LoopSettings:
@@ -90,11 +89,11 @@ def loop_settings(c: ControlConfig) -> LoopSettings:
             enabled=g.enabled,
             window_s=g.window_s,
             max_flips_per_s=g.max_flips_per_s,
-            flip_deadband_w=g.flip_deadband_mw * 1e6,
-            off_plan_band_w=g.off_plan_band_mw * 1e6,
+            flip_deadband_w=from_mw(g.flip_deadband_mw),
+            off_plan_band_w=from_mw(g.off_plan_band_mw),
             off_plan_window_s=g.off_plan_window_s,
             rough_window_s=g.rough_window_s,
-            rough_margin_w=g.rough_margin_mw * 1e6,
+            rough_margin_w=from_mw(g.rough_margin_mw),
             rearm_s=g.rearm_s,
             rearm_max_s=g.rearm_max_s,
             hold_s=g.hold_s,
@@ -169,25 +168,31 @@ class ControlCycle:
     """Called on each guard trip and re-arm (see :mod:`pswd_gateway.control.guard`)."""
     clock: Callable[[], float] = time.time
     stats: ControlStats = field(default_factory=ControlStats)
-    loop: GridLoop = field(init=False)
+    name: str = "control"
+    battery: BatteryController = field(init=False)
+    cooling: CoolingController = field(init=False)
+    controllers: list[Controller] = field(init=False)
+    """In priority order, first = highest (see :class:`Arbiter`)."""
+    arbiter: Arbiter = field(default_factory=Arbiter, init=False)
     _fresh: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _fresh_ts: float | None = field(default=None, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
     _subscription: Any = field(default=None, init=False)
-    _last_written: float | None = field(default=None, init=False)
-    _last_written_at: float = field(default=0.0, init=False)
-    _enabled_written: bool = field(default=False, init=False)
-    _thermal_written: bool = field(default=False, init=False)
-    _thermal: ThermalState | None = field(default=None, init=False)
-    _chw_written: float | None = field(default=None, init=False)
+    _written: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict, init=False)
+    """(value, when) of the last successful write per (device, point)."""
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     _led_to: float = field(default=-math.inf, init=False)
     _lead_due: float = field(default=-math.inf, init=False)
-    _jobs: Sequence[Announced] = field(default=(), init=False)
-    """The announced jobs as the last meter step saw them (fetched once per reading)."""
 
     def __post_init__(self) -> None:
-        self.loop = GridLoop(loop_settings(self.config))
+        self.battery = BatteryController(self.config, loop_settings(self.config), self.jobs)
+        self.cooling = CoolingController(self.config, self.jobs)
+        self.controllers = [self.battery, self.cooling]
+
+    @property
+    def loop(self) -> GridLoop:
+        """The battery controller's grid loop."""
+        return self.battery.loop
 
     # ---- lifecycle ----
 
@@ -208,6 +213,7 @@ class ControlCycle:
             cycle_ms=self.config.cycle_ms,
             predictive=self.config.predictive,
             ramp_limit_mw_per_s=self.site.grid_ramp_limit_mw_per_s,
+            controllers=[c.name for c in self.controllers],
         )
 
     async def stop(self) -> None:
@@ -218,9 +224,14 @@ class ControlCycle:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         # Leave the battery idle rather than holding a setpoint nobody updates.
-        if self._enabled_written and self.site.bess is not None:
+        bess = self.site.bess
+        if bess is not None and (bess, ENABLE_POINT) in self._written:
             with contextlib.suppress(PswdError, OSError, TimeoutError):
-                await self._write(self.site.bess, "power_setpoint", 0.0, [])
+                await self._write(bess, SETPOINT_POINT, 0.0, [])
+
+    def unhealthy(self, now: float) -> list[str]:  # noqa: ARG002 -- the Checked protocol
+        """The cycle's task, when it has stopped."""
+        return ["control-cycle"] if self._task is not None and self._task.done() else []
 
     def _on_points(self, points: Sequence[Point]) -> None:
         for p in points:
@@ -243,8 +254,11 @@ class ControlCycle:
         while True:
             timeout = max(0.0, min(deadline, self._next_lead(loop.time())) - loop.time())
             meter = False
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives as the event is set, and the cycle would not stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._fresh.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._fresh.wait()
                 meter = True
             now = loop.time()
             if not meter and now < deadline:  # a lead ahead of an announced edge
@@ -270,7 +284,7 @@ class ControlCycle:
         if not self.config.predictive:
             return math.inf
         now = self.clock()
-        due = self.loop.next_edge(max(now, self._led_to), self._jobs)
+        due = self.loop.next_edge(max(now, self._led_to), self.battery.last_jobs)
         if due is None:
             return math.inf
         self._lead_due = due
@@ -287,18 +301,6 @@ class ControlCycle:
 
     # ---- one run ----
 
-    def settings(self, snap: Snapshot) -> GridSettings | None:
-        c = self.config
-        bess = self.site.bess
-        rated = c.bess_power_mw * 1e6 if c.bess_power_mw else None
-        energy = c.bess_energy_mwh * 3.6e9 if c.bess_energy_mwh else None
-        if bess is not None:
-            rated = rated or snap.value(f"{bess}.power_rating")
-            energy = energy or snap.value(f"{bess}.energy_rating")
-        if not rated or not energy:
-            return None
-        return grid_settings(c, self.site, rated, energy)
-
     async def run_once(self, received_ts: float | None = None) -> GridDecision | None:
         """One cycle; ``received_ts`` is when the meter reading that triggered it arrived
         (``None``: a timer run, which steps the grid loop only if a new measurement waits)."""
@@ -310,8 +312,16 @@ class ControlCycle:
         if received_ts is not None:
             self.stats.meter_runs_total += 1
         now = self.clock()
-        snap = self.store.snapshot(now)
-        outcome = self._decide(snap, now)
+        image = ProcessImage(self.store.snapshot(now), self.site, now, received_ts)
+        asked = [(c.name, c.step(image)) for c in self.controllers]
+        self._observe()
+        if self.config.enabled:
+            await self._write_resolved(asked, image)
+        return self.battery.outcome.decision
+
+    def _observe(self) -> None:
+        """The statistics and events of the controllers' step."""
+        outcome = self.battery.outcome
         decision = outcome.decision
         if decision is not None:
             self.stats.last = decision
@@ -319,58 +329,11 @@ class ControlCycle:
                 self.stats.fallbacks_total += 1
                 if self.on_fallback is not None:
                     self.on_fallback(decision.fallback)
-        elif outcome.skipped is not None and outcome.skipped != "safe mode":
+        elif outcome.skipped is not None and outcome.skipped not in {"safe mode", "no battery"}:
             self.stats.skipped_total += 1
         if outcome.event is not None:
             self._guard_event(outcome.event)
-        started = outcome.setpoint_w is not None or self._last_written is not None
-        if self.config.enabled and self.site.bess is not None and started:
-            await self._act(outcome.setpoint_w, snap, received_ts)
-        return decision
-
-    def _decide(self, snap: Snapshot, now: float) -> Outcome:
-        """A loop step on a new meter measurement; otherwise the timer's idle run."""
-        settings = self.settings(snap)
-        meter = snap.get(self._meter_key)
-        usable = settings is not None and meter is not None and meter.quality is Quality.GOOD
-        if (
-            usable
-            and meter is not None
-            and settings is not None
-            and self.loop.is_new(meter.source_ts)
-        ):
-            return self._step(snap, meter, settings, now)
-        if settings is not None and self.config.predictive:
-            lead = self.loop.lead(now, self.jobs(now), settings)
-            if lead.setpoint_w is not None:
-                return lead
-        outcome = self.loop.idle(now, settings)
-        if not usable:
-            return Outcome(outcome.setpoint_w, skipped="no usable grid or battery reading")
-        return outcome
-
-    def _step(self, snap: Snapshot, meter: Point, settings: GridSettings, now: float) -> Outcome:
-        """A new meter measurement: the battery's readings up to now, then one loop step."""
-        bess_dev = self.site.bess
-        soc = None
-        available = False
-        if bess_dev is not None:
-            soc = snap.value(f"{bess_dev}.soc")
-            measured = snap.get(f"{bess_dev}.active_power")
-            if measured is not None and measured.quality is not Quality.INVALID:
-                self.loop.battery(measured.source_ts, measured.value)
-                available = soc is not None
-        jobs = self.jobs(now) if self.config.predictive else ()
-        self._jobs = jobs  # the timer's next lead is worked out from these
-        return self.loop.step(
-            meter.source_ts,
-            meter.value,
-            received=meter.received_ts,
-            soc=soc,
-            bess_available=available,
-            jobs=jobs,
-            settings=settings,
-        )
+        self.stats.chw_setpoint_c = self.cooling.last_command_c
 
     def _guard_event(self, event: GuardEvent) -> None:
         stats = self.stats
@@ -384,67 +347,33 @@ class ControlCycle:
         if self.on_guard is not None:
             self.on_guard(event)
 
-    async def _act(self, setpoint: float | None, snap: Snapshot, received_ts: float | None) -> None:
-        """Write the plan: enable once, thermal setpoints once, the battery when it moved
-        (``setpoint`` ``None``: no new decision; the last one is kept alive)."""
+    async def _write_resolved(
+        self, asked: Sequence[tuple[str, Sequence[SetpointRequest]]], image: ProcessImage
+    ) -> None:
+        """Write what the arbiter settled on where its policy says it is due (a value asked
+        for again is rewritten after the policy's ``rewrite_after_s``: a keep-alive)."""
+        resolved = {(r.device, r.point): r.value for r in self.arbiter.resolve(asked)}
         writes: list[SetpointWrite] = []
-        bess = self.site.bess
-        assert bess is not None
-        if not self._enabled_written:
-            await self._write(bess, "power_setpoint_enabled", 1.0, writes)
-            self._enabled_written = writes[-1].ok
-        now = snap.taken_at
-        if self.site.thermal is not None:
-            await self._act_thermal(snap, writes)
-        if setpoint is None:
-            setpoint = self._last_written if self._last_written is not None else None
-        due = setpoint is not None and (
-            self._last_written is None
-            or abs(setpoint - self._last_written) >= SETPOINT_DEADBAND_W
-            or now - self._last_written_at >= REWRITE_EVERY_S
-        )
-        if due and setpoint is not None:
-            await self._write(bess, "power_setpoint", setpoint, writes)
-            if writes[-1].ok:
-                self._last_written, self._last_written_at = setpoint, self.clock()
-                if received_ts is not None:
-                    self.stats.reading_to_setpoint_s.append(max(0.0, self.clock() - received_ts))
+        for (device, point), value in resolved.items():
+            policy = POLICIES.get(point, WritePolicy())
+            if not policy.due(value, self._written.get((device, point)), image.now):
+                continue
+            await self._write(device, point, value, writes)
+            if not writes[-1].ok:
+                continue
+            self._written[(device, point)] = (value, self.clock())
+            if point == SETPOINT_POINT and image.received_ts is not None:
+                latency = max(0.0, self.clock() - image.received_ts)
+                self.stats.reading_to_setpoint_s.append(latency)
         if writes and self.record is not None:
             await self.record(writes)
-
-    async def _act_thermal(self, snap: Snapshot, writes: list[SetpointWrite]) -> None:
-        """Heat network setpoint once; chilled-water setpoint from the thermal loop each second."""
-        thermal = self.site.thermal
-        assert thermal is not None
-        if not self._thermal_written:
-            await self._write(
-                thermal, "heat_supply_setpoint", self.config.heat_supply_setpoint_c, writes
-            )
-            self._thermal_written = writes[-1].ok
-        now = snap.taken_at
-        if self._thermal is not None and now - self._thermal.t < THERMAL_EVERY_S:
-            return
-        supply = snap.value(f"{thermal}.chw_supply_temp")
-        it_w = snap.usable_total(self.site.it_load_points)
-        if it_w is None:  # no IT reading: the heat the chillers remove stands in for it
-            it_w = snap.value(f"{thermal}.chw_heat_load") or 0.0
-        lo, hi = self.config.chw_setpoint_range_c
-        settings = ThermalSettings(self.config.chw_supply_setpoint_c, lo, hi)
-        jobs = self.jobs(now) if self.config.predictive else ()
-        command, self._thermal = thermal_step(self._thermal, now, supply, it_w, jobs, settings)
-        self.stats.chw_setpoint_c = command
-        if self._chw_written is None or abs(command - self._chw_written) >= THERMAL_DEADBAND_C:
-            await self._write(thermal, "chw_supply_setpoint", command, writes)
-            if writes[-1].ok:
-                self._chw_written = command
 
     async def _write(self, device: str, point: str, value: float, out: list[SetpointWrite]) -> None:
         t0 = time.perf_counter()
         error = None
         try:
-            await asyncio.wait_for(
-                self.write(device, point, value), self.config.write_timeout_ms / 1000
-            )
+            async with asyncio.timeout(self.config.write_timeout_ms / 1000):
+                await self.write(device, point, value)
         except TimeoutError:
             error = f"timed out after {self.config.write_timeout_ms} ms"
         except (PswdError, OSError) as exc:

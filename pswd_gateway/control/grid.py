@@ -38,8 +38,11 @@ Units are SI: W, W/s, J, s. Battery power > 0 discharges into the site; grid pow
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from pswd_gateway.domain.units import from_mw, to_mw
+from pswd_gateway.domain.workloads import PowerProfile
 
 __all__ = [
     "Announced",
@@ -49,6 +52,7 @@ __all__ = [
     "GridSettings",
     "LimiterState",
     "announced_edges",
+    "announced_jobs",
     "expected_announced_w",
     "feedforward_w",
     "grid_step",
@@ -117,6 +121,18 @@ class Announced:
     """Power of its first phase (a training job starts computing, at its peak); ``None``: the
     level. Only the start edge's feed-forward uses it; the rhythm after it is not announced
     in phase, so the limiter treats it as load."""
+
+    @classmethod
+    def from_profile(cls, start_s: float, end_s: float, profile: PowerProfile) -> Announced:
+        """A placed job's announced power profile (MW) on the control clock (W)."""
+        level_mw = profile.peak_power_mw - (profile.oscillation_depth_mw or 0.0) / 2.0
+        return cls(
+            start_s,
+            end_s,
+            from_mw(level_mw),
+            from_mw(profile.ramp_rate_mw_per_sec),
+            peak_w=from_mw(profile.peak_power_mw),
+        )
 
     @property
     def rise_s(self) -> float:
@@ -332,6 +348,19 @@ def _payback(
     return leak, max(leak / s.payback_s, plan_w - s.import_limit_w)
 
 
+def announced_jobs(
+    runs: Iterable[tuple[float, float, PowerProfile]], now: float, lead_s: float
+) -> list[Announced]:
+    """The placed runs ``(start, end, profile)`` the grid loop may act on at ``now``: those
+    starting within ``lead_s`` and not ended more than a minute ago."""
+    horizon = now + lead_s
+    return [
+        Announced.from_profile(start, end, profile)
+        for start, end, profile in runs
+        if start <= horizon and end >= now - 60.0
+    ]
+
+
 def grid_step(
     state: LimiterState | None,
     reading: GridReading,
@@ -375,14 +404,14 @@ def grid_step(
         grid = load - bess  # the grid takes what the battery cannot: the plan starts from there
         if grid > s.import_limit_w:
             fallback = Fallback(
-                f"grid import limit: the site must shed {(grid - s.import_limit_w) / 1e6:.1f} MW",
+                f"grid import limit: the site must shed {to_mw(grid - s.import_limit_w):.1f} MW",
                 wanted - bess,
                 rp,
             )
         elif dt > 0 and abs(grid - state.grid_w) > s.ramp_limit_w_per_s * dt:
             fallback = Fallback(
                 f"{binding}: the battery cannot cover the step; workloads must ramp at "
-                f"{rp / 1e6:.1f} MW/s or slower",
+                f"{to_mw(rp):.1f} MW/s or slower",
                 wanted - bess,
                 rp,
             )

@@ -42,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from pswd_gateway.domain.units import to_mw
+
 __all__ = ["IMPORT_WINDOW_S", "Guard", "GuardEvent", "GuardReason", "GuardSettings"]
 
 IMPORT_WINDOW_S = 1.0
@@ -191,8 +193,8 @@ class Guard:
         if highest < rails or lowest > -rails:
             return None
         return GuardReason.SETPOINT_OSCILLATION, (
-            f"battery setpoint went from {lowest / 1e6:.0f} to {highest / 1e6:+.0f} MW "
-            f"within {self.settings.window_s:g} s (rating {rated_w / 1e6:.0f} MW)"
+            f"battery setpoint went from {to_mw(lowest):.0f} to {to_mw(highest):+.0f} MW "
+            f"within {self.settings.window_s:g} s (rating {to_mw(rated_w):.0f} MW)"
         )
 
     def _rings(self) -> tuple[GuardReason, str] | None:
@@ -210,8 +212,8 @@ class Guard:
         if rough is None or rough[0] <= rough[1] + s.rough_margin_w:
             return None
         return GuardReason.GRID_ROUGHER_THAN_LOAD, (
-            f"grid spread {rough[0] / 1e6:.1f} MW about its plan over {s.rough_window_s:g} s, "
-            f"more than the load behind it could make ({rough[1] / 1e6:.1f} MW, half its "
+            f"grid spread {to_mw(rough[0]):.1f} MW about its plan over {s.rough_window_s:g} s, "
+            f"more than the load behind it could make ({to_mw(rough[1]):.1f} MW, half its "
             f"range): the battery adds swings"
         )
 
@@ -224,8 +226,8 @@ class Guard:
         if abs(mean) <= s.off_plan_band_w:
             return None
         return GuardReason.GRID_OFF_PLAN, (
-            f"grid {mean / 1e6:+.1f} MW from its plan on average over {s.off_plan_window_s:g} s "
-            f"(band {s.off_plan_band_w / 1e6:.1f} MW)"
+            f"grid {to_mw(mean):+.1f} MW from its plan on average over {s.off_plan_window_s:g} s "
+            f"(band {to_mw(s.off_plan_band_w):.1f} MW)"
         )
 
     def _over_import_limit(self, import_limit_w: float) -> tuple[GuardReason, str] | None:
@@ -237,8 +239,8 @@ class Guard:
         if grid <= import_limit_w or bess >= 0.0:
             return None
         return GuardReason.IMPORT_LIMIT_BY_BATTERY, (
-            f"grid {grid / 1e6:.1f} MW over the {import_limit_w / 1e6:.1f} MW import limit "
-            f"(1 s mean) while the battery charged at {-bess / 1e6:.1f} MW"
+            f"grid {to_mw(grid):.1f} MW over the {to_mw(import_limit_w):.1f} MW import limit "
+            f"(1 s mean) while the battery charged at {-to_mw(bess):.1f} MW"
         )
 
     def _roughness(self) -> tuple[float, float] | None:

@@ -97,12 +97,29 @@ async def test_a_step_is_written_to_the_battery_and_small_changes_are_not_rewrit
     assert cycle.stats.last.bess_setpoint_w == pytest.approx(bess * MW, abs=1.5 * MW)  # type: ignore[union-attr]
 
 
-async def test_without_a_good_meter_reading_nothing_is_decided_or_written() -> None:
+async def test_without_a_good_meter_reading_nothing_is_decided_or_written_to_the_battery() -> None:
     cycle, writes, clock, store = make()
     feed(store, clock.now, 100.0, q=Quality.INVALID)
     assert await cycle.run_once() is None
-    assert writes == []
+    assert [w for w in writes if w[0] == "bess"] == []
     assert cycle.stats.skipped_total == 1
+
+
+async def test_the_cooling_controller_runs_without_a_battery() -> None:
+    store = PointStore()
+    writes: list[tuple[str, str, float]] = []
+
+    async def write(device: str, point: str, value: float) -> None:
+        writes.append((device, point, value))
+
+    site = SiteConfig(grid_meter="meter", bess=None, thermal="plant", it_load=())
+    cycle = ControlCycle(ControlConfig(enabled=True), site, store, write, clock=Clock())
+    feed(store, 1_000.0, 100.0)
+    await cycle.run_once()
+    assert {(d, p) for d, p, _ in writes} == {
+        ("plant", "heat_supply_setpoint"),
+        ("plant", "chw_supply_setpoint"),
+    }
 
 
 async def test_observe_only_decides_but_writes_nothing() -> None:
