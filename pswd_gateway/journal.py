@@ -9,6 +9,7 @@ hash chain has a single order. Schema changes are numbered migrations tracked in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from pswd_gateway.domain.workloads import (
     Action,
@@ -38,6 +39,7 @@ __all__ = [
     "IdempotencyRecord",
     "Journal",
     "JournalError",
+    "SetpointRecorder",
     "Transition",
     "format_ts",
     "parse_ts",
@@ -640,3 +642,83 @@ class AsyncJournal:
     async def close(self) -> None:
         await self.call(self.sync.close)
         self._executor.shutdown(wait=True)
+
+
+class SetpointWritten(Protocol):
+    """One setpoint write as the control cycle reports it."""
+
+    @property
+    def at(self) -> float: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def point(self) -> str: ...
+    @property
+    def value(self) -> float: ...
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def latency_s(self) -> float: ...
+
+
+SETPOINT_FLUSH_S = 1.0
+SETPOINT_BUFFER_MAX = 100_000
+
+
+class SetpointRecorder:
+    """Setpoint history: buffered on the control path, written to the journal once a second in
+    one transaction (a component: ``start`` runs the flush loop, ``stop`` flushes what is left).
+    When the journal falls behind, the oldest rows beyond ``max_rows`` are dropped and logged."""
+
+    name = "setpoint-journal"
+
+    def __init__(
+        self,
+        journal: AsyncJournal,
+        every_s: float = SETPOINT_FLUSH_S,
+        max_rows: int = SETPOINT_BUFFER_MAX,
+    ) -> None:
+        self.journal = journal
+        self.every_s = every_s
+        self.max_rows = max_rows
+        self._buffer: list[SetpointWritten] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def record(self, writes: Sequence[SetpointWritten]) -> None:
+        self._buffer.extend(writes)
+        excess = len(self._buffer) - self.max_rows
+        if excess > 0:
+            del self._buffer[:excess]
+            log.warning("setpoint_history_dropped", writes=excess, reason="journal behind")
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    def unhealthy(self, now: float) -> list[str]:  # noqa: ARG002 -- the Checked protocol
+        return [self.name] if self._task is not None and self._task.done() else []
+
+    async def flush(self) -> None:
+        if not self._buffer:
+            return
+        rows = [
+            (w.at, w.device, w.point, w.value, w.ok, w.error, w.latency_s) for w in self._buffer
+        ]
+        self._buffer.clear()
+        await self.journal.call(self.journal.sync.record_setpoints, rows)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            try:
+                await self.flush()
+            except JournalError as exc:
+                log.error("setpoint_history_not_written", error=str(exc))

@@ -83,6 +83,10 @@ class AsgiListener:
             await asyncio.sleep(0.01)
         log.info("listener_started", listener=self.name, host=self.host, port=self.port)
 
+    def unhealthy(self, now: float) -> list[str]:  # noqa: ARG002 -- the Checked protocol
+        """The listener, when its server task ended without being stopped."""
+        return [f"listener:{self.name}"] if self._task is not None and self._task.done() else []
+
     async def stop(self) -> None:
         if self._server is None or self._task is None:
             return

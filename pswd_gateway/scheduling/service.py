@@ -30,6 +30,7 @@ from pswd_gateway.domain.workloads import (
     Announcement,
     Flexibility,
     IllegalTransitionError,
+    PowerProfile,
     StateChange,
     Workload,
     WorkloadState,
@@ -138,6 +139,8 @@ class WorkloadService:
     _version: int = field(default=0, init=False)
     _planned_version: int = field(default=0, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    _load_step: tuple[float, float, bool] = field(default=(-1.0, 0.0, False), init=False)
+    name: str = field(default="workloads", init=False)
 
     # ---- lifecycle of the service ----
 
@@ -170,6 +173,32 @@ class WorkloadService:
     @property
     def tasks(self) -> list[asyncio.Task[None]]:
         return list(self._tasks)
+
+    def unhealthy(self, now: float) -> list[str]:  # noqa: ARG002 -- the Checked protocol
+        """The service's loops that have stopped."""
+        return [t.get_name() for t in self._tasks if t.done()]
+
+    def runs(self) -> list[tuple[float, float, PowerProfile]]:
+        """(start, end, power profile) of every placed workload, POSIX seconds."""
+        out = []
+        for placed in self._placed.values():
+            profile = placed.announcement.power_profile
+            start = placed.start.timestamp()
+            out.append((start, start + profile.duration_estimate_sec, profile))
+        return out
+
+    def load_step_within(self, now: float, lead_s: float) -> bool:
+        """Whether a placed job starts or stops within ``lead_s`` of ``now`` (POSIX seconds;
+        worked out at most once a second: the placed jobs may be thousands)."""
+        cached_at, cached_lead, answer = self._load_step
+        if 0.0 <= now - cached_at < 1.0 and cached_lead == lead_s:
+            return answer
+        answer = any(
+            now <= start <= now + lead_s or now <= end <= now + lead_s
+            for start, end, _ in self.runs()
+        )
+        self._load_step = (now, lead_s, answer)
+        return answer
 
     @property
     def active(self) -> dict[str, Workload]:

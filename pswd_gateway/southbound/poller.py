@@ -21,10 +21,10 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
-from pswd_gateway.domain.histogram import LATENCY_BUCKETS_S, LatencyHistogram
+from pswd_gateway.domain.histogram import LATENCY_BUCKETS_S
 from pswd_gateway.domain.points import Quality
+from pswd_gateway.domain.polling import Percentiles, PollStats
 from pswd_gateway.errors import DeviceError
 from pswd_gateway.logging import get_logger
 from pswd_gateway.southbound.base import Driver
@@ -35,7 +35,6 @@ __all__ = ["LATENESS_BUCKETS_S", "Percentiles", "PollStats", "Poller"]
 log = get_logger("poller")
 
 LATENESS_BUCKETS_S = LATENCY_BUCKETS_S
-RESERVOIR = 10_000
 CONNECT_TIMEOUT_S = 2.0
 """Connecting (TCP, sessions, SunSpec chain check) is not latency-critical: at least this long."""
 BACKOFF_AFTER = 3
@@ -43,55 +42,6 @@ BACKOFF_AFTER = 3
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 LOG_EVERY_S = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Percentiles:
-    p50: float
-    p99: float
-    max: float
-
-
-@dataclass
-class PollStats:
-    """Plain counters of one poller; the metrics collector reads them at scrape time."""
-
-    device: str
-    interval_s: float
-    polls_total: int = 0
-    errors_total: int = 0
-    timeouts_total: int = 0
-    overruns_total: int = 0
-    reconnects_total: int = 0
-    lateness: LatencyHistogram = field(
-        default_factory=lambda: LatencyHistogram(window=RESERVOIR), repr=False
-    )
-    up: bool = False
-    quality: Quality | None = None
-    last_success_wall: float | None = None
-    last_error: str | None = None
-    last_tick: float = 0.0
-    """Monotonic time the loop last ran a slot (the watchdog's proof of life)."""
-
-    def observe_lateness(self, lateness_s: float) -> None:
-        self.lateness.append(lateness_s)
-
-    def lateness_samples(self) -> list[float]:
-        """The most recent lateness samples (at most 10,000), oldest first."""
-        return list(self.lateness)
-
-    def lateness_percentiles(self) -> Percentiles:
-        samples = sorted(self.lateness)
-        if not samples:
-            return Percentiles(math.nan, math.nan, math.nan)
-        last = len(samples) - 1
-        return Percentiles(samples[round(0.5 * last)], samples[round(0.99 * last)], samples[-1])
-
-    def reset(self) -> None:
-        """Zero the counters (benchmarks measure after a warm-up)."""
-        self.polls_total = self.errors_total = self.timeouts_total = 0
-        self.overruns_total = self.reconnects_total = 0
-        self.lateness = LatencyHistogram(window=RESERVOIR)
 
 
 class _WaitingToReconnect(Exception):  # noqa: N818 - a signal, not an error
@@ -184,9 +134,28 @@ class Poller:
             self.store.update(points)
 
     async def write(self, point: str, value: float) -> None:
-        """Write one point through the driver within its timeout."""
-        async with asyncio.timeout(self.driver.timeout_s):
-            await self.driver.write(point, value)
+        """Write one point through the driver within the device's timeout.
+
+        Refused (``DeviceError``, nothing sent) while the device's readings are invalid: it has
+        been gone for ``invalid_after_ms`` and a write would only wait out its timeout. Writes
+        and their failures are counted beside the polls."""
+        self.stats.writes_total += 1
+        if self.stats.quality is Quality.INVALID:
+            self.stats.write_errors_total += 1
+            raise DeviceError(
+                self.name, f"not written: the device is gone ({self.stats.last_error})"
+            )
+        try:
+            async with asyncio.timeout(self.driver.timeout_s):
+                await self.driver.write(point, value)
+        except TimeoutError:
+            self.stats.write_errors_total += 1
+            raise DeviceError(
+                self.name, f"{point}: no answer within {self.driver.timeout_s * 1e3:.0f} ms"
+            ) from None
+        except (DeviceError, OSError):
+            self.stats.write_errors_total += 1
+            raise
 
     def _succeeded(self, now: float) -> None:
         self._backoff_s = BACKOFF_MIN_S

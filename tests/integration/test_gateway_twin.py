@@ -281,7 +281,7 @@ async def test_sigterm_stops_the_daemon_cleanly(twin: Twin, tmp_path: Path) -> N
         out = "".join(lines) + rest[0].decode()
         assert proc.returncode == 0, out
         assert '"gateway_stopped"' in out
-        assert elapsed < 5.0, f"stop took {elapsed:.2f} s"
+        assert elapsed < 5.0, f"stop took {elapsed:.2f} s:\n{rest[0].decode()}"
     finally:
         if proc.poll() is None:
             proc.kill()

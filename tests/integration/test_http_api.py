@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pswd_gateway.config import DEMO_TOKEN_SHA256, GatewayConfig
-from pswd_gateway.integration.forecasts import SimulatedForecast
+from pswd_gateway.forecasts.providers import SimulatedForecast
 from pswd_gateway.journal import AsyncJournal
 from pswd_gateway.northbound.asgi import AsgiListener
 from pswd_gateway.northbound.http_api import ApiContext, create_app

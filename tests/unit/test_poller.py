@@ -144,3 +144,25 @@ async def test_lateness_is_recorded_per_poll() -> None:
     await run_for(poller, clock, 1.0)
     assert poller.stats.lateness.count == poller.stats.polls_total
     assert poller.stats.lateness_percentiles().max == pytest.approx(0.0, abs=1e-9)
+
+
+async def test_writes_go_through_the_poller_counted_and_refused_while_the_device_is_gone() -> None:
+    """A write is sent within the device's timeout and counted; while the device's readings are
+    invalid it is refused at once (nothing sent), naming why."""
+    clock = FakeClock()
+    driver = FakeDriver(clock, [])
+    sent: list[tuple[str, float]] = []
+
+    async def write(point: str, value: float) -> None:
+        sent.append((point, value))
+
+    driver.write = write  # type: ignore[method-assign]
+    poller = Poller(driver, PointStore(), invalid_after_s=0.5, clock=clock, sleep=clock.sleep)
+    await poller.write("power_setpoint", 1e6)
+    assert sent == [("power_setpoint", 1e6)]
+    poller.stats.quality = Quality.INVALID
+    poller.stats.last_error = "no answer"
+    with pytest.raises(DeviceError, match="gone"):
+        await poller.write("power_setpoint", 2e6)
+    assert sent == [("power_setpoint", 1e6)]
+    assert (poller.stats.writes_total, poller.stats.write_errors_total) == (2, 1)
