@@ -479,6 +479,8 @@ class SchedulingConfig(_Strict):
     bess_power_mw: Annotated[float, Field(ge=0, le=10_000)] = 250.0
     bess_usable_energy_mwh: Annotated[float, Field(ge=0, le=100_000)] = 96.0
     chw_supply_setpoint_c: Annotated[float, Field(ge=5, le=30)] = 18.0
+    """The design chilled-water supply setpoint pre-cooling plans from: ``control``'s (one fact;
+    set it there)."""
     precool_max_k: Annotated[float, Field(ge=0, le=5)] = 1.0
     """Largest pre-cooling offset, for a workload as large as the cooling capacity."""
     precool_lead_s: Annotated[float, Field(ge=0, le=7200)] = 300.0
@@ -647,6 +649,29 @@ class GatewayConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         del settings_cls, dotenv_settings, file_secret_settings
         return env_settings, init_settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_chilled_water_setpoint(cls, data: Any) -> Any:
+        """The design chilled-water supply setpoint is one fact: ``[control]`` holds it and
+        the scheduler's pre-cooling plans from the same value (``[scheduling]`` may repeat it,
+        but only with the same value)."""
+        if not isinstance(data, dict):
+            return data
+        control = data.get("control")
+        scheduling = data.get("scheduling")
+        key = "chw_supply_setpoint_c"
+        if isinstance(control, dict) and key in control:
+            if isinstance(scheduling, dict) and key in scheduling:
+                if scheduling[key] != control[key]:
+                    msg = (
+                        f"scheduling.{key} ({scheduling[key]}) differs from control.{key} "
+                        f"({control[key]}): set it once, in [control]"
+                    )
+                    raise ValueError(msg)
+            elif isinstance(scheduling, dict) or scheduling is None:
+                data = {**data, "scheduling": {**(scheduling or {}), key: control[key]}}
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self) -> GatewayConfig:

@@ -224,3 +224,18 @@ def test_demand_response_lowers_the_import_limit_only_while_active() -> None:
     assert active.import_limit_mw == 120.0
     higher = active.model_copy(update={"demand_response_limit_mw": 900.0})
     assert higher.import_limit_mw == 400.0
+
+
+def test_the_chilled_water_setpoint_is_set_once_in_control_and_planned_from_there() -> None:
+    """``[control] chw_supply_setpoint_c`` reaches the scheduler's pre-cooling; a different
+    value repeated under ``[scheduling]`` is refused, naming both."""
+    from pswd_gateway.config import GatewayConfig  # noqa: PLC0415
+
+    cfg = GatewayConfig.model_validate({"control": {"chw_supply_setpoint_c": 16.5}})
+    assert cfg.scheduling.chw_supply_setpoint_c == 16.5
+    same = {"chw_supply_setpoint_c": 16.5}
+    assert GatewayConfig.model_validate({"control": same, "scheduling": same}).scheduling
+    with pytest.raises(ValueError, match=r"scheduling.chw_supply_setpoint_c \(17.0\) differs"):
+        GatewayConfig.model_validate(
+            {"control": same, "scheduling": {"chw_supply_setpoint_c": 17.0}}
+        )
