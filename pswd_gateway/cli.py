@@ -573,9 +573,19 @@ def api_spec(
 
 
 @audit_app.command("verify")
-def audit_verify(config: ConfigOption = None) -> None:
-    """Walk the audit chain in the journal; exit 1 at the first broken link."""
-    from pswd_gateway.journal import Journal, JournalError  # noqa: PLC0415
+def audit_verify(
+    config: ConfigOption = None,
+    anchor: Annotated[
+        Path | None,
+        typer.Option(
+            help="The published head to check against (default: audit.anchor beside the "
+            "journal, when it exists); also accepts the JSON of an `audit_head` log line's "
+            "entry and hash."
+        ),
+    ] = None,
+) -> None:
+    """Walk the audit chain in the journal; exit 1 at the first broken link or a truncation."""
+    from pswd_gateway.journal import AuditAnchor, Journal, JournalError, anchor_path  # noqa: PLC0415
 
     try:
         cfg = load_config(config)
@@ -585,19 +595,29 @@ def audit_verify(config: ConfigOption = None) -> None:
     if not path.exists():
         print(f"{path}: no journal yet")
         raise typer.Exit(1)
+    anchor_file = anchor or anchor_path(path)
+    head = None
+    if anchor is not None or anchor_file.exists():
+        try:
+            head = AuditAnchor.loads(anchor_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            print(f"{anchor_file}: not an audit anchor: {exc}", file=sys.stderr)
+            raise typer.Exit(1) from None
     try:
         journal = Journal(path, cfg.storage.journal_synchronous)
     except JournalError as exc:
         print(str(exc), file=sys.stderr)
         raise typer.Exit(1) from None
     try:
-        count, broken = journal.verify_audit()
+        check = journal.check_audit(head)
     finally:
         journal.close()
-    if broken is not None:
-        print(f"{path}: audit chain broken at entry {broken} (after {count} good entries)")
+    if not check.ok:
+        print(f"{path}: audit chain broken at entry {check.broken_at} (after {check.count} good "
+              f"entries): {check.reason}")  # fmt: skip
         raise typer.Exit(1)
-    print(f"OK: {count} audit entries, chain intact ({path})")
+    against = f", holds the anchor's entry {head.entry}" if head is not None else ""
+    print(f"OK: {check.count} audit entries, chain intact{against} ({path})")
 
 
 def _fail(exc: ConfigError) -> NoReturn:

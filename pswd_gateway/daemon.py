@@ -41,7 +41,13 @@ from pswd_gateway.domain.units import to_si
 from pswd_gateway.errors import ConfigError, PswdError
 from pswd_gateway.forecasts.feed import ForecastFeed
 from pswd_gateway.forecasts.providers import build_forecast_provider
-from pswd_gateway.journal import AsyncJournal, AuditEntry, SetpointRecorder
+from pswd_gateway.journal import (
+    AsyncJournal,
+    AuditAnchorWriter,
+    AuditEntry,
+    SetpointRecorder,
+    anchor_path,
+)
 from pswd_gateway.logging import configure_logging, get_logger
 from pswd_gateway.northbound.asgi import AsgiListener
 from pswd_gateway.northbound.health import health_app
@@ -116,6 +122,7 @@ class Gateway:
     opcua: OpcUaServer | None = field(default=None, init=False)
     mms: MmsServer | None = field(default=None, init=False)
     recorder: SetpointRecorder | None = field(default=None, init=False)
+    anchor: AuditAnchorWriter | None = field(default=None, init=False)
     control: ControlCycle | None = field(default=None, init=False)
     started_at: float = field(default=0.0, init=False)
     _http_stats: HttpStats | None = field(default=None, init=False)
@@ -185,6 +192,8 @@ class Gateway:
         cfg = self.config
         self.journal = AsyncJournal.open(cfg.storage.journal_path, cfg.storage.journal_synchronous)
         await self.supervisor.start(_Closing(self.journal), "journal")
+        self.anchor = AuditAnchorWriter(self.journal, anchor_path(cfg.storage.journal_path))
+        await self.supervisor.start(self.anchor)
         sched = cfg.scheduling
         slot_s = sched.slot_minutes * 60
         self.forecast = ForecastFeed(
@@ -411,6 +420,11 @@ class Gateway:
             soc_window=(control.soc_min, control.soc_max),
             journal_errors_total=journal.errors_total if journal is not None else 0,
             audit_total=dict(journal.sync.audit_counts) if journal is not None else {},
+            audit_head_entry=(
+                self.anchor.head.entry
+                if self.anchor is not None and self.anchor.head is not None
+                else None
+            ),
             forecast_updates_total=feed.updates_total if feed is not None else 0,
             forecast_failures_total=feed.failures_total if feed is not None else 0,
             forecast_last_update=(

@@ -34,6 +34,9 @@ from pswd_gateway.logging import get_logger
 
 __all__ = [
     "AsyncJournal",
+    "AuditAnchor",
+    "AuditAnchorWriter",
+    "AuditCheck",
     "AuditEntry",
     "EventRow",
     "IdempotencyRecord",
@@ -41,6 +44,7 @@ __all__ = [
     "JournalError",
     "SetpointRecorder",
     "Transition",
+    "anchor_path",
     "format_ts",
     "parse_ts",
 ]
@@ -173,6 +177,46 @@ class Transition:
     reason: str | None
     actor: str
     at: datetime
+
+
+@dataclass(frozen=True)
+class AuditAnchor:
+    """A published head of the audit chain: entry id and its hash."""
+
+    entry: int
+    hash: str
+
+    def dumps(self) -> str:
+        return json.dumps({"entry": self.entry, "hash": self.hash})
+
+    @classmethod
+    def loads(cls, text: str) -> AuditAnchor:
+        """An anchor from its JSON; ``ValueError`` says what is wrong with it."""
+        data = json.loads(text)
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("entry"), int)
+            or not (isinstance(data.get("hash"), str))
+        ):
+            msg = 'an audit anchor is {"entry": <int>, "hash": <hex>}'
+            raise ValueError(msg)  # noqa: TRY004 -- a malformed file: a value problem
+        return cls(data["entry"], data["hash"])
+
+
+@dataclass(frozen=True, slots=True)
+class AuditCheck:
+    """What walking the audit chain found."""
+
+    count: int
+    """Entries checked and good."""
+    broken_at: int | None = None
+    reason: str | None = None
+    head_id: int = 0
+    head_hash: str = GENESIS_HASH
+
+    @property
+    def ok(self) -> bool:
+        return self.broken_at is None
 
 
 @dataclass(frozen=True)
@@ -514,26 +558,84 @@ class Journal:
 
     def verify_audit(self) -> tuple[int, int | None]:
         """Walk the audit chain: (entries checked, id of the first broken entry or None)."""
+        check = self.check_audit()
+        return check.count, check.broken_at
+
+    def check_audit(self, anchor: AuditAnchor | None = None) -> AuditCheck:
+        """Walk the audit chain and say where and why it breaks.
+
+        A record is broken when its link or hash does not match, or when it cannot be read at
+        all (``detail`` no longer JSON, a time that does not parse): the answer names it. The
+        chain is also checked at its end: SQLite remembers the highest id it handed out, so
+        deleting the newest records shows as entries allocated but missing; and an ``anchor``
+        (the head published earlier: ``audit.anchor`` beside the journal, the ``audit_head``
+        log line) must still be in the chain with the same hash.
+        """
         prev = GENESIS_HASH
-        count = 0
+        count, head_id = 0, 0
+        hashes: dict[int, str] = {}
         for row in self._db.execute(
             "SELECT id, at, actor, role, action, target, outcome, detail, prev_hash, hash "
             "FROM audit ORDER BY id"
         ):
-            entry = AuditEntry(
-                actor=row[2],
-                role=row[3],
-                action=row[4],
-                target=row[5],
-                outcome=row[6],
-                detail=json.loads(row[7]),
-                at=parse_ts(row[1]),
-            )
-            if row[8] != prev or _audit_hash(prev, entry) != row[9]:
-                return count, int(row[0])
-            prev = row[9]
+            try:
+                entry = AuditEntry(
+                    actor=row[2],
+                    role=row[3],
+                    action=row[4],
+                    target=row[5],
+                    outcome=row[6],
+                    detail=json.loads(row[7]),
+                    at=parse_ts(row[1]),
+                )
+            except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+                return AuditCheck(count, int(row[0]), f"entry {row[0]} cannot be read: {exc}")
+            if row[8] != prev:
+                return AuditCheck(
+                    count,
+                    int(row[0]),
+                    f"entry {row[0]} does not follow its "
+                    "predecessor (an entry was removed or changed before it)",
+                )
+            if _audit_hash(prev, entry) != row[9]:
+                return AuditCheck(
+                    count,
+                    int(row[0]),
+                    f"entry {row[0]} was changed after it was written (its hash does not match)",
+                )
+            prev, head_id = row[9], int(row[0])
+            hashes[head_id] = prev
             count += 1
-        return count, None
+        allocated = self._db.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'audit'"
+        ).fetchone()
+        if allocated is not None and int(allocated[0]) > head_id:
+            return AuditCheck(
+                count,
+                int(allocated[0]),
+                f"the chain ends at entry {head_id} but "
+                f"entries up to {allocated[0]} were written: the newest were "
+                "deleted",
+                head_id,
+                prev,
+            )
+        if anchor is not None and hashes.get(anchor.entry) != anchor.hash:
+            found = "is missing" if anchor.entry not in hashes else "has another hash"
+            return AuditCheck(
+                count,
+                anchor.entry,
+                f"the anchor's entry {anchor.entry} (hash "
+                f"{anchor.hash[:16]}…) {found}: the chain was truncated or "
+                "rewritten",
+                head_id,
+                prev,
+            )
+        return AuditCheck(count, None, None, head_id, prev)
+
+    def audit_head(self) -> AuditAnchor:
+        """The newest audit entry's id and hash (id 0 and the genesis hash when empty)."""
+        row = self._db.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        return AuditAnchor(0, GENESIS_HASH) if row is None else AuditAnchor(int(row[0]), row[1])
 
     def audit_entries(self, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._db.execute(
@@ -722,3 +824,60 @@ class SetpointRecorder:
                 await self.flush()
             except JournalError as exc:
                 log.error("setpoint_history_not_written", error=str(exc))
+
+
+ANCHOR_EVERY_S = 10.0
+
+
+def anchor_path(journal_path: Path) -> Path:
+    """Where the audit chain's head is published: ``audit.anchor`` beside the journal."""
+    return journal_path.with_name("audit.anchor")
+
+
+class AuditAnchorWriter:
+    """Publishes the audit chain's head, so deleting its newest records is caught: whenever the
+    head moved, it is written to ``path`` (``audit.anchor`` beside the journal, replaced
+    atomically) and logged (``audit_head``: the log leaves the machine through journald);
+    ``pswd-gateway audit verify`` checks the chain still holds it (a component)."""
+
+    name = "audit-anchor"
+
+    def __init__(self, journal: AsyncJournal, path: Path, every_s: float = ANCHOR_EVERY_S) -> None:
+        self.journal = journal
+        self.path = path
+        self.every_s = every_s
+        self.head: AuditAnchor | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.publish()
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(JournalError, OSError):
+            await self.publish()  # the last entries of this run
+
+    def unhealthy(self, now: float) -> list[str]:  # noqa: ARG002 -- the Checked protocol
+        return [self.name] if self._task is not None and self._task.done() else []
+
+    async def publish(self) -> None:
+        head = await self.journal.call(self.journal.sync.audit_head)
+        if head == self.head:
+            return
+        tmp = self.path.with_suffix(".anchor.tmp")
+        tmp.write_text(head.dumps() + "\n", encoding="utf-8")
+        tmp.replace(self.path)
+        self.head = head
+        log.info("audit_head", entry=head.entry, hash=head.hash)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            try:
+                await self.publish()
+            except (JournalError, OSError) as exc:
+                log.error("audit_anchor_not_written", error=str(exc), path=str(self.path))

@@ -136,6 +136,8 @@ class OpsView:
     journal_errors_total: int = 0
     audit_total: Mapping[str, int] = field(default_factory=dict)
     """Audit entries by outcome (accepted, refused, failed)."""
+    audit_head_entry: int | None = None
+    """Id of the newest audit entry as last published to the anchor."""
     forecast_updates_total: int = 0
     forecast_failures_total: int = 0
     forecast_last_update: float | None = None
@@ -375,6 +377,12 @@ def _ops_metrics(o: OpsView) -> Iterator[Metric]:
     for outcome in ("accepted", "refused", "failed"):
         audit.add_metric([outcome], o.audit_total.get(outcome, 0))
     yield audit
+    yield _gauge(
+        "pswd_audit_head_entry",
+        "Id of the newest audit entry, as published to audit.anchor and the audit_head log "
+        "line (it never goes down: a drop means the chain was truncated).",
+        o.audit_head_entry,
+    )
     updates = CounterMetricFamily("pswd_forecast_updates", "Forecast refreshes that succeeded.")
     updates.add_metric([], o.forecast_updates_total)
     failures = CounterMetricFamily("pswd_forecast_failures", "Forecast refreshes that failed.")

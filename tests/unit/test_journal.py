@@ -11,12 +11,16 @@ import pytest
 from pswd_gateway.domain.workloads import Action, Announcement, Workload, WorkloadState
 from pswd_gateway.journal import (
     MIGRATIONS,
+    AsyncJournal,
+    AuditAnchor,
+    AuditAnchorWriter,
     AuditEntry,
     EventRow,
     IdempotencyRecord,
     Journal,
     JournalError,
     Transition,
+    anchor_path,
 )
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -162,6 +166,63 @@ def test_the_audit_chain_detects_an_edited_entry(journal: Journal) -> None:
     assert journal.verify_audit() == (4, None)
     journal._db.execute("UPDATE audit SET outcome = 'accepted' WHERE id = 4")
     assert journal.verify_audit() == (3, 4)
+
+
+def test_an_unreadable_entry_is_named_not_a_traceback(journal: Journal) -> None:
+    """An entry whose ``detail`` is no longer JSON breaks the chain there, with the reason."""
+    for outcome in ("accepted", "refused", "accepted"):
+        journal.audit(audit("limit", outcome))
+    journal._db.execute("UPDATE audit SET detail = '{not json' WHERE id = 2")
+    check = journal.check_audit()
+    assert (check.count, check.broken_at) == (1, 2)
+    assert check.reason is not None
+    assert "entry 2 cannot be read" in check.reason
+
+
+def test_deleting_the_newest_entries_is_caught(journal: Journal) -> None:
+    """SQLite remembers the highest id it handed out: a chain that ends before it was cut."""
+    for _ in range(4):
+        journal.audit(audit("limit", "accepted"))
+    journal._db.execute("DELETE FROM audit WHERE id >= 3")
+    check = journal.check_audit()
+    assert not check.ok
+    assert check.count == 2
+    assert check.reason is not None
+    assert "entries up to 4 were written" in check.reason
+
+
+def test_a_published_anchor_must_still_be_in_the_chain(journal: Journal) -> None:
+    """Even with the id counter reset too, the published head catches the truncation."""
+    for _ in range(4):
+        journal.audit(audit("limit", "accepted"))
+    head = journal.audit_head()
+    assert head.entry == 4
+    assert journal.check_audit(head).ok
+    assert AuditAnchor.loads(head.dumps()) == head
+    journal._db.execute("DELETE FROM audit WHERE id >= 3")
+    journal._db.execute("UPDATE sqlite_sequence SET seq = 2 WHERE name = 'audit'")
+    assert journal.check_audit().ok  # nothing inside the journal shows it any more
+    check = journal.check_audit(head)
+    assert (check.ok, check.broken_at) == (False, 4)
+    assert check.reason is not None
+    assert "is missing" in check.reason
+    with pytest.raises(ValueError, match="audit anchor"):
+        AuditAnchor.loads('{"entry": "4"}')
+
+
+async def test_the_anchor_writer_publishes_the_head_when_it_moves(tmp_path: Path) -> None:
+    journal = AsyncJournal.open(tmp_path / "pswd.db")
+    writer = AuditAnchorWriter(journal, anchor_path(journal.sync.path), every_s=3600)
+    try:
+        await writer.start()
+        assert AuditAnchor.loads((tmp_path / "audit.anchor").read_text()).entry == 0
+        await journal.call(journal.sync.audit, audit("limit", "accepted"))
+        await writer.stop()  # publishes the last entries
+        published = AuditAnchor.loads((tmp_path / "audit.anchor").read_text())
+        assert published == await journal.call(journal.sync.audit_head)
+        assert published.entry == 1
+    finally:
+        await journal.close()
 
 
 def test_setpoint_writes_and_site_notices_are_kept(journal: Journal) -> None:
