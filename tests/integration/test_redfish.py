@@ -185,6 +185,7 @@ async def test_rack_power_from_the_metric_report_equals_the_backend(
     assert by_name["hall.total_power"].source_ts == 1.8e9 + 1, "the oldest rack reading"
     assert {p.quality for p in points} == {Quality.GOOD}
     assert len(points) == 2 * RACKS + 1
+    assert set(driver.power_sources.values()) == {"MetricReport"}
 
 
 async def test_without_telemetry_every_chassis_is_read_with_bounded_concurrency(
@@ -203,6 +204,8 @@ async def test_without_telemetry_every_chassis_is_read_with_bounded_concurrency(
         assert got[key] == watts, key
     assert got["hall.rack003_power_limit"] == 42_000.0
     assert got["hall.total_power"] == 1000.0 * sum(range(1, RACKS + 1))
+    assert set(driver.power_sources.values()) == {"EnvironmentMetrics"}
+    assert len(driver.power_sources) == RACKS
 
 
 async def test_a_chassis_filter_reads_only_those_racks(
@@ -264,6 +267,17 @@ async def test_an_expired_session_is_re_established_once_mid_run(
     assert got["hall.total_power"] == 1000.0 * sum(range(1, RACKS + 1))
     assert driver.stats.logins_total == 2
     assert len(bmc.session_ids()) == 1
+
+
+async def test_http_basic_reads_the_report_and_follows_the_stream(
+    bmc: RedfishTwinServer, drivers: Connect
+) -> None:
+    """auth = basic: no session on the BMC, and the SSE stream carries Basic credentials too."""
+    driver = await drivers(config(bmc, auth="basic"))
+    assert driver.auth_mode == "basic"
+    assert bmc.session_ids() == []
+    await until(lambda: driver.streaming, "a report over SSE with HTTP Basic")
+    assert values(await driver.read())["hall.rack050_power"] == 50_000.0
 
 
 async def test_the_event_stream_feeds_reads_without_requests(

@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from xml.etree import ElementTree as ET
 
 import httpx
 import pytest
@@ -425,3 +426,198 @@ async def test_stopping_the_server_ends_open_streams(
         async for _ in lines:  # the stream ends (instead of hanging) once the server stops
             pass
     assert bmc.stream_listeners == 0
+
+
+# ---- what DSP0266 asks of every service (checked by DMTF's Protocol Validator too) ----------
+
+
+async def test_metadata_and_odata_documents_are_open_and_name_every_namespace_served(
+    authed: httpx.AsyncClient,
+) -> None:
+    """$metadata (CSDL XML) and /odata (JSON) need no session; $metadata references a schema
+    for the namespace of every @odata.type the service serves, and an EntityContainer."""
+    async with httpx.AsyncClient(base_url=authed.base_url, timeout=5.0) as anonymous:
+        metadata = await anonymous.get(f"{V1}/$metadata")
+        odata = await anonymous.get(f"{V1}/odata")
+    assert metadata.status_code == 200
+    assert metadata.headers["Content-Type"] == "application/xml;charset=utf-8"
+    assert metadata.headers["OData-Version"] == "4.0"
+    edmx = "{http://docs.oasis-open.org/odata/ns/edmx}"
+    root = ET.fromstring(metadata.content)
+    included = {el.get("Namespace") for el in root.iter(f"{edmx}Include")}
+    container = root.find(f"{edmx}DataServices/{{http://docs.oasis-open.org/odata/ns/edm}}Schema")
+    assert container is not None
+    assert container[0].get("Extends", "").startswith("ServiceRoot.v1_")
+    for path in [
+        V1,
+        f"{V1}/Chassis",
+        f"{V1}/Chassis/Rack1",
+        f"{V1}/Chassis/Rack1/EnvironmentMetrics",
+        f"{V1}/Chassis/Rack1/Controls/PowerLimit",
+        f"{V1}/TelemetryService/MetricReports/PowerReport",
+        f"{V1}/AccountService/Roles/ReadOnly",
+    ]:
+        odata_type = (await authed.get(path)).json()["@odata.type"]
+        assert odata_type.lstrip("#").rsplit(".", 1)[0] in included, odata_type
+    assert odata.status_code == 200
+    assert odata.headers["Content-Type"] == "application/json"
+    service = odata.json()
+    assert service["@odata.context"] == f"{V1}/$metadata"
+    urls = {entry["name"]: entry["url"] for entry in service["value"]}
+    assert urls["Service"] == f"{V1}/"
+    assert urls["Chassis"] == f"{V1}/Chassis"
+    assert urls["Sessions"] == f"{V1}/SessionService/Sessions"
+
+
+async def test_every_response_carries_the_headers_redfish_requires(
+    authed: httpx.AsyncClient,
+) -> None:
+    """OData-Version, Cache-Control, Allow (the methods of that URI) and a Link to the schema
+    of the resource's own @odata.type version."""
+    reply = await authed.get(f"{V1}/Chassis/Rack1/Controls/PowerLimit")
+    assert reply.headers["OData-Version"] == "4.0"
+    assert reply.headers["Cache-Control"] == "no-cache"
+    assert reply.headers["Allow"] == "GET, HEAD, PATCH"
+    version = reply.json()["@odata.type"].split(".")[1]
+    assert reply.links["describedby"]["url"] == (
+        f"http://redfish.dmtf.org/schemas/v1/Control.{version}.json"
+    )
+    sessions = await authed.get(f"{V1}/SessionService/Sessions")
+    assert sessions.headers["Allow"] == "GET, HEAD, POST"
+    head = await authed.head(V1)
+    assert (head.status_code, head.headers["Allow"]) == (200, "GET, HEAD")
+    assert "describedby" in head.links
+
+
+async def test_unsupported_odata_versions_and_query_options_are_refused(
+    authed: httpx.AsyncClient,
+) -> None:
+    """OData-Version other than 4.0 → 412; any $ query option (none is supported) → 501, but
+    $filter on the event stream (SSEFilterPropertiesSupported); other query parameters are
+    ignored; a request without credentials is still a 401 first."""
+    reply = await authed.get(f"{V1}/Chassis", headers={"OData-Version": "4.1"})
+    assert (reply.status_code, message_id(reply)) == (412, "GeneralError")
+    assert (await authed.get(f"{V1}/Chassis", headers={"OData-Version": "4.0"})).is_success
+    reply = await authed.get(f"{V1}/Chassis", params={"$expand": "."})
+    assert (reply.status_code, message_id(reply)) == (501, "QueryNotSupported")
+    assert (await authed.get(f"{V1}/Chassis", params={"only": ""})).is_success
+    report = (
+        f"MetricReportDefinition eq '{V1}/TelemetryService/MetricReportDefinitions/PowerReport'"
+    )
+    assert (await authed.head(f"{V1}/EventService/SSE", params={"$filter": report})).is_success
+    del authed.headers["X-Auth-Token"]
+    assert (await authed.get(f"{V1}/Chassis", params={"$top": "1"})).status_code == 401
+
+
+async def test_a_login_posted_to_the_members_of_sessions_is_a_login(
+    http: httpx.AsyncClient,
+) -> None:
+    """POST …/Sessions/Members is the same request as POST …/Sessions: 201, token, Location."""
+    reply = await http.post(
+        f"{V1}/SessionService/Sessions/Members", json={"UserName": USER, "Password": PASSWORD}
+    )
+    assert reply.status_code == 201
+    assert reply.headers["Location"].startswith(f"{V1}/SessionService/Sessions/")
+    token = reply.headers["X-Auth-Token"]
+    assert (await http.get(f"{V1}/Chassis", headers={"X-Auth-Token": token})).status_code == 200
+
+
+async def test_the_account_service_shows_the_one_account_and_the_standard_roles(
+    authed: httpx.AsyncClient,
+) -> None:
+    """Accounts/1 is the configured user (Administrator, with an ETag); the three standard roles
+    carry their standard privileges; nothing there is writable over Redfish."""
+    service = (await authed.get(f"{V1}/AccountService")).json()
+    accounts = (await authed.get(service["Accounts"]["@odata.id"])).json()
+    assert accounts["Members@odata.count"] == 1
+    reply = await authed.get(accounts["Members"][0]["@odata.id"])
+    account = reply.json()
+    assert (account["UserName"], account["RoleId"]) == (USER, "Administrator")
+    assert reply.headers["ETag"] == account["@odata.etag"]
+    roles = (await authed.get(service["Roles"]["@odata.id"])).json()
+    privileges = {}
+    for member in roles["Members"]:
+        role = (await authed.get(member["@odata.id"])).json()
+        privileges[role["Id"]] = set(role["AssignedPrivileges"])
+    assert privileges["ReadOnly"] == {"Login", "ConfigureSelf"}
+    assert privileges["Operator"] == {"Login", "ConfigureComponents", "ConfigureSelf"}
+    assert "ConfigureUsers" in privileges["Administrator"]
+    reply = await authed.post(accounts["@odata.id"], json={"UserName": "x", "Password": "y"})
+    assert (reply.status_code, message_id(reply)) == (405, "OperationNotAllowed")
+
+
+# ---- the older Power resource (power_resource="Power") -------------------------------------
+
+
+@pytest.fixture
+async def legacy() -> AsyncIterator[tuple[RedfishTwinServer, httpx.AsyncClient]]:
+    """A BMC of the older kind: Power instead of EnvironmentMetrics, no telemetry; Basic auth."""
+    server = RedfishTwinServer(
+        Racks(), username=USER, password=PASSWORD, telemetry=False, power_resource="Power"
+    )
+    await server.start()
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{server.port}", auth=(USER, PASSWORD), timeout=5.0
+        ) as client:
+            yield server, client
+    finally:
+        await server.stop()
+
+
+async def test_a_legacy_bmc_reports_power_in_power_control_and_nothing_newer(
+    legacy: tuple[RedfishTwinServer, httpx.AsyncClient],
+) -> None:
+    """The chassis links Power (and Sensors) only; PowerControl[0] carries PowerConsumedWatts
+    and the PowerLimit; EnvironmentMetrics, Controls and TelemetryService are not there."""
+    _, client = legacy
+    chassis = (await client.get(f"{V1}/Chassis/Rack2")).json()
+    assert "EnvironmentMetrics" not in chassis
+    assert "Controls" not in chassis
+    power = (await client.get(chassis["Power"]["@odata.id"])).json()
+    assert power["@odata.type"].startswith("#Power.v1_")
+    control = power["PowerControl"][0]
+    assert control["PowerConsumedWatts"] == 2000.0
+    assert control["PowerLimit"]["LimitInWatts"] is None
+    assert control["PowerCapacityWatts"] == 5000.0
+    for gone in ("Chassis/Rack2/EnvironmentMetrics", "Chassis/Rack2/Controls", "TelemetryService"):
+        assert (await client.get(f"{V1}/{gone}")).status_code == 404, gone
+    root = (await client.get(V1)).json()
+    assert "TelemetryService" not in root
+
+
+async def test_a_legacy_bmc_takes_its_power_limit_through_power_limit(
+    legacy: tuple[RedfishTwinServer, httpx.AsyncClient],
+) -> None:
+    """PATCH PowerControl[0].PowerLimit.LimitInWatts sets the limit (null lifts it); a value
+    out of range, of the wrong type, or any other property is a 400 and changes nothing."""
+    server, client = legacy
+    url = f"{V1}/Chassis/Rack1/Power"
+
+    def patch(limit: object) -> dict[str, object]:
+        return {"PowerControl": [{"PowerLimit": limit}]}
+
+    reply = await client.patch(url, json=patch({"LimitInWatts": 1200}))
+    assert reply.status_code == 200
+    assert reply.json()["PowerControl"][0]["PowerLimit"]["LimitInWatts"] == 1200.0
+    assert server.backend.power_limit_w("Rack1") == 1200.0
+    for body, message in [
+        (patch({"LimitInWatts": 100}), "PropertyValueOutOfRange"),
+        (patch({"LimitInWatts": "lots"}), "PropertyValueTypeError"),
+        (patch({"LimitException": "NoAction"}), "PropertyMissing"),
+        (patch({"LimitInWatts": 900, "CorrectionInMs": 5}), "PropertyUnknown"),
+        ({"PowerControl": [{"PowerConsumedWatts": 1}]}, "PropertyNotWritable"),
+        ({"Id": "x"}, "PropertyNotWritable"),
+        ({}, "NoOperation"),
+    ]:
+        reply = await client.patch(url, json=body)
+        assert (reply.status_code, message_id(reply)) == (400, message), body
+    assert server.backend.power_limit_w("Rack1") == 1200.0
+    await client.patch(url, json=patch({"LimitInWatts": None, "LimitException": "NoAction"}))
+    assert server.backend.power_limit_w("Rack1") is None
+
+
+def test_a_legacy_bmc_has_no_telemetry_to_offer() -> None:
+    """The MetricReport names EnvironmentMetrics properties: Power with telemetry is refused."""
+    with pytest.raises(ValueError, match="telemetry=False"):
+        RedfishTwinServer(Racks(), power_resource="Power")

@@ -54,3 +54,26 @@ async def test_a_paused_bmc_refuses_connections_and_comes_back_on_its_port(
     _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
     writer.close()
     await writer.wait_closed()
+
+
+async def test_a_twin_switched_to_the_power_resource_serves_power_control_only(
+    twin_config: SimulationConfig,
+) -> None:
+    """redfish.power_resource = "Power": each rack reports PowerControl[0].PowerConsumedWatts;
+    EnvironmentMetrics and the TelemetryService are gone (an older BMC)."""
+    redfish = twin_config.redfish.model_copy(
+        update={"enabled": True, "racks_per_hall": 2, "power_resource": "Power"}
+    )
+    async with Twin(twin_config.model_copy(update={"redfish": redfish})) as twin:
+        host, port = twin.endpoints["gpu_hall_a"]
+        auth = (redfish.username, redfish.password)
+        async with httpx.AsyncClient(
+            base_url=f"http://{host}:{port}", auth=auth, timeout=5.0
+        ) as client:
+            chassis = (await client.get("/redfish/v1/Chassis/Rack001")).json()
+            assert "EnvironmentMetrics" not in chassis
+            power = (await client.get(chassis["Power"]["@odata.id"])).json()
+            assert power["PowerControl"][0]["PowerConsumedWatts"] > 0.0
+            env = await client.get("/redfish/v1/Chassis/Rack001/EnvironmentMetrics")
+            assert env.status_code == 404
+            assert "TelemetryService" not in (await client.get("/redfish/v1")).json()

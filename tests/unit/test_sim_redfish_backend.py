@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from pswd_gateway.simulation.clock import SimClock
 from pswd_gateway.simulation.config import GridSimConfig, SimulationConfig, TraceConfig
@@ -86,3 +87,12 @@ def test_limits_outside_the_range_and_unknown_chassis_are_refused() -> None:
         backend.set_power_limit_w("Rack001", high * 2)
     with pytest.raises(KeyError):
         backend.chassis_reading("Rack999")
+
+
+def test_the_bmcs_serve_environment_metrics_unless_switched_to_the_older_power_resource() -> None:
+    """redfish.power_resource defaults to EnvironmentMetrics; Power is the one alternative."""
+    assert SimulationConfig().redfish.power_resource == "EnvironmentMetrics"
+    cfg = SimulationConfig.model_validate({"redfish": {"power_resource": "Power"}})
+    assert cfg.redfish.power_resource == "Power"
+    with pytest.raises(ValidationError):
+        SimulationConfig.model_validate({"redfish": {"power_resource": "Thermal"}})

@@ -1,4 +1,5 @@
-"""What every resource of the twin is built from: its URIs, its ``@odata.type``, JSON values.
+"""What every resource of the twin is built from: its URIs, its ``@odata.type``, JSON values,
+and the response that carries it (with the ``Link: rel=describedby`` header naming its schema).
 
 Also reading a request body: a bounded JSON object, or a Redfish error saying why not.
 """
@@ -12,15 +13,21 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from pswd_gateway.simulation.redfish.registry import MESSAGE_TYPE, RedfishError
 
 __all__ = [
     "OK",
+    "OPEN_PATHS",
+    "SCHEMAS",
     "SESSIONS",
+    "SESSION_CREATE_PATHS",
     "TYPES",
     "V1",
+    "RedfishJSON",
     "chassis_uri",
     "collection",
     "finite_number",
@@ -33,6 +40,12 @@ __all__ = [
 
 V1: Final = "/redfish/v1"
 SESSIONS: Final = V1 + "/SessionService/Sessions"
+OPEN_PATHS: Final = frozenset({"/redfish", V1, V1 + "/odata", V1 + "/$metadata"})
+"""What anyone may read: the version document, the service root and the OData documents."""
+SESSION_CREATE_PATHS: Final = frozenset({SESSIONS, SESSIONS + "/Members"})
+"""Where a login is POSTed: the Sessions collection, or its ``Members`` (the same thing)."""
+SCHEMAS: Final = "http://redfish.dmtf.org/schemas/v1"
+"""DMTF's published schemas, named by ``$metadata`` and the ``Link`` headers (never fetched)."""
 MAX_BODY_BYTES: Final = 64 * 1024
 
 # @odata.type of every resource served, in one place
@@ -57,10 +70,34 @@ TYPES: Final[Mapping[str, str]] = {
     "MetricReportCollection": "#MetricReportCollection.MetricReportCollection",
     "MetricReport": "#MetricReport.v1_5_0.MetricReport",
     "EventService": "#EventService.v1_10_0.EventService",
+    "Power": "#Power.v1_7_3.Power",
+    "AccountService": "#AccountService.v1_15_0.AccountService",
+    "ManagerAccountCollection": "#ManagerAccountCollection.ManagerAccountCollection",
+    "ManagerAccount": "#ManagerAccount.v1_12_0.ManagerAccount",
+    "RoleCollection": "#RoleCollection.RoleCollection",
+    "Role": "#Role.v1_3_2.Role",
     "Message": MESSAGE_TYPE,
 }
 
 OK: Final = {"State": "Enabled", "Health": "OK"}
+
+
+class RedfishJSON(JSONResponse):
+    """A resource as JSON, with ``Link: <schema>; rel=describedby`` from its ``@odata.type``."""
+
+    def __init__(
+        self,
+        content: Mapping[str, Any],
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        background: BackgroundTask | None = None,
+    ) -> None:
+        odata_type = content.get("@odata.type")
+        link = {}
+        if isinstance(odata_type, str) and odata_type.startswith("#"):
+            schema = odata_type[1:].rsplit(".", 1)[0]  # "Chassis.v1_25_0", "ChassisCollection"
+            link["Link"] = f"<{SCHEMAS}/{schema}.json>; rel=describedby"
+        super().__init__(content, status_code, {**link, **(headers or {})}, None, background)
 
 
 def iso(ts: float) -> str:

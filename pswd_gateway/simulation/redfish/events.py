@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any, Final
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from pswd_gateway.logging import get_logger
 from pswd_gateway.simulation.redfish.backend import RedfishTwinBackend
@@ -25,6 +25,7 @@ from pswd_gateway.simulation.redfish.documents import (
     OK,
     TYPES,
     V1,
+    RedfishJSON,
     chassis_uri,
     collection,
     iso,
@@ -105,7 +106,7 @@ class Telemetry:
 
     async def service(self, _: Request) -> Response:
         """``GET /redfish/v1/TelemetryService``."""
-        return JSONResponse(
+        return RedfishJSON(
             {
                 "@odata.id": _TELEMETRY,
                 "@odata.type": TYPES["TelemetryService"],
@@ -121,7 +122,7 @@ class Telemetry:
 
     async def definitions(self, _: Request) -> Response:
         uri = _TELEMETRY + "/MetricReportDefinitions"
-        return JSONResponse(
+        return RedfishJSON(
             collection(
                 uri,
                 "MetricReportDefinitionCollection",
@@ -135,7 +136,7 @@ class Telemetry:
         if rid != REPORT_ID:
             raise RedfishError(404, "ResourceNotFound", "MetricReportDefinition", rid)
         pattern = V1 + "/Chassis/{ChassisId}/EnvironmentMetrics#/"
-        return JSONResponse(
+        return RedfishJSON(
             {
                 "@odata.id": _DEFINITION,
                 "@odata.type": TYPES["MetricReportDefinition"],
@@ -168,7 +169,7 @@ class Telemetry:
 
     async def reports(self, _: Request) -> Response:
         uri = _TELEMETRY + "/MetricReports"
-        return JSONResponse(
+        return RedfishJSON(
             collection(uri, "MetricReportCollection", "Metric Report Collection", [_REPORT])
         )
 
@@ -177,11 +178,11 @@ class Telemetry:
         rid = request.path_params["rid"]
         if rid != REPORT_ID:
             raise RedfishError(404, "ResourceNotFound", "MetricReport", rid)
-        return JSONResponse(self.next_report()[1])
+        return RedfishJSON(self.next_report()[1])
 
     async def event_service(self, _: Request) -> Response:
         """``GET /redfish/v1/EventService``: names the SSE stream."""
-        return JSONResponse(
+        return RedfishJSON(
             {
                 "@odata.id": V1 + "/EventService",
                 "@odata.type": TYPES["EventService"],

@@ -132,6 +132,11 @@ MESSAGES: Final[Mapping[str, tuple[str, str, str]]] = {
         "Warning",
         "No resolution is required.",
     ),
+    "QueryNotSupported": (
+        "Querying is not supported by the implementation.",
+        "Warning",
+        "Remove the query parameters and resubmit the request if the operation failed.",
+    ),
     "GeneralError": (
         "%1",
         "Critical",

@@ -1,7 +1,8 @@
 """Who may ask: Redfish sessions (``X-Auth-Token``), HTTP Basic, and the SessionService.
 
-Everything but ``/redfish``, ``/redfish/v1`` and the session ``POST`` needs a session token or
-the BMC's Basic credential. At most :data:`MAX_SESSIONS` are open; a new one drops the oldest.
+Everything but ``/redfish``, ``/redfish/v1``, the OData documents and the session ``POST``
+needs a session token or the BMC's Basic credential. At most :data:`MAX_SESSIONS` are open; a
+new one drops the oldest.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Scope
 
 from pswd_gateway.logging import get_logger
 from pswd_gateway.simulation.redfish.documents import (
     OK,
+    OPEN_PATHS,
+    SESSION_CREATE_PATHS,
     SESSIONS,
     TYPES,
     V1,
+    RedfishJSON,
     collection,
     iso,
     json_object,
@@ -67,7 +71,7 @@ class Sessions:
     def authorise(self, scope: Scope) -> bool:
         """Whether a request may proceed; notes the session it used in ``scope["state"]``."""
         path, method = scope["path"], scope["method"]
-        if path in ("/redfish", V1) or (path == SESSIONS and method == "POST"):
+        if path in OPEN_PATHS or (path in SESSION_CREATE_PATHS and method == "POST"):
             return True
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         token = headers.get("x-auth-token")
@@ -95,7 +99,7 @@ class Sessions:
 
     async def service(self, _: Request) -> Response:
         """``GET /redfish/v1/SessionService``."""
-        return JSONResponse(
+        return RedfishJSON(
             {
                 "@odata.id": V1 + "/SessionService",
                 "@odata.type": TYPES["SessionService"],
@@ -111,10 +115,11 @@ class Sessions:
     async def members(self, _: Request) -> Response:
         """``GET …/Sessions``."""
         paths = [f"{SESSIONS}/{sid}" for sid in self._open]
-        return JSONResponse(collection(SESSIONS, "SessionCollection", "Session Collection", paths))
+        return RedfishJSON(collection(SESSIONS, "SessionCollection", "Session Collection", paths))
 
     async def login(self, request: Request) -> Response:
-        """``POST …/Sessions`` (a login): 201 with ``X-Auth-Token`` and ``Location``."""
+        """``POST …/Sessions`` or ``…/Sessions/Members`` (a login): 201 with the Session,
+        ``X-Auth-Token`` and ``Location``."""
         body = await json_object(request)
         for prop in ("UserName", "Password"):
             if prop not in body:
@@ -131,9 +136,9 @@ class Sessions:
             oldest = min(self._open, key=lambda sid: self._open[sid].created)
             del self._open[oldest]
         sid = secrets.token_hex(8)
-        self._open[sid] = _Session(secrets.token_urlsafe(24), user, time.time())
+        self._open[sid] = _Session(secrets.token_hex(24), user, time.time())
         location = f"{SESSIONS}/{sid}"
-        return JSONResponse(
+        return RedfishJSON(
             self._document(sid),
             status_code=201,
             headers={"X-Auth-Token": self._open[sid].token, "Location": location},
@@ -147,7 +152,7 @@ class Sessions:
         if request.method == "DELETE":
             del self._open[sid]
             return Response(status_code=204)
-        return JSONResponse(self._document(sid))
+        return RedfishJSON(self._document(sid))
 
     def _document(self, sid: str) -> dict[str, Any]:
         session = self._open[sid]

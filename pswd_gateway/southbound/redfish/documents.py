@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Final
 from urllib.parse import unquote
 
@@ -22,13 +23,20 @@ __all__ = [
     "ChassisNames",
     "ChassisSample",
     "ControlLimits",
+    "PowerSource",
+    "chassis_parents",
+    "counted_in_total",
     "error_summary",
     "link",
     "members",
     "parse_control",
     "parse_environment_metrics",
     "parse_metric_report",
+    "parse_power_resource",
+    "power_sensor_total",
+    "power_supply_input_w",
     "safe_path",
+    "sensor_power",
 ]
 
 MAX_PATH_CHARS: Final = 2048
@@ -211,6 +219,112 @@ def parse_environment_metrics(device: str, doc: object, sent: float) -> ChassisS
         power_limit_w=None if disabled else _reading(doc, "PowerLimitWatts", "SetPoint"),
         source_ts=sent,
     )
+
+
+class PowerSource(StrEnum):
+    """Where a chassis' power was read, in the order the driver tries them."""
+
+    METRIC_REPORT = "MetricReport"
+    ENVIRONMENT_METRICS = "EnvironmentMetrics"
+    POWER_SUBSYSTEM = "PowerSubsystem"
+    POWER = "Power"
+    SENSORS = "Sensors"
+
+
+def power_supply_input_w(doc: object) -> float | None:
+    """``InputPowerWatts.Reading`` of a ``PowerSupplyMetrics`` resource."""
+    return _reading(doc, "InputPowerWatts", "Reading") if isinstance(doc, Mapping) else None
+
+
+def parse_power_resource(doc: object, sent: float) -> ChassisSample | None:
+    """A sample from the older ``Power`` resource: ``PowerControl[0].PowerConsumedWatts``.
+
+    ``None`` when there is no such reading (no ``PowerControl`` list, or no number in it).
+    """
+    if not isinstance(doc, Mapping):
+        return None
+    controls = doc.get("PowerControl")
+    if not isinstance(controls, list) or not controls or not isinstance(controls[0], Mapping):
+        return None
+    watts = number(controls[0].get("PowerConsumedWatts"))
+    return None if watts is None else ChassisSample(power_w=watts, source_ts=sent)
+
+
+_TOTAL_CONTEXTS: Final = ("Chassis", "PowerSupply")
+
+
+def sensor_power(doc: object) -> tuple[str, float] | None:
+    """``(PhysicalContext, Reading)`` of a ``Sensor`` whose ``ReadingType`` is ``Power``."""
+    if not isinstance(doc, Mapping) or doc.get("ReadingType") != "Power":
+        return None
+    watts = number(doc.get("Reading"))
+    context = doc.get("PhysicalContext")
+    return None if watts is None else (context if isinstance(context, str) else "", watts)
+
+
+def power_sensor_total(readings: Iterable[tuple[str, float]]) -> float | None:
+    """The chassis' power from its power sensors: the ``Chassis`` sensor, else the sum of the
+    ``PowerSupply`` sensors (their inputs); ``None`` when there is neither.
+
+    Sensors of other contexts (a GPU, a fan, a memory module) measure parts of the chassis and
+    are not summed: adding them to the chassis total would count that power twice.
+    """
+    by_context: dict[str, list[float]] = {}
+    for context, watts in readings:
+        by_context.setdefault(context, []).append(watts)
+    for context in _TOTAL_CONTEXTS:
+        found = by_context.get(context)
+        if found:
+            return found[0] if context == "Chassis" else math.fsum(found)
+    return None
+
+
+def chassis_parents(docs: Mapping[str, object]) -> dict[str, frozenset[str]]:
+    """Which chassis contain which, from ``Links.Contains`` and ``Links.ContainedBy``.
+
+    ``docs`` maps chassis ids to their Chassis resources; the answer maps a chassis id to the
+    ids of the chassis that contain it (an enclosure for its blades).
+    """
+    parents: dict[str, set[str]] = {}
+    for cid, doc in docs.items():
+        links = doc.get("Links") if isinstance(doc, Mapping) else None
+        if not isinstance(links, Mapping):
+            continue
+        contains = links.get("Contains")
+        children = contains if isinstance(contains, list) else []
+        for child in children:
+            path = safe_path(child.get("@odata.id")) if isinstance(child, Mapping) else None
+            if path is not None and chassis_id_of(path) != cid:
+                parents.setdefault(chassis_id_of(path), set()).add(cid)
+        parent = link(links, "ContainedBy")
+        if parent is not None and chassis_id_of(parent) != cid:
+            parents.setdefault(cid, set()).add(chassis_id_of(parent))
+    return {cid: frozenset(ids) for cid, ids in parents.items()}
+
+
+def counted_in_total(reporting: Iterable[str], parents: Mapping[str, frozenset[str]]) -> set[str]:
+    """The chassis whose power adds up to the device total without counting any watt twice.
+
+    A chassis is counted unless a chassis that contains it (directly or further up) reports
+    power itself: the enclosure's reading already includes its blades. A container without a
+    power reading hides nothing, so its children are counted.
+    """
+    reporting = set(reporting)
+
+    def inside_reporting(cid: str) -> bool:
+        seen: set[str] = set()
+        todo = list(parents.get(cid, ()))
+        while todo:
+            up = todo.pop()
+            if up in seen:
+                continue
+            seen.add(up)
+            if up in reporting and up != cid:
+                return True
+            todo.extend(parents.get(up, ()))
+        return False
+
+    return {cid for cid in reporting if not inside_reporting(cid)}
 
 
 def power_limit_uri(doc: object) -> str | None:

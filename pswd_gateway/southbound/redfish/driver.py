@@ -9,10 +9,21 @@ Reading strategy, fastest first:
    ``Last-Event-ID`` and exponential back-off.
 2. **MetricReport** — one GET of the TelemetryService report that carries every chassis'
    ``EnvironmentMetrics#/PowerWatts/Reading``.
-3. **EnvironmentMetrics** — one GET per chassis, at most :data:`CONCURRENCY` at a time.
+3. **Per chassis**, at most :data:`CONCURRENCY` GETs at a time, from the first source the chassis
+   offers: ``EnvironmentMetrics.PowerWatts``, the ``PowerSubsystem``'s power-supply metrics
+   (``InputPowerWatts`` summed), the older ``Power`` resource
+   (``PowerControl[0].PowerConsumedWatts``), then its ``Sensors`` of ``ReadingType`` ``Power``.
+   The source found is remembered (:attr:`RedfishDriver.power_sources`, log
+   ``redfish_power_source``) and looked for again when it stops answering.
 
-Authentication is a Redfish session (``POST …/SessionService/Sessions`` → ``X-Auth-Token``),
-re-established once when a request is answered 401, deleted on :meth:`RedfishDriver.close`.
+The total counts each watt once: a chassis inside another chassis that reports power
+(``Links.Contains`` / ``ContainedBy``, a blade in its enclosure) is not added.
+
+Authentication (``auth``): a Redfish session (``POST …/SessionService/Sessions``, any 2xx with an
+``X-Auth-Token``), or HTTP Basic — configured, or in ``auto`` when the service has no
+SessionService or refuses to create a session with a 4xx. A request answered 401 logs in again
+once; a second 401 fails the poll. The session is deleted on :meth:`RedfishDriver.close`.
+TLS is verified against the system CAs, a ``ca_bundle``, or a pinned certificate fingerprint.
 Every request has a timeout; every failure is a :class:`~pswd_gateway.errors.DeviceError` naming
 the device, the method and path, and the status or transport error.
 """
@@ -20,9 +31,12 @@ the device, the method and path, and the status or transport error.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import math
 import re
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,15 +53,22 @@ from pswd_gateway.logging import get_logger
 from pswd_gateway.southbound.redfish.documents import (
     ChassisNames,
     ChassisSample,
+    PowerSource,
     chassis_id_of,
+    chassis_parents,
+    counted_in_total,
     error_summary,
     link,
     members,
     parse_control,
     parse_environment_metrics,
     parse_metric_report,
+    parse_power_resource,
     power_limit_uri,
+    power_sensor_total,
+    power_supply_input_w,
     safe_path,
+    sensor_power,
 )
 from pswd_gateway.southbound.redfish.sse import SseDecoder, SseEvent, SseProtocolError
 
@@ -57,9 +78,15 @@ log = get_logger("southbound.redfish")
 
 V1: Final = "/redfish/v1"
 CONCURRENCY: Final = 16
+DISCOVERY_CONCURRENCY: Final = 2
+"""Chassis documents read at once while connecting (once per connection)."""
 """Most EnvironmentMetrics GETs in flight at once on the slowest path."""
 MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 MAX_REPORTS_PROBED: Final = 16
+MAX_PARTS_PROBED: Final = 64
+"""Most power supplies or sensors of one chassis looked at when finding its power source."""
+SOURCE_RETRY_S: Final = 60.0
+"""How long a chassis without any power source is left alone before it is looked at again."""
 STREAM_BACKOFF_MIN_S: Final = 0.2
 STREAM_BACKOFF_MAX_S: Final = 10.0
 STREAM_READ_TIMEOUT_MIN_S: Final = 10.0
@@ -90,6 +117,14 @@ class _Reply:
         """``"<status> <reason>"`` plus the Redfish error message when the body has one."""
         detail = error_summary(_loads(self.body))
         return f"{self.status} {self.reason}" + (f" ({detail})" if detail else "")
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How one chassis' power is read each poll: the source and the resources to GET."""
+
+    source: PowerSource
+    paths: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,12 +166,20 @@ class RedfishDriver:
         self._client: httpx.AsyncClient | None = None
         self._auth_lock = asyncio.Lock()
         self._token: str | None = None
+        self._basic: str | None = None
+        """The ``Authorization`` header value while HTTP Basic is in use."""
+        self._has_session_service = True
         self._session_path: str | None = None
         self._sessions_path = V1 + "/SessionService/Sessions"
         self._names = ChassisNames()
+        self._chassis_collection = V1 + "/Chassis"
         self._chassis_paths: dict[str, str] = {}
         self._chassis: tuple[str, ...] = ()
         self._control_paths: dict[str, str] = {}
+        self._chassis_docs: dict[str, Mapping[str, Any]] = {}
+        self._parents: dict[str, frozenset[str]] = {}
+        self._plans: dict[str, _Plan] = {}
+        self._unpowered: dict[str, float] = {}  # chassis id → monotonic time of the last search
         self._report_path: str | None = None
         self._stream_path: str | None = None
         self._stream_task: asyncio.Task[None] | None = None
@@ -165,6 +208,20 @@ class RedfishDriver:
         return self._stream_path
 
     @property
+    def auth_mode(self) -> str | None:
+        """``"session"`` or ``"basic"`` once connected with credentials, else ``None``."""
+        if self._token is not None:
+            return "session"
+        return "basic" if self._basic is not None else None
+
+    @property
+    def power_sources(self) -> dict[str, str]:
+        """Per chassis id, where its power is read (a :class:`PowerSource` value)."""
+        if self._report_path is not None:
+            return dict.fromkeys(self._chassis, PowerSource.METRIC_REPORT.value)
+        return {cid: plan.source.value for cid, plan in self._plans.items()}
+
+    @property
     def streaming(self) -> bool:
         """Whether ``read()`` would answer from the event stream right now (no I/O)."""
         return self._fresh_stream() is not None
@@ -177,7 +234,7 @@ class RedfishDriver:
             return
         self._client = httpx.AsyncClient(
             base_url=self.cfg.base_url,
-            verify=self.cfg.verify_tls,
+            verify=self._tls_verification(),
             timeout=httpx.Timeout(self.timeout_s),
             follow_redirects=False,
             limits=httpx.Limits(max_connections=CONCURRENCY + 2),
@@ -188,6 +245,9 @@ class RedfishDriver:
             sessions = link(root.get("Links"), "Sessions")
             if sessions is not None:
                 self._sessions_path = sessions
+            elif root and link(root, "SessionService") is None:
+                self._has_session_service = False
+            self._chassis_collection = link(root, "Chassis") or V1 + "/Chassis"
             await self._login()
             await self._discover(root)
         except BaseException:
@@ -213,10 +273,14 @@ class RedfishDriver:
         except DeviceError as exc:
             log.debug("redfish_logout_failed", device=self.name, error=str(exc))
         finally:
-            self._token = None
+            self._token = self._basic = None
             self._report_path = self._stream_path = None
             self._chassis_paths.clear()
             self._control_paths.clear()
+            self._chassis_docs.clear()
+            self._parents.clear()
+            self._plans.clear()
+            self._unpowered.clear()
             self._chassis = ()
             await client.aclose()
 
@@ -227,27 +291,79 @@ class RedfishDriver:
             return {}
         return self._document("GET", path, reply)
 
+    def _tls_verification(self) -> ssl.SSLContext | bool:
+        """What ``httpx`` verifies the BMC's certificate with."""
+        if not self.cfg.base_url.startswith("https://"):
+            return self.cfg.verify_tls
+        if self.cfg.tls_fingerprint_sha256 is not None:
+            return pinned_context(self.cfg.tls_fingerprint_sha256)
+        if self.cfg.ca_bundle is not None:
+            try:
+                return ssl.create_default_context(cafile=str(self.cfg.ca_bundle))
+            except (OSError, ssl.SSLError) as exc:
+                raise DeviceError(
+                    self.name,
+                    f"ca_bundle {self.cfg.ca_bundle}: not a readable PEM file ({_describe(exc)})",
+                ) from None
+        return self.cfg.verify_tls
+
     async def _login(self) -> None:
         if not self.cfg.username:
             return  # a BMC that needs no credentials (a lab or a read-only aggregator)
+        mode = self.cfg.auth
+        if mode == "basic" or (mode == "auto" and not self._has_session_service):
+            await self._use_basic("configured" if mode == "basic" else "no SessionService")
+            return
         path = self._sessions_path
         body = {"UserName": self.cfg.username, "Password": self.cfg.password.get_secret_value()}
         reply = await self._send(self._require(), "POST", path, body=body, auth=False)
-        if reply.status in (401, 403):
+        token = reply.headers.get("x-auth-token")
+        usable = token is not None and _TOKEN.fullmatch(token) is not None
+        if 200 <= reply.status < 300 and usable:
+            self._token = token
+        elif mode == "auto" and (400 <= reply.status < 500 or 200 <= reply.status < 300):
+            refusal = f"POST {path}: {reply.summary()}"
+            if reply.status in (401, 403):
+                refusal = (
+                    f"POST {path}: login refused for user {self.cfg.username!r} ({reply.summary()})"
+                )
+            await self._use_basic(refusal, after=refusal)
+            return
+        elif reply.status in (401, 403):
             raise DeviceError(
                 self.name,
                 f"POST {path}: login refused for user {self.cfg.username!r} ({reply.summary()}); "
                 "check username/password of this device",
             )
-        if reply.status not in (200, 201):
-            raise DeviceError(self.name, f"POST {path}: no session: {reply.summary()}")
-        token = reply.headers.get("x-auth-token")
-        if token is None or not _TOKEN.fullmatch(token):
+        elif 200 <= reply.status < 300:
             raise DeviceError(self.name, f"POST {path}: the answer has no usable X-Auth-Token")
-        self._token = token
+        else:
+            raise DeviceError(self.name, f"POST {path}: no session: {reply.summary()}")
         self._session_path = self._session_location(reply)
         self.stats.logins_total += 1
         log.debug("redfish_session_opened", device=self.name, session=self._session_path)
+
+    async def _use_basic(self, why: str, *, after: str = "") -> None:
+        """Switch to HTTP Basic and prove the credentials with one GET.
+
+        ``after`` is what the session login answered, told again when Basic is refused too.
+        """
+        user, password = self.cfg.username, self.cfg.password.get_secret_value()
+        encoded = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        self._basic = f"Basic {encoded}"
+        self._token = None
+        path = self._chassis_collection
+        reply = await self._send(self._require(), "GET", path)
+        if reply.status in (401, 403):
+            self._basic = None
+            before = f"{after}; then " if after else ""
+            raise DeviceError(
+                self.name,
+                f"{before}GET {path}: login refused for user {self.cfg.username!r} with HTTP "
+                f"Basic ({reply.summary()}); check username/password of this device",
+            )
+        self.stats.logins_total += 1
+        log.info("redfish_basic_auth", device=self.name, reason=why)
 
     def _session_location(self, reply: _Reply) -> str | None:
         """The new session's path: ``Location`` when it is on this service, else ``@odata.id``."""
@@ -270,16 +386,16 @@ class RedfishDriver:
     async def _reauthenticate(self, stale_token: str | None) -> None:
         """Log in again unless another request already replaced ``stale_token``."""
         async with self._auth_lock:
-            if self._token != stale_token:
-                return
+            if self._token != stale_token or self._basic is not None:
+                return  # renewed meanwhile, or HTTP Basic: nothing to renew
             log.info("redfish_reauthenticate", device=self.name)
-            self._token = None
+            self._token = self._basic = None
             await self._login()
 
     async def _discover(self, root: Mapping[str, Any]) -> None:
-        collection = link(root, "Chassis") or V1 + "/Chassis"
-        for member in members(await self._get(collection)):
+        for member in members(await self._get(self._chassis_collection)):
             self._chassis_paths.setdefault(chassis_id_of(member), member)
+        await self._read_chassis_documents()
         report = await self._find_power_report(root)
         ids = set(self._chassis_paths) | (set(report[1]) if report else set())
         self._names = ChassisNames(ids)
@@ -305,6 +421,26 @@ class RedfishDriver:
             report=self._report_path,
             stream=self._stream_path,
         )
+
+    async def _read_chassis_documents(self) -> None:
+        """Every chassis resource: its links to power sources and what it contains (a few at a
+        time: a connect must not crowd out the polls of the devices already running)."""
+        limit = asyncio.Semaphore(DISCOVERY_CONCURRENCY)
+
+        async def one(cid: str, path: str) -> None:
+            try:
+                async with limit:
+                    doc = await self._get_optional(path)
+            except DeviceError as exc:
+                log.warning("redfish_chassis_unreadable", device=self.name, error=str(exc))
+                return
+            if doc is not None:
+                self._chassis_docs[cid] = doc
+
+        async with asyncio.TaskGroup() as group:
+            for cid, path in self._chassis_paths.items():
+                group.create_task(one(cid, path))
+        self._parents = chassis_parents(self._chassis_docs)
 
     async def _find_power_report(
         self, root: Mapping[str, Any]
@@ -350,7 +486,7 @@ class RedfishDriver:
         if self._report_path is not None:
             samples = parse_metric_report(self.name, await self._get(self._report_path), sent)
         else:
-            samples = await self._read_environment_metrics(sent)
+            samples = await self._read_each_chassis(sent)
         return self._points(samples, time.time())
 
     def _fresh_stream(self) -> _Streamed | None:
@@ -365,7 +501,8 @@ class RedfishDriver:
     def _points(self, samples: Mapping[str, ChassisSample], received: float) -> list[Point]:
         wanted = self._chassis if self.cfg.chassis else sorted(samples)
         points: list[Point] = []
-        total, oldest, reporting = 0.0, math.inf, 0
+        oldest = math.inf
+        powered: dict[str, float] = {}
 
         def add(point: str, value: float, unit: SiUnit, source_ts: float) -> None:
             key = point_key(self.name, point)
@@ -378,29 +515,38 @@ class RedfishDriver:
             prefix = self._names.prefix(cid)
             if sample.power_w is not None:
                 add(f"{prefix}_power", sample.power_w, SiUnit.WATT, sample.source_ts)
-                total += sample.power_w
+                powered[cid] = sample.power_w
                 oldest = min(oldest, sample.source_ts)
-                reporting += 1
             if sample.inlet_temp_c is not None:
                 add(f"{prefix}_inlet_temp", sample.inlet_temp_c, SiUnit.CELSIUS, sample.source_ts)
             if sample.power_limit_w is not None:
                 add(f"{prefix}{LIMIT_SUFFIX}", sample.power_limit_w, SiUnit.WATT, sample.source_ts)
-        if reporting == 0:
+        if not powered:
             scope = f" among {', '.join(self.cfg.chassis)}" if self.cfg.chassis else ""
             raise DeviceError(self.name, f"no chassis reported its power{scope}")
+        counted = counted_in_total(powered, self._parents)
+        total = math.fsum(powered[cid] for cid in sorted(counted))
         add("total_power", total, SiUnit.WATT, oldest)
         return points
 
-    async def _read_environment_metrics(self, sent: float) -> dict[str, ChassisSample]:
+    async def _read_each_chassis(self, sent: float) -> dict[str, ChassisSample]:
         limit = asyncio.Semaphore(CONCURRENCY)
 
         async def one(cid: str) -> tuple[str, ChassisSample | None]:
-            path = self._chassis_path(cid) + "/EnvironmentMetrics"
-            async with limit:
-                doc = await self._get_optional(path)
-            if doc is None:
+            plan = self._plans.get(cid)
+            if plan is not None:
+                sample = await self._read_plan(plan, sent, limit)
+                if sample is not None:
+                    return cid, sample
+                del self._plans[cid]
+                log.info(
+                    "redfish_power_source_lost", device=self.name, chassis=cid, source=plan.source
+                )
+            searched = self._unpowered.get(cid)
+            if searched is not None and time.monotonic() - searched < SOURCE_RETRY_S:
                 return cid, None
-            return cid, parse_environment_metrics(self.name, doc, sent)
+            again = plan is not None or searched is not None
+            return cid, await self._find_source(cid, sent, limit, refresh=again)
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -411,6 +557,90 @@ class RedfishDriver:
                 raise
             raise first from None
         return {cid: sample for cid, sample in (t.result() for t in tasks) if sample is not None}
+
+    async def _read_plan(
+        self, plan: _Plan, sent: float, limit: asyncio.Semaphore
+    ) -> ChassisSample | None:
+        """One poll of a chassis by its known source; ``None`` when it gave no power."""
+        docs: list[dict[str, Any] | None] = []
+        for path in plan.paths:
+            async with limit:
+                docs.append(await self._get_optional(path))
+        return _sample_of(self.name, plan.source, docs, sent)
+
+    async def _find_source(
+        self, cid: str, sent: float, limit: asyncio.Semaphore, *, refresh: bool
+    ) -> ChassisSample | None:
+        """Try the chassis' power sources in order; remember and log the first that answers.
+
+        ``refresh``: read the chassis resource again first (a firmware update may have changed
+        what it links).
+        """
+        if refresh:
+            async with limit:
+                doc = await self._get_optional(self._chassis_path(cid))
+            if doc is not None:
+                self._chassis_docs[cid] = doc
+        chassis = self._chassis_docs.get(cid, {})
+        env = link(chassis, "EnvironmentMetrics")
+        strict = env is not None or not chassis  # linked, or no chassis document to tell
+        env = env or self._chassis_path(cid) + "/EnvironmentMetrics"
+        candidates: list[tuple[PowerSource, str | None]] = [
+            (PowerSource.ENVIRONMENT_METRICS, env),
+            (PowerSource.POWER_SUBSYSTEM, link(chassis, "PowerSubsystem")),
+            (PowerSource.POWER, link(chassis, "Power")),
+            (PowerSource.SENSORS, link(chassis, "Sensors")),
+        ]
+        for source, path in candidates:
+            if path is None:
+                continue
+            try:
+                plan = await self._plan(source, path, limit)
+                sample = None if plan is None else await self._read_plan(plan, sent, limit)
+            except DeviceError as exc:
+                if source is PowerSource.ENVIRONMENT_METRICS and strict:
+                    raise
+                log.warning("redfish_power_source_unusable", device=self.name, error=str(exc))
+                continue
+            if plan is not None and sample is not None:
+                self._plans[cid] = plan
+                self._unpowered.pop(cid, None)
+                log.info("redfish_power_source", device=self.name, chassis=cid, source=source)
+                return sample
+        if cid not in self._unpowered:
+            log.info("redfish_chassis_without_power", device=self.name, chassis=cid)
+        self._unpowered[cid] = time.monotonic()
+        return None
+
+    async def _plan(self, source: PowerSource, path: str, limit: asyncio.Semaphore) -> _Plan | None:
+        """The resources to GET each poll for ``source``, found from its top resource."""
+        if source in (PowerSource.ENVIRONMENT_METRICS, PowerSource.POWER):
+            return _Plan(source, (path,))
+        async with limit:
+            top = await self._get_optional(path)
+        if source is PowerSource.POWER_SUBSYSTEM:
+            supplies = link(top, "PowerSupplies")
+            if supplies is None:
+                return None
+            async with limit:
+                collection = await self._get_optional(supplies)
+            metrics: list[str] = []
+            for supply in members(collection)[:MAX_PARTS_PROBED]:
+                async with limit:
+                    found = link(await self._get_optional(supply), "Metrics")
+                if found is not None:
+                    metrics.append(found)
+            return _Plan(source, tuple(metrics)) if metrics else None
+        sensors: list[str] = []
+        for sensor in members(top)[:MAX_PARTS_PROBED]:
+            async with limit:
+                doc = await self._get_optional(sensor)
+            reading = sensor_power(doc)
+            if reading is not None and reading[0] == "Chassis":
+                return _Plan(source, (sensor,))
+            if reading is not None and reading[0] == "PowerSupply":
+                sensors.append(sensor)
+        return _Plan(source, tuple(sensors)) if sensors else None
 
     def _chassis_path(self, cid: str) -> str:
         return self._chassis_paths.get(cid) or f"{V1}/Chassis/{quote(cid, safe='')}"
@@ -455,6 +685,8 @@ class RedfishDriver:
             headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
             if token is not None:
                 headers["X-Auth-Token"] = token
+            elif self._basic is not None:
+                headers["Authorization"] = self._basic
             if self.last_event_id:
                 headers["Last-Event-ID"] = self.last_event_id
             self.stats.requests_total += 1
@@ -576,6 +808,8 @@ class RedfishDriver:
         merged = dict(headers or {})
         if auth and self._token is not None:
             merged["X-Auth-Token"] = self._token
+        elif auth and self._basic is not None:
+            merged["Authorization"] = self._basic
         self.stats.requests_total += 1
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -612,6 +846,13 @@ class RedfishDriver:
         if reply.status == 401 and self.cfg.username:
             await self._reauthenticate(token)
             reply = await self._send(client, method, path, body=body, headers=headers)
+            if reply.status == 401:
+                how = "with HTTP Basic" if self._basic is not None else "after logging in anew"
+                raise DeviceError(
+                    self.name,
+                    f"{method} {path}: {reply.summary()} {how} as {self.cfg.username!r}; "
+                    "the BMC does not accept this user's credentials; check them",
+                )
         return reply
 
     async def _get(self, path: str) -> dict[str, Any]:
@@ -630,6 +871,50 @@ class RedfishDriver:
         if not isinstance(doc, dict):
             raise DeviceError(self.name, f"{method} {path}: the answer is not a JSON object")
         return doc
+
+
+def _sample_of(
+    device: str, source: PowerSource, docs: Sequence[Mapping[str, Any] | None], sent: float
+) -> ChassisSample | None:
+    """A chassis sample from the documents of its plan; ``None`` when they hold no power."""
+    if source is PowerSource.ENVIRONMENT_METRICS:
+        doc = docs[0] if docs else None
+        sample = None if doc is None else parse_environment_metrics(device, doc, sent)
+        return sample if sample is not None and sample.power_w is not None else None
+    if source is PowerSource.POWER:
+        return parse_power_resource(docs[0] if docs else None, sent)
+    if source is PowerSource.POWER_SUBSYSTEM:
+        inputs = [w for w in map(power_supply_input_w, docs) if w is not None]
+        watts = math.fsum(inputs) if inputs else None
+    else:
+        watts = power_sensor_total(r for r in map(sensor_power, docs) if r is not None)
+    return None if watts is None else ChassisSample(power_w=watts, source_ts=sent)
+
+
+def pinned_context(fingerprint_sha256: str) -> ssl.SSLContext:
+    """A TLS client context that accepts exactly the certificate with this SHA-256 (of its DER).
+
+    The chain and the host name are not checked (BMCs ship self-signed certificates); the pin
+    is checked at the end of the handshake, before any request, credentials included, is sent.
+    """
+    expected = fingerprint_sha256.replace(":", "").lower()
+
+    class PinnedObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            super().do_handshake()
+            der = self.getpeercert(binary_form=True)
+            seen = hashlib.sha256(der).hexdigest() if der else "no certificate"
+            if seen != expected:
+                raise ssl.SSLCertVerificationError(
+                    f"the certificate's SHA-256 is {seen}, not the pinned {expected} "
+                    "(tls_fingerprint_sha256)"
+                )
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.sslobject_class = PinnedObject
+    return context
 
 
 class _TooLargeError(Exception):
