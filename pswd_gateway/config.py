@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AwareDatetime,
@@ -237,7 +239,15 @@ class RedfishDeviceConfig(_DeviceBase):
     base_url: str
     username: str = ""
     password: SecretStr = SecretStr("")
+    auth: Literal["session", "basic", "auto"] = "auto"
+    """``session``: a Redfish session only; ``basic``: HTTP Basic on every request; ``auto``: a
+    session, or Basic when the service has no SessionService or refuses to create a session."""
     verify_tls: bool = True
+    ca_bundle: Path | None = None
+    """PEM file of the CA (or the self-signed certificate) that signed the BMC's certificate."""
+    tls_fingerprint_sha256: str | None = None
+    """SHA-256 of the BMC's certificate (DER), hex with or without colons: that certificate
+    and no other is accepted, whoever signed it."""
     use_event_service: bool = True
     """Subscribe to the BMC's EventService SSE stream when it offers one."""
     chassis: tuple[str, ...] = ()
@@ -250,7 +260,39 @@ class RedfishDeviceConfig(_DeviceBase):
     def _http_url(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        host = urlsplit(url).hostname or ""
+        if url.startswith("http://") and not is_loopback(host):
+            raise ValueError(
+                f"plain HTTP to {host or 'the BMC'} would carry the BMC password and session in "
+                "clear text; use https:// (with ca_bundle or tls_fingerprint_sha256 for a "
+                "self-signed certificate), or http:// only to 127.0.0.1 / localhost"
+            )
         return url.rstrip("/")
+
+    @field_validator("tls_fingerprint_sha256")
+    @classmethod
+    def _sha256_hex(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        digits = value.replace(":", "").strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digits):
+            raise ValueError(
+                "must be the certificate's SHA-256 as 64 hex digits (colons allowed), e.g. the "
+                "output of: openssl x509 -noout -fingerprint -sha256 -in bmc.pem"
+            )
+        return digits
+
+    @model_validator(mode="after")
+    def _tls_settings_need_https(self) -> RedfishDeviceConfig:
+        if self.ca_bundle is not None and self.tls_fingerprint_sha256 is not None:
+            raise ValueError(
+                "ca_bundle and tls_fingerprint_sha256 exclude each other: verify the BMC "
+                "against a CA, or pin its certificate"
+            )
+        pinned = self.ca_bundle is not None or self.tls_fingerprint_sha256 is not None
+        if pinned and not self.base_url.startswith("https://"):
+            raise ValueError("ca_bundle and tls_fingerprint_sha256 need an https:// base_url")
+        return self
 
 
 DeviceConfig = Annotated[ModbusDeviceConfig | RedfishDeviceConfig, Field(discriminator="kind")]

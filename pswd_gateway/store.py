@@ -33,9 +33,10 @@ class Snapshot:
         return self.points.get(key)
 
     def value(self, key: str, *, usable_only: bool = True) -> float | None:
-        """The value of ``key``; ``None`` when absent or, with ``usable_only``, invalid."""
+        """The value of ``key``; ``None`` when absent or, with ``usable_only``, invalid or
+        implausible (out of range: :attr:`Point.plausible`)."""
         p = self.points.get(key)
-        if p is None or (usable_only and p.quality is Quality.INVALID):
+        if p is None or (usable_only and not p.plausible):
             return None
         return p.value
 
@@ -50,9 +51,12 @@ class Snapshot:
         return self.total([f"{d}.{signal.point}" for d in devices])
 
     def usable(self, signal: Signal, site: SiteMap) -> float | None:
-        """The signal's value when it may be used for control (present and not invalid)."""
-        sample = self.read(signal, site)
-        return None if sample is None or sample.quality is Quality.INVALID else sample.value
+        """The signal's value when it may be used for control: present, not invalid, and no
+        point of it out of its plausible range (a questionable point of a late device is)."""
+        if signal.setting is not None:
+            return site.setting(signal.setting)
+        assert signal.role is not None
+        return self.usable_total([f"{d}.{signal.point}" for d in site.devices(signal.role)])
 
     def total(self, keys: Sequence[str]) -> Sample | None:
         """Several points as one: their sum, the worst quality and the oldest source time;
@@ -65,9 +69,13 @@ class Snapshot:
         return Sample(sum(p.value for p in present), worst, min(p.source_ts for p in present))
 
     def usable_total(self, keys: Sequence[str]) -> float | None:
-        """The sum of several points; ``None`` when any is absent or invalid (or none given)."""
-        total = self.total(keys)
-        return None if total is None or total[1] is Quality.INVALID else total[0]
+        """The sum of several points; ``None`` when any is absent, invalid or implausible (or
+        none given)."""
+        points = [self.points.get(k) for k in keys]
+        plausible = [p for p in points if p is not None and p.plausible]
+        if not plausible or len(plausible) != len(points):
+            return None
+        return sum(p.value for p in plausible)
 
     def device(self, device: str) -> dict[str, Point]:
         """Every point of ``device``, keyed by point name (without the device prefix)."""

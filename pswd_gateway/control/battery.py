@@ -137,7 +137,7 @@ class BatteryController:
         soc = snap.usable(BESS_SOC, site)
         measured = snap.read(BESS_POWER, site)
         available = False
-        if measured is not None and measured.quality is not Quality.INVALID:
+        if measured is not None and snap.usable(BESS_POWER, site) is not None:
             self.loop.battery(measured.source_ts, measured.value)
             available = soc is not None
         jobs = self.jobs(image.now) if self.config.predictive else ()

@@ -235,7 +235,7 @@ class ControlCycle:
 
     def _on_points(self, points: Sequence[Point]) -> None:
         for p in points:
-            if p.quality is Quality.INVALID:
+            if not p.plausible:  # invalid, or a reading out of its range
                 continue
             if p.name == self._bess_key:
                 if self.loop.battery(p.source_ts, p.value):

@@ -39,7 +39,9 @@ class Point:
     ``name`` is ``"<device>.<point>"``; ``value`` is in SI units (W, var, V, A, Hz, °C, J,
     ratio 0..1, s) named by ``unit``. ``source_ts`` is when the device says the value was
     measured (or, when the device gives no time, when the request was sent); ``received_ts``
-    is when the gateway got it. Both are POSIX seconds.
+    is when the gateway got it. Both are POSIX seconds. ``reason`` says why the reading itself
+    is not good (IEC 61850-7-3 detailQual: ``"out of range"``, ``"not available"``); ``None``
+    for a plausible reading, whatever the device's lateness made of its quality.
     """
 
     name: str
@@ -48,14 +50,29 @@ class Point:
     quality: Quality
     source_ts: float
     received_ts: float
+    reason: str | None = None
+
+    @property
+    def plausible(self) -> bool:
+        """Fit for control: not invalid, and no reason to doubt the reading itself (a
+        questionable point of a late device is plausible; an out-of-range one is not)."""
+        return self.quality is not Quality.INVALID and self.reason is None
 
     @property
     def device(self) -> str:
         return split_key(self.name)[0]
 
     def with_quality(self, quality: Quality) -> Point:
-        """The same reading with another quality (value and timestamps kept)."""
-        return Point(self.name, self.value, self.unit, quality, self.source_ts, self.received_ts)
+        """The same reading with another quality (value, timestamps and reason kept)."""
+        return Point(
+            self.name,
+            self.value,
+            self.unit,
+            quality,
+            self.source_ts,
+            self.received_ts,
+            self.reason,
+        )
 
 
 class Sample(NamedTuple):

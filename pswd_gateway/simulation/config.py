@@ -245,6 +245,11 @@ class GridSimConfig(_Strict):
     """Standard deviation of the seeded measurement noise added to W at each refresh."""
     meter_energy_refresh_ms: RefreshMs = IMPERFECTIONS["grid.meter_energy_refresh_ms"]
     """The energy registers (TotWhAbs, TotWhInj) refresh every this."""
+    meter_model: Literal[701, 201, 202, 203, 204, 211, 212, 213, 214] = 701
+    """The SunSpec model the grid meter serves its measurements in: 701 (DER AC measurement),
+    201-204 (meters, integer + scale factor) or 211-214 (meters, float)."""
+    meter_base_address: Literal[40000, 50000, 0] = 40000
+    """Where the grid meter's SunSpec chain (its "SunS" marker) starts."""
     events: tuple[FrequencyEvent, ...] = (
         FrequencyEvent(start_s=120.0),
         FrequencyEvent(start_s=1900.0, delta_hz=-0.5, fall_s=1.0, hold_s=5.0, recover_s=30.0),
@@ -330,6 +335,11 @@ class RedfishSimConfig(_Strict):
     """Lower end of the power-limit range, as a fraction of the rated power."""
     rack_spread: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
     """Seeded spread of the racks' shares of their hall's load."""
+    power_resource: Literal["EnvironmentMetrics", "Power"] = "EnvironmentMetrics"
+    """Where each rack reports its power: ``EnvironmentMetrics`` (with ``PowerSubsystem``,
+    ``Controls``, ``TelemetryService`` and ``EventService``), or the older ``Power`` resource
+    (``PowerControl[0].PowerConsumedWatts``, limits through ``PowerLimit``) of a BMC that has
+    none of those."""
 
 
 class SimulationConfig(_Strict):

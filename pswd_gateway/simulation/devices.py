@@ -2,7 +2,10 @@
 
 - grid meter: SunSpec models 1 and 701 (W > 0 = import, the project's convention);
 - BESS: SunSpec models 1, 701, 702, 704 and 802 (W > 0 = discharge), following 704 WSet;
-- thermal plant: the plain register map ``config/devices/thermal-plant.toml``.
+- thermal plant: the plain register map ``config/devices/thermal-plant.toml``;
+- vendor devices on their own plain maps: an Eastron SDM630 revenue meter
+  (``eastron-sdm630.toml``, IEEE 754 floats in input registers) at the grid connection and a
+  chiller plant controller (``chiller-controller.toml``) over the same chilled-water plant.
 
 The meter's and the PCS's measurements are what a real device shows, not the instantaneous
 truth: :class:`~pswd_gateway.simulation.measurement.MeterView` and
@@ -50,18 +53,24 @@ from pswd_gateway.southbound.modbus.registermap import (
 
 __all__ = [
     "BESS_SCALE_FACTORS",
+    "CHILLER_MAP_PATH",
     "METER_SCALE_FACTORS",
+    "SDM630_MAP_PATH",
     "THERMAL_MAP_PATH",
     "BessBehaviour",
     "GridMeterBehaviour",
     "PlainMapBank",
     "SiteContext",
+    "chiller_controller_bank",
+    "sdm630_bank",
     "thermal_plant_bank",
 ]
 
 log = get_logger("simulation.devices")
 
 THERMAL_MAP_PATH: Final = DEVICE_MAPS_DIR / "thermal-plant.toml"
+SDM630_MAP_PATH: Final = DEVICE_MAPS_DIR / "eastron-sdm630.toml"
+CHILLER_MAP_PATH: Final = DEVICE_MAPS_DIR / "chiller-controller.toml"
 SQRT3: Final = math.sqrt(3.0)
 
 # model id -> scale-factor point -> exponent
@@ -554,13 +563,15 @@ class BessBehaviour:
 # --------------------------------------------------------------------------------------------
 
 _INT_RANGE: Final[dict[DataType, tuple[int, int]]] = {
-    DataType.INT16: (-(1 << 15), (1 << 15) - 1),
-    DataType.UINT16: (0, (1 << 16) - 1),
-    DataType.INT32: (-(1 << 31), (1 << 31) - 1),
-    DataType.UINT32: (0, (1 << 32) - 1),
-    DataType.INT64: (-(1 << 63), (1 << 63) - 1),
-    DataType.UINT64: (0, (1 << 64) - 1),
+    DataType.INT16: (-(1 << 15) + 1, (1 << 15) - 2),
+    DataType.UINT16: (0, (1 << 16) - 2),
+    DataType.INT32: (-(1 << 31) + 1, (1 << 31) - 2),
+    DataType.UINT32: (0, (1 << 32) - 2),
+    DataType.INT64: (-(1 << 63) + 1, (1 << 63) - 2),
+    DataType.UINT64: (0, (1 << 64) - 2),
 }
+"""What a value saturates to: the type's range without the "not available" patterns at its
+ends (int16 0x8000, 0x7FFF, uint16 0xFFFF …), which a clipped reading must not become."""
 
 
 def _clamp_to_type(p: RegisterPoint, value: float) -> float:
@@ -683,3 +694,84 @@ def thermal_plant_bank(site: SiteContext) -> PlainMapBank:
         log.info("thermal_setpoint", point=point, value=value)
 
     return PlainMapBank(regmap, site.sample, THERMAL_VALUES, on_write)
+
+
+def _sdm630_values() -> dict[str, Callable[[Truth], float]]:
+    """SDM630 point → value in its map's unit: three balanced phases of the grid connection,
+    total power > 0 = import (the meter's own sign), energies in kWh."""
+
+    def phase_v(t: Truth) -> float:
+        return t.grid_voltage_v / SQRT3
+
+    def phase_a(t: Truth) -> float:
+        return t.grid_va / (SQRT3 * t.grid_voltage_v) if t.grid_voltage_v > 0 else 0.0
+
+    def pf(t: Truth) -> float:
+        return 1.0 if t.grid_va == 0.0 else t.grid_w / t.grid_va
+
+    values: dict[str, Callable[[Truth], float]] = {
+        "current": lambda t: 3 * phase_a(t),
+        "active_power": lambda t: t.grid_w,
+        "apparent_power": lambda t: t.grid_va,
+        "reactive_power": lambda t: t.grid_var,
+        "power_factor": pf,
+        "frequency": lambda t: t.frequency_hz,
+        "energy_imported": lambda t: t.grid_import_j / 3.6e6,
+        "energy_exported": lambda t: t.grid_export_j / 3.6e6,
+        "voltage": lambda t: t.grid_voltage_v,
+        "neutral_current": lambda _t: 0.0,
+    }
+    for phase in ("l1", "l2", "l3"):
+        values["voltage_" + phase] = phase_v
+        values["current_" + phase] = phase_a
+        values["active_power_" + phase] = lambda t: t.grid_w / 3
+    return values
+
+
+def sdm630_bank(site: SiteContext) -> PlainMapBank:
+    """An Eastron SDM630 at the grid connection (``config/devices/eastron-sdm630.toml``): the
+    instantaneous truth of each request, as IEEE 754 floats; it has nothing to write."""
+
+    def on_write(point: str, value: float) -> None:  # the map has no writable point
+        log.info("sdm630_write_ignored", point=point, value=value)
+
+    return PlainMapBank(load_register_map(SDM630_MAP_PATH), site.sample, _sdm630_values(), on_write)
+
+
+_CHILLER_OFF, _CHILLER_RUNNING, _CHILLER_STANDBY = 0, 1, 2
+_CONDENSER_APPROACH_K: Final = 5.0
+"""Condenser water enters this much above the wet-bulb stand-in (25 °C) and leaves heated by
+the chiller's rejected heat; a plausible picture, not a condenser model."""
+
+
+def chiller_controller_bank(site: SiteContext, *, rated_w: float = 30e6) -> PlainMapBank:
+    """A chiller plant controller (``config/devices/chiller-controller.toml``) over the twin's
+    chilled-water plant: its setpoint write moves the plant's supply setpoint, its demand limit
+    is kept and read back (the plant model has no capacity limit)."""
+    demand_limit = [100.0]
+
+    def capacity(t: Truth) -> float:
+        return min(100.0, 100.0 * t.cooling_w / rated_w) if rated_w > 0 else 0.0
+
+    values: dict[str, Callable[[Truth], float]] = {
+        "unit_status": lambda t: _CHILLER_RUNNING if t.chiller_w > 0.0 else _CHILLER_STANDBY,
+        "chw_supply_temp": lambda t: t.chw_supply_c,
+        "chw_return_temp": lambda t: t.chw_return_c,
+        "cw_entering_temp": lambda _t: 25.0 + _CONDENSER_APPROACH_K,
+        "cw_leaving_temp": lambda t: 25.0 + _CONDENSER_APPROACH_K + 5.0 * capacity(t) / 100.0,
+        "capacity": capacity,
+        "chiller_power": lambda t: t.chiller_w / 1e3,
+        "chw_flow": lambda t: t.chw_flow_m3_s * 1e3,
+        "alarm_code": lambda _t: 0.0,
+        "chw_supply_setpoint": lambda t: t.chw_setpoint_c,
+        "demand_limit": lambda _t: demand_limit[0],
+    }
+
+    def on_write(point: str, value: float) -> None:
+        if point == "chw_supply_setpoint":
+            site.physics.set_chw_setpoint(site.now(), value)
+        elif point == "demand_limit":
+            demand_limit[0] = value
+        log.info("chiller_setpoint", point=point, value=value)
+
+    return PlainMapBank(load_register_map(CHILLER_MAP_PATH), site.sample, values, on_write)

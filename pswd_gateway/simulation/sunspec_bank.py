@@ -60,6 +60,7 @@ _RAW_RANGE: Final[dict[str, tuple[int, int]]] = {
     ss_mdef.TYPE_ACC64: (0, 0x7FFFFFFFFFFFFFFF),
     ss_mdef.TYPE_SUNSSF: (-10, 10),
 }
+_FLOATS: Final = frozenset({ss_mdef.TYPE_FLOAT32, ss_mdef.TYPE_FLOAT64})
 _ENUMS: Final = frozenset({ss_mdef.TYPE_ENUM16, ss_mdef.TYPE_ENUM32})
 _BITFIELDS: Final = frozenset({ss_mdef.TYPE_BITFIELD16, ss_mdef.TYPE_BITFIELD32})
 
@@ -82,6 +83,9 @@ def put(model: Any, name: str, value: float | None) -> None:
     point = model.points[name]
     if value is None or not math.isfinite(value):
         point.value = None
+        return
+    if point.pdef[ss_mdef.TYPE] in _FLOATS:
+        point.value = float(value)  # the float meter models (211-214) carry it as it is
         return
     raw = round(value * 10.0 ** -scale_factor(model, name))
     lo, hi = _RAW_RANGE.get(point.pdef[ss_mdef.TYPE], (-(1 << 63), (1 << 64) - 1))

@@ -46,7 +46,12 @@ from pswd_gateway.simulation.modbus_servers import ModbusDeviceServer, RegisterB
 from pswd_gateway.simulation.physics import SitePhysics, Truth
 from pswd_gateway.simulation.redfish import RedfishTwinServer
 from pswd_gateway.simulation.redfish_backend import HallBackend
-from pswd_gateway.simulation.sunspec_bank import SunSpecBank
+from pswd_gateway.simulation.sunspec_bank import SunSpecBank, SunSpecBehaviour
+from pswd_gateway.simulation.sunspec_meters import (
+    DER_AC_MODEL,
+    SunSpecMeterBehaviour,
+    meter_map_name,
+)
 from pswd_gateway.simulation.trace import TraceEvent, TrainingTrace
 
 __all__ = [
@@ -101,7 +106,7 @@ class Twin:
         self.bess_meter = BessView.from_config(self.physics)
         """What the PCS's measurements show (W > 0 = discharge)."""
         self.banks: dict[str, RegisterBank] = {
-            "grid_meter": SunSpecBank(GridMeterBehaviour(cfg, view=self.meter), self.site.sample),
+            "grid_meter": self._grid_meter_bank(),
             "bess": SunSpecBank(BessBehaviour(self.site, self.bess_meter), self.site.sample),
             "thermal": thermal_plant_bank(self.site),
         }
@@ -132,6 +137,16 @@ class Twin:
         self._clock_started = False
         self.ticks_total = 0
         self.tick_overruns_total = 0
+
+    def _grid_meter_bank(self) -> SunSpecBank:
+        """The grid meter in the configured SunSpec model, at the configured base address."""
+        grid = self.config.grid
+        behaviour: SunSpecBehaviour = (
+            GridMeterBehaviour(self.config, view=self.meter)
+            if grid.meter_model == DER_AC_MODEL
+            else SunSpecMeterBehaviour(grid.meter_model, self.config, view=self.meter)
+        )
+        return SunSpecBank(behaviour, self.site.sample, base=grid.meter_base_address)
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -199,6 +214,8 @@ class Twin:
             port=self._redfish_ports[hall],
             username=cfg.redfish.username,
             password=cfg.redfish.password,
+            telemetry=cfg.redfish.power_resource == "EnvironmentMetrics",
+            power_resource=cfg.redfish.power_resource,
         )
         self.redfish[hall] = server
         await server.start()
@@ -264,7 +281,11 @@ class Twin:
                         "host": host,
                         "port": port,
                         "unit_id": UNIT_ID,
-                        "register_map": REGISTER_MAPS[name],
+                        "register_map": (
+                            meter_map_name(cfg.grid.meter_model)
+                            if name == "grid_meter"
+                            else REGISTER_MAPS[name]
+                        ),
                         "poll_interval_ms": MODBUS_POLL_INTERVAL_MS,
                     }
                 )

@@ -15,7 +15,8 @@ class Driver(Protocol):
     """A device driver. The poller owns scheduling, timeouts and quality; a driver only talks.
 
     - ``read`` returns every point of the device with quality ``good`` and SI values, keyed
-      ``"<device>.<point>"``; it raises :class:`pswd_gateway.errors.DeviceError` when the
+      ``"<device>.<point>"`` (an implausible reading: questionable or invalid, with its
+      ``reason``); it raises :class:`pswd_gateway.errors.DeviceError` when the
       device does not answer or answers with something that cannot be decoded.
     - ``write`` sets one writable point (SI value) or raises ``DeviceError`` /
       ``WriteRefusedError``.

@@ -18,6 +18,8 @@ from pswd_gateway.southbound.modbus.registermap import (
     decode_point,
     decode_registers,
     encode_point,
+    in_valid_range,
+    not_available_patterns,
     read_plan,
     scale_factor,
 )
@@ -193,3 +195,99 @@ def test_sunspec_map_with_unknown_point_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="701 has no point 'Nope'"):
         load_device_map(path)
+
+
+@pytest.mark.parametrize(
+    ("data_type", "registers"),
+    [
+        (DataType.INT16, [0x8000]),
+        (DataType.UINT16, [0xFFFF]),
+        (DataType.INT32, [0x8000, 0x0000]),
+        (DataType.UINT32, [0xFFFF, 0xFFFF]),
+        (DataType.FLOAT32, [0x7FC0, 0x0000]),
+        (DataType.FLOAT32, [0x7F80, 0x0000]),
+    ],
+)
+def test_not_available_patterns_decode_to_no_value_in_plain_maps(
+    data_type: DataType, registers: list[int]
+) -> None:
+    """Each type's "not available" pattern (int16 0x8000, uint16 0xFFFF, int32 0x80000000,
+    uint32 0xFFFFFFFF, a float NaN or infinity) is no value, with or without a scale factor."""
+    p = RegisterPoint(name="p", address=0, type=data_type, scale=0.01)
+    assert decode_point(p, registers) is None
+
+
+def test_shipped_thermal_plant_chw_supply_0x8000_is_no_value() -> None:
+    """The case of issue 15: chw_supply_temp (int16, scale 0.01) at 0x8000 is not -327.68 °C."""
+    regmap = load_device_map(DEVICE_MAPS_DIR / "thermal-plant.toml")
+    image = dict.fromkeys(range(32), 0) | {0: 0x8000, 1: 2400}
+    values = decode_registers(regmap, image)
+    assert values["chw_supply_temp"] is None
+    assert values["chw_return_temp"] == pytest.approx(24.0)
+
+
+def test_not_available_list_replaces_the_type_default() -> None:
+    """``not_available`` names the device's own patterns (here 0x7FFF, a failed sensor); ``[]``
+    makes every pattern a value."""
+    own = RegisterPoint(name="t", address=0, type=DataType.INT16, not_available=(0x7FFF,))
+    assert decode_point(own, [0x7FFF]) is None
+    assert decode_point(own, [0x8000]) == -32768
+    none = RegisterPoint(name="t", address=0, type=DataType.UINT16, not_available=())
+    assert decode_point(none, [0xFFFF]) == 0xFFFF
+    assert not_available_patterns(none) == frozenset()
+
+
+def test_a_plain_accumulator_at_zero_is_a_count() -> None:
+    """acc32 0 is SunSpec's "not implemented" only beside a scale factor; in a plain map it is
+    zero."""
+    plain = RegisterPoint(name="e", address=0, type=DataType.ACC32)
+    sunspec = RegisterPoint(name="e", address=0, type=DataType.ACC32, sf_address=2)
+    assert decode_point(plain, [0, 0]) == 0.0
+    assert decode_point(sunspec, [0, 0], sunssf=0) is None
+
+
+def test_valid_range_bounds_plausible_values() -> None:
+    """A value inside ``valid_range`` (ends included) is plausible; outside is not; no range:
+    everything is."""
+    p = RegisterPoint(name="hz", address=0, type=DataType.UINT16, valid_range=(45.0, 65.0))
+    assert in_valid_range(p, 45.0)
+    assert in_valid_range(p, 65.0)
+    assert not in_valid_range(p, 44.99)
+    assert in_valid_range(RegisterPoint(name="x", address=0, type=DataType.INT16), -1e9)
+
+
+def test_a_reversed_valid_range_is_refused() -> None:
+    """``valid_range = [hi, lo]`` is a map error that says which order is expected."""
+    with pytest.raises(ValueError, match="low <= high"):
+        RegisterPoint(name="x", address=0, type=DataType.INT16, valid_range=(40.0, 0.0))
+
+
+def test_an_input_register_map_has_no_writable_point() -> None:
+    """Input registers cannot be written: a map reading them refuses ``access = "rw"``."""
+    with pytest.raises(ValueError, match="input registers are read-only"):
+        RegisterMap(
+            name="m",
+            table="input",
+            points=(RegisterPoint(name="x", address=0, type=DataType.INT16, access="rw"),),
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "table"), [("eastron-sdm630", "input"), ("chiller-controller", "holding")]
+)
+def test_shipped_vendor_maps_load(name: str, table: str) -> None:
+    """The vendor maps are valid plain maps, every point with a plausible range or a reason not
+    to have one (signed powers, codes), read from the table their device keeps them in."""
+    regmap = load_device_map(DEVICE_MAPS_DIR / f"{name}.toml")
+    assert not isinstance(regmap, SunSpecRegisterMap)
+    assert regmap.table == table
+    assert regmap.point("frequency" if table == "input" else "chw_supply_temp").valid_range
+
+
+def test_shipped_maps_bound_temperatures_and_frequency() -> None:
+    """The existing maps carry plausible ranges: chilled water 0..40 °C, frequency 45..65 Hz."""
+    thermal = load_device_map(DEVICE_MAPS_DIR / "thermal-plant.toml")
+    assert thermal.point("chw_supply_temp").valid_range == (0.0, 40.0)
+    for name in ("sunspec-meter", "sunspec-bess"):
+        regmap = load_device_map(DEVICE_MAPS_DIR / f"{name}.toml")
+        assert regmap.point("frequency").valid_range == (45.0, 65.0)

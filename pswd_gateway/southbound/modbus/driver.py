@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
@@ -12,7 +13,7 @@ from pymodbus.pdu import ModbusPDU
 
 from pswd_gateway.config import ModbusDeviceConfig
 from pswd_gateway.domain.points import Point, Quality, point_key
-from pswd_gateway.domain.units import from_si, to_si
+from pswd_gateway.domain.units import from_si, si_unit, to_si
 from pswd_gateway.errors import DeviceError, WriteRefusedError
 from pswd_gateway.logging import get_logger
 from pswd_gateway.southbound.modbus.registermap import (
@@ -21,15 +22,29 @@ from pswd_gateway.southbound.modbus.registermap import (
     RegisterPoint,
     decode_registers,
     encode_point,
+    in_valid_range,
     read_plan,
     scale_factor,
 )
-from pswd_gateway.southbound.modbus.sunspec import END_MODEL_ID, SUNS_MARKER, SunSpecRegisterMap
+from pswd_gateway.southbound.modbus.sunspec import (
+    END_MODEL_ID,
+    SUNS_MARKER,
+    SunSpecLayout,
+    SunSpecRegisterMap,
+)
 from pswd_gateway.southbound.source_time import SourceClock
 
 __all__ = ["ModbusDriver"]
 
 log = get_logger("modbus")
+
+LOG_EVERY_S: Final = 10.0
+"""At most one implausible-reading warning per point and kind in this long."""
+OUT_OF_RANGE: Final = "out of range"
+NOT_AVAILABLE: Final = "not available"
+MAX_CHAIN_MODELS: Final = 256
+"""Model headers walked before a chain without an end model is given up on."""
+MODBUS_ADDRESSES: Final = 0x10000
 
 
 class ModbusDriver:
@@ -51,6 +66,10 @@ class ModbusDriver:
         self._client: AsyncModbusTcpClient | None = None
         self._sf_cache: dict[int, int] = {}
         self._source = SourceClock(cfg.measurement_refresh_s)
+        self._last_good: dict[str, float] = {}
+        """Each point's last plausible SI value: what an unavailable reading is shown with."""
+        self._last_log: dict[tuple[str, str], float] = {}
+        self._monotonic = time.monotonic
         self._verified = False
         self._writer: AsyncModbusTcpClient | None = None
         self._write_io = asyncio.Lock()
@@ -79,10 +98,12 @@ class ModbusDriver:
             # Once per process: a reconnect after a lost reply is the same device, and seven
             # more round trips right then are seven more chances to lose one.
             try:
-                await self._verify_sunspec(self.regmap)
+                self.regmap = await self._discover_sunspec(self.regmap)
             except DeviceError:
                 await self.close()
                 raise
+            self._plans.clear()
+            self._sf_cache.clear()
             self._verified = True
 
     async def _open(self) -> AsyncModbusTcpClient:
@@ -139,14 +160,45 @@ class ModbusDriver:
         values = decode_registers(self.regmap, image, due)
         points: list[Point] = []
         for p in due:
-            value = values[p.name]
-            if value is None:
-                continue
-            si, unit = to_si(value, p.unit)
-            key = point_key(self.name, p.name)
-            source = self._source.stamp(key, si)
-            points.append(Point(key, si, unit, Quality.GOOD, source, received))
+            point = self._point(p, values[p.name], received)
+            if point is not None:
+                points.append(point)
         return points
+
+    def _point(self, p: RegisterPoint, value: float | None, received: float) -> Point | None:
+        """One decoded reading as a point, judged for plausibility.
+
+        A "not available" reading (``value`` None) of a point never seen is left out (the device
+        does not implement it); of one seen before it is published invalid with its last
+        plausible value, so nothing goes on showing that value as good. A reading outside the
+        point's ``valid_range`` is published questionable, "out of range"."""
+        key = point_key(self.name, p.name)
+        if value is None:
+            last = self._last_good.get(key)
+            if last is None:
+                return None
+            self._log_rate_limited("point_not_available", p.name)
+            unit = si_unit(p.unit)
+            return Point(key, last, unit, Quality.INVALID, received, received, NOT_AVAILABLE)
+        si, unit = to_si(value, p.unit)
+        source = self._source.stamp(key, si)
+        if not in_valid_range(p, value):
+            assert p.valid_range is not None
+            lo, hi = p.valid_range
+            self._log_rate_limited(
+                "point_out_of_range", p.name, value=value, unit=p.unit, low=lo, high=hi
+            )
+            return Point(key, si, unit, Quality.QUESTIONABLE, source, received, OUT_OF_RANGE)
+        self._last_good[key] = si
+        return Point(key, si, unit, Quality.GOOD, source, received)
+
+    def _log_rate_limited(self, event: str, point: str, **kw: object) -> None:
+        """One warning per point and event every :data:`LOG_EVERY_S` (a broken sensor answers
+        every poll, 50 times a second)."""
+        now = self._monotonic()
+        if now - self._last_log.get((event, point), -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._last_log[event, point] = now
+            log.warning(event, device=self.name, point=point, **kw)
 
     async def write(self, point: str, value: float) -> None:
         p, native, regs = await self._encode(point, value)
@@ -225,9 +277,14 @@ class ModbusDriver:
         what = f"registers {start}..{start + count - 1}"
         try:
             async with self._io:
-                reply = await client.read_holding_registers(
-                    start, count=count, device_id=self.cfg.unit_id
-                )
+                if self.regmap.table == "input":
+                    reply = await client.read_input_registers(
+                        start, count=count, device_id=self.cfg.unit_id
+                    )
+                else:
+                    reply = await client.read_holding_registers(
+                        start, count=count, device_id=self.cfg.unit_id
+                    )
         except (ModbusException, OSError, asyncio.IncompleteReadError) as exc:
             raise DeviceError(self.name, f"read {what}: {exc}") from None
         self._check(reply, f"read {what}")
@@ -241,27 +298,72 @@ class ModbusDriver:
             code = getattr(reply, "exception_code", None)
             raise DeviceError(self.name, f"{what}: Modbus exception {code}")
 
-    async def _verify_sunspec(self, regmap: SunSpecRegisterMap) -> None:
-        layout = regmap.layout
-        marker = tuple(await self._read_block(layout.base_address, 2))
-        if marker != SUNS_MARKER:
+    async def _discover_sunspec(self, regmap: SunSpecRegisterMap) -> SunSpecRegisterMap:
+        """Find the device's ``SunS`` marker, walk its model chain and place the map's points
+        where the device has their models."""
+        base = None
+        for address in regmap.base_addresses:
+            marker = await self._probe(address, 2)
+            if marker is not None and tuple(marker) == SUNS_MARKER:
+                base = address
+                break
+        if base is None:
+            where = ", ".join(map(str, regmap.base_addresses))
             raise DeviceError(
                 self.name,
-                f"no SunSpec marker 'SunS' at {layout.base_address} (found {marker!r}); "
-                "check the device's base address",
+                f"no SunSpec marker 'SunS' at {where}; check the device's base address "
+                f"(register map {regmap.name!r})",
             )
-        for mid, start in layout.starts.items():
-            mid_found, length = await self._read_block(start, 2)
-            if mid_found != mid or length != layout.lengths[mid]:
-                raise DeviceError(
-                    self.name,
-                    f"expected SunSpec model {mid} (L={layout.lengths[mid]}) at {start}, "
-                    f"found model {mid_found} (L={length}); the device's model chain differs "
-                    f"from register map {regmap.name!r}",
+        found = await self._walk_chain(base)
+        try:
+            resolved = regmap.relocated(found)
+        except ValueError as exc:
+            raise DeviceError(self.name, str(exc)) from None
+        for mid in resolved.models:
+            expected = regmap.layout.lengths[mid]
+            if found.lengths[mid] != expected:
+                log.info(
+                    "sunspec_model_length_differs",
+                    device=self.name,
+                    model=mid,
+                    length=found.lengths[mid],
+                    defined=expected,
                 )
-        end_id = (await self._read_block(layout.end_address, 1))[0]
-        if end_id != END_MODEL_ID:
-            log.info("sunspec_more_models", device=self.name, next_model=end_id)
+        log.info("sunspec_chain", device=self.name, base=base, models=found.describe())
+        return resolved
+
+    async def _walk_chain(self, base: int) -> SunSpecLayout:
+        """Every model's header from ``base`` + 2 to the end model (the first of each ID)."""
+        starts: dict[int, int] = {}
+        lengths: dict[int, int] = {}
+        address = base + len(SUNS_MARKER)
+        for _ in range(MAX_CHAIN_MODELS):
+            if address + 2 > MODBUS_ADDRESSES:
+                break
+            mid, length = await self._read_block(address, 2)
+            if mid == END_MODEL_ID:
+                return SunSpecLayout(base_address=base, starts=starts, lengths=lengths)
+            starts.setdefault(mid, address)
+            lengths.setdefault(mid, length)
+            address += 2 + length
+        raise DeviceError(
+            self.name, f"SunSpec chain from {base} has no end model (0xFFFF) before {address}"
+        )
+
+    async def _probe(self, start: int, count: int) -> list[int] | None:
+        """Registers at ``start``, or ``None`` when the device answers with a Modbus exception
+        (nothing there); a lost connection or a timeout is still a :class:`DeviceError`."""
+        client = self._require_client()
+        try:
+            async with self._io:
+                reply = await client.read_holding_registers(
+                    start, count=count, device_id=self.cfg.unit_id
+                )
+        except (ModbusException, OSError, asyncio.IncompleteReadError) as exc:
+            raise DeviceError(self.name, f"read registers {start}..: {exc}") from None
+        if reply.isError() or len(reply.registers) != count:
+            return None
+        return list(reply.registers)
 
     def _where(self) -> str:
         return f"{self.cfg.host}:{self.cfg.port} unit {self.cfg.unit_id}"

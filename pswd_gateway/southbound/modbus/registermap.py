@@ -4,6 +4,11 @@ A register map is a table — address, type, scale, unit, point name, byte/word 
 from ``config/devices/*.toml``. The same table drives the gateway's decoder and the simulated
 site's encoder, so the two cannot drift apart. Values are decoded to the map's engineering unit;
 conversion to SI happens in :func:`pswd_gateway.domain.units.to_si`.
+
+Plausibility: a register holding its type's "not available" pattern (``not_available``; by
+default int16 0x8000, uint16 0xFFFF, int32 0x80000000, uint32 0xFFFFFFFF, a float NaN or
+infinity) decodes to no value; a value outside the point's ``valid_range`` is decoded but
+flagged (:func:`in_valid_range`), for the driver to publish as questionable, "out of range".
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ __all__ = [
     "decode_point",
     "decode_registers",
     "encode_point",
+    "in_valid_range",
     "load_register_map",
+    "not_available_patterns",
     "read_plan",
     "scale_factor",
 ]
@@ -74,6 +81,9 @@ _LAYOUT: Final[dict[DataType, tuple[str, int, int | None]]] = {
     DataType.ACC64: ("Q", 4, 0),
 }
 
+_ACCUMULATORS: Final = frozenset({DataType.ACC32, DataType.ACC64})
+"""SunSpec accumulators read 0 when not implemented; in a plain map 0 is a count like any."""
+
 Order = Literal["big", "little"]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 
@@ -103,6 +113,11 @@ class RegisterPoint(BaseModel):
     minimum: float | None = None
     """Lowest value a write may carry (engineering unit); writes outside are refused."""
     maximum: float | None = None
+    valid_range: tuple[float, float] | None = None
+    """``[lo, hi]`` a plausible reading lies in (engineering unit); outside: questionable."""
+    not_available: tuple[Annotated[int, Field(ge=0)], ...] | None = None
+    """Raw register patterns (as unsigned, e.g. ``0x8000``) that mean "no value"; by default
+    the type's own (see :func:`not_available_patterns`); ``[]``: none."""
     byte_order: Order | None = None
     word_order: Order | None = None
     description: str = ""
@@ -119,6 +134,13 @@ class RegisterPoint(BaseModel):
         if scale == 0 or not math.isfinite(scale):
             raise ValueError("must be a finite, non-zero number")
         return scale
+
+    @field_validator("valid_range")
+    @classmethod
+    def _ordered_range(cls, bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+        if bounds is not None and not bounds[0] <= bounds[1]:
+            raise ValueError(f"valid_range {list(bounds)} must be [low, high] with low <= high")
+        return bounds
 
     @property
     def count(self) -> int:
@@ -140,6 +162,9 @@ class RegisterMap(BaseModel):
     byte_order: Order = "big"
     word_order: Order = "big"
     points: tuple[RegisterPoint, ...]
+    table: Literal["holding", "input"] = "holding"
+    """Which register table the points are read from: holding (function 3) or input (4,
+    read-only, as revenue meters keep their measurements)."""
     read_gap: Annotated[int, Field(ge=0, le=MAX_READ_REGISTERS)] = 8
     """Unused registers one read may span between two points (every register in such a gap
     must answer a read). Fewer requests per poll: less time, fewer chances to lose a reply."""
@@ -155,6 +180,8 @@ class RegisterMap(BaseModel):
         for (_, end_a, name_a), (start_b, _, name_b) in itertools.pairwise(spans):
             if start_b < end_a:
                 raise ValueError(f"points {name_a!r} and {name_b!r} overlap at register {start_b}")
+        if self.table == "input" and any(p.access == "rw" for p in self.points):
+            raise ValueError("input registers are read-only: no point may have access = 'rw'")
         return self
 
     def point(self, name: str) -> RegisterPoint:
@@ -221,19 +248,36 @@ def decode_raw(p: RegisterPoint, registers: list[int], orders: tuple[Order, Orde
     return value
 
 
+def not_available_patterns(p: RegisterPoint) -> frozenset[int]:
+    """The raw register patterns (unsigned) that mean "no value" for ``p``: its own
+    ``not_available``, or its type's (accumulators only with a SunSpec scale factor)."""
+    if p.not_available is not None:
+        return frozenset(p.not_available)
+    _, count, sentinel = _LAYOUT[p.type]
+    if sentinel is None or (p.type in _ACCUMULATORS and p.sf_address is None):
+        return frozenset()
+    return frozenset({sentinel % (1 << (16 * count))})
+
+
+def _pattern(registers: list[int], orders: tuple[Order, Order]) -> int:
+    return int.from_bytes(_to_bytes(registers, *orders), "big")
+
+
+def in_valid_range(p: RegisterPoint, value: float) -> bool:
+    """Whether a decoded value (engineering unit) is plausible for ``p``."""
+    return p.valid_range is None or p.valid_range[0] <= value <= p.valid_range[1]
+
+
 def decode_point(
     p: RegisterPoint,
     registers: list[int],
     orders: tuple[Order, Order] = ("big", "big"),
     sunssf: int | None = None,
 ) -> float | None:
-    """Decode one point to its engineering unit; ``None`` when the device marks it unimplemented."""
+    """Decode one point to its engineering unit; ``None`` when the device says it has no value
+    (a "not available" pattern, a non-finite float, an unimplemented scale factor)."""
     raw = decode_raw(p, registers, orders)
-    not_impl = _LAYOUT[p.type][2]
-    if p.type in {DataType.FLOAT32, DataType.FLOAT64}:
-        if not math.isfinite(raw):
-            return None
-    elif not_impl is not None and raw == not_impl and p.sf_address is not None:
+    if _pattern(registers, orders) in not_available_patterns(p) or not math.isfinite(raw):
         return None
     if p.sf_address is not None:
         if sunssf is None:

@@ -5,16 +5,22 @@ A SunSpec map file names models and points, never addresses::
     [map]
     name = "sunspec_meter"
     [sunspec]
-    base_address = 40000
+    base_address = "auto"      # or the one address the device's "SunS" marker is at
     models = [1, 701]
     [[points]]
     name = "active_power"
     model = 701
     point = "W"
 
-At load time every point is resolved to an absolute address, a register type and the address of
-its scale-factor register, from the model definitions that ship with pysunspec2. Models sit one
-after the other behind the two-register ``SunS`` marker; each starts with its ID and length.
+At load time every point is resolved to a register type, an offset in its model and the offset
+of its scale-factor register, from the model definitions that ship with pysunspec2, and placed
+at a nominal address: the ``models`` one after the other behind the two-register ``SunS``
+marker (at ``base_address``, 40000 when "auto"); each model starts with its ID and length.
+
+A device's chain may start elsewhere, order its models differently or carry more of them. On
+connect the driver finds the marker (at ``base_address``, or with "auto" at 40000, 50000 then 0,
+:data:`BASE_ADDRESSES`), walks the model headers to the end model, and
+:meth:`SunSpecRegisterMap.relocated` moves every point to where its model really is.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from pswd_gateway.southbound.modbus.registermap import (
 )
 
 __all__ = [
+    "BASE_ADDRESSES",
     "END_MODEL_ID",
     "SUNS_MARKER",
     "SunSpecLayout",
@@ -48,6 +55,10 @@ __all__ = [
 
 SUNS_MARKER: Final = (0x5375, 0x6E53)  # "SunS"
 END_MODEL_ID: Final = 0xFFFF
+BASE_ADDRESSES: Final = (40000, 50000, 0)
+"""Where the SunSpec specification lets a device put its ``SunS`` marker, in the order a
+client looks (``base_address = "auto"``)."""
+NOMINAL_BASE: Final = BASE_ADDRESSES[0]
 
 _TYPES: Final[Mapping[str, DataType]] = {t.value: t for t in DataType}
 
@@ -64,13 +75,15 @@ class _SunSpecPointRef(BaseModel):
     poll_every: Annotated[int, Field(ge=1, le=10_000)] = 1
     minimum: float | None = None
     maximum: float | None = None
+    valid_range: tuple[float, float] | None = None
+    not_available: tuple[int, ...] | None = None
     description: str = ""
 
 
 class _SunSpecSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base_address: Annotated[int, Field(ge=0, le=65535)] = 40000
+    base_address: Annotated[int, Field(ge=0, le=65535)] | Literal["auto"] = "auto"
     models: tuple[int, ...]
 
 
@@ -97,6 +110,10 @@ class SunSpecLayout(BaseModel):
         """Address of the end marker (ID 0xFFFF, L 0)."""
         last = max(self.starts, key=lambda m: self.starts[m])
         return self.starts[last] + 2 + self.lengths[last]
+
+    def describe(self) -> str:
+        """The chain as a log or error message shows it: ``1@40002 701@40070``."""
+        return " ".join(f"{m}@{a}" for m, a in sorted(self.starts.items(), key=lambda i: i[1]))
 
 
 @cache
@@ -156,12 +173,15 @@ def _resolve(ref: _SunSpecPointRef, layout: SunSpecLayout) -> RegisterPoint:
         poll_every=ref.poll_every,
         minimum=ref.minimum,
         maximum=ref.maximum,
+        valid_range=ref.valid_range,
+        not_available=ref.not_available,
         description=ref.description or f"SunSpec {ref.model}.{ref.point}",
     )
 
 
 class SunSpecRegisterMap(RegisterMap):
-    """A register map whose points come from SunSpec models; knows the expected layout.
+    """A register map whose points come from SunSpec models, placed at the nominal layout
+    until :meth:`relocated` places them where a device's chain has its models.
 
     A SunSpec chain is one block of readable registers (each model's header and body), so a
     read may span any gap that fits in it: the battery's 701/702/704/802 points are three reads,
@@ -169,17 +189,55 @@ class SunSpecRegisterMap(RegisterMap):
 
     layout: SunSpecLayout
     read_gap: int = MAX_READ_REGISTERS
+    base_addresses: tuple[int, ...] = BASE_ADDRESSES
+    """Where to look for the ``SunS`` marker, in order (one address when the map fixes it)."""
+    point_models: dict[str, int]
+    """The model of every point, by point name."""
+
+    @property
+    def models(self) -> tuple[int, ...]:
+        """The models the points are in, in chain order."""
+        used = set(self.point_models.values())
+        return tuple(m for m in self.layout.starts if m in used)
+
+    def relocated(self, found: SunSpecLayout) -> SunSpecRegisterMap:
+        """This map with every point moved to where its model is in a device's chain.
+
+        ``found`` is the chain the device has (the first instance of each model). Raises
+        ValueError when a model the points use is missing or too short for them."""
+        missing = [m for m in self.models if m not in found.starts]
+        if missing:
+            raise ValueError(
+                f"register map {self.name!r} reads SunSpec model(s) "
+                f"{', '.join(map(str, missing))}, which the device's chain "
+                f"({found.describe()}) does not have"
+            )
+        points: list[RegisterPoint] = []
+        for p in self.points:
+            model = self.point_models[p.name]
+            shift = found.starts[model] - self.layout.starts[model]
+            if p.end + shift > found.starts[model] + 2 + found.lengths[model]:
+                raise ValueError(
+                    f"point {p.name!r} lies beyond the end of SunSpec model {model} "
+                    f"(L={found.lengths[model]}) at {found.starts[model]}"
+                )
+            sf = None if p.sf_address is None else p.sf_address + shift
+            points.append(p.model_copy(update={"address": p.address + shift, "sf_address": sf}))
+        return self.model_copy(update={"points": tuple(points), "layout": found})
 
 
 def resolve_sunspec_map(data: Mapping[str, Any]) -> SunSpecRegisterMap:
     """Validate a SunSpec map document and resolve every point to registers."""
     spec = _SunSpecMapFile.model_validate(data)
-    layout = model_layout(spec.sunspec.base_address, spec.sunspec.models)
+    base = spec.sunspec.base_address
+    layout = model_layout(NOMINAL_BASE if base == "auto" else base, spec.sunspec.models)
     return SunSpecRegisterMap(
         name=spec.name,
         description=spec.description,
         points=tuple(_resolve(ref, layout) for ref in spec.points),
         layout=layout,
+        base_addresses=BASE_ADDRESSES if base == "auto" else (base,),
+        point_models={ref.name: ref.model for ref in spec.points},
     )
 
 
