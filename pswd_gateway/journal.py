@@ -746,6 +746,14 @@ class AsyncJournal:
         self._executor.shutdown(wait=True)
 
 
+async def _cancelled(task: asyncio.Task[None] | None) -> None:
+    """Cancel a component's loop and wait until it has stopped."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class SetpointWritten(Protocol):
     """One setpoint write as the control cycle reports it."""
 
@@ -799,10 +807,7 @@ class SetpointRecorder:
         self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await _cancelled(self._task)
         await self.flush()
 
     def unhealthy(self, now: float) -> list[str]:  # noqa: ARG002 -- the Checked protocol
@@ -854,10 +859,7 @@ class AuditAnchorWriter:
         self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await _cancelled(self._task)
         with contextlib.suppress(JournalError, OSError):
             await self.publish()  # the last entries of this run
 

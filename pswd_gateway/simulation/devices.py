@@ -36,9 +36,8 @@ from pswd_gateway.simulation.config import SimulationConfig
 from pswd_gateway.simulation.measurement import (
     BessReading,
     BessView,
-    EnergyReading,
-    MeterReading,
     MeterView,
+    meter_readings,
 )
 from pswd_gateway.simulation.physics import SitePhysics, Truth, bess_target_w
 from pswd_gateway.simulation.sunspec_bank import put, scale_factor
@@ -236,13 +235,7 @@ class GridMeterBehaviour:
     def update(self, model_id: int, model: Any, truth: Truth) -> None:
         if model_id != 701:
             return
-        if self.view is None:
-            shown = MeterReading(
-                truth.t, truth.grid_w, truth.grid_var, truth.grid_voltage_v, truth.frequency_hz
-            )
-            energy = EnergyReading(truth.t, truth.grid_import_j, truth.grid_export_j)
-        else:
-            shown, energy = self.view.reading(truth.t), self.view.energy_j(truth.t)
+        shown, energy = meter_readings(self.view, truth)
         _ac_measurements(
             model,
             w=self.sign * shown.w,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
 from pswd_gateway.simulation.noise import gaussian
-from pswd_gateway.simulation.physics import SitePhysics, SiteState
+from pswd_gateway.simulation.physics import SitePhysics, SiteState, Truth
 
 __all__ = [
     "METER_NOISE_STREAM",
@@ -36,6 +36,7 @@ __all__ = [
     "EnergyReading",
     "MeterReading",
     "MeterView",
+    "meter_readings",
     "net_discharge_j",
     "net_import_j",
     "refresh_index",
@@ -329,3 +330,14 @@ def shown_range(
         times = [t0 + (t1 - t0) * i / n for i in range(n + 1)]
     samples = [value(t) for t in times]
     return min(samples), max(samples)
+
+
+def meter_readings(view: MeterView | None, truth: Truth) -> tuple[MeterReading, EnergyReading]:
+    """What a grid meter shows at ``truth.t``: ``view``'s refreshed, averaged, noisy reading and
+    energy registers, or without a view the truth itself (every meter model of the twin)."""
+    if view is None:
+        shown = MeterReading(
+            truth.t, truth.grid_w, truth.grid_var, truth.grid_voltage_v, truth.frequency_hz
+        )
+        return shown, EnergyReading(truth.t, truth.grid_import_j, truth.grid_export_j)
+    return view.reading(truth.t), view.energy_j(truth.t)

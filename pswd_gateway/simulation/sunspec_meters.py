@@ -19,7 +19,12 @@ from pymodbus.constants import ExcCodes
 
 from pswd_gateway import __version__
 from pswd_gateway.simulation.config import SimulationConfig
-from pswd_gateway.simulation.measurement import EnergyReading, MeterReading, MeterView
+from pswd_gateway.simulation.measurement import (
+    EnergyReading,
+    MeterReading,
+    MeterView,
+    meter_readings,
+)
 from pswd_gateway.simulation.physics import Truth
 from pswd_gateway.simulation.sunspec_bank import put
 
@@ -106,13 +111,7 @@ class SunSpecMeterBehaviour:
     def update(self, model_id: int, model: Any, truth: Truth) -> None:
         if model_id != self.model_id:
             return
-        if self.view is None:
-            shown = MeterReading(
-                truth.t, truth.grid_w, truth.grid_var, truth.grid_voltage_v, truth.frequency_hz
-            )
-            energy = EnergyReading(truth.t, truth.grid_import_j, truth.grid_export_j)
-        else:
-            shown, energy = self.view.reading(truth.t), self.view.energy_j(truth.t)
+        shown, energy = meter_readings(self.view, truth)
         self._measurements(model, shown, energy)
 
     def _measurements(self, model: Any, shown: MeterReading, energy: EnergyReading) -> None:
