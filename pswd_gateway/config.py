@@ -614,6 +614,12 @@ class ControlConfig(_Strict):
     """From a meter reading's arrival to the battery acting on the setpoint decided from it
     (the write, the PCS's dead time and response): an announced edge goes on the battery that
     much ahead of the measurement that will show it."""
+    rhythm_tolerance_ms: Annotated[float, Field(ge=0.0, le=1_000.0)] = 20.0
+    """A job's training rhythm is learnt from the load and its edges put on the battery ahead
+    while they come this close to where predicted (0: never; see docs/control.md)."""
+    battery_hold_ms: Annotated[float, Field(ge=0.0, le=5_000.0)] = 300.0
+    """A battery settled on its last command, and told nothing new since, is held at its newest
+    reading for this long while its readings are late, instead of waiting for them."""
     meter_stale_ms: Annotated[float, Field(ge=50.0, le=60_000.0)] = 500.0
     """No new meter measurement for this long: the battery ramps to zero."""
     guard: GuardConfig = GuardConfig()

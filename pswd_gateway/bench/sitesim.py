@@ -140,7 +140,8 @@ def flat_until(announced: Sequence[Announced], settings: GridSettings, start: fl
 
 
 def announce_jobs(jobs: Sequence[JobConfig]) -> list[Announced]:
-    """Each job as the ML platform announces it: its mean level and its own edge."""
+    """Each job as the ML platform announces it: its mean level, its own edge and its rhythm's
+    period and depth."""
     out = []
     for j in jobs:
         level = j.peak_mw * (1.0 - j.depth / 2.0)
@@ -151,6 +152,8 @@ def announce_jobs(jobs: Sequence[JobConfig]) -> list[Announced]:
                 level_w=level * 1e6,
                 ramp_w_per_s=j.peak_mw * 1e6 / max(j.ramp_up_s, j.edge_ms / 1000.0),
                 peak_w=j.peak_mw * 1e6,
+                period_s=j.period_s,
+                depth_w=j.peak_mw * j.depth * 1e6,
             )
         )
     return out
@@ -207,6 +210,7 @@ class SiteSim:
         self._seq = itertools.count()
         self._written: float | None = None
         self._pending: tuple[float, float] | None = None
+        self._leads: set[float] = set()
         self._soc = simulation.bess.soc_initial
         self._written_at = -math.inf
         faulty = set(simulation.faults.devices)
@@ -314,11 +318,20 @@ class SiteSim:
         if outcome.decision is not None and outcome.decision.fallback is not None:
             self.run_record.fallbacks += 1
         self._write(now, outcome.setpoint_w)
+        self._next_lead(now, jobs)
 
     def _lead(self, now: float) -> None:
-        """The cycle's timer run ahead of a fast announced edge (GridLoop.next_edge)."""
+        """The cycle's timer run ahead of a fast edge (GridLoop.next_edge)."""
         jobs = [a for a, t in zip(self.announced, self._visible_from, strict=True) if t <= now]
         self._write(now, self.loop.lead(now, jobs, self.settings).setpoint_w)
+        self._next_lead(now, jobs)
+
+    def _next_lead(self, now: float, jobs: Sequence[Announced]) -> None:
+        """Schedule the timer for the loop's next lead, as the cycle waits for it."""
+        due = self.loop.next_edge(now, jobs)
+        if due is not None and due not in self._leads:
+            self._leads.add(due)
+            self._at(self._gateway_time(due), self._lead)
 
     def _tick(self, now: float) -> None:
         outcome = self.loop.idle(now, self.settings)

@@ -124,13 +124,20 @@ class AnnouncementIn(BaseModel):
     peak_power_mw: Annotated[float, Field(gt=0.0, le=10_000.0)]
     ramp_rate_mw_per_sec: Annotated[float, Field(gt=0.0)]
     duration_estimate_sec: Annotated[float, Field(gt=0.0)]
+    oscillation_period_sec: Annotated[float, Field(gt=0.0, le=3600.0)] | None = None
+    oscillation_depth_mw: Annotated[float, Field(ge=0.0, le=10_000.0)] | None = None
 
     def to_control(self) -> Announced:
+        """As the gateway takes an announcement (:meth:`Announced.from_profile`)."""
+        depth_mw = self.oscillation_depth_mw or 0.0
         return Announced(
             start_s=self.start_s,
             end_s=self.start_s + self.duration_estimate_sec,
-            level_w=self.peak_power_mw * 1e6,
+            level_w=(self.peak_power_mw - depth_mw / 2.0) * 1e6,
             ramp_w_per_s=self.ramp_rate_mw_per_sec * 1e6,
+            peak_w=self.peak_power_mw * 1e6,
+            period_s=self.oscillation_period_sec,
+            depth_w=depth_mw * 1e6,
         )
 
 
@@ -206,7 +213,8 @@ def generated_trace(duration_s: float = 3600.0, seed: int = 42) -> tuple[Array, 
 
 
 def generated_announcements(lead_s: float = 600.0) -> list[AnnouncementIn]:
-    """Each generated job announced ``lead_s`` ahead with its peak and its real edge."""
+    """Each generated job announced ``lead_s`` ahead with its peak, its real edge and its
+    rhythm's period and depth (as the ML platform announces it)."""
     return [
         AnnouncementIn(
             announced_at_s=max(0.0, j.start_s - lead_s),
@@ -214,6 +222,8 @@ def generated_announcements(lead_s: float = 600.0) -> list[AnnouncementIn]:
             peak_power_mw=j.peak_mw,
             ramp_rate_mw_per_sec=j.peak_mw / (j.edge_ms / 1000.0),
             duration_estimate_sec=j.duration_s,
+            oscillation_period_sec=j.period_s,
+            oscillation_depth_mw=j.peak_mw * j.depth,
         )
         for j in BENCH_JOBS
     ]

@@ -253,6 +253,8 @@ class SoakFigures:
     limit while the battery's mean charged."""
     battery_throughput_mwh: float
     guard_trips: int | None
+    rhythm_leads: int | None
+    """Training-rhythm edges the control put on the battery ahead of them."""
     fallbacks: int | None
     write_failures: int | None
     readings: dict[str, int]
@@ -385,6 +387,7 @@ def soak_figures(
         ),
         battery_throughput_mwh=round(throughput / 3.6e9, 4),
         guard_trips=control.guard_trips_total if control is not None else None,
+        rhythm_leads=control.rhythm_leads_total if control is not None else None,
         fallbacks=control.fallbacks_total if control is not None else None,
         write_failures=control.write_failures_total if control is not None else None,
         readings={
@@ -940,6 +943,7 @@ def render(result: SoakResult) -> str:
         ("battery throughput", f"{f.battery_throughput_mwh:.3f} MWh", "whole run"),
         ("guard trips / fallbacks / write failures",
          f"{f.guard_trips} / {f.fallbacks} / {f.write_failures}", ""),
+        ("rhythm edges led", str(f.rhythm_leads), "put on the battery ahead of them"),
         ("poll overruns", ", ".join(f"{n} {d.overruns}" for n, d in result.devices.items()), ""),
         ("polls (errors)", ", ".join(f"{n} {d.polls} ({d.errors})"
                                      for n, d in result.devices.items()),

@@ -44,6 +44,7 @@ from pswd_gateway.control.cooling import CHW_SETPOINT_POINT, CoolingController
 from pswd_gateway.control.grid import Announced, Fallback, GridDecision
 from pswd_gateway.control.guard import GuardEvent, GuardSettings
 from pswd_gateway.control.loop import GridLoop, LoopSettings
+from pswd_gateway.control.rhythm import RhythmSettings
 from pswd_gateway.domain.histogram import LatencyHistogram
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.domain.units import from_mw
@@ -85,6 +86,8 @@ def loop_settings(c: ControlConfig) -> LoopSettings:
         max_skew_s=c.battery_skew_ms / 1000.0,
         stale_s=c.meter_stale_ms / 1000.0,
         actuation_s=c.actuation_ms / 1000.0,
+        settled_hold_s=c.battery_hold_ms / 1000.0,
+        rhythm=RhythmSettings(tolerance_s=c.rhythm_tolerance_ms / 1000.0),
         guard=GuardSettings(
             enabled=g.enabled,
             window_s=g.window_s,
@@ -134,6 +137,10 @@ class ControlStats:
     last_error: str | None = None
     chw_setpoint_c: float | None = None
     guard_trips_total: int = 0
+    rhythm_leads_total: int = 0
+    """Training-rhythm edges put on the battery ahead of them."""
+    rhythm_drops_total: int = 0
+    """Predicted training-rhythm edges that did not come."""
     guard_active: bool = False
     """Safe mode: the guard tripped and has not re-armed yet."""
     guard_reason: str | None = None
@@ -323,6 +330,8 @@ class ControlCycle:
         """The statistics and events of the controllers' step."""
         outcome = self.battery.outcome
         decision = outcome.decision
+        self.stats.rhythm_leads_total = self.loop.rhythm_leads_total
+        self.stats.rhythm_drops_total = self.loop.rhythm.drops_total
         if decision is not None:
             self.stats.last = decision
             if decision.fallback is not None and not self.loop.guard.tripped:

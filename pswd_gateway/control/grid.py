@@ -119,8 +119,12 @@ class Announced:
     """The job's own ramp; its real edges may be far faster."""
     peak_w: float | None = None
     """Power of its first phase (a training job starts computing, at its peak); ``None``: the
-    level. Only the start edge's feed-forward uses it; the rhythm after it is not announced
-    in phase, so the limiter treats it as load."""
+    level. Only the start edge's feed-forward uses it."""
+    period_s: float | None = None
+    """Period of its training rhythm, if it announced one. The phase is not announced: the
+    grid loop learns it from the load (:mod:`pswd_gateway.control.rhythm`)."""
+    depth_w: float = 0.0
+    """Peak-to-trough swing of that rhythm."""
 
     @classmethod
     def from_profile(cls, start_s: float, end_s: float, profile: PowerProfile) -> Announced:
@@ -132,6 +136,8 @@ class Announced:
             from_mw(level_mw),
             from_mw(profile.ramp_rate_mw_per_sec),
             peak_w=from_mw(profile.peak_power_mw),
+            period_s=profile.oscillation_period_sec,
+            depth_w=from_mw(profile.oscillation_depth_mw or 0.0),
         )
 
     @property
@@ -163,6 +169,8 @@ class GridReading:
     acting_at: float | None = None
     """When a setpoint decided from this reading will act (arrival + write + the PCS's dead
     time and response): the battery is given now what the announced jobs will add by then."""
+    rhythm_w: float = 0.0
+    """What a job's learnt training rhythm will add by then (:meth:`Rhythm.ahead_w`)."""
 
     @property
     def site_load_w(self) -> float:
@@ -373,7 +381,7 @@ def grid_step(
     rp = s.planning_ramp_w_per_s
     expected = expected_announced_w(t, jobs)
     planned = planned_announced_w(t, jobs, rp)
-    ahead = _ahead_w(reading, jobs)
+    ahead = _ahead_w(reading, jobs) + reading.rhythm_w
     if state is None or t <= state.t:
         state = LimiterState.start(reading, load - expected)
         dt = 0.0

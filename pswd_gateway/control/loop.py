@@ -38,8 +38,10 @@ from pswd_gateway.control.grid import (
     grid_step,
 )
 from pswd_gateway.control.guard import Guard, GuardEvent, GuardSettings
+from pswd_gateway.control.rhythm import WINDOW_PERIODS as RHYTHM_WINDOW
+from pswd_gateway.control.rhythm import Rhythm, RhythmSettings
 
-__all__ = ["FAST_EDGE_S", "GridLoop", "LoopSettings", "Outcome"]
+__all__ = ["FAST_EDGE_S", "GridLoop", "LoopSettings", "Outcome", "rhythm_of"]
 
 FAST_EDGE_S = 0.1
 """An announced edge this short goes on the battery at once, timed to its middle (a lead);
@@ -48,6 +50,22 @@ TIME_EPS_S = 1e-4
 """Instants this close are one (POSIX seconds in floats resolve to ~0.2 µs)."""
 
 HISTORY = 512
+HOLD_DEADBAND_W = 1e6
+"""A setpoint move smaller than this leaves the battery settled (a held reading errs by less)."""
+
+
+def rhythm_of(jobs: Sequence[Announced], t: float) -> tuple[float | None, float]:
+    """(period, depth) of the one announced job with a training rhythm that runs (or starts
+    within the rhythm's window, so its start is seen as its first rise); ``(None, 0)`` when none
+    has one, or more than one (their rhythms would add up out of phase)."""
+    running = [
+        j
+        for j in jobs
+        if j.period_s is not None and j.start_s - RHYTHM_WINDOW * j.period_s <= t < j.end_s
+    ]
+    if len(running) != 1:
+        return None, 0.0
+    return running[0].period_s, running[0].depth_w
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +75,15 @@ class LoopSettings:
     a meter reading further ahead waits for the battery's next reading."""
     stale_s: float = 0.5
     """No new meter measurement for this long: the battery ramps to zero."""
+    settled_hold_s: float = 0.3
+    """A battery that had settled on its last command, and has been told nothing new since, is
+    held at its newest reading for up to this long while its readings are late (a lost poll):
+    the loop keeps deciding instead of waiting blind."""
     actuation_s: float = 0.03
     """From a reading's arrival to its setpoint acting: the write, the PCS's dead time and its
     response. Announced edges go on the battery this much ahead (:class:`GridReading`)."""
     guard: GuardSettings = field(default_factory=GuardSettings)
+    rhythm: RhythmSettings = field(default_factory=RhythmSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +101,13 @@ class Outcome:
 class GridLoop:
     settings: LoopSettings = field(default_factory=LoopSettings)
     guard: Guard = field(init=False)
+    rhythm: Rhythm = field(init=False)
     state: LimiterState | None = field(default=None, init=False)
     setpoint_w: float = field(default=0.0, init=False)
     """The last setpoint decided."""
+    moved_at: float = field(default=math.inf, init=False)
+    """When the setpoint last moved by more than :data:`HOLD_DEADBAND_W` (``inf``: the battery
+    may have been told anything before the loop started)."""
     meter_t: float | None = field(default=None, init=False)
     """Source time of the last meter measurement stepped."""
     meter_received: float | None = field(default=None, init=False)
@@ -93,9 +120,14 @@ class GridLoop:
     ahead_to: float | None = field(default=None, init=False)
     """The announced edges up to this instant are on the battery (the last decision's
     ``acting_at``, or a lead's)."""
+    rhythm_led: float | None = field(default=None, init=False)
+    """The middle of the last rhythm edge a lead put on the battery."""
+    rhythm_leads_total: int = field(default=0, init=False)
+    """Rhythm edges put on the battery ahead of them (by a lead or a step's feed-forward)."""
 
     def __post_init__(self) -> None:
         self.guard = Guard(self.settings.guard)
+        self.rhythm = Rhythm(self.settings.rhythm)
 
     # ---- inputs ----
 
@@ -106,6 +138,7 @@ class GridLoop:
             return False
         self._bess_t.append(t)
         self._bess_w.append(w)
+        self.rhythm.battery(t, w)
         return self.waiting is not None and t >= self.waiting
 
     def battery_at(self, t: float) -> float | None:
@@ -114,7 +147,13 @@ class GridLoop:
         if not times or t < times[0]:
             return None
         if t >= times[-1]:
-            return self._bess_w[-1] if t - times[-1] <= self.settings.max_skew_s else None
+            newest = times[-1]
+            held = t - newest <= self.settings.max_skew_s or (
+                # settled on the last command and told nothing new since: it is still there
+                newest >= self.moved_at + self.settings.actuation_s
+                and t - newest <= self.settings.settled_hold_s
+            )
+            return self._bess_w[-1] if held else None
         i = bisect.bisect_right(times, t)
         t0, t1 = times[i - 1], times[i]
         w0, w1 = self._bess_w[i - 1], self._bess_w[i]
@@ -154,14 +193,24 @@ class GridLoop:
             self.state = None  # start afresh from this reading
         else:
             event = None
+        load_w = grid_w + bess_w
+        self.rhythm.follow(*rhythm_of(jobs, t))
+        self.rhythm.observe(t, load_w)
+        acting_at = max(self._reach(received, jobs), self.ahead_to or -math.inf)
         reading = GridReading(
             t,
             grid_w,
             bess_w,
             soc,
             bess_available and soc is not None,
-            acting_at=max(self._reach(received, jobs), self.ahead_to or -math.inf),
+            acting_at=acting_at,
+            rhythm_w=self.rhythm.ahead_w(t, load_w, acting_at),
         )
+        edge = self.rhythm.pending()
+        if edge is not None and edge.at <= acting_at and edge.at != self.rhythm_led:
+            self.rhythm_led = edge.at  # on the battery with this decision: no lead for it
+            self.rhythm_leads_total += 1
+            self.rhythm.led(edge, received)
         self.ahead_to = reading.acting_at
         previous_plan = self.state.grid_w if self.state is not None else None
         decision = grid_step(self.state, reading, jobs, settings)
@@ -182,7 +231,7 @@ class GridLoop:
         if trip is not None:
             outcome = self._safe(t, settings)
             return Outcome(outcome.setpoint_w, decision, trip)
-        self.setpoint_w = decision.bess_setpoint_w
+        self._set(decision.bess_setpoint_w, received)
         return Outcome(self.setpoint_w, decision, event)
 
     def lead(self, now: float, jobs: Sequence[Announced], settings: GridSettings) -> Outcome:
@@ -195,15 +244,25 @@ class GridLoop:
         if self._stale_since is not None:
             return Outcome(None, skipped=None)
         acting = self._reach(now, jobs)
-        if acting <= self.ahead_to:
-            return Outcome(None, skipped=None)
-        add = feedforward_w(acting, jobs) - feedforward_w(self.ahead_to, jobs)
-        self.ahead_to = acting
+        add = self._rhythm_lead(now, acting)
+        if acting > self.ahead_to:
+            add += feedforward_w(acting, jobs) - feedforward_w(self.ahead_to, jobs)
+            self.ahead_to = acting
         if add == 0.0:
             return Outcome(None, skipped=None)
         rated = settings.bess_rated_w
-        self.setpoint_w = min(max(self.setpoint_w + add, -rated), rated)
+        self._set(min(max(self.setpoint_w + add, -rated), rated), now)
         return Outcome(self.setpoint_w, skipped=None)
+
+    def _rhythm_lead(self, now: float, acting: float) -> float:
+        """The learnt rhythm's next edge, once, if it is due by ``acting``."""
+        edge = self.rhythm.pending()
+        if edge is None or edge.at > acting or edge.at == self.rhythm_led:
+            return 0.0
+        self.rhythm_led = edge.at
+        self.rhythm_leads_total += 1
+        self.rhythm.led(edge, now)
+        return self.rhythm.swing_w if edge.rise else -self.rhythm.swing_w
 
     def _reach(self, now: float, jobs: Sequence[Announced]) -> float:
         """The instant a setpoint decided at ``now`` acts, and the feed-forward covers: ``now +
@@ -224,6 +283,9 @@ class GridLoop:
             for begin, end in announced_edges(jobs)
             if end - begin <= FAST_EDGE_S and (begin + end) / 2.0 - lead > now
         ]
+        edge = self.rhythm.next_edge(now + lead)
+        if edge is not None and edge.at != self.rhythm_led:
+            due.append(edge.at - lead)
         return min(due, default=None)
 
     def idle(self, now: float, settings: GridSettings | None) -> Outcome:
@@ -236,10 +298,17 @@ class GridLoop:
             self.state = None
         since, held = self._stale_since
         left = max(abs(held) - (now - since) * ramp, 0.0)
-        self.setpoint_w = math.copysign(left, held)
+        self._set(math.copysign(left, held), now)
         return Outcome(self.setpoint_w, skipped="no new meter measurement")
+
+    def _set(self, setpoint_w: float, at: float) -> None:
+        """Decide ``setpoint_w`` at ``at``; a move of more than :data:`HOLD_DEADBAND_W` means the
+        battery's readings from before it no longer tell where the battery is."""
+        if abs(setpoint_w - self.setpoint_w) > HOLD_DEADBAND_W:
+            self.moved_at = at
+        self.setpoint_w = setpoint_w
 
     def _safe(self, t: float, settings: GridSettings) -> Outcome:
         self.state = None
-        self.setpoint_w = self.guard.safe_setpoint(t, settings.planning_ramp_w_per_s)
+        self._set(self.guard.safe_setpoint(t, settings.planning_ramp_w_per_s), t)
         return Outcome(self.setpoint_w, skipped="safe mode")

@@ -268,6 +268,16 @@ def _control_metrics(c: ControlStats) -> Iterator[Metric]:
             "Times the control guard tripped into safe mode.",
             c.guard_trips_total,
         ),
+        (
+            "pswd_control_rhythm_edges_led",
+            "Edges of a job's training rhythm put on the battery ahead of them.",
+            c.rhythm_leads_total,
+        ),
+        (
+            "pswd_control_rhythm_edges_dropped",
+            "Predicted training-rhythm edges that did not come.",
+            c.rhythm_drops_total,
+        ),
     ):
         counter = CounterMetricFamily(name, help_text)
         counter.add_metric([], value)

@@ -14,10 +14,11 @@ Every figure comes from the grid meter's readings as the gateway received them, 
 What is asserted through the job's swings is that the battery takes them: the grid's largest
 1 s-mean step, and the share of sliding 1 s windows over the ramp limit (whole seconds depend
 on where the rhythm's edges fall against them), are at most half of what the IT load's rhythm
-makes by itself (from the twin's own trace). Keeping every 1 s mean inside the 20 MW/s
-limit through a 180 MW, 40 ms rhythm needs a loop faster than this one is live on a shared
-2-core machine: the figures are printed with every run and discussed in docs/control.md
-("What physics leaves on the grid") and docs/benchmarks.md.
+makes by itself (from the twin's own trace). The rhythm's rises are learnt and led (they keep
+time); its falls (a compute phase that varies by ±5 %) and the device stalls of a shared 2-core
+machine still reach the grid for a loop delay, so not every 1 s mean stays inside the 20 MW/s
+limit: the figures are printed with every run and discussed in docs/control.md ("What physics
+leaves on the grid") and docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ JOB_START_S = 30.0
 RUN_TO_S = JOB_START_S + 35.0
 """Twin time the run ends at."""
 FLAT_BAND_MW = 5.0
+RHYTHM_PERIOD_S = 2.5
+"""The demo job's training rhythm (its rises keep time; its compute phases vary by ±5 %)."""
 DEVICES = ("grid_meter", "bess", "thermal", "gpu_hall_a", "gpu_hall_b")
 LISTENERS = ("metrics", "api", "opcua", "iec61850")
 
@@ -127,6 +130,12 @@ def stability_problems(result: SoakResult) -> list[str]:
             f"{f.ramp_limit_mw_per_s:g} MW/s limit (the IT load alone: {it_share:.1%}; whole "
             f"seconds {f.seconds_over_ramp_limit} against {it_over}); the first seconds over "
             f"it, MW/s: {seconds}"
+        )
+    rises = int((RUN_TO_S - JOB_START_S) / RHYTHM_PERIOD_S)
+    if f.rhythm_leads is None or f.rhythm_leads < rises // 3:
+        problems.append(
+            f"the control put {f.rhythm_leads} of the job's {rises} rhythm rises on the battery "
+            "ahead of them: the rhythm was not learnt (they keep time on the twin)"
         )
     if f.guard_trips:
         problems.append(f"the control guard tripped {f.guard_trips} times")

@@ -159,7 +159,8 @@ def test_any_training_rhythm_followed_by_a_working_battery_never_trips_it(
     1 s mean: with the plan that close to the limit, tripping is right)."""
     guard = Guard()
     mean = depth_mw * duty
-    assume((100 + mean + depth_mw * leak_s) * MW < LIMIT)
+    held_s = math.ceil(leak_s / DT) * DT  # a leak lasts whole samples
+    assume((100 + mean + depth_mw * held_s) * MW < LIMIT)
     for k in range(round(20 / DT)):
         t = k * DT
         phase = t % period_s
