@@ -641,6 +641,22 @@ class StorageConfig(_Strict):
     """Relative paths are taken from the working directory."""
     journal_synchronous: Literal["full", "normal"] = "full"
     """SQLite ``synchronous`` in WAL mode: ``full`` survives power loss, ``normal`` a crash."""
+    setpoint_full_days: Annotated[float, Field(gt=0.0, le=3650.0)] = 2.0
+    """Setpoint writes are kept whole this long, then the last of each device, point and minute
+    (and every failed one)."""
+    setpoint_days: Annotated[float, Field(gt=0.0, le=3650.0)] = 30.0
+    """Setpoint writes are deleted after this long."""
+    workload_days: Annotated[float, Field(gt=0.0, le=36_500.0)] = 365.0
+    """Finished workloads, their transitions and events, and the site's own events are deleted
+    this long after they ended. The audit chain is never pruned."""
+    prune_every_s: Annotated[float, Field(ge=10.0, le=86_400.0)] = 600.0
+    """How often the retention runs (and once at start)."""
+
+    @model_validator(mode="after")
+    def _retention(self) -> StorageConfig:
+        if self.setpoint_full_days > self.setpoint_days:
+            raise ValueError("setpoint_full_days must not exceed setpoint_days")
+        return self
 
     @property
     def journal_path(self) -> Path:

@@ -45,6 +45,8 @@ from pswd_gateway.journal import (
     AsyncJournal,
     AuditAnchorWriter,
     AuditEntry,
+    JournalRetention,
+    RetentionPolicy,
     SetpointRecorder,
     anchor_path,
 )
@@ -123,6 +125,7 @@ class Gateway:
     mms: MmsServer | None = field(default=None, init=False)
     recorder: SetpointRecorder | None = field(default=None, init=False)
     anchor: AuditAnchorWriter | None = field(default=None, init=False)
+    retention: JournalRetention | None = field(default=None, init=False)
     control: ControlCycle | None = field(default=None, init=False)
     started_at: float = field(default=0.0, init=False)
     _http_stats: HttpStats | None = field(default=None, init=False)
@@ -194,6 +197,17 @@ class Gateway:
         await self.supervisor.start(_Closing(self.journal), "journal")
         self.anchor = AuditAnchorWriter(self.journal, anchor_path(cfg.storage.journal_path))
         await self.supervisor.start(self.anchor)
+        storage = cfg.storage
+        self.retention = JournalRetention(
+            self.journal,
+            RetentionPolicy(
+                setpoint_full_days=storage.setpoint_full_days,
+                setpoint_days=storage.setpoint_days,
+                workload_days=storage.workload_days,
+            ),
+            every_s=storage.prune_every_s,
+        )
+        await self.supervisor.start(self.retention)
         sched = cfg.scheduling
         slot_s = sched.slot_minutes * 60
         self.forecast = ForecastFeed(
@@ -413,12 +427,32 @@ class Gateway:
                 log.error("watchdog_withheld", unhealthy_loops=bad)
             await asyncio.sleep(interval_s)
 
+    def _journal_disk(self) -> dict[str, int | None]:
+        """The journal's size and the free space beside it (``None`` where unreadable)."""
+        if self.journal is None:
+            return {"journal_size_bytes": None, "journal_free_bytes": None}
+        path = self.journal.sync.path
+        try:
+            size: int | None = self.journal.sync.size_bytes()
+        except OSError:
+            size = None
+        try:
+            stat = os.statvfs(path.parent)
+            free: int | None = stat.f_bavail * stat.f_frsize
+        except OSError:
+            free = None
+        return {"journal_size_bytes": size, "journal_free_bytes": free}
+
     def _ops_view(self) -> OpsView:
         control = self.config.control
         feed, journal = self.forecast, self.journal
         return OpsView(
             soc_window=(control.soc_min, control.soc_max),
             journal_errors_total=journal.errors_total if journal is not None else 0,
+            **self._journal_disk(),
+            journal_pruned_total=(
+                dict(self.retention.pruned_total) if self.retention is not None else {}
+            ),
             audit_total=dict(journal.sync.audit_counts) if journal is not None else {},
             audit_head_entry=(
                 self.anchor.head.entry

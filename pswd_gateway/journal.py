@@ -17,11 +17,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from pswd_gateway.domain.workloads import (
+    TERMINAL_STATES,
     Action,
     Allocation,
     Announcement,
@@ -31,6 +32,7 @@ from pswd_gateway.domain.workloads import (
 )
 from pswd_gateway.errors import PswdError
 from pswd_gateway.logging import get_logger
+from pswd_gateway.tasks import cancel_and_wait
 
 __all__ = [
     "AsyncJournal",
@@ -42,6 +44,9 @@ __all__ = [
     "IdempotencyRecord",
     "Journal",
     "JournalError",
+    "JournalFullError",
+    "JournalRetention",
+    "RetentionPolicy",
     "SetpointRecorder",
     "Transition",
     "anchor_path",
@@ -133,6 +138,11 @@ class JournalError(PswdError):
     def __init__(self, path: Path | str, message: str) -> None:
         self.path = str(path)
         super().__init__(f"journal {path}: {message}")
+
+
+class JournalFullError(JournalError):
+    """The disk holding the journal (or the journal's page limit) is full: nothing of the
+    write was kept; already committed records are intact."""
 
 
 def format_ts(ts: datetime) -> str:
@@ -411,6 +421,65 @@ class Journal:
                 batch,
             )
         return len(batch)
+
+    # ---- retention ---------------------------------------------------------------------------
+
+    def prune(self, now: datetime, policy: RetentionPolicy, limit: int) -> dict[str, int]:
+        """Remove, at most ``limit`` rows a table, what ``policy`` no longer keeps at ``now``:
+        setpoint writes older than ``setpoint_days``; finished workloads ``workload_days``
+        after their last change with their transitions, events and idempotency keys (a workload
+        row goes once its transitions have), and the site's own events as old. The audit chain
+        is never pruned. Rows removed by table."""
+        keep = format_ts(now - timedelta(days=policy.setpoint_days))
+        done = format_ts(now - timedelta(days=policy.workload_days))
+        terminal = sorted(state.value for state in TERMINAL_STATES)
+        marks = ", ".join("?" * len(terminal))
+        finished = f"SELECT id FROM workloads WHERE state IN ({marks}) AND updated_at < ?"  # noqa: S608 -- placeholders only
+        args = (*terminal, done)
+        run = self._db.execute
+        with self._tx():
+            removed = {
+                "setpoints": run(
+                    "DELETE FROM setpoints WHERE id IN "
+                    "(SELECT id FROM setpoints WHERE at < ? ORDER BY at LIMIT ?)",
+                    (keep, limit),
+                ).rowcount
+            }
+            for table in ("events", "transitions"):
+                removed[table] = run(
+                    f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "  # noqa: S608 -- table names are literals
+                    f"WHERE workload_id IN ({finished}) LIMIT ?)",
+                    (*args, limit),
+                ).rowcount
+            removed["events"] += run(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events "
+                "WHERE workload_id IS NULL AND at < ? ORDER BY id LIMIT ?)",
+                (done, limit),
+            ).rowcount  # the site's own events (power requests, guard trips)
+            run(f"DELETE FROM idempotency WHERE workload_id IN ({finished})", args)  # noqa: S608 -- placeholders only
+            removed["workloads"] = run(
+                f"DELETE FROM workloads WHERE id IN ({finished}) AND NOT EXISTS "  # noqa: S608 -- placeholders only
+                "(SELECT 1 FROM transitions t WHERE t.workload_id = workloads.id)",
+                args,
+            ).rowcount
+        return removed
+
+    def downsample_setpoints(self, start: datetime, end: datetime) -> int:
+        """Between ``start`` and ``end``, keep the last successful write of each device, point
+        and minute, and every failed one; rows removed."""
+        lo, hi = format_ts(start), format_ts(end)
+        with self._tx():
+            return self._db.execute(
+                "DELETE FROM setpoints WHERE at >= ? AND at < ? AND ok = 1 AND id NOT IN "
+                "(SELECT MAX(id) FROM setpoints WHERE at >= ? AND at < ? AND ok = 1 "
+                "GROUP BY device, point, substr(at, 1, 16))",
+                (lo, hi, lo, hi),
+            ).rowcount
+
+    def size_bytes(self) -> int:
+        """The journal on disk: the database and its write-ahead log."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return sum(p.stat().st_size for p in (self.path, wal) if p.exists())
 
     def setpoints(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest setpoint writes, newest first."""
@@ -739,6 +808,8 @@ class AsyncJournal:
             return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
         except sqlite3.Error as exc:
             self.errors_total += 1
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise JournalFullError(self.sync.path, str(exc)) from exc
             raise JournalError(self.sync.path, str(exc)) from exc
 
     async def close(self) -> None:
@@ -748,10 +819,7 @@ class AsyncJournal:
 
 async def _cancelled(task: asyncio.Task[None] | None) -> None:
     """Cancel a component's loop and wait until it has stopped."""
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await cancel_and_wait(task)
 
 
 class SetpointWritten(Protocol):
@@ -829,6 +897,91 @@ class SetpointRecorder:
                 await self.flush()
             except JournalError as exc:
                 log.error("setpoint_history_not_written", error=str(exc))
+
+
+PRUNE_BATCH = 5000
+"""Rows one prune call removes from a table at most: other journal calls run between them."""
+PRUNE_EVERY_S = 600.0
+DOWNSAMPLE_WINDOW = timedelta(hours=1)
+"""Setpoint history is downsampled an hour at a time (one journal call each)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """How long the journal keeps what (``[storage]``); the audit chain is kept whole."""
+
+    setpoint_full_days: float = 2.0
+    """Setpoint writes are kept whole this long, then the last of each minute (and failures)."""
+    setpoint_days: float = 30.0
+    """… and deleted after this long."""
+    workload_days: float = 365.0
+    """Finished workloads, with their transitions and events, this long after they ended."""
+
+
+class JournalRetention:
+    """Keeps the journal bounded (a component). At start and every ``every_s`` it prunes by
+    ``policy``: old setpoint history downsampled an hour at a time, then what is past keeping
+    removed in batches of :data:`PRUNE_BATCH`; each is its own journal call, so announcements
+    and audit entries are written between them. What it removed is logged (``journal_pruned``)
+    and counted by table."""
+
+    name = "journal-retention"
+
+    def __init__(
+        self,
+        journal: AsyncJournal,
+        policy: RetentionPolicy,
+        every_s: float = PRUNE_EVERY_S,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.journal = journal
+        self.policy = policy
+        self.every_s = every_s
+        self.clock = clock
+        self.pruned_total: Counter[str] = Counter()
+        """Rows removed since start, by table (metrics)."""
+        self._downsampled_to: datetime | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        await _cancelled(self._task)
+
+    def unhealthy(self, now: float) -> list[str]:  # noqa: ARG002 -- the Checked protocol
+        return [self.name] if self._task is not None and self._task.done() else []
+
+    async def prune(self) -> dict[str, int]:
+        """One pass; rows removed by table."""
+        now = self.clock()
+        policy = self.policy
+        removed: Counter[str] = Counter()
+        oldest = now - timedelta(days=policy.setpoint_days)
+        start = max(self._downsampled_to or oldest, oldest)
+        end = now - timedelta(days=policy.setpoint_full_days)
+        while start < end:
+            stop = min(start + DOWNSAMPLE_WINDOW, end)
+            sync = self.journal.sync
+            removed["setpoints"] += await self.journal.call(sync.downsample_setpoints, start, stop)
+            start = self._downsampled_to = stop
+        while True:
+            batch = await self.journal.call(self.journal.sync.prune, now, policy, PRUNE_BATCH)
+            removed.update(batch)
+            if max(batch.values(), default=0) < PRUNE_BATCH:
+                break
+        self.pruned_total.update(removed)
+        if any(removed.values()):
+            log.info("journal_pruned", **{table: n for table, n in removed.items() if n})
+        return {table: n for table, n in removed.items() if n}
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except JournalError as exc:
+                log.error("journal_prune_failed", error=str(exc))
+            await asyncio.sleep(self.every_s)
 
 
 ANCHOR_EVERY_S = 10.0

@@ -12,13 +12,13 @@ running and every component whose ``healthy()`` says no.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from pswd_gateway.logging import get_logger
+from pswd_gateway.tasks import cancel_and_wait
 
 __all__ = ["RESTART_BACKOFF_S", "Component", "Supervisor", "Task"]
 
@@ -114,9 +114,7 @@ class Supervisor:
         """Stop the task ``name`` (no restart); nothing when there is none."""
         supervised = self.tasks.pop(name, None)
         if supervised is not None and supervised.task is not None:
-            supervised.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervised.task
+            await cancel_and_wait(supervised.task)
 
     def unhealthy(self, now: float) -> list[str]:
         """Tasks not running and unwell parts of components, sorted, each once."""

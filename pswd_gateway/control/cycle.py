@@ -51,6 +51,7 @@ from pswd_gateway.domain.units import from_mw
 from pswd_gateway.errors import PswdError
 from pswd_gateway.logging import get_logger
 from pswd_gateway.store import PointStore
+from pswd_gateway.tasks import cancel_and_wait
 
 __all__ = [
     "POLICIES",
@@ -226,10 +227,7 @@ class ControlCycle:
     async def stop(self) -> None:
         if self._subscription is not None:
             self._subscription.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         # Leave the battery idle rather than holding a setpoint nobody updates.
         bess = self.site.bess
         if bess is not None and (bess, ENABLE_POINT) in self._written:

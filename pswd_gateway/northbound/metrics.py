@@ -137,6 +137,12 @@ class OpsView:
     audit_total: Mapping[str, int] = field(default_factory=dict)
     """Audit entries by outcome (accepted, refused, failed)."""
     audit_head_entry: int | None = None
+    journal_size_bytes: int | None = None
+    """The journal on disk (database and write-ahead log)."""
+    journal_free_bytes: int | None = None
+    """Free space on the journal's file system (for the gateway's user)."""
+    journal_pruned_total: Mapping[str, int] = field(default_factory=dict)
+    """Rows the retention removed since start, by table."""
     """Id of the newest audit entry as last published to the anchor."""
     forecast_updates_total: int = 0
     forecast_failures_total: int = 0
@@ -381,6 +387,24 @@ def _ops_metrics(o: OpsView) -> Iterator[Metric]:
     journal = CounterMetricFamily("pswd_journal_errors", "Journal calls that failed in SQLite.")
     journal.add_metric([], o.journal_errors_total)
     yield journal
+    yield _gauge(
+        "pswd_journal_size_bytes",
+        "The journal on disk: the SQLite database and its write-ahead log.",
+        o.journal_size_bytes,
+    )
+    yield _gauge(
+        "pswd_journal_disk_free_bytes",
+        "Free space on the journal's file system, for the gateway's user.",
+        o.journal_free_bytes,
+    )
+    pruned = CounterMetricFamily(
+        "pswd_journal_pruned_rows",
+        "Rows the journal's retention removed, by table ([storage] retention settings).",
+        labels=["table"],
+    )
+    for table in ("setpoints", "events", "transitions", "workloads"):
+        pruned.add_metric([table], o.journal_pruned_total.get(table, 0))
+    yield pruned
     audit = CounterMetricFamily(
         "pswd_audit_events", "Audit entries written, by outcome.", labels=["outcome"]
     )

@@ -52,6 +52,7 @@ from pswd_gateway.journal import (
 from pswd_gateway.logging import get_logger
 from pswd_gateway.scheduling.model import CarbonForecast, PlacedJob, SiteForecast
 from pswd_gateway.scheduling.scheduler import Scheduler
+from pswd_gateway.tasks import cancel_and_wait
 
 __all__ = ["EventHub", "WorkloadService", "new_workload_id", "utcnow"]
 
@@ -165,8 +166,7 @@ class WorkloadService:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
         self.hub.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -503,3 +504,76 @@ async def test_the_role_table_every_route_for_every_role(api: Api) -> None:
                 assert (r.status_code != 403) == who.can(Permission.ACT_OWN), (role, r.text)
             r = await client.post(f"/v1/workloads/{others}/start", json={"reason": "t"})
             assert (r.status_code != 403) == who.can(Permission.ACT_ANY), (role, r.text)
+
+
+async def test_a_full_journal_refuses_announcements_with_507_and_keeps_what_it_accepted(
+    api: Api,
+) -> None:
+    """The journal's disk fills (SQLite's page limit stands in for a small file system: the
+    same SQLITE_FULL a full disk gives): an announcement is answered 507 with what to do and
+    nothing of it is kept; every announcement acknowledged before is still there, and reads
+    still work."""
+    journal = api.service.journal
+    accepted: list[str] = []
+    async with api.client() as http:
+        for _ in range(3):
+            r = await http.post("/v1/workloads", json=body())
+            assert r.status_code == 201, r.text
+            accepted.append(r.json()["id"])
+        pages = journal.sync._db.execute("PRAGMA page_count").fetchone()[0]
+        journal.sync._db.execute(f"PRAGMA max_page_count = {pages}")
+        refused = None
+        for _ in range(200):  # until the pages left are used up
+            r = await http.post("/v1/workloads", json=body())
+            if r.status_code == 201:
+                accepted.append(r.json()["id"])
+                continue
+            refused = r
+            break
+        assert refused is not None
+        assert refused.status_code == 507, refused.text
+        problem = refused.json()
+        assert problem["status"] == 507
+        assert problem["type"].endswith("journal-full")
+        assert "Nothing of this request was kept" in problem["detail"]
+        assert "[storage]" in problem["detail"]
+        assert refused.headers["retry-after"] == "60"
+        listed = await http.get("/v1/workloads", params={"limit": 500})
+    assert listed.status_code == 200, listed.text
+    ids = [w["id"] for w in listed.json()["items"]]
+    assert sorted(ids) == sorted(accepted)
+    assert journal.errors_total >= 1
+
+
+@pytest.mark.needs_root
+async def test_a_full_file_system_refuses_announcements_with_507(tmp_path: Path) -> None:
+    """The journal on a 256 KiB file system (tmpfs, mounted for the test): announcements are
+    accepted until it is full, then answered 507; every one acknowledged is listed, none of the
+    refused ones is."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], check=True, timeout=10
+    )
+    try:
+        running, stop = await start_api(disk, config())
+        try:
+            accepted: list[str] = []
+            async with running.client() as http:
+                for _ in range(2000):
+                    r = await http.post("/v1/workloads", json=body())
+                    if r.status_code != 201:
+                        break
+                    accepted.append(r.json()["id"])
+                assert r.status_code == 507, r.text
+                assert "Nothing of this request was kept" in r.json()["detail"]
+                listed = await http.get("/v1/workloads", params={"limit": 500})
+            assert accepted
+            assert listed.status_code == 200, listed.text
+            page = listed.json()["items"]
+            assert {w["id"] for w in page} <= set(accepted)
+            assert len(page) == min(len(accepted), 500)
+        finally:
+            await stop()
+    finally:
+        subprocess.run(["umount", str(disk)], check=True, timeout=10)

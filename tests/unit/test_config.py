@@ -239,3 +239,13 @@ def test_the_chilled_water_setpoint_is_set_once_in_control_and_planned_from_ther
         GatewayConfig.model_validate(
             {"control": same, "scheduling": {"chw_supply_setpoint_c": 17.0}}
         )
+
+
+def test_retention_keeps_whole_history_no_longer_than_any_history(tmp_path: Path) -> None:
+    """Setpoint history kept whole for longer than it is kept at all is refused where it is."""
+    text = "[storage]\nsetpoint_full_days = 40\nsetpoint_days = 30\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    [(path, message)] = info.value.problems
+    assert path == "storage"
+    assert "setpoint_full_days must not exceed setpoint_days" in message

@@ -19,6 +19,8 @@ from pswd_gateway.journal import (
     IdempotencyRecord,
     Journal,
     JournalError,
+    JournalRetention,
+    RetentionPolicy,
     Transition,
     anchor_path,
 )
@@ -242,3 +244,109 @@ def test_setpoint_writes_and_site_notices_are_kept(journal: Journal) -> None:
         [EventRow("power_request", None, datetime(2026, 1, 1, tzinfo=UTC), {"shortfall_mw": 5.0})]
     )
     assert event.id > 0
+
+
+def finish(j: Journal, i: int, at: datetime) -> None:
+    """Workload ``i`` completed at ``at``."""
+    j.update_workload(
+        f"wl_{i:04d}",
+        WorkloadState.COMPLETED,
+        None,
+        at,
+        [Transition(f"wl_{i:04d}", WorkloadState.RUNNING, WorkloadState.COMPLETED, None, None,
+                    "alice", at)],
+        [EventRow("workload.completed", f"wl_{i:04d}", at, {})],
+        audit("workload.complete"),
+    )  # fmt: skip
+
+
+def count(j: Journal, table: str) -> int:
+    return int(j._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def test_retention_removes_old_setpoints_and_finished_workloads_never_the_audit(
+    journal: Journal,
+) -> None:
+    """Setpoint writes older than ``setpoint_days`` go; a workload finished longer ago than
+    ``workload_days`` goes with its transitions, events and idempotency key, and so do the
+    site's own events as old; a recent or unfinished workload stays; the audit chain is whole
+    and verifies."""
+    now = T0 + timedelta(days=400)
+    old, recent = (now - timedelta(days=40)).timestamp(), (now - timedelta(hours=1)).timestamp()
+    journal.record_setpoints(
+        [(old + k, "bess", "power_setpoint", float(k), True, None, 0.001) for k in range(10)]
+        + [(recent, "bess", "power_setpoint", 1.0, True, None, 0.001)]
+    )
+    for i in (1, 2, 3):
+        insert(journal, i, key=f"k{i}")
+    finish(journal, 1, T0)  # finished 400 days ago
+    finish(journal, 2, now - timedelta(days=10))  # finished recently
+    journal.append_events([EventRow("power_request", None, T0, {}), EventRow("power_request",
+                           None, now, {})])  # fmt: skip
+    audits = count(journal, "audit")
+    policy = RetentionPolicy(setpoint_full_days=2, setpoint_days=30, workload_days=365)
+    removed = journal.prune(now, policy, limit=1000)
+    assert removed == {"setpoints": 10, "events": 3, "transitions": 2, "workloads": 1}
+    assert journal.get_workload("wl_0001") is None
+    assert journal.get_workload("wl_0002") is not None  # finished 10 days ago
+    assert journal.get_workload("wl_0003") is not None  # never finished
+    assert journal.find_idempotency("alice", "k1") is None
+    assert journal.find_idempotency("alice", "k3") is not None
+    assert count(journal, "setpoints") == 1
+    assert count(journal, "audit") == audits
+    assert journal.check_audit().ok
+    assert journal.prune(now, policy, limit=1000) == dict.fromkeys(removed, 0)
+
+
+def test_retention_works_in_batches(journal: Journal) -> None:
+    """At most ``limit`` rows a table per call: other journal calls run between them."""
+    now = T0 + timedelta(days=100)
+    old = T0.timestamp()
+    journal.record_setpoints(
+        [(old + k, "bess", "power_setpoint", 0.0, True, None, 0.0) for k in range(25)]
+    )
+    policy = RetentionPolicy()
+    assert [journal.prune(now, policy, limit=10)["setpoints"] for _ in range(4)] == [10, 10, 5, 0]
+
+
+def test_downsampling_keeps_the_last_write_of_each_minute_and_every_failure(
+    journal: Journal,
+) -> None:
+    start = T0.timestamp()
+    rows = [(start + 2.0 * k, "bess", "power_setpoint", float(k), True, None, 0.0)
+            for k in range(90)]  # fmt: skip  # three minutes, 30 writes each
+    rows += [(start + 61.0, "bess", "power_setpoint", -1.0, False, "timed out", 0.05)]
+    rows += [(start + 5.0, "thermal", "chw_supply_setpoint", 18.0, True, None, 0.0)]
+    journal.record_setpoints(rows)
+    removed = journal.downsample_setpoints(T0, T0 + timedelta(minutes=3))
+    assert removed == 90 - 3
+    kept = journal.setpoints(limit=100)
+    assert sorted((r["point"], r["value"]) for r in kept) == [
+        ("chw_supply_setpoint", 18.0),
+        ("power_setpoint", -1.0),  # the failure
+        ("power_setpoint", 29.0),
+        ("power_setpoint", 59.0),
+        ("power_setpoint", 89.0),
+    ]
+
+
+async def test_the_retention_component_prunes_at_start_and_counts_by_table(
+    tmp_path: Path,
+) -> None:
+    """At start the component downsamples and prunes to the policy, logs and counts it."""
+    journal = AsyncJournal.open(tmp_path / "pswd.db")
+    now = T0 + timedelta(days=10)
+    base = (now - timedelta(days=5)).timestamp()
+    journal.sync.record_setpoints(
+        [(base + 2.0 * k, "bess", "power_setpoint", float(k), True, None, 0.0) for k in range(60)]
+        + [(T0.timestamp(), "bess", "power_setpoint", 0.0, True, None, 0.0)]
+    )
+    retention = JournalRetention(
+        journal, RetentionPolicy(setpoint_full_days=1, setpoint_days=7), clock=lambda: now
+    )
+    removed = await retention.prune()
+    assert removed == {"setpoints": 1 + 58}  # the 10-day-old write; 60 writes in 2 minutes → 2
+    assert retention.pruned_total["setpoints"] == 59
+    assert await retention.prune() == {}
+    assert journal.sync.size_bytes() > 0
+    await journal.close()

@@ -187,6 +187,9 @@ def test_the_operations_view_is_exported_in_base_units() -> None:
     ops = OpsView(
         soc_window=(0.1, 0.9),
         journal_errors_total=2,
+        journal_size_bytes=4096,
+        journal_free_bytes=10_000_000,
+        journal_pruned_total={"setpoints": 7},
         audit_total={"refused": 3},
         forecast_last_update=1.7e9,
         certificate_expiry={"opcua": 1.8e9},
@@ -196,6 +199,10 @@ def test_the_operations_view_is_exported_in_base_units() -> None:
     values = samples(exposition(ops=ops))
     assert values[("pswd_bess_soc_window_ratio", (("bound", "min"),))] == 0.1
     assert values[("pswd_journal_errors_total", ())] == 2
+    assert values[("pswd_journal_size_bytes", ())] == 4096
+    assert values[("pswd_journal_disk_free_bytes", ())] == 10_000_000
+    assert values[("pswd_journal_pruned_rows_total", (("table", "setpoints"),))] == 7
+    assert values[("pswd_journal_pruned_rows_total", (("table", "workloads"),))] == 0
     assert values[("pswd_audit_events_total", (("outcome", "refused"),))] == 3
     assert values[("pswd_audit_events_total", (("outcome", "accepted"),))] == 0
     assert values[("pswd_certificate_expiry_timestamp_seconds", (("listener", "opcua"),))] == 1.8e9

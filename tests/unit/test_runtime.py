@@ -89,3 +89,28 @@ async def test_unhealthy_names_dead_tasks_and_unwell_parts_of_components() -> No
     await asyncio.sleep(0)
     assert sup.unhealthy(0.0) == ["forecast", "poll:meter"]
     await sup.stop_all()
+
+
+async def test_a_task_that_swallows_its_cancellation_is_still_stopped() -> None:
+    """asyncio.wait_for on Python 3.11 can swallow a cancellation that arrives with its result;
+    a loop around it would run on. The supervisor cancels again until the task has ended."""
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed < 3:
+                    continue  # as a lost cancellation would
+                raise
+
+    supervisor = Supervisor()
+    supervisor.spawn("stubborn", stubborn)
+    await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await supervisor.cancel("stubborn")
+    assert swallowed == 3
+    assert not supervisor.tasks

@@ -15,10 +15,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pswd_gateway import __version__
 from pswd_gateway.config import ApiConfig
+from pswd_gateway.journal import JournalError
 from pswd_gateway.northbound.http_api.deps import ApiContext, Gate
 from pswd_gateway.northbound.http_api.problems import (
     ProblemError,
     handle_http,
+    handle_journal,
     handle_problem,
     handle_validation,
 )
@@ -47,6 +49,8 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: "Body larger than api.max_body_bytes",
         422: "The request is not valid (each field problem is listed)",
         429: "Too many requests for this token",
+        503: "The journal cannot be written: nothing of the request was kept",
+        507: "The journal's disk is full: nothing of the request was kept",
     }.items()
 }
 
@@ -69,6 +73,7 @@ def create_app(config: ApiConfig, context: ApiContext | None = None) -> FastAPI:
     app.state.http_stats = HttpStats()
     app.add_middleware(ServerTiming, stats=app.state.http_stats)
     app.add_exception_handler(ProblemError, handle_problem)
+    app.add_exception_handler(JournalError, handle_journal)
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(StarletteHTTPException, handle_http)
     app.include_router(health.router)

@@ -13,6 +13,7 @@ from pydantic_core import InitErrorDetails, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pswd_gateway.config import format_validation_error
+from pswd_gateway.journal import JournalError, JournalFullError
 
 __all__ = [
     "PROBLEM_JSON",
@@ -145,6 +146,31 @@ def _config_wording(error: Mapping[str, Any]) -> str:
 async def handle_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProblemError)
     return problem_response(request, exc)
+
+
+async def handle_journal(request: Request, exc: Exception) -> JSONResponse:
+    """The journal could not keep the request: nothing of it was accepted (a full disk: 507,
+    anything else: 503), and the answer says so; what was acknowledged before is intact."""
+    assert isinstance(exc, JournalError)
+    if isinstance(exc, JournalFullError):
+        problem = ProblemError(
+            507,
+            "journal-full",
+            "The journal's disk is full",
+            f"{exc}. Nothing of this request was kept. Free space on the journal's file system "
+            "or shorten its retention ([storage] setpoint_days, workload_days); what was "
+            "accepted before is intact.",
+            headers={"Retry-After": "60"},
+        )
+    else:
+        problem = ProblemError(
+            503,
+            "journal-unavailable",
+            "The journal cannot be written",
+            f"{exc}. Nothing of this request was kept; try again.",
+            headers={"Retry-After": "5"},
+        )
+    return problem_response(request, problem)
 
 
 async def handle_validation(request: Request, exc: Exception) -> JSONResponse:

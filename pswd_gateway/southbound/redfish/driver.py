@@ -71,6 +71,7 @@ from pswd_gateway.southbound.redfish.documents import (
     sensor_power,
 )
 from pswd_gateway.southbound.redfish.sse import SseDecoder, SseEvent, SseProtocolError
+from pswd_gateway.tasks import cancel_and_wait
 
 __all__ = ["CONCURRENCY", "RedfishDriver", "RedfishStats"]
 
@@ -257,9 +258,7 @@ class RedfishDriver:
     async def close(self) -> None:
         """Stop the stream task, delete the session, close the connections; idempotent."""
         task, self._stream_task = self._stream_task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)
         self._streamed = None
         client, self._client = self._client, None
         if client is None:
