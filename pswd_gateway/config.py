@@ -32,6 +32,16 @@ from pswd_gateway.domain.signals import Role as SignalRole
 from pswd_gateway.domain.units import from_mw
 from pswd_gateway.errors import ConfigError
 from pswd_gateway.security.passwords import PASSWORD_HASH_PATTERN, verify_password
+from pswd_gateway.security.zones import (
+    LISTENERS,
+    PLANT_ZONES,
+    Access,
+    Conduit,
+    Listener,
+    Policy,
+    Zone,
+    ZoneKind,
+)
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -330,15 +340,13 @@ LOOPBACK_NETWORKS: tuple[Network, ...] = (
 
 
 class MmsListenerConfig(ListenerConfig):
-    """The MMS listener: how many clients at once, and from which networks."""
+    """The MMS listener: how many clients at once (who may connect: ``[[conduits]]``)."""
 
     max_connections: Annotated[int, Field(ge=1, le=100)] = 10
-    allowed_networks: tuple[Network, ...] = LOOPBACK_NETWORKS
-    """Peers outside these networks are disconnected at once (and audited)."""
 
 
 class ListenersConfig(_Strict):
-    metrics: ListenerConfig = ListenerConfig(port=9464)
+    metrics: TlsListenerConfig = TlsListenerConfig(port=9464)
     """Prometheus ``/metrics`` plus ``/healthz`` and ``/readyz``."""
     api: TlsListenerConfig = TlsListenerConfig(port=8080)
     """The workload HTTP API (``/v1``)."""
@@ -346,6 +354,33 @@ class ListenersConfig(_Strict):
     """OPC UA for SCADA (``opc.tcp://host:port/pswd``); secured by ``[opcua]``."""
     iec61850: MmsListenerConfig = MmsListenerConfig(enabled=False, port=102)
     """IEC 61850 MMS for grid operators (plaintext: loopback only until TLS is configured)."""
+
+
+ZoneName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+
+
+class ZoneConfig(_Strict):
+    """``[zones.<name>]``: networks of one trust (see docs/security.md)."""
+
+    kind: ZoneKind
+    """``control`` or ``scada`` (inside the plant), ``enterprise``, ``monitoring``, ``utility``."""
+    networks: Annotated[tuple[Network, ...], Field(min_length=1)]
+    description: Annotated[str, Field(max_length=200)] = ""
+
+
+class ConduitConfig(_Strict):
+    """``[[conduits]]``: one zone reaching one listener with one level of access."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,47}$")]
+    zone: ZoneName
+    listener: Listener
+    access: Access = "read"
+    """``read``; ``announce`` (workloads); ``operate`` (grid limits, demand response,
+    controls); ``configure`` (engineering settings). Each includes the ones before it."""
+
+
+LOCAL_ZONE = "local"
+"""The zone a configuration without ``[[conduits]]`` gets: loopback, every listener."""
 
 
 Role = Literal["viewer", "submitter", "operator", "admin"]
@@ -693,6 +728,8 @@ class GatewayConfig(BaseSettings):
     control: ControlConfig = ControlConfig()
     opcua: OpcUaConfig = OpcUaConfig()
     iec61850: Iec61850Config = Iec61850Config()
+    zones: dict[ZoneName, ZoneConfig] = Field(default_factory=dict)
+    conduits: tuple[ConduitConfig, ...] = ()
     storage: StorageConfig = StorageConfig()
     logging: LoggingConfig = LoggingConfig()
     daemon: DaemonConfig = DaemonConfig()
@@ -776,7 +813,149 @@ class GatewayConfig(BaseSettings):
                     f"listeners.opcua binds {opc.host}: demo credentials are for loopback only; "
                     "set your own with `pswd-gateway opcua password`"
                 )
+        problems = self.policy_problems()
+        if problems:
+            raise ConfigProblemsError(problems)
         return self
+
+    # ---- zones and conduits (docs/security.md) ----
+
+    def _listener(self, name: Listener) -> ListenerConfig:
+        listener: ListenerConfig = getattr(self.listeners, name)
+        return listener
+
+    def _plaintext(self, name: Listener) -> str | None:
+        """Why ``name`` carries clear text, or None when it is encrypted."""
+        listener = self._listener(name)
+        if isinstance(listener, TlsListenerConfig) and listener.tls_cert is None:
+            return f"listeners.{name} has no TLS (set tls_cert and tls_key)"
+        if name == "iec61850":
+            return "MMS is served without TLS"
+        return None
+
+    def _anonymous(self, name: Listener) -> str | None:
+        if name == "iec61850" and self.iec61850.anonymous_read:
+            return "iec61850.anonymous_read lets an association without a password read"
+        if name == "opcua" and self.opcua.allow_none:
+            return "opcua.allow_none offers an unsecured endpoint"
+        return None
+
+    def _demo_credentials(self, name: Listener) -> str | None:
+        if name == "api":
+            demo = [t.name for t in self.api.tokens if t.sha256 in DEMO_TOKEN_SHA256]
+            if demo:
+                return f"api.tokens {', '.join(demo)} are the published demo tokens"
+        if name == "opcua":
+            demo = [
+                u.name
+                for u in self.opcua.users
+                if u.name in DEMO_OPCUA_USERS
+                and verify_password(f"pswd-demo-{u.name}", u.password_hash)
+            ]
+            if demo:
+                return f"opcua.users {', '.join(demo)} have the published demo passwords"
+        return None
+
+    def policy_problems(self) -> list[tuple[str, str]]:
+        """Every conduit that breaks a rule of docs/security.md, with its TOML path."""
+        problems: list[tuple[str, str]] = []
+        names = [c.name for c in self.conduits]
+        for i, conduit in enumerate(self.conduits):
+            at = f"conduits[{i}]"
+            if names.count(conduit.name) > 1 and names.index(conduit.name) != i:
+                problems.append((f"{at}.name", f"conduit {conduit.name!r} is named twice"))
+            zone = self.zones.get(conduit.zone)
+            if zone is None:
+                known = ", ".join(sorted(self.zones)) or "none defined"
+                problems.append((f"{at}.zone", f"no zone named {conduit.zone!r} (zones: {known})"))
+                continue
+            problems.extend(self._conduit_problems(at, conduit, zone))
+        enabled = [n for n in LISTENERS if self._listener(n).enabled]
+        for name in enabled:
+            listener = self._listener(name)
+            if not self.conduits and not is_loopback(listener.host):
+                problems.append(
+                    (
+                        f"listeners.{name}.host",
+                        (
+                            f"binds {listener.host} but no [[conduits]] say who may reach it: "
+                            "declare the zones and conduits (docs/security.md) or bind 127.0.0.1"
+                        ),
+                    )
+                )
+            elif self.conduits and not any(c.listener == name for c in self.conduits):
+                problems.append(
+                    (
+                        f"listeners.{name}",
+                        (
+                            "no conduit reaches this listener: add a [[conduits]] entry with "
+                            f'listener = "{name}" or set enabled = false'
+                        ),
+                    )
+                )
+        return problems
+
+    def _conduit_problems(
+        self, at: str, conduit: ConduitConfig, zone: ZoneConfig
+    ) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        name = conduit.listener
+        if name == "metrics" and conduit.access != "read":
+            problems.append((f"{at}.access", 'the metrics listener is read-only: access = "read"'))
+        if conduit.access in {"operate", "configure"} and zone.kind not in PLANT_ZONES:
+            problems.append(
+                (
+                    f"{at}.access",
+                    (
+                        f"zone {conduit.zone!r} is {zone.kind}, outside the plant: only control "
+                        f"and scada zones may {conduit.access} (grid limits, battery, "
+                        'controls); give it access = "announce" or "read"'
+                    ),
+                )
+            )
+        remote = [str(n) for n in zone.networks if not n.is_loopback]
+        if not remote:
+            return problems
+        where = f"zone {conduit.zone!r} reaches listeners.{name} from {', '.join(remote)}"
+        for why, fix in (
+            (self._plaintext(name), "off loopback every conduit must be encrypted"),
+            (self._anonymous(name), "anonymous access is for loopback only"),
+            (
+                self._demo_credentials(name),
+                "demo credentials are for loopback only; create your own",
+            ),
+        ):
+            if why is not None:
+                problems.append((at, f"{where}, but {why}: {fix}"))
+        host = self._listener(name).host
+        if is_loopback(host):
+            problems.append(
+                (
+                    at,
+                    (
+                        f"{where}, but listeners.{name} binds {host}, which they cannot "
+                        "reach: bind an address of this machine on that network"
+                    ),
+                )
+            )
+        return problems
+
+    def policy(self) -> Policy:
+        """The zones and conduits in force (without ``[[conduits]]``: loopback, every listener)."""
+        if not self.conduits:
+            local = Zone(LOCAL_ZONE, "control", LOOPBACK_NETWORKS, "this machine")
+            conduits = tuple(
+                Conduit(f"local-{n}", LOCAL_ZONE, n, "read" if n == "metrics" else "configure")
+                for n in LISTENERS
+            )
+            return Policy({LOCAL_ZONE: local}, conduits)
+        zones = {
+            name: Zone(name, z.kind, z.networks, z.description) for name, z in self.zones.items()
+        }
+        conduits = tuple(
+            Conduit(c.name, c.zone, c.listener, c.access) for c in self.conduits if c.zone in zones
+        )
+        return Policy(zones, conduits)
 
     def device(self, name: str) -> ModbusDeviceConfig | RedfishDeviceConfig:
         for d in self.devices:
@@ -830,10 +1009,22 @@ def _toml_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+class ConfigProblemsError(ValueError):
+    """Problems found across the configuration, each with its own TOML path."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{path}: {message}" for path, message in problems))
+        self.problems = problems
+
+
 def format_validation_error(err: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     """Turn a pydantic error into ``(toml.path, message)`` pairs."""
     problems: list[tuple[str, str]] = []
     for e in err.errors(include_url=False):
+        located = e.get("ctx", {}).get("error")
+        if isinstance(located, ConfigProblemsError):
+            problems.extend((f"{prefix}.{p}" if prefix else p, m) for p, m in located.problems)
+            continue
         template = _MESSAGES.get(e["type"])
         ctx = {k: _plain(v) for k, v in e.get("ctx", {}).items()}
         try:

@@ -63,6 +63,7 @@ from pswd_gateway.northbound.opcua.server import OpcUaServer
 from pswd_gateway.runtime import Supervisor
 from pswd_gateway.scheduling.scheduler import Scheduler
 from pswd_gateway.scheduling.service import WorkloadService
+from pswd_gateway.security.zones import Gatekeeper, Listener, Refusals
 from pswd_gateway.site_settings import SiteSettings
 from pswd_gateway.southbound.poller import Poller
 from pswd_gateway.southbound.pollers import PollerSet
@@ -133,8 +134,13 @@ class Gateway:
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _watchdog_task: asyncio.Task[None] | None = field(default=None, init=False)
     _ready: bool = field(default=False, init=False)
+    gate: Gatekeeper = field(init=False)
+    """Zones and conduits at every listener's door (``[zones]``, ``[[conduits]]``)."""
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
+    _background: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
+        self.gate = Gatekeeper(self.config.policy(), Refusals(audit=self._door_refused))
         self.settings = SiteSettings(self.config.site, audit=self._audit_setting)
         self.settings.subscribe(self._on_site)
         self.southbound = PollerSet(self.config, self.store, self.supervisor)
@@ -148,6 +154,7 @@ class Gateway:
     async def start(self) -> None:
         """Build and start every component in order; READY=1 once every device was polled."""
         self.started_at = time.monotonic()
+        self._loop = asyncio.get_running_loop()
         log.info(
             "gateway_starting",
             version=__version__,
@@ -259,7 +266,13 @@ class Gateway:
         )
         listener = self.config.listeners.metrics
         return AsgiListener(
-            health_app(collector, self.status), listener.host, listener.port, name="metrics"
+            health_app(collector, self.status),
+            listener.host,
+            listener.port,
+            name="metrics",
+            tls_cert=listener.tls_cert,
+            tls_key=listener.tls_key,
+            admit=self.gate.door("metrics"),
         )
 
     def _api_listener(self, workloads: WorkloadService) -> AsgiListener:
@@ -267,10 +280,16 @@ class Gateway:
         context = ApiContext(
             workloads, site_view(self.store, self._site, workloads), lambda: self._ready
         )
-        app = create_app(self.config.api, context)
+        app = create_app(self.config.api, context, policy=self.gate.policy)
         self._http_stats = app.state.http_stats
         return AsgiListener(
-            app, api.host, api.port, name="api", tls_cert=api.tls_cert, tls_key=api.tls_key
+            app,
+            api.host,
+            api.port,
+            name="api",
+            tls_cert=api.tls_cert,
+            tls_key=api.tls_key,
+            admit=self.gate.door("api"),
         )
 
     def _opcua_server(self) -> OpcUaServer:
@@ -281,6 +300,7 @@ class Gateway:
             self.workloads,
             self.settings.set,
             ramp=lambda: self.control.stats.grid_ramp_w_per_s() if self.control else None,
+            door=self.gate.door("opcua"),
         )
 
     def _mms_server(self) -> MmsServer:
@@ -293,7 +313,7 @@ class Gateway:
             host=mms.host,
             port=mms.port,
             max_connections=mms.max_connections,
-            allowed_networks=mms.allowed_networks,
+            door=self.gate.door("iec61850"),
             users=settings.users,
             anonymous_read=settings.anonymous_read,
             interval_s=settings.update_interval_ms / 1000.0,
@@ -467,6 +487,8 @@ class Gateway:
                 else None
             ),
             certificate_expiry=self._certificate_expiry,
+            conduit_refusals={(str(a), b): n for (a, b), n in self.gate.refusals.total.items()},
+            conduit_admissions={(str(a), b): n for (a, b), n in self.gate.admitted.items()},
             workloads_by_state=(
                 Counter(w.state.value for w in self.workloads.active.values())
                 if self.workloads is not None
@@ -493,7 +515,7 @@ class Gateway:
             action=action,
             target=self.settings.current.name,
             outcome="accepted",
-            detail=detail,
+            detail={**detail, **who.via},
             at=datetime.now(UTC),
         )
         await self.journal.call(self.journal.sync.audit, entry)
@@ -510,6 +532,22 @@ class Gateway:
     async def _refused(self, caller: Identity, action: str, why: str) -> None:
         if self.workloads is not None:
             await self.workloads.audit_refusal(caller, action, why)
+
+    def _door_refused(self, listener: Listener, peer: str, why: str, count: int) -> None:
+        """A peer refused at a listener's door (any thread): logged, and audited (throttled)."""
+        log.warning("conduit_refused", listener=listener, peer=peer, why=why, refused=count)
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        who = Identity(f"{listener}:{peer}", "none")
+        reason = f"{why} ({count} refused since the last record of this peer)"
+        with contextlib.suppress(RuntimeError):  # the loop closed between the check and here
+            loop.call_soon_threadsafe(self._spawn_refusal, who, f"{listener} connection", reason)
+
+    def _spawn_refusal(self, who: Identity, action: str, why: str) -> None:
+        task = asyncio.create_task(self._refused(who, action, why), name="audit-refusal")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 @dataclass

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pswd_gateway.logging import get_logger
 
@@ -29,6 +30,34 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
+Door = Callable[[object], object | None]
+"""Asked with a connection's peer address at accept: an admission, or None to refuse it."""
+
+
+def _guarded(door: Door) -> type[H11Protocol]:
+    """uvicorn's HTTP protocol that closes a connection the door refuses, before reading it."""
+
+    class Guarded(H11Protocol):
+        _refused = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            if door(transport.get_extra_info("peername")) is None:
+                self._refused = True
+                transport.abort()
+                return
+            super().connection_made(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not self._refused:
+                super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if not self._refused:
+                super().data_received(data)
+
+    return Guarded
+
+
 @dataclass
 class AsgiListener:
     """One HTTP listener. ``port=0`` binds a free port; :attr:`port` tells which after start."""
@@ -40,6 +69,8 @@ class AsgiListener:
     stop_timeout_s: float = 2.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    admit: Door | None = None
+    """The zone policy's door (``security.zones.Gatekeeper.door``); None admits everyone."""
     _server: uvicorn.Server | None = field(default=None, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
 
@@ -69,6 +100,7 @@ class AsgiListener:
             timeout_graceful_shutdown=1,
             ssl_certfile=self.tls_cert,
             ssl_keyfile=self.tls_key,
+            http=H11Protocol if self.admit is None else _guarded(self.admit),
         )
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=self.name)

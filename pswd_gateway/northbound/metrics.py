@@ -153,6 +153,10 @@ class OpsView:
     workloads_by_state: Mapping[str, int] = field(default_factory=dict)
     http_latency: Mapping[tuple[str, str], LatencyHistogram] = field(default_factory=dict)
     """(method, route template) → request latency."""
+    conduit_refusals: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """(listener, reason) → peers refused at the door since start (``security.zones``)."""
+    conduit_admissions: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """(listener, zone) → connections admitted since start."""
 
 
 class GatewayCollector(Collector):
@@ -405,6 +409,24 @@ def _ops_metrics(o: OpsView) -> Iterator[Metric]:
     for table in ("setpoints", "events", "transitions", "workloads"):
         pruned.add_metric([table], o.journal_pruned_total.get(table, 0))
     yield pruned
+    refused = CounterMetricFamily(
+        "pswd_conduit_refusals",
+        "Connections refused at a listener because no conduit admits the peer's zone.",
+        labels=["listener", "reason"],
+    )
+    for listener in ("api", "metrics", "opcua", "iec61850"):
+        refused.add_metric(
+            [listener, "not_in_conduit"], o.conduit_refusals.get((listener, "not_in_conduit"), 0)
+        )
+    yield refused
+    admitted = CounterMetricFamily(
+        "pswd_conduit_admissions",
+        "Connections (HTTP: requests) admitted through a conduit, by listener and zone.",
+        labels=["listener", "zone"],
+    )
+    for (listener, zone), count in sorted(o.conduit_admissions.items()):
+        admitted.add_metric([listener, zone], count)
+    yield admitted
     audit = CounterMetricFamily(
         "pswd_audit_events", "Audit entries written, by outcome.", labels=["outcome"]
     )

@@ -224,10 +224,10 @@ class WorkloadService:
             owner != who.name and not who.can(Permission.ACT_ANY)
         ):
             why = (
-                f"role {who.role!r} cannot announce workloads"
+                f"cannot announce workloads: {who.why_not(Permission.ANNOUNCE)}"
                 if not who.can(Permission.ANNOUNCE)
-                else f"role {who.role!r} cannot announce on behalf of {owner!r}; "
-                "leave owner out or ask an operator"
+                else f"cannot announce on behalf of {owner!r} "
+                f"({who.why_not(Permission.ACT_ANY)}); leave owner out or ask an operator"
             )
             await self._refuse(who, "workload.announce", None, why)
             raise ForbiddenError(why)
@@ -329,7 +329,7 @@ class WorkloadService:
             action="workload.announce",
             target=workload_id,
             outcome="accepted",
-            detail={"peak_power_mw": announcement.power_profile.peak_power_mw},
+            detail={"peak_power_mw": announcement.power_profile.peak_power_mw, **who.via},
             at=now,
         )
         record = IdempotencyRecord(who.name, slot[1], request_sha256, workload_id) if slot else None
@@ -362,7 +362,7 @@ class WorkloadService:
         own = workload.owner == who.name and who.can(Permission.ACT_OWN)
         if not (own or who.can(Permission.ACT_ANY)):
             why = (
-                f"role {who.role!r} cannot {action.value} workloads"
+                f"cannot {action.value} workloads: {who.why_not(Permission.ACT_OWN)}"
                 if not who.can(Permission.ACT_OWN)
                 else f"workload {workload_id} belongs to {workload.owner!r}; only its owner "
                 "or an operator may change it"
@@ -417,7 +417,12 @@ class WorkloadService:
             action=f"workload.{action.value}",
             target=workload.id,
             outcome="accepted",
-            detail={"from": current.state.value, "to": new_state.value, "reason": reason},
+            detail={
+                "from": current.state.value,
+                "to": new_state.value,
+                "reason": reason,
+                **who.via,
+            },
             at=now,
         )
         transition = Transition(
@@ -635,7 +640,7 @@ class WorkloadService:
             action=action,
             target=target,
             outcome="refused",
-            detail={"reason": why, **detail},
+            detail={"reason": why, **who.via, **detail},
             at=self.clock(),
         )
         await self.journal.call(self.journal.sync.audit, entry)

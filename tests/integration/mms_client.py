@@ -125,6 +125,9 @@ PASSWORD = [""]
 
 def connection(password: str) -> Any:
     con = m.IedConnection_create()
+    source = os.environ.get("PSWD_MMS_SOURCE")  # connect from this local address
+    if source:
+        m.IedConnection_setLocalAddress(con, source, 0)
     m.IedConnection_setConnectTimeout(con, 5000)
     m.IedConnection_setRequestTimeout(con, 5000)
     if password:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.northbound.iec61850.model import GooseAddress
 from pswd_gateway.northbound.iec61850.server import MmsHooks, MmsServer
 from pswd_gateway.security.passwords import hash_password
+from pswd_gateway.security.zones import Access, Conduit, Gatekeeper, Policy, Refusals, Zone
 from pswd_gateway.store import PointStore
 
 pytestmark = pytest.mark.integration
@@ -429,14 +431,19 @@ async def test_connections_beyond_the_limit_are_refused(
     assert third != 0
 
 
-async def test_a_peer_outside_the_allowed_networks_is_disconnected_and_audited() -> None:
-    import ipaddress  # noqa: PLC0415
+def _policy(networks: str, access: Access = "operate") -> Policy:
+    zone = Zone("scada", "scada", (ipaddress.ip_network(networks),))
+    return Policy({"scada": zone}, (Conduit("grid-operator", "scada", "iec61850", access),))
 
+
+async def test_a_peer_outside_every_conduit_is_disconnected_counted_and_audited() -> None:
     holder = Site()
+    audited: list[tuple[str, str, str, int]] = []
+    gate = Gatekeeper(_policy("192.0.2.0/24"), Refusals(audit=lambda *a: audited.append(a)))
     port = free_port()
     server = MmsServer(
         PointStore(), lambda: holder.site, port=port, anonymous_read=True,
-        allowed_networks=(ipaddress.IPv4Network("192.0.2.0/24"),),
+        door=gate.door("iec61850"),
         hooks=MmsHooks(operate=holder.operate, refused=holder.refused),
     )  # fmt: skip
     await server.start()
@@ -446,8 +453,40 @@ async def test_a_peer_outside_the_allowed_networks_is_disconnected_and_audited()
     finally:
         await server.stop()
     assert got["connect"] != 0
-    assert server.stats.connections_refused_total == 1
-    assert any(r[1] == "mms connection" and r[3] == "refused" for r in holder.audit)
+    assert server.stats.connections_refused_total >= 1
+    assert gate.refusals.total["iec61850", "not_in_conduit"] >= 1
+    assert audited[0][:2] == ("iec61850", "127.0.0.1")
+    assert "no zone with a conduit to listeners.iec61850" in audited[0][2]
+
+
+async def test_an_operator_through_a_read_conduit_may_read_but_not_operate() -> None:
+    """The conduit's access is a ceiling over the user's role: the TSO's operator account
+    coming through a read-only conduit is refused, and the refusal names the conduit."""
+    holder = Site()
+    store = PointStore()
+    feed(store, 10e6)
+    port = free_port()
+    server = MmsServer(
+        store, lambda: holder.site, port=port, interval_s=0.05, users=USERS,
+        door=Gatekeeper(_policy("127.0.0.1/32", "read")).door("iec61850"),
+        hooks=MmsHooks(operate=holder.operate, refused=holder.refused),
+    )  # fmt: skip
+    await server.start()
+    try:
+        got = await client(port, [
+            ["float", "PSWDGRID/MMXU1.TotW.mag.f", "MX"],
+            ["operate", "PSWDGRID/GAPC1.ImpLimW", 250.0],
+        ], "tso-secret")  # fmt: skip
+    finally:
+        await server.stop()
+    read, operate = got["results"]
+    assert read == [pytest.approx(10.0), 0]
+    assert not operate["ok"]
+    assert operate["add_cause"] == m.ADD_CAUSE_NO_ACCESS_AUTHORITY
+    assert holder.site == SITE
+    refusals = [r for r in holder.audit if r[3] == "refused"]
+    assert refusals
+    assert "conduit 'grid-operator' from zone 'scada' does not allow 'operate'" in refusals[0][2]
 
 
 async def test_a_guard_trip_sets_ind4_with_its_time_until_the_guard_rearms(tmp_path: Path) -> None:

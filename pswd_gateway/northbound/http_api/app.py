@@ -38,6 +38,7 @@ from pswd_gateway.northbound.http_api.security import (
     ServerTiming,
     TokenBook,
 )
+from pswd_gateway.security.zones import Policy
 
 __all__ = ["ApiContext", "create_app"]
 
@@ -55,8 +56,11 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(config: ApiConfig, context: ApiContext | None = None) -> FastAPI:
-    """Build the app; ``context`` may be set later on ``app.state.context``."""
+def create_app(
+    config: ApiConfig, context: ApiContext | None = None, *, policy: Policy | None = None
+) -> FastAPI:
+    """Build the app; ``context`` may be set later on ``app.state.context``; ``policy``: the
+    zones and conduits whose access caps each caller's role (None: roles alone)."""
     app = FastAPI(
         title="pswd-gateway workload API",
         version=__version__,
@@ -68,7 +72,7 @@ def create_app(config: ApiConfig, context: ApiContext | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.context = context
-    app.state.gate = Gate(TokenBook(config), RateLimiter(config.rate_limit_per_s))
+    app.state.gate = Gate(TokenBook(config), RateLimiter(config.rate_limit_per_s), policy)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.state.http_stats = HttpStats()
     app.add_middleware(ServerTiming, stats=app.state.http_stats)

@@ -16,6 +16,7 @@ from pswd_gateway.northbound.http_api.problems import ProblemError
 from pswd_gateway.northbound.http_api.schemas import SiteOut
 from pswd_gateway.northbound.http_api.security import RateLimiter, TokenBook
 from pswd_gateway.scheduling.service import WorkloadService
+from pswd_gateway.security.zones import Policy
 
 __all__ = [
     "Announcer",
@@ -45,10 +46,12 @@ class ApiContext:
 
 @dataclass(frozen=True)
 class Gate:
-    """Who may come in, and how often: the configured tokens and a rate limit per token."""
+    """Who may come in, and how often: the configured tokens and a rate limit per token; and
+    through which conduit (its access is a ceiling over the token's role)."""
 
     tokens: TokenBook
     limiter: RateLimiter
+    policy: Policy | None = None
 
 
 def api_context(request: Request) -> ApiContext:
@@ -89,6 +92,11 @@ async def identify(
             "(api.rate_limit_per_s)",
             headers={"Retry-After": str(max(1, round(wait + 0.5)))},
         )
+    if gate.policy is not None:
+        admission = gate.policy.admit("api", request.client.host if request.client else None)
+        if admission is None:  # the listener's door refuses these before any request
+            raise ProblemError(403, "forbidden", "Forbidden", "no conduit admits this address")
+        who = admission.limit(who)
     return who
 
 
@@ -97,7 +105,7 @@ def require(permission: Permission) -> Callable[[Request, Identity], Awaitable[I
 
     async def check(request: Request, who: Annotated[Identity, Depends(identify)]) -> Identity:
         if not who.can(permission):
-            why = f"role {who.role!r} lacks {permission.value!r}"
+            why = who.why_not(permission)
             if request.method != "GET":
                 await api_context(request).service.audit_refusal(
                     who, f"http.{request.method} {request.url.path}", why

@@ -49,11 +49,15 @@ def judge(
         )
     if not caller.can(ctl.permission):
         allowed = sorted(r for r, p in ROLE_PERMISSIONS.items() if ctl.permission in p)
+        why = (
+            f"roles allowed: {', '.join(allowed)}"
+            if ctl.permission not in ROLE_PERMISSIONS.get(caller.role, frozenset())
+            else caller.why_not(ctl.permission)
+        )
         return Verdict(
             Check.ACCESS_DENIED,
             AddCause.NO_ACCESS_AUTHORITY,
-            f"{caller.name} ({caller.role}) may not operate {row.reference}; "
-            f"roles allowed: {', '.join(allowed)}",
+            f"{caller.name} ({caller.role}) may not operate {row.reference}; {why}",
         )
     if row.cdc == "SPC":
         return _judge_switch(ctl, value, site)

@@ -28,9 +28,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pswd_gateway.config import LOOPBACK_NETWORKS, Iec61850UserConfig, Network, SiteConfig
+from pswd_gateway.config import Iec61850UserConfig, SiteConfig
 from pswd_gateway.control.guard import GuardEvent
-from pswd_gateway.domain.identity import Identity
+from pswd_gateway.domain.identity import Identity, Permission
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.logging import get_logger
 from pswd_gateway.northbound.iec61850 import native
@@ -43,6 +43,7 @@ from pswd_gateway.northbound.iec61850.model import (
     build_model,
 )
 from pswd_gateway.security.passwords import verify_password
+from pswd_gateway.security.zones import Admission
 from pswd_gateway.store import PointStore
 
 __all__ = ["MmsHooks", "MmsServer"]
@@ -98,6 +99,14 @@ def _never_raise(fn: Callable[..., Any], default: Any) -> Callable[..., Any]:
     return call
 
 
+def _loopback_door(peer: object) -> Admission | None:
+    """Without a policy: this machine only, with every access its users' roles have."""
+    ip = peer if isinstance(peer, ipaddress.IPv4Address | ipaddress.IPv6Address) else None
+    if ip is None or not ip.is_loopback:
+        return None
+    return Admission("iec61850", "local", "local-iec61850", "configure")
+
+
 def peer_ip(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The address in libiec61850's ``host:port`` (``[v6]:port``) peer string."""
     host = peer.rsplit(":", 1)[0].strip("[]")
@@ -138,7 +147,7 @@ class MmsServer:
         host: str = "127.0.0.1",
         port: int = 10102,
         max_connections: int = 10,
-        allowed_networks: Sequence[Network] = LOOPBACK_NETWORKS,
+        door: Callable[[object], Admission | None] | None = None,
         users: tuple[Iec61850UserConfig, ...] = (),
         anonymous_read: bool = False,
         interval_s: float = 0.1,
@@ -156,7 +165,12 @@ class MmsServer:
         self.host = host
         self.port = port
         self.max_connections = max_connections
-        self.allowed_networks = tuple(allowed_networks)
+        self.door = door or _loopback_door
+        """The zone policy at accept (``security.zones.Gatekeeper.door``): a connection that no
+        conduit admits is aborted; an admitted one's users get the conduit's access as a
+        ceiling over their role."""
+        self._admissions: dict[str, Admission] = {}
+        """The conduit of each open connection, by peer (``host:port``)."""
         self.users = _Users(users)
         self.anonymous_read = anonymous_read
         self.interval_s = interval_s
@@ -352,27 +366,37 @@ class MmsServer:
     def _connection(self, _server: Any, connection: Any, connected: bool, _param: Any) -> None:
         lib = native.library()
         if not connected:
-            self.stats.connections_open = max(0, self.stats.connections_open - 1)
+            peer = (lib.ClientConnection_getPeerAddress(connection) or b"").decode(errors="replace")
+            if self._admissions.pop(peer, None) is not None:
+                self.stats.connections_open = max(0, self.stats.connections_open - 1)
             return
         peer = (lib.ClientConnection_getPeerAddress(connection) or b"").decode(errors="replace")
         ip = peer_ip(peer)
-        if ip is None or not any(ip in net for net in self.allowed_networks):
+        admission = self.door(ip) if ip is not None else None
+        if admission is None:  # the door counted it and audits it (once a minute per peer)
             self.stats.connections_refused_total += 1
-            self._refuse(
-                Identity(f"mms:{peer}", "none"), "mms connection", "peer not in allowed_networks"
-            )
+            log.warning("mms_refused", peer=peer, action="mms connection", why="no conduit")
             lib.ClientConnection_abort(connection)
             return
+        self._admissions[peer] = admission
         self.stats.connections_open += 1
 
     def _caller(self, action: Any) -> Identity:
         lib = native.library()
         connection = lib.ControlAction_getClientConnection(action)
         token = lib.ClientConnection_getSecurityToken(connection) if connection else None
-        if not token:
-            return ANONYMOUS
-        user = self.users.users[int(token) - 1]
-        return Identity(f"mms:{user.name}", user.role)
+        who = ANONYMOUS
+        if token:
+            user = self.users.users[int(token) - 1]
+            who = Identity(f"mms:{user.name}", user.role)
+        peer = lib.ClientConnection_getPeerAddress(connection) if connection else None
+        admission = self._admissions.get((peer or b"").decode(errors="replace"))
+        # no admission: a connection the door refused cannot operate (read only, at most)
+        return (
+            admission.limit(who)
+            if admission is not None
+            else who.limited(frozenset({Permission.READ}), zone="none", conduit="none")
+        )
 
     def _control(self, action: Any) -> str:
         lib = native.library()

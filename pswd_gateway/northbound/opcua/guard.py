@@ -12,28 +12,44 @@ closes the hole for every connection of our server:
 - an OpenSecureChannel for a policy or mode the server does not offer gets an OPC UA Error
   message (``BadSecurityPolicyRejected``) instead of a silently dropped connection;
 - the session's user is put in a context variable for the duration of each request, so method
-  handlers know who calls them.
+  handlers know who calls them; so is the conduit the connection came through
+  (:class:`GuardedProtocol` asks the zone policy at accept and closes a connection from a
+  network that no conduit lets reach this listener, before a byte is read).
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+from collections.abc import Callable
 from typing import Any, Final
 
 from asyncua import ua
 from asyncua.common.connection import SecureConnection
 from asyncua.crypto.permission_rules import User
 from asyncua.server import binary_server_asyncio, uaprocessor
+from asyncua.server.binary_server_asyncio import OPCUAProtocol
 from asyncua.server.uaprocessor import UaProcessor
 from asyncua.ua.ua_binary import struct_from_binary, uatcp_to_binary
 
-__all__ = ["NONE_ALLOWED_SERVICES", "GuardedProcessor", "current_user", "install"]
+from pswd_gateway.security.zones import Admission
+
+__all__ = [
+    "NONE_ALLOWED_SERVICES",
+    "GuardedProcessor",
+    "GuardedProtocol",
+    "current_admission",
+    "current_user",
+    "install",
+]
 
 _log = logging.getLogger(__name__)
 
 current_user: contextvars.ContextVar[User | None] = contextvars.ContextVar(
     "pswd_opcua_user", default=None
+)
+current_admission: contextvars.ContextVar[Admission | None] = contextvars.ContextVar(
+    "pswd_opcua_admission", default=None
 )
 
 NONE_POLICY_URI: Final = "http://opcfoundation.org/UA/SecurityPolicy#None"
@@ -58,6 +74,8 @@ class GuardedProcessor(UaProcessor):
     """asyncua's processor with the checks described in the module docstring."""
 
     refused_total: int = 0
+    admission: Admission | None = None
+    """The conduit this connection came through (set by :class:`GuardedProtocol`)."""
     max_monitored_items: int = 50_000
     """Per session (connection); set from the configuration when the server starts."""
     _items: int = 0
@@ -106,13 +124,34 @@ class GuardedProcessor(UaProcessor):
             raise ua.uaerrors.BadSecurityModeRejected
         self._count_items(typeid, body)
         token = current_user.set(self.session.user if self.session is not None else None)
+        via = current_admission.set(self.admission)
         try:
             return await super()._process_message(typeid, requesthdr, seqhdr, body)
         finally:
+            current_admission.reset(via)
             current_user.reset(token)
+
+
+class GuardedProtocol(OPCUAProtocol):
+    """asyncua's connection, admitted only through a conduit of the zone policy."""
+
+    admit: Callable[[object], Admission | None] | None = None
+    """Set when the server starts: the policy's answer for a peer (None: refused)."""
+
+    def connection_made(self, transport: Any) -> None:
+        admission = None
+        if GuardedProtocol.admit is not None:
+            admission = GuardedProtocol.admit(transport.get_extra_info("peername"))
+            if admission is None:
+                transport.abort()
+                return
+        super().connection_made(transport)
+        if isinstance(self.processor, GuardedProcessor):
+            self.processor.admission = admission
 
 
 def install() -> None:
     """Make asyncua's binary server create :class:`GuardedProcessor` for each connection."""
     binary_server_asyncio.UaProcessor = GuardedProcessor  # type: ignore[misc]
+    binary_server_asyncio.OPCUAProtocol = GuardedProtocol  # type: ignore[misc]
     uaprocessor.GuardedProcessor = GuardedProcessor  # type: ignore[attr-defined]

@@ -128,6 +128,9 @@ class Methods:
         if self.workloads is None:
             return
         who = Identity(f"opcua:{user}", self.users.role(user) or "none")
+        admission = guard.current_admission.get()
+        if admission is not None:
+            who = admission.limit(who)
         await self.workloads.audit_refusal(who, action, why)
 
     def _caller(self, method: str) -> Identity:
@@ -138,8 +141,18 @@ class Methods:
         if role is None:
             raise ua.uaerrors.BadUserAccessDenied
         who = Identity(f"opcua:{name}", role)
-        if not who.can(METHOD_PERMISSIONS[method]):
-            log.warning("opcua_method_refused", user=name, role=role, method=method)
+        admission = guard.current_admission.get()
+        if admission is not None:
+            who = admission.limit(who)
+        permission = METHOD_PERMISSIONS[method]
+        if not who.can(permission):
+            log.warning(
+                "opcua_method_refused",
+                user=name,
+                role=role,
+                method=method,
+                why=who.why_not(permission),
+            )
             raise ua.uaerrors.BadUserAccessDenied
         return who
 
@@ -210,7 +223,7 @@ class Methods:
                 action="acknowledge demand response",
                 target=event_id.Value,
                 outcome="accepted",
-                detail={"import_limit_mw": window.import_limit_mw},
+                detail={"import_limit_mw": window.import_limit_mw, **who.via},
                 at=datetime.now(UTC),
             )
             await journal.call(journal.sync.audit, entry)

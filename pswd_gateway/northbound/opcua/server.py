@@ -59,6 +59,7 @@ from pswd_gateway.northbound.opcua.security import (
 from pswd_gateway.northbound.opcua.workloads import FOLDER, WorkloadObjects
 from pswd_gateway.scheduling.service import WorkloadService
 from pswd_gateway.security.certs import APPLICATION_URI
+from pswd_gateway.security.zones import Admission, Gatekeeper
 from pswd_gateway.store import PointStore
 
 __all__ = [
@@ -93,7 +94,10 @@ class OpcUaServer:
         workloads: WorkloadService | None,
         set_limit: LimitSetter,
         ramp: Callable[[], float | None] | None = None,
+        door: Callable[[object], Admission | None] | None = None,
     ) -> None:
+        self.door = door or Gatekeeper(config.policy()).door("opcua")
+        """The zone policy at accept: a connection from outside every conduit is closed."""
         self.ramp = ramp
         """The control cycle's grid ramp in W/s (None without one), for ``RampLimitRisk``."""
         self.certificate_path: Path | None = None
@@ -144,6 +148,7 @@ class OpcUaServer:
         paths = server_certificate(cfg)
         self.certificate_path = paths.cert
         guard.install()
+        guard.GuardedProtocol.admit = self.door
         guard.GuardedProcessor.max_monitored_items = (
             cfg.max_monitored_items_per_subscription * cfg.max_subscriptions_per_session
         )
