@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -111,3 +112,21 @@ def test_hostile_bytes_give_events_or_a_protocol_error(chunks: list[bytes]) -> N
                 assert isinstance(event.data, str)
     except SseProtocolError:
         pass
+
+
+def test_a_line_trickled_in_small_chunks_costs_time_in_proportion_to_its_length() -> None:
+    """A BMC that sends an endless line 1 KiB at a time is refused at the limit after about as
+    much work as one 8 MiB chunk (the whole buffer is not searched and copied again for every
+    chunk: that took 12 s of CPU here, with the event loop in between each 1 KiB)."""
+    decoder = SseDecoder()
+    piece = b"x" * 1024
+
+    def trickle() -> None:
+        decoder.feed(b"data: ")
+        for _ in range(9 * 1024):
+            decoder.feed(piece)
+
+    started = time.process_time()
+    with pytest.raises(SseProtocolError, match="exceeds 8388608 bytes without a line end"):
+        trickle()
+    assert time.process_time() - started < 2.0, "CPU seconds for an 8 MiB line in 1 KiB chunks"

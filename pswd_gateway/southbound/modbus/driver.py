@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -17,6 +18,7 @@ from pswd_gateway.domain.units import from_si, si_unit, to_si
 from pswd_gateway.errors import DeviceError, WriteRefusedError
 from pswd_gateway.logging import get_logger
 from pswd_gateway.southbound.modbus.registermap import (
+    SUNSSF_LIMIT,
     ReadBlock,
     RegisterMap,
     RegisterPoint,
@@ -25,6 +27,7 @@ from pswd_gateway.southbound.modbus.registermap import (
     in_valid_range,
     read_plan,
     scale_factor,
+    signed_scale_factor,
 )
 from pswd_gateway.southbound.modbus.sunspec import (
     END_MODEL_ID,
@@ -45,6 +48,25 @@ NOT_AVAILABLE: Final = "not available"
 MAX_CHAIN_MODELS: Final = 256
 """Model headers walked before a chain without an end model is given up on."""
 MODBUS_ADDRESSES: Final = 0x10000
+READ_FUNCTIONS: Final[Mapping[str, int]] = {"holding": 3, "input": 4}
+"""The function code that reads each register table."""
+WRITE_REGISTERS: Final = 16
+EXCEPTION_FLAG: Final = 0x80
+"""Set in the function code of an exception reply."""
+EXCEPTION_NAMES: Final[Mapping[int, str]] = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    7: "negative acknowledge",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+"""The Modbus application protocol's exception codes."""
+SUNSSF_NOT_IMPLEMENTED: Final = 0x8000
 
 
 class ModbusDriver:
@@ -160,6 +182,8 @@ class ModbusDriver:
         values = decode_registers(self.regmap, image, due)
         points: list[Point] = []
         for p in due:
+            if p.sf_address is not None:
+                self._check_scale_factor(p, image[p.sf_address])
             point = self._point(p, values[p.name], received)
             if point is not None:
                 points.append(point)
@@ -171,16 +195,16 @@ class ModbusDriver:
         A "not available" reading (``value`` None) of a point never seen is left out (the device
         does not implement it); of one seen before it is published invalid with its last
         plausible value, so nothing goes on showing that value as good. A reading outside the
-        point's ``valid_range`` is published questionable, "out of range"."""
+        point's ``valid_range`` is published questionable, "out of range". A value too large
+        for a float in SI units (1e307 kWh) counts as not available."""
         key = point_key(self.name, p.name)
-        if value is None:
+        si, unit = to_si(value, p.unit) if value is not None else (math.nan, si_unit(p.unit))
+        if value is None or not math.isfinite(si):
             last = self._last_good.get(key)
             if last is None:
                 return None
             self._log_rate_limited("point_not_available", p.name)
-            unit = si_unit(p.unit)
             return Point(key, last, unit, Quality.INVALID, received, received, NOT_AVAILABLE)
-        si, unit = to_si(value, p.unit)
         source = self._source.stamp(key, si)
         if not in_valid_range(p, value):
             assert p.valid_range is not None
@@ -191,6 +215,15 @@ class ModbusDriver:
             return Point(key, si, unit, Quality.QUESTIONABLE, source, received, OUT_OF_RANGE)
         self._last_good[key] = si
         return Point(key, si, unit, Quality.GOOD, source, received)
+
+    def _check_scale_factor(self, p: RegisterPoint, register: int) -> None:
+        """Warn (rate-limited) when a point's scale factor is outside -10..10: the point then
+        has no value, as with an unimplemented one, but the device is misbehaving."""
+        sf = signed_scale_factor(register)
+        if register != SUNSSF_NOT_IMPLEMENTED and abs(sf) > SUNSSF_LIMIT:
+            self._log_rate_limited(
+                "scale_factor_out_of_range", p.name, register=p.sf_address, scale_factor=sf
+            )
 
     def _log_rate_limited(self, event: str, point: str, **kw: object) -> None:
         """One warning per point and event every :data:`LOG_EVERY_S` (a broken sensor answers
@@ -203,18 +236,25 @@ class ModbusDriver:
     async def write(self, point: str, value: float) -> None:
         p, native, regs = await self._encode(point, value)
         client, lock = await self._write_client()
+        what = f"write {point} at {p.address}"
         try:
             async with lock:
                 reply = await client.write_registers(p.address, regs, device_id=self.cfg.unit_id)
         except (ModbusException, OSError) as exc:
             if client is self._writer:
                 self._drop_writer()
-            raise DeviceError(self.name, f"write {point} at {p.address}: {exc}") from None
+            raise DeviceError(self.name, f"{what}: {exc}") from None
         except asyncio.CancelledError:
             if client is self._writer:
                 self._drop_writer()  # its reply may still come: it must not answer the next write
             raise
-        self._check(reply, f"write {point} at {p.address}")
+        self._check(reply, WRITE_REGISTERS, what)
+        if (reply.address, reply.count) != (p.address, len(regs)):
+            raise DeviceError(
+                self.name,
+                f"{what}: the device acknowledged {reply.count} register(s) at {reply.address}, "
+                f"not the {len(regs)} written",
+            )
         log.debug("device_write", device=self.name, point=point, value=native, unit=p.unit)
 
     # ---- helpers -------------------------------------------------------------------------
@@ -253,12 +293,17 @@ class ModbusDriver:
             # Scale factors are fixed by the device (SunSpec): read once, not on every write.
             sf = self._sf_cache.get(p.sf_address)
             if sf is None:
-                sf = scale_factor((await self._read_block(p.sf_address, 1))[0])
+                register = (await self._read_block(p.sf_address, 1))[0]
+                sf = scale_factor(register)
                 if sf is None:
+                    problem = (
+                        "is not implemented by the device"
+                        if register == SUNSSF_NOT_IMPLEMENTED
+                        else f"reads {signed_scale_factor(register)}, outside the "
+                        f"-{SUNSSF_LIMIT}..{SUNSSF_LIMIT} SunSpec allows"
+                    )
                     raise WriteRefusedError(
-                        self.name,
-                        f"{point}: its scale factor at {p.sf_address} is not implemented "
-                        "by the device",
+                        self.name, f"{point}: its scale factor at {p.sf_address} {problem}"
                     )
                 self._sf_cache[p.sf_address] = sf
         try:
@@ -273,30 +318,43 @@ class ModbusDriver:
         return self._client
 
     async def _read_block(self, start: int, count: int) -> list[int]:
-        client = self._require_client()
-        what = f"registers {start}..{start + count - 1}"
-        try:
-            async with self._io:
-                if self.regmap.table == "input":
-                    reply = await client.read_input_registers(
-                        start, count=count, device_id=self.cfg.unit_id
-                    )
-                else:
-                    reply = await client.read_holding_registers(
-                        start, count=count, device_id=self.cfg.unit_id
-                    )
-        except (ModbusException, OSError, asyncio.IncompleteReadError) as exc:
-            raise DeviceError(self.name, f"read {what}: {exc}") from None
-        self._check(reply, f"read {what}")
+        what = f"read registers {start}..{start + count - 1}"
+        reply = await self._read(self.regmap.table, start, count, what)
+        self._check(reply, READ_FUNCTIONS[self.regmap.table], what)
         regs = list(reply.registers)
         if len(regs) != count:
-            raise DeviceError(self.name, f"read {what}: got {len(regs)} registers")
+            raise DeviceError(self.name, f"{what}: got {len(regs)} registers")
         return regs
 
-    def _check(self, reply: ModbusPDU, what: str) -> None:
-        if reply.isError():
-            code = getattr(reply, "exception_code", None)
-            raise DeviceError(self.name, f"{what}: Modbus exception {code}")
+    async def _read(self, table: str, start: int, count: int, what: str) -> ModbusPDU:
+        """One read request; a lost connection, a timeout or an undecodable answer is a
+        :class:`DeviceError`."""
+        client = self._require_client()
+        try:
+            async with self._io:
+                if table == "input":
+                    return await client.read_input_registers(
+                        start, count=count, device_id=self.cfg.unit_id
+                    )
+                return await client.read_holding_registers(
+                    start, count=count, device_id=self.cfg.unit_id
+                )
+        except (ModbusException, OSError, asyncio.IncompleteReadError) as exc:
+            raise DeviceError(self.name, f"{what}: {exc}") from None
+
+    def _check(self, reply: ModbusPDU, function: int, what: str) -> None:
+        """Refuse an exception reply, and a reply to another function than the request's (its
+        registers would be another table's, or no registers at all)."""
+        if reply.function_code == function | EXCEPTION_FLAG:
+            code = reply.exception_code
+            name = EXCEPTION_NAMES.get(code, "not a Modbus exception code")
+            raise DeviceError(self.name, f"{what}: Modbus exception {code} ({name})")
+        if reply.function_code != function:
+            raise DeviceError(
+                self.name,
+                f"{what}: the answer is to function code {reply.function_code}, "
+                f"not to the request's {function}",
+            )
 
     async def _discover_sunspec(self, regmap: SunSpecRegisterMap) -> SunSpecRegisterMap:
         """Find the device's ``SunS`` marker, walk its model chain and place the map's points
@@ -352,16 +410,15 @@ class ModbusDriver:
 
     async def _probe(self, start: int, count: int) -> list[int] | None:
         """Registers at ``start``, or ``None`` when the device answers with a Modbus exception
-        (nothing there); a lost connection or a timeout is still a :class:`DeviceError`."""
-        client = self._require_client()
-        try:
-            async with self._io:
-                reply = await client.read_holding_registers(
-                    start, count=count, device_id=self.cfg.unit_id
-                )
-        except (ModbusException, OSError, asyncio.IncompleteReadError) as exc:
-            raise DeviceError(self.name, f"read registers {start}..: {exc}") from None
-        if reply.isError() or len(reply.registers) != count:
+        (nothing there); a lost connection, a timeout or an answer to another function is still
+        a :class:`DeviceError`."""
+        what = f"read registers {start}..{start + count - 1}"
+        function = READ_FUNCTIONS["holding"]
+        reply = await self._read("holding", start, count, what)
+        if reply.function_code == function | EXCEPTION_FLAG:
+            return None
+        self._check(reply, function, what)
+        if len(reply.registers) != count:
             return None
         return list(reply.registers)
 

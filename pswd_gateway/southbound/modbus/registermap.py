@@ -7,8 +7,10 @@ conversion to SI happens in :func:`pswd_gateway.domain.units.to_si`.
 
 Plausibility: a register holding its type's "not available" pattern (``not_available``; by
 default int16 0x8000, uint16 0xFFFF, int32 0x80000000, uint32 0xFFFFFFFF, a float NaN or
-infinity) decodes to no value; a value outside the point's ``valid_range`` is decoded but
-flagged (:func:`in_valid_range`), for the driver to publish as questionable, "out of range".
+infinity) decodes to no value, and so does a scaled point whose SunSpec scale factor is not
+implemented or outside the -10..10 SunSpec defines, or whose scaled value is too large for a
+float; a value outside the point's ``valid_range`` is decoded but flagged
+(:func:`in_valid_range`), for the driver to publish as questionable, "out of range".
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pswd_gateway.domain.units import si_unit
 
 __all__ = [
     "MAX_READ_REGISTERS",
+    "SUNSSF_LIMIT",
     "DataType",
     "ReadBlock",
     "RegisterMap",
@@ -41,9 +44,13 @@ __all__ = [
     "not_available_patterns",
     "read_plan",
     "scale_factor",
+    "signed_scale_factor",
 ]
 
 MAX_READ_REGISTERS: Final = 125  # Modbus application protocol: read holding registers limit
+SUNSSF_LIMIT: Final = 10
+"""SunSpec scale factors are powers of ten from -10 to 10; a register outside says nothing a
+device can mean (10**400 overflows a float) and scales no value."""
 
 
 class DataType(enum.StrEnum):
@@ -275,15 +282,18 @@ def decode_point(
     sunssf: int | None = None,
 ) -> float | None:
     """Decode one point to its engineering unit; ``None`` when the device says it has no value
-    (a "not available" pattern, a non-finite float, an unimplemented scale factor)."""
+    (a "not available" pattern, a non-finite float, an unimplemented or out-of-range scale
+    factor) or the scaled value is too large for a float."""
     raw = decode_raw(p, registers, orders)
     if _pattern(registers, orders) in not_available_patterns(p) or not math.isfinite(raw):
         return None
     if p.sf_address is not None:
-        if sunssf is None:
+        if sunssf is None or abs(sunssf) > SUNSSF_LIMIT:
             return None
-        return float(raw) * p.scale * 10.0**sunssf + p.offset
-    return float(raw) * p.scale + p.offset
+        value = float(raw) * p.scale * 10.0**sunssf + p.offset
+    else:
+        value = float(raw) * p.scale + p.offset
+    return value if math.isfinite(value) else None
 
 
 def encode_point(
@@ -316,11 +326,16 @@ def encode_point(
     return _from_bytes(raw_bytes, *orders)
 
 
+def signed_scale_factor(register: int) -> int:
+    """A ``sunssf`` register (int16) as the signed number it holds."""
+    return register - 0x10000 if register >= 0x8000 else register
+
+
 def scale_factor(register: int) -> int | None:
     """A SunSpec scale factor register (``sunssf``, int16) as a power of ten; ``None`` when the
-    device marks it not implemented (0x8000)."""
-    sf = register - 0x10000 if register >= 0x8000 else register
-    return None if sf == _LAYOUT[DataType.SUNSSF][2] else sf
+    device marks it not implemented (0x8000) or it lies outside -10..10 (:data:`SUNSSF_LIMIT`)."""
+    sf = signed_scale_factor(register)
+    return None if abs(sf) > SUNSSF_LIMIT else sf
 
 
 def decode_registers(

@@ -20,6 +20,7 @@ from urllib.parse import unquote
 from pswd_gateway.errors import DeviceError
 
 __all__ = [
+    "MAX_PATH_CHARS",
     "ChassisNames",
     "ChassisSample",
     "ControlLimits",

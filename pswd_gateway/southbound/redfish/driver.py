@@ -17,7 +17,14 @@ Reading strategy, fastest first:
    ``redfish_power_source``) and looked for again when it stops answering.
 
 The total counts each watt once: a chassis inside another chassis that reports power
-(``Links.Contains`` / ``ContainedBy``, a blade in its enclosure) is not added.
+(``Links.Contains`` / ``ContainedBy``, a blade in its enclosure) is not added. Only the chassis
+found at connect are read and published: a report or event naming others is not followed (they
+are read after the next reconnect), so a BMC cannot grow the gateway's points without bound.
+
+Plausibility: a power, power limit or total outside the IT load's physical range
+(:data:`POWER_RANGE_W`) and an inlet temperature outside :data:`INLET_TEMP_RANGE_C` are published
+questionable, "out of range" (never good, so never used for control); the total then sums only
+the plausible chassis and is questionable too.
 
 Authentication (``auth``): a Redfish session (``POST …/SessionService/Sessions``, any 2xx with an
 ``X-Auth-Token``), or HTTP Basic — configured, or in ``auto`` when the service has no
@@ -47,10 +54,12 @@ import httpx
 
 from pswd_gateway.config import RedfishDeviceConfig
 from pswd_gateway.domain.points import Point, Quality, point_key
+from pswd_gateway.domain.signals import IT_POWER
 from pswd_gateway.domain.units import SiUnit
 from pswd_gateway.errors import DeviceError, DeviceTimeoutError, WriteRefusedError
 from pswd_gateway.logging import get_logger
 from pswd_gateway.southbound.redfish.documents import (
+    MAX_PATH_CHARS,
     ChassisNames,
     ChassisSample,
     PowerSource,
@@ -79,10 +88,17 @@ log = get_logger("southbound.redfish")
 
 V1: Final = "/redfish/v1"
 CONCURRENCY: Final = 16
+"""Most EnvironmentMetrics GETs in flight at once on the slowest path."""
 DISCOVERY_CONCURRENCY: Final = 2
 """Chassis documents read at once while connecting (once per connection)."""
-"""Most EnvironmentMetrics GETs in flight at once on the slowest path."""
 MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+"""The largest answer read (as sent: answers are asked for and accepted uncompressed only, so
+that a small compressed body cannot unpack to gigabytes)."""
+MAX_ERROR_BODY_BYTES: Final = 64 * 1024
+"""The largest error answer to an event-stream request read for its message."""
+MAX_CHASSIS: Final = 10_000
+"""The most chassis one device is read with (a collection or report naming more is refused:
+each chassis costs a request at connect and points in the store)."""
 MAX_REPORTS_PROBED: Final = 16
 MAX_PARTS_PROBED: Final = 64
 """Most power supplies or sensors of one chassis looked at when finding its power source."""
@@ -92,6 +108,16 @@ STREAM_BACKOFF_MIN_S: Final = 0.2
 STREAM_BACKOFF_MAX_S: Final = 10.0
 STREAM_READ_TIMEOUT_MIN_S: Final = 10.0
 LIMIT_SUFFIX: Final = "_power_limit"
+POWER_RANGE_W: Final = (IT_POWER.low, IT_POWER.high)
+"""Where a chassis' power, its power limit and the device's total can lie: the IT load's
+physical range in the site signal catalogue (no chassis draws more than the whole IT load)."""
+INLET_TEMP_RANGE_C: Final = (-40.0, 100.0)
+"""Where the temperature of the air entering a chassis can lie."""
+OUT_OF_RANGE: Final = "out of range"
+MAX_REASON_CHARS: Final = 200
+"""Most characters of an HTTP reason phrase an error message repeats."""
+LOG_EVERY_S: Final = 10.0
+"""At most one warning per point and kind in this long (a broken BMC answers every poll)."""
 _TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")
 
 
@@ -115,9 +141,15 @@ class _Reply:
     body: bytes
 
     def summary(self) -> str:
-        """``"<status> <reason>"`` plus the Redfish error message when the body has one."""
+        """``"<status> <reason>"`` plus the Redfish error message when the body has one, or
+        where a redirect pointed (redirects are not followed: the session token stays here)."""
         detail = error_summary(_loads(self.body))
-        return f"{self.status} {self.reason}" + (f" ({detail})" if detail else "")
+        location = self.headers.get("location")
+        if 300 <= self.status < 400 and location:
+            detail = f"a redirect to {location[:MAX_PATH_CHARS]!r}, not followed"
+        return f"{self.status} {self.reason[:MAX_REASON_CHARS]}" + (
+            f" ({detail})" if detail else ""
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +174,10 @@ def _loads(body: bytes | str) -> object:
         return json.loads(body)
     except (ValueError, RecursionError):
         return None
+
+
+def _within(value: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] <= value <= bounds[1]
 
 
 def _describe(exc: Exception) -> str:
@@ -176,6 +212,7 @@ class RedfishDriver:
         self._chassis_collection = V1 + "/Chassis"
         self._chassis_paths: dict[str, str] = {}
         self._chassis: tuple[str, ...] = ()
+        self._chassis_ids: frozenset[str] = frozenset()
         self._control_paths: dict[str, str] = {}
         self._chassis_docs: dict[str, Mapping[str, Any]] = {}
         self._parents: dict[str, frozenset[str]] = {}
@@ -185,6 +222,7 @@ class RedfishDriver:
         self._stream_path: str | None = None
         self._stream_task: asyncio.Task[None] | None = None
         self._streamed: _Streamed | None = None
+        self._last_log: dict[tuple[str, str], float] = {}
 
     @property
     def name(self) -> str:
@@ -239,7 +277,11 @@ class RedfishDriver:
             timeout=httpx.Timeout(self.timeout_s),
             follow_redirects=False,
             limits=httpx.Limits(max_connections=CONCURRENCY + 2),
-            headers={"Accept": "application/json", "OData-Version": "4.0"},
+            headers={
+                "Accept": "application/json",
+                "Accept-Encoding": "identity",
+                "OData-Version": "4.0",
+            },
         )
         try:
             root = await self._service_root()
@@ -281,6 +323,7 @@ class RedfishDriver:
             self._plans.clear()
             self._unpowered.clear()
             self._chassis = ()
+            self._chassis_ids = frozenset()
             await client.aclose()
 
     async def _service_root(self) -> Mapping[str, Any]:
@@ -394,9 +437,12 @@ class RedfishDriver:
     async def _discover(self, root: Mapping[str, Any]) -> None:
         for member in members(await self._get(self._chassis_collection)):
             self._chassis_paths.setdefault(chassis_id_of(member), member)
+        self._check_chassis_count(len(self._chassis_paths), f"GET {self._chassis_collection}")
         await self._read_chassis_documents()
         report = await self._find_power_report(root)
         ids = set(self._chassis_paths) | (set(report[1]) if report else set())
+        if report is not None:
+            self._check_chassis_count(len(ids), f"GET {report[0]} (with the chassis collection)")
         self._names = ChassisNames(ids)
         if self.cfg.chassis:
             missing = sorted(set(self.cfg.chassis) - ids)
@@ -405,6 +451,7 @@ class RedfishDriver:
             self._chassis = tuple(c for c in self.cfg.chassis if c in ids)
         else:
             self._chassis = tuple(sorted(ids))
+        self._chassis_ids = frozenset(self._chassis)
         if report is not None:
             self._report_path = report[0]
             if self.cfg.use_event_service:
@@ -421,24 +468,32 @@ class RedfishDriver:
             stream=self._stream_path,
         )
 
+    def _check_chassis_count(self, count: int, where: str) -> None:
+        if count > MAX_CHASSIS:
+            raise DeviceError(
+                self.name,
+                f"{where}: {count} chassis, more than the {MAX_CHASSIS} one device is read with",
+            )
+
     async def _read_chassis_documents(self) -> None:
         """Every chassis resource: its links to power sources and what it contains (a few at a
-        time: a connect must not crowd out the polls of the devices already running)."""
-        limit = asyncio.Semaphore(DISCOVERY_CONCURRENCY)
+        time, by as many workers: a connect must not crowd out the polls of the devices already
+        running, nor start a task per chassis)."""
+        pending = iter(list(self._chassis_paths.items()))
 
-        async def one(cid: str, path: str) -> None:
-            try:
-                async with limit:
+        async def worker() -> None:
+            for cid, path in pending:  # shared: each chassis is read by one worker
+                try:
                     doc = await self._get_optional(path)
-            except DeviceError as exc:
-                log.warning("redfish_chassis_unreadable", device=self.name, error=str(exc))
-                return
-            if doc is not None:
-                self._chassis_docs[cid] = doc
+                except DeviceError as exc:
+                    log.warning("redfish_chassis_unreadable", device=self.name, error=str(exc))
+                    continue
+                if doc is not None:
+                    self._chassis_docs[cid] = doc
 
         async with asyncio.TaskGroup() as group:
-            for cid, path in self._chassis_paths.items():
-                group.create_task(one(cid, path))
+            for _ in range(DISCOVERY_CONCURRENCY):
+                group.create_task(worker())
         self._parents = chassis_parents(self._chassis_docs)
 
     async def _find_power_report(
@@ -483,7 +538,8 @@ class RedfishDriver:
             self.stats.stream_reads_total += 1
             return self._points(streamed.samples, streamed.arrived_wall)
         if self._report_path is not None:
-            samples = parse_metric_report(self.name, await self._get(self._report_path), sent)
+            report = parse_metric_report(self.name, await self._get(self._report_path), sent)
+            samples = self._read_chassis_only(report)
         else:
             samples = await self._read_each_chassis(sent)
         return self._points(samples, time.time())
@@ -497,36 +553,79 @@ class RedfishDriver:
         )
         return streamed if time.monotonic() - streamed.arrived <= stale_after else None
 
+    def _read_chassis_only(self, samples: Mapping[str, ChassisSample]) -> dict[str, ChassisSample]:
+        """The samples of the chassis this device is read with: a report or an event naming
+        chassis not found at connect (or not configured) does not add them, so a BMC cannot
+        grow the gateway's points; new ones are logged and read after the next reconnect."""
+        read = {cid: sample for cid, sample in samples.items() if cid in self._chassis_ids}
+        if len(read) < len(samples) and not self.cfg.chassis:
+            unknown = sorted(samples.keys() - read.keys())
+            self._log_rate_limited(
+                "redfish_unknown_chassis", "", chassis=unknown[:10], count=len(unknown)
+            )
+        return read
+
     def _points(self, samples: Mapping[str, ChassisSample], received: float) -> list[Point]:
-        wanted = self._chassis if self.cfg.chassis else sorted(samples)
+        """The points of the chassis read, each judged for plausibility."""
         points: list[Point] = []
         oldest = math.inf
         powered: dict[str, float] = {}
-
-        def add(point: str, value: float, unit: SiUnit, source_ts: float) -> None:
-            key = point_key(self.name, point)
-            points.append(Point(key, value, unit, Quality.GOOD, source_ts, received))
-
-        for cid in wanted:
+        implausible: set[str] = set()
+        for cid in self._chassis:
             sample = samples.get(cid)
             if sample is None:
                 continue
-            prefix = self._names.prefix(cid)
+            prefix, ts = self._names.prefix(cid), sample.source_ts
+            readings = (
+                ("_power", sample.power_w, SiUnit.WATT, POWER_RANGE_W),
+                ("_inlet_temp", sample.inlet_temp_c, SiUnit.CELSIUS, INLET_TEMP_RANGE_C),
+                (LIMIT_SUFFIX, sample.power_limit_w, SiUnit.WATT, POWER_RANGE_W),
+            )
+            for suffix, value, unit, bounds in readings:
+                if value is not None:
+                    points.append(self._judged(prefix + suffix, value, unit, bounds, ts, received))
             if sample.power_w is not None:
-                add(f"{prefix}_power", sample.power_w, SiUnit.WATT, sample.source_ts)
-                powered[cid] = sample.power_w
-                oldest = min(oldest, sample.source_ts)
-            if sample.inlet_temp_c is not None:
-                add(f"{prefix}_inlet_temp", sample.inlet_temp_c, SiUnit.CELSIUS, sample.source_ts)
-            if sample.power_limit_w is not None:
-                add(f"{prefix}{LIMIT_SUFFIX}", sample.power_limit_w, SiUnit.WATT, sample.source_ts)
-        if not powered:
+                oldest = min(oldest, ts)
+                if _within(sample.power_w, POWER_RANGE_W):
+                    powered[cid] = sample.power_w
+                else:
+                    implausible.add(cid)
+        if not powered and not implausible:
             scope = f" among {', '.join(self.cfg.chassis)}" if self.cfg.chassis else ""
             raise DeviceError(self.name, f"no chassis reported its power{scope}")
-        counted = counted_in_total(powered, self._parents)
-        total = math.fsum(powered[cid] for cid in sorted(counted))
-        add("total_power", total, SiUnit.WATT, oldest)
+        counted = counted_in_total(powered.keys() | implausible, self._parents)
+        total = math.fsum(powered[cid] for cid in sorted(counted - implausible))
+        point = self._judged("total_power", total, SiUnit.WATT, POWER_RANGE_W, oldest, received)
+        if counted & implausible:  # the sum of the others: no total of the device
+            point = Point(
+                point.name, total, point.unit, Quality.QUESTIONABLE, oldest, received, OUT_OF_RANGE
+            )
+        points.append(point)
         return points
+
+    def _judged(
+        self,
+        point: str,
+        value: float,
+        unit: SiUnit,
+        bounds: tuple[float, float],
+        source_ts: float,
+        received: float,
+    ) -> Point:
+        """A reading as a point: good inside ``bounds``, else questionable, "out of range"."""
+        key = point_key(self.name, point)
+        if _within(value, bounds):
+            return Point(key, value, unit, Quality.GOOD, source_ts, received)
+        low, high = bounds
+        self._log_rate_limited("point_out_of_range", point, value=value, low=low, high=high)
+        return Point(key, value, unit, Quality.QUESTIONABLE, source_ts, received, OUT_OF_RANGE)
+
+    def _log_rate_limited(self, event: str, point: str, **kw: object) -> None:
+        """One warning per event and point every :data:`LOG_EVERY_S`."""
+        now = time.monotonic()
+        if now - self._last_log.get((event, point), -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._last_log[event, point] = now
+            log.warning(event, device=self.name, point=point or None, **kw)
 
     async def _read_each_chassis(self, sent: float) -> dict[str, ChassisSample]:
         limit = asyncio.Semaphore(CONCURRENCY)
@@ -696,22 +795,21 @@ class RedfishDriver:
                         return
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise DeviceError(self.name, f"GET {path}: {_describe(exc)}") from None
-            except SseProtocolError as exc:
+            except (SseProtocolError, _RefusedBodyError) as exc:
                 raise DeviceError(self.name, f"GET {path}: {exc}") from None
-            except _TooLargeError:
-                raise DeviceError(self.name, f"GET {path}: the error answer is too large") from None
             await self._reauthenticate(token)
 
     async def _consume_stream(self, path: str, resp: httpx.Response) -> None:
         if resp.status_code != 200:
-            body = await _read_capped(resp, 64 * 1024)
+            body = await _read_capped(resp, MAX_ERROR_BODY_BYTES)
             reply = _Reply(resp.status_code, resp.reason_phrase, resp.headers, body)
             raise DeviceError(self.name, f"GET {path}: {reply.summary()}")
         if "text/event-stream" not in resp.headers.get("content-type", ""):
             raise DeviceError(self.name, f"GET {path}: the answer is not an event stream")
+        _check_uncompressed(resp)
         log.info("redfish_stream_open", device=self.name, path=path, resume=self.last_event_id)
         decoder = SseDecoder()
-        async for chunk in resp.aiter_bytes():
+        async for chunk in resp.aiter_raw():
             for event in decoder.feed(chunk):
                 self._on_event(event)
 
@@ -724,7 +822,7 @@ class RedfishDriver:
         if origin is not None and report is not None and origin.rstrip("/") != report.rstrip("/"):
             return  # another report on a shared stream
         try:
-            samples = parse_metric_report(self.name, doc, time.time())
+            samples = self._read_chassis_only(parse_metric_report(self.name, doc, time.time()))
         except DeviceError:
             return
         if not any(s.power_w is not None for s in samples.values()):
@@ -824,10 +922,8 @@ class RedfishDriver:
             ) from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise DeviceError(self.name, f"{method} {path}: {_describe(exc)}") from None
-        except _TooLargeError:
-            raise DeviceError(
-                self.name, f"{method} {path}: the answer exceeds {MAX_BODY_BYTES} bytes"
-            ) from None
+        except _RefusedBodyError as exc:
+            raise DeviceError(self.name, f"{method} {path}: {exc}") from None
         return _Reply(response.status_code, response.reason_phrase, response.headers, content)
 
     async def _request(
@@ -916,17 +1012,30 @@ def pinned_context(fingerprint_sha256: str) -> ssl.SSLContext:
     return context
 
 
-class _TooLargeError(Exception):
-    """An answer body over the size limit."""
+class _RefusedBodyError(Exception):
+    """An answer body that is not read: over the size limit, or compressed."""
+
+
+def _check_uncompressed(response: httpx.Response) -> None:
+    """Refuse a compressed answer: ``Accept-Encoding: identity`` asked for none, and a few
+    kilobytes of gzip can unpack to gigabytes before any size limit could see them."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise _RefusedBodyError(
+            f"the answer is compressed (Content-Encoding: {encoding[:40]!r}), "
+            "though only an uncompressed one was accepted"
+        )
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The body as sent, at most ``limit`` bytes."""
+    _check_uncompressed(response)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         size += len(chunk)
         if size > limit:
-            raise _TooLargeError
+            raise _RefusedBodyError(f"the answer exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -38,7 +38,7 @@ class SseDecoder:
         self.max_event_bytes = max_event_bytes
         self.last_event_id = ""
         self.retry_ms: int | None = None
-        self._pending = b""
+        self._pending = bytearray()
         self._skip_lf = False
         self._first_line = True
         self._data: list[str] = []
@@ -47,34 +47,39 @@ class SseDecoder:
         self._id_buffer = ""
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
-        """Decode ``chunk``; returns the events it completed, oldest first."""
+        """Decode ``chunk``; returns the events it completed, oldest first.
+
+        Only ``chunk`` is searched for line ends and the unfinished line is kept in a growing
+        buffer, so a line trickled in many small chunks costs time in proportion to its length
+        (searching the whole buffer again for each chunk would cost its square)."""
         events: list[SseEvent] = []
-        buffer = self._pending + chunk
         start = 0
-        size = len(buffer)
+        size = len(chunk)
         # next CR / LF at or after `start`; -1 once there is none left (each found once: linear)
-        cr, lf = buffer.find(b"\r"), buffer.find(b"\n")
+        cr, lf = chunk.find(b"\r"), chunk.find(b"\n")
         while start < size:
             if self._skip_lf:
                 self._skip_lf = False
-                if buffer[start : start + 1] == b"\n":
+                if chunk[start : start + 1] == b"\n":
                     start += 1
                     continue
             if 0 <= cr < start:
-                cr = buffer.find(b"\r", start)
+                cr = chunk.find(b"\r", start)
             if 0 <= lf < start:
-                lf = buffer.find(b"\n", start)
+                lf = chunk.find(b"\n", start)
             if cr < 0 and lf < 0:
                 break
             end = lf if cr < 0 else cr if lf < 0 else min(cr, lf)
-            line = buffer[start:end]
+            self._pending += chunk[start:end]
+            line = self._pending.decode("utf-8", "replace")
+            self._pending.clear()
             start = end + 1
             if end == cr:
                 self._skip_lf = True
-            event = self._line(line.decode("utf-8", "replace"))
+            event = self._line(line)
             if event is not None:
                 events.append(event)
-        self._pending = buffer[start:]
+        self._pending += chunk[start:]
         if len(self._pending) > self.max_event_bytes:
             raise SseProtocolError(
                 f"an event-stream line exceeds {self.max_event_bytes} bytes without a line end"
