@@ -134,18 +134,99 @@ def certs_init(
     directory, as the gateway does. `make demo` writes them on its first start. The gateway
     loads its certificate when it starts: after --force, restart it."""
     from pswd_gateway.security.certs import OpcUaCertPaths, init_opcua_certs  # noqa: PLC0415
+    from pswd_gateway.security.pki import SiteCa  # noqa: PLC0415
 
     where = _certs_dir(directory, config)
     existed = OpcUaCertPaths(where.root).exists()
     paths = init_opcua_certs(where.root, host, force=force)
     verb = "kept" if existed and not force else "wrote"
     typer.echo(f"{verb} {_shown(paths.cert)} and {_shown(paths.key)} ({where.origin})")
+    cfg = load_config(config) if config is not None else None
+    ca = SiteCa(where.root)
+    had_ca = ca.exists()
+    ca.init(cfg.site.name if cfg is not None else "pswd-gateway", host)
+    typer.echo(
+        f"{'kept' if had_ca else 'wrote'} the site CA {_shown(ca.cert_path)} "
+        f"(key {_shown(ca.key_path)}, revocation list {_shown(ca.crl_path)}) and the TLS server "
+        f"certificate {_shown(ca.server_cert)}"
+    )
     if existed and force:
         typer.echo("a running gateway serves the old certificate until it restarts")
     typer.echo(
         f"trusted client certificates go in {_shown(paths.trusted)} "
         f"(`pswd-gateway certs trust --opcua CERT{where.flags}`)"
     )
+
+
+@certs_app.command("issue")
+def certs_issue(
+    name: Annotated[str, typer.Argument(help="The holder: a person, a service (the cert's CN).")],
+    role: Annotated[
+        str, typer.Option(help="viewer, submitter, operator or admin (the API's roles).")
+    ],
+    config: ConfigOption = None,
+    directory: CertsDirOption = None,
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Valid for this many days.")] = 365,
+) -> None:
+    """Issue a client certificate with a role, signed by the site CA (mutual TLS: a listener
+    with tls_client_ca maps it to that identity). Writes clients/NAME.pem and NAME.key."""
+    import re  # noqa: PLC0415
+
+    from pswd_gateway.security.pki import SiteCa  # noqa: PLC0415
+
+    if role not in {"viewer", "submitter", "operator", "admin"}:
+        typer.echo(f"--role: {role!r} is not a role (viewer, submitter, operator, admin)", err=True)
+        raise typer.Exit(2)
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+        typer.echo(f"NAME: {name!r} must be 1-64 of A-Z a-z 0-9 _ . @ -", err=True)
+        raise typer.Exit(2)
+    ca = SiteCa(_certs_dir(directory, config).root)
+    try:
+        issued = ca.issue_client(name, role, days=days)
+    except (FileNotFoundError, TypeError, ValueError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"issued {name} ({role}), serial {issued.serial}, valid until {issued.not_after[:10]}: "
+        f"{_shown(Path(issued.path))} and {_shown(Path(issued.path).with_suffix('.key'))}"
+    )
+
+
+@certs_app.command("list")
+def certs_list(config: ConfigOption = None, directory: CertsDirOption = None) -> None:
+    """What the site CA issued, with expiry and revocation."""
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from pswd_gateway.security.pki import SiteCa  # noqa: PLC0415
+
+    ca = SiteCa(_certs_dir(directory, config).root)
+    table = Table(title=f"issued by {_shown(ca.cert_path)}", title_justify="left")
+    for column in ("name", "role", "serial", "valid until", "revoked"):
+        table.add_column(column)
+    for row in ca.issued():
+        table.add_row(row.name, row.role, row.serial, row.not_after[:19], row.revoked_at or "")
+    Console(width=140).print(table)
+
+
+@certs_app.command("revoke")
+def certs_revoke(
+    which: Annotated[str, typer.Argument(help="A holder's name or a serial (hex).")],
+    config: ConfigOption = None,
+    directory: CertsDirOption = None,
+) -> None:
+    """Revoke certificates and re-sign the CRL; a listener with tls_crl refuses them from its
+    next connection on, without a restart."""
+    from pswd_gateway.security.pki import SiteCa  # noqa: PLC0415
+
+    ca = SiteCa(_certs_dir(directory, config).root)
+    revoked = ca.revoke(which)
+    if not revoked:
+        typer.echo(f"{which}: no unrevoked certificate has this name or serial", err=True)
+        raise typer.Exit(1)
+    for row in revoked:
+        typer.echo(f"revoked {row.name} ({row.role}), serial {row.serial}")
+    typer.echo(f"wrote {_shown(ca.crl_path)}")
 
 
 @certs_app.command("trust")
@@ -569,6 +650,32 @@ def bench_soak(
         _fail(exc)
     except PswdError as exc:
         typer.echo(f"soak: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@bench_app.command("flood")
+def bench_flood(
+    seconds: Annotated[
+        float, typer.Option(min=1.0, help="Each listener flooded this long.")
+    ] = 15.0,
+    connections: Annotated[
+        int, typer.Option(min=1, max=1000, help="Connections the flood holds at once.")
+    ] = 50,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The whole demo site with each listener flooded in turn: the control cycle's lateness
+    (p50, p99, max) and each listener's goodput for a legitimate client during its flood."""
+    from pswd_gateway.bench.flood import run_flood_bench  # noqa: PLC0415
+    from pswd_gateway.errors import PswdError  # noqa: PLC0415
+
+    try:
+        code = asyncio.run(run_flood_bench(config, seconds, connections, as_json))
+    except ConfigError as exc:
+        _fail(exc)
+    except PswdError as exc:
+        typer.echo(f"flood: {exc}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "DEMO_TOKEN_SHA256",
     "DEVICE_MAPS_DIR",
+    "MIN_RAMP_LIMIT_MW_PER_S",
     "ApiConfig",
     "ApiTokenConfig",
     "ControlConfig",
@@ -83,6 +85,30 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def read_credential(name: str) -> str:
+    """A systemd credential's value (``LoadCredential=``/``SetCredentialEncrypted=``), one
+    trailing newline removed; ``ValueError`` saying how to provide it when it is missing."""
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+        raise ValueError(f"credential name {name!r} must be 1-64 of A-Z a-z 0-9 _ . @ -")
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ValueError(
+            f"credential {name!r}: $CREDENTIALS_DIRECTORY is not set; the unit needs "
+            f"LoadCredential={name}:/etc/credstore/{name} (to check the file by hand: "
+            "CREDENTIALS_DIRECTORY=/etc/credstore pswd-gateway config check FILE)"
+        )
+    path = Path(directory) / name
+    try:
+        value = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"credential {name!r}: cannot read {path}: {exc}") from None
+    return value.removesuffix("\n")
+
+
+MIN_RAMP_LIMIT_MW_PER_S = 0.001
+"""The slowest grid ramp limit a site may set (1 kW/s; 5e-324 MW/s put the plan's ramp past
+the year 9999)."""
+
 SiteRole = Literal["grid_meter", "bess", "thermal"]
 """The device roles a site names (``site.grid_meter`` and so on)."""
 
@@ -93,7 +119,8 @@ class SiteConfig(_Strict):
     name: str = "pswd-site"
     nominal_frequency_hz: Literal[50, 60] = 50
     grid_import_limit_mw: Annotated[float, Field(gt=0, le=10_000)] = 400.0
-    grid_ramp_limit_mw_per_s: Annotated[float, Field(gt=0, le=10_000)] = 20.0
+    grid_ramp_limit_mw_per_s: Annotated[float, Field(ge=MIN_RAMP_LIMIT_MW_PER_S, le=10_000)] = 20.0
+    """At least 1 kW/s: a ramp that takes longer than the calendar cannot be planned."""
     demand_response_limit_mw: Annotated[float, Field(ge=0, le=10_000)] | None = None
     """The grid operator's demand-response import limit (IEC 61850 ``GAPC1.DRLimW``)."""
     demand_response_active: bool = False
@@ -249,6 +276,9 @@ class RedfishDeviceConfig(_DeviceBase):
     base_url: str
     username: str = ""
     password: SecretStr = SecretStr("")
+    password_credential: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")] | None = None
+    """The password from a systemd credential instead (``LoadCredential=NAME:/etc/credstore/…``
+    in the unit): read from ``$CREDENTIALS_DIRECTORY/NAME`` when the config is loaded."""
     auth: Literal["session", "basic", "auto"] = "auto"
     """``session``: a Redfish session only; ``basic``: HTTP Basic on every request; ``auto``: a
     session, or Basic when the service has no SessionService or refuses to create a session."""
@@ -264,6 +294,16 @@ class RedfishDeviceConfig(_DeviceBase):
     """Chassis ids to read; empty = every chassis in the collection."""
     power_limit_writes: bool = False
     """Whether the control cycle may set GPU power limits on this BMC."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_from_credential(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("password_credential"):
+            return data
+        if data.get("password"):
+            raise ValueError("password and password_credential exclude each other: give one")
+        name = str(data["password_credential"])
+        return {**data, "password": read_credential(name)}
 
     @field_validator("base_url")
     @classmethod
@@ -312,6 +352,10 @@ class ListenerConfig(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)]
+    max_new_connections_per_s: Annotated[float, Field(ge=0, le=100_000)] = 50.0
+    """New connections one peer address may open per second (a burst of twice that); beyond
+    it they are closed at accept and counted (``pswd_conduit_refusals_total{reason="rate"}``).
+    0: no limit."""
 
 
 class TlsListenerConfig(ListenerConfig):
@@ -319,11 +363,23 @@ class TlsListenerConfig(ListenerConfig):
 
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    """Mutual TLS: client certificates signed by this CA (``certs init``: ``ca/ca.pem``) are
+    verified, and the role they carry (``certs issue``) is the caller's identity."""
+    tls_client_auth: Literal["required", "optional"] = "required"
+    """With ``tls_client_ca``: ``optional`` also admits clients without a certificate (they
+    then need a bearer token)."""
+    tls_crl: Path | None = None
+    """The CA's revocation list (``ca/crl.pem``); re-read when it changes, no restart needed."""
 
     @model_validator(mode="after")
     def _tls_off_loopback(self) -> TlsListenerConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or none")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
+        if self.tls_crl is not None and self.tls_client_ca is None:
+            raise ValueError("tls_crl revokes client certificates: set tls_client_ca too")
         if self.enabled and self.tls_cert is None and not is_loopback(self.host):
             raise ValueError(
                 f"a plaintext listener on {self.host} is reachable from other machines; "
@@ -366,6 +422,19 @@ class ZoneConfig(_Strict):
     """``control`` or ``scada`` (inside the plant), ``enterprise``, ``monitoring``, ``utility``."""
     networks: Annotated[tuple[Network, ...], Field(min_length=1)]
     description: Annotated[str, Field(max_length=200)] = ""
+
+    @field_validator("networks", mode="before")
+    @classmethod
+    def _written_networks(cls, value: Any) -> Any:
+        """Networks as written (``"10.20.0.0/16"``): a number or a boolean is not one."""
+        if isinstance(value, list | tuple):
+            for item in value:
+                if not isinstance(item, str):
+                    raise ValueError(  # noqa: TRY004 - pydantic wants a ValueError
+                        f"{item!r} is not a network: write it as a string, e.g. "
+                        '"10.20.0.0/16" or "192.0.2.7/32"'
+                    )
+        return value
 
 
 class ConduitConfig(_Strict):
@@ -940,6 +1009,10 @@ class GatewayConfig(BaseSettings):
             )
         return problems
 
+    def connection_rates(self) -> dict[Listener, float]:
+        """Each listener's ``max_new_connections_per_s`` (for the gatekeeper)."""
+        return {n: self._listener(n).max_new_connections_per_s for n in LISTENERS}
+
     def policy(self) -> Policy:
         """The zones and conduits in force (without ``[[conduits]]``: loopback, every listener)."""
         if not self.conduits:
@@ -974,8 +1047,11 @@ class GatewayConfig(BaseSettings):
                 DEVICE_MAPS_DIR / f"{ref}.toml",
             ]
         for candidate in candidates:
-            if candidate.is_file():
-                return candidate
+            try:
+                if candidate.is_file():
+                    return candidate
+            except OSError:  # a name longer than the file system takes: no such map
+                continue
         places = dict.fromkeys(str(c.parent.resolve()) for c in candidates)
         raise FileNotFoundError(f"register map {ref!r} not found in {' or '.join(places)}")
 
@@ -1047,20 +1123,52 @@ def _plain(value: object) -> object:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML file, turning syntax errors into a :class:`ConfigError`."""
+    """Read a TOML file, turning syntax errors into a :class:`ConfigError`: also a file that
+    cannot be read, is not UTF-8 (TOML is) or nests deeper than the parser goes."""
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(str(path), [("", "file not found")]) from None
+    except OSError as exc:  # a directory, no permission, a name too long
+        raise ConfigError(str(path), [("", f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        why = f"not UTF-8: byte 0x{data[exc.start]:02x} at line {line}"
+        raise ConfigError(str(path), [("", why)]) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [("", f"not valid TOML: {exc}")]) from None
+    except RecursionError:
+        why = f"not valid TOML: arrays or tables nested too deeply (line {_deepest_line(text)})"
+        raise ConfigError(str(path), [("", why)]) from None
+
+
+def _deepest_line(text: str) -> int:
+    """The line where brackets and braces nest deepest (strings are not told apart: this only
+    points at the place)."""
+    depth = deepest = 0
+    line = at = 1
+    for char in text:
+        if char == "\n":
+            line += 1
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, at = depth, line
+        elif char in "]}":
+            depth -= 1
+    return at
 
 
 def load_config(path: Path | None = None) -> GatewayConfig:
     """Load and validate a configuration file (default: the embedded demo config)."""
     path = path or DEFAULT_CONFIG
     data = read_toml(path)
+    if "config_dir" in data:  # where the file was found, never what it says
+        raise ConfigError(str(path), [("config_dir", "unknown key")])
     try:
         cfg = GatewayConfig(**data, config_dir=path.resolve().parent)
     except ValidationError as exc:

@@ -22,8 +22,8 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,11 @@ from typing import Any
 import sdnotify
 
 from pswd_gateway import __version__
-from pswd_gateway.config import GatewayConfig, SiteConfig, load_config
+from pswd_gateway.config import GatewayConfig, SiteConfig, TlsListenerConfig, load_config
 from pswd_gateway.control.cycle import ControlCycle
 from pswd_gateway.control.grid import Announced, announced_jobs
 from pswd_gateway.control_notices import ControlNotices, GuardListener
-from pswd_gateway.domain.identity import Identity
+from pswd_gateway.domain.identity import SYSTEM, Identity
 from pswd_gateway.domain.polling import PollStats
 from pswd_gateway.domain.units import to_si
 from pswd_gateway.errors import ConfigError, PswdError
@@ -51,19 +51,23 @@ from pswd_gateway.journal import (
     anchor_path,
 )
 from pswd_gateway.logging import configure_logging, get_logger
-from pswd_gateway.northbound.asgi import AsgiListener
+from pswd_gateway.northbound.asgi import AsgiListener, ClientTls
 from pswd_gateway.northbound.health import health_app
 from pswd_gateway.northbound.http_api import ApiContext, create_app
-from pswd_gateway.northbound.http_api.security import HttpStats
+from pswd_gateway.northbound.http_api.deps import Gate
+from pswd_gateway.northbound.http_api.security import HttpStats, TokenBook
 from pswd_gateway.northbound.http_api.site import site_view
+from pswd_gateway.northbound.iec61850.link import MmsSettings
 from pswd_gateway.northbound.iec61850.model import GooseAddress
-from pswd_gateway.northbound.iec61850.server import MmsHooks, MmsServer
+from pswd_gateway.northbound.iec61850.process import MmsProcess
+from pswd_gateway.northbound.iec61850.server import MmsHooks
 from pswd_gateway.northbound.metrics import GatewayCollector, OpsView
 from pswd_gateway.northbound.opcua.server import OpcUaServer
 from pswd_gateway.runtime import Supervisor
 from pswd_gateway.scheduling.scheduler import Scheduler
 from pswd_gateway.scheduling.service import WorkloadService
-from pswd_gateway.security.zones import Gatekeeper, Listener, Refusals
+from pswd_gateway.security.pki import days_left
+from pswd_gateway.security.zones import Gatekeeper, Listener, Refusals, peer_ip
 from pswd_gateway.site_settings import SiteSettings
 from pswd_gateway.southbound.poller import Poller
 from pswd_gateway.southbound.pollers import PollerSet
@@ -74,11 +78,28 @@ __all__ = ["Gateway", "SystemdNotifier", "run_gateway"]
 log = get_logger("daemon")
 
 
-def _not_after(cert: Path) -> float:
-    """When a DER certificate expires (POSIX seconds)."""
-    from cryptography import x509  # noqa: PLC0415
+CERTIFICATE_WARN_DAYS = 30.0
+"""A listener's certificate this close to expiry is warned about in the log at start."""
 
-    return x509.load_der_x509_certificate(cert.read_bytes()).not_valid_after_utc.timestamp()
+
+def _note_certificate(expiry: dict[str, float], name: str, cert: Path | None) -> None:
+    """Record when ``cert`` expires (metrics) and warn when it is within 30 days."""
+    if cert is None:
+        return
+    try:
+        left = days_left(cert)
+    except (OSError, ValueError) as exc:
+        log.error("certificate_unreadable", listener=name, certificate=str(cert), error=str(exc))
+        return
+    expiry[name] = time.time() + left * 86400
+    if left < CERTIFICATE_WARN_DAYS:
+        log.warning(
+            "certificate_expires_soon",
+            listener=name,
+            certificate=str(cert),
+            days_left=round(left, 1),
+            fix="`pswd-gateway certs init --force` or your PKI's renewal, then restart",
+        )
 
 
 FIRST_POLLS_TIMEOUT_S = 5.0
@@ -123,7 +144,7 @@ class Gateway:
     metrics_listener: AsgiListener | None = field(default=None, init=False)
     api_listener: AsgiListener | None = field(default=None, init=False)
     opcua: OpcUaServer | None = field(default=None, init=False)
-    mms: MmsServer | None = field(default=None, init=False)
+    mms: MmsProcess | None = field(default=None, init=False)
     recorder: SetpointRecorder | None = field(default=None, init=False)
     anchor: AuditAnchorWriter | None = field(default=None, init=False)
     retention: JournalRetention | None = field(default=None, init=False)
@@ -140,7 +161,11 @@ class Gateway:
     _background: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
-        self.gate = Gatekeeper(self.config.policy(), Refusals(audit=self._door_refused))
+        self.gate = Gatekeeper(
+            self.config.policy(),
+            Refusals(audit=self._door_refused),
+            rates=self.config.connection_rates(),
+        )
         self.settings = SiteSettings(self.config.site, audit=self._audit_setting)
         self.settings.subscribe(self._on_site)
         self.southbound = PollerSet(self.config, self.store, self.supervisor)
@@ -167,14 +192,19 @@ class Gateway:
         if self.config.listeners.metrics.enabled:
             self.metrics_listener = self._metrics_listener()
             await start(self.metrics_listener)
+            _note_certificate(
+                self._certificate_expiry, "metrics", self.config.listeners.metrics.tls_cert
+            )
         if self.config.listeners.api.enabled and self.workloads is not None:
             self.api_listener = self._api_listener(self.workloads)
             await start(self.api_listener)
+            api = self.config.listeners.api
+            _note_certificate(self._certificate_expiry, "api", api.tls_cert)
+            _note_certificate(self._certificate_expiry, "api-client-ca", api.tls_client_ca)
         if self.config.listeners.opcua.enabled:
             self.opcua = self._opcua_server()
             await start(self.opcua, "opcua")
-            if self.opcua.certificate_path is not None:
-                self._certificate_expiry["opcua"] = _not_after(self.opcua.certificate_path)
+            _note_certificate(self._certificate_expiry, "opcua", self.opcua.certificate_path)
         if self.config.listeners.iec61850.enabled:
             self.mms = self._mms_server()
             await start(self.mms, "iec61850")
@@ -272,7 +302,9 @@ class Gateway:
             name="metrics",
             tls_cert=listener.tls_cert,
             tls_key=listener.tls_key,
+            client_tls=_client_tls(listener),
             admit=self.gate.door("metrics"),
+            refused=self._tls_refused("metrics"),
         )
 
     def _api_listener(self, workloads: WorkloadService) -> AsgiListener:
@@ -282,15 +314,26 @@ class Gateway:
         )
         app = create_app(self.config.api, context, policy=self.gate.policy)
         self._http_stats = app.state.http_stats
-        return AsgiListener(
+        listener = AsgiListener(
             app,
             api.host,
             api.port,
             name="api",
             tls_cert=api.tls_cert,
             tls_key=api.tls_key,
+            client_tls=_client_tls(api),
             admit=self.gate.door("api"),
+            refused=self._tls_refused("api"),
         )
+        app.state.peers = listener.peers
+        return listener
+
+    def _tls_refused(self, listener: Listener) -> Callable[[object, str, str], None]:
+        def refused(peer: object, why: str, reason: str) -> None:
+            ip = peer_ip(peer)
+            self.gate.refusals.refuse(listener, str(ip or peer), why, reason)
+
+        return refused
 
     def _opcua_server(self) -> OpcUaServer:
         return OpcUaServer(
@@ -303,29 +346,51 @@ class Gateway:
             door=self.gate.door("opcua"),
         )
 
-    def _mms_server(self) -> MmsServer:
+    def _mms_server(self) -> MmsProcess:
+        """The MMS server in a process of its own (docs/iec61850.md#fault-isolation)."""
         mms = self.config.listeners.iec61850
         settings = self.config.iec61850
-        return MmsServer(
-            self.store,
-            self._site,
+        server = MmsSettings(
             ied_name=settings.ied_name,
             host=mms.host,
             port=mms.port,
             max_connections=mms.max_connections,
-            door=self.gate.door("iec61850"),
             users=settings.users,
             anonymous_read=settings.anonymous_read,
             interval_s=settings.update_interval_ms / 1000.0,
             goose_interface=settings.goose_interface,
             goose_times_ms=(settings.goose_min_time_ms, settings.goose_max_time_ms),
             goose_address=GooseAddress(app_id=settings.goose_appid, mac=settings.goose_dst_mac),
+        )
+        return MmsProcess(
+            self.store,
+            self._site,
+            server,
+            gate=self.gate,
             hooks=MmsHooks(
                 operate=self.settings.set,
                 refused=self._refused,
                 load_step_imminent=self._load_step_imminent,
             ),
+            on_restart=self._audit_stack_restart,
+            log_level=self.config.logging.level,
+            log_format=self.config.logging.format,
         )
+
+    async def _audit_stack_restart(self, detail: dict[str, Any]) -> None:
+        """The MMS process crashed, hung or did not start, and is started again."""
+        if self.journal is None:
+            return
+        entry = AuditEntry(
+            actor=SYSTEM.name,
+            role=None,
+            action="iec61850 stack restarted",
+            target=self.config.site.name,
+            outcome="failed",
+            detail=detail,
+            at=datetime.now(UTC),
+        )
+        await self.journal.call(self.journal.sync.audit, entry)
 
     def _announced_jobs(self, now: float) -> list[Announced]:
         if self.workloads is None:
@@ -396,6 +461,10 @@ class Gateway:
         if new.listeners != self.config.listeners:
             log.warning("reload_requires_restart", section="listeners")
         configure_logging(new.logging.level, new.logging.format)
+        rotated = self._rotate(new)
+        if rotated:
+            log.info("reload_rotated", **rotated)
+            await self._audit_setting(Identity("config-file", "admin"), "config reload", rotated)
         self.config = new.model_copy(
             update={"listeners": self.config.listeners, "site": self.settings.current}
         )
@@ -495,6 +564,8 @@ class Gateway:
                 else {}
             ),
             http_latency=self._http_stats.by_route if self._http_stats is not None else {},
+            iec61850_up=self.mms.up if self.mms is not None else None,
+            iec61850_restarts_total=self.mms.restarts_total if self.mms is not None else 0,
         )
 
     # ---- site settings -----------------------------------------------------------------------
@@ -505,6 +576,35 @@ class Gateway:
     async def set_site_limit(self, what: str, value: float | bool, who: Identity) -> None:
         """An operator's new grid limit or demand-response state: see :meth:`SiteSettings.set`."""
         await self.settings.set(what, value, who)
+
+    def _rotate(self, new: GatewayConfig) -> dict[str, Any]:
+        """Credentials and the zone policy from a reloaded config, in force for the next
+        request or connection: API tokens, OPC UA users, zones and conduits. What changed, by
+        name (never a secret or hash), for the log and the audit."""
+        old = self.config
+        changed: dict[str, Any] = {}
+        app = self.api_listener.app if self.api_listener is not None else None
+        gate = getattr(getattr(app, "state", None), "gate", None)
+        if new.api.tokens != old.api.tokens:
+            changed["api.tokens"] = _names_diff(old.api.tokens, new.api.tokens)
+            if isinstance(gate, Gate):
+                gate = replace(gate, tokens=TokenBook(new.api))
+        if (new.zones, new.conduits) != (old.zones, old.conduits):
+            changed["conduits"] = _names_diff(old.conduits, new.conduits)
+            self.gate.policy = new.policy()
+            if isinstance(gate, Gate):
+                gate = replace(gate, policy=self.gate.policy)
+        if app is not None and gate is not None:
+            app.state.gate = gate  # type: ignore[attr-defined]
+        before = (old.opcua.users, old.opcua.certificate_users)
+        after = (new.opcua.users, new.opcua.certificate_users)
+        if after != before:
+            changed["opcua.users"] = _names_diff((*before[0], *before[1]), (*after[0], *after[1]))
+            if self.opcua is not None:
+                self.opcua.users.replace(*after)
+        if new.iec61850.users != old.iec61850.users:
+            log.warning("reload_requires_restart", section="iec61850.users")
+        return changed
 
     async def _audit_setting(self, who: Identity, action: str, detail: dict[str, Any]) -> None:
         if self.journal is None:
@@ -548,6 +648,25 @@ class Gateway:
         task = asyncio.create_task(self._refused(who, action, why), name="audit-refusal")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _names_diff(old: Sequence[Any], new: Sequence[Any]) -> dict[str, list[str]]:
+    """Entries (with a ``name``) added, removed and changed between two lists."""
+    before = {item.name: item for item in old}
+    after = {item.name: item for item in new}
+    return {
+        "added": sorted(after.keys() - before.keys()),
+        "removed": sorted(before.keys() - after.keys()),
+        "changed": sorted(n for n in before.keys() & after.keys() if before[n] != after[n]),
+    }
+
+
+def _client_tls(listener: TlsListenerConfig) -> ClientTls | None:
+    if listener.tls_client_ca is None:
+        return None
+    return ClientTls(
+        listener.tls_client_ca, listener.tls_client_auth == "required", listener.tls_crl
+    )
 
 
 @dataclass

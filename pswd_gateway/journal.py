@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 from pswd_gateway.domain.workloads import (
     TERMINAL_STATES,
@@ -44,13 +44,16 @@ __all__ = [
     "IdempotencyRecord",
     "Journal",
     "JournalError",
+    "JournalFootprint",
     "JournalFullError",
+    "JournalGrowth",
     "JournalRetention",
     "RetentionPolicy",
     "SetpointRecorder",
     "Transition",
     "anchor_path",
     "format_ts",
+    "journal_growth",
     "parse_ts",
 ]
 
@@ -273,6 +276,8 @@ class Journal:
 
     def __init__(self, path: Path, synchronous: Literal["full", "normal"] = "full") -> None:
         self.path = path
+        self._unlogged: list[tuple[AuditEntry, str]] = []
+        """Audit entries of the open transaction, logged when it commits."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -314,11 +319,29 @@ class Journal:
         self._db.close()
 
     def _tx(self) -> _Transaction:
-        return _Transaction(self._db, self._resync)
+        return _Transaction(self._db, self._resync, self._committed)
 
     def _resync(self) -> None:
         """After a rollback the audit tail is whatever the database holds."""
         self._last_hash = self._tail_hash()
+        self._unlogged.clear()
+
+    def _committed(self) -> None:
+        """Each audit entry committed is also a log line (journald, syslog), ``audit``."""
+        for entry, digest in self._unlogged:
+            log.info(
+                "audit",
+                actor=entry.actor,
+                role=entry.role,
+                action=entry.action,
+                target=entry.target,
+                outcome=entry.outcome,
+                zone=entry.detail.get("zone"),
+                conduit=entry.detail.get("conduit"),
+                reason=entry.detail.get("reason"),
+                hash=digest[:16],
+            )
+        self._unlogged.clear()
 
     # ---- writes ------------------------------------------------------------------------------
 
@@ -476,6 +499,26 @@ class Journal:
                 (lo, hi, lo, hi),
             ).rowcount
 
+    def footprint(self) -> JournalFootprint:
+        """Rows and bytes (pages, indexes included) by table, and the setpoint series."""
+        rows: dict[str, int] = {}
+        table_bytes: dict[str, int] = {}
+        for table in FOOTPRINT_TABLES:
+            rows[table] = int(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608 - a constant
+            table_bytes[table] = int(
+                self._db.execute(
+                    "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN "
+                    "(SELECT name FROM sqlite_master WHERE tbl_name = ?)",
+                    (table,),
+                ).fetchone()[0]
+            )
+        series = int(
+            self._db.execute(
+                "SELECT count(*) FROM (SELECT DISTINCT device, point FROM setpoints)"
+            ).fetchone()[0]
+        )
+        return JournalFootprint(self.size_bytes(), rows, table_bytes, series)
+
     def size_bytes(self) -> int:
         """The journal on disk: the database and its write-ahead log."""
         wal = self.path.with_name(self.path.name + "-wal")
@@ -539,6 +582,7 @@ class Journal:
             ),
         )
         self._last_hash = digest
+        self._unlogged.append((entry, digest))
         self.audit_counts[entry.outcome] += 1
 
     def _tail_hash(self) -> str:
@@ -766,9 +810,15 @@ def _scheduled(allocation: Allocation | None) -> str | None:
 class _Transaction:
     """``BEGIN IMMEDIATE`` … ``COMMIT``; ``ROLLBACK`` on any error."""
 
-    def __init__(self, db: sqlite3.Connection, on_rollback: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        on_rollback: Callable[[], None],
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
         self._db = db
         self._on_rollback = on_rollback
+        self._on_commit = on_commit
 
     def __enter__(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
@@ -780,6 +830,7 @@ class _Transaction:
             except sqlite3.Error:
                 self._rollback()
                 raise
+            self._on_commit()
         else:
             self._rollback()
 
@@ -904,6 +955,56 @@ PRUNE_BATCH = 5000
 PRUNE_EVERY_S = 600.0
 DOWNSAMPLE_WINDOW = timedelta(hours=1)
 """Setpoint history is downsampled an hour at a time (one journal call each)."""
+
+
+FOOTPRINT_TABLES: Final = ("setpoints", "audit", "events", "transitions", "workloads")
+
+
+@dataclass(frozen=True)
+class JournalFootprint:
+    """The journal's size at one moment (``Journal.footprint``)."""
+
+    size_bytes: int
+    """Database and write-ahead log on disk."""
+    rows: dict[str, int]
+    table_bytes: dict[str, int]
+    """Pages each table uses, its indexes included."""
+    setpoint_series: int
+    """Distinct (device, point) pairs written: what the downsampled history keeps per minute."""
+
+
+@dataclass(frozen=True)
+class JournalGrowth:
+    """How fast the journal grows at a measured load, and where retention bounds it."""
+
+    seconds: float
+    rows_per_day: dict[str, float]
+    bytes_per_day: dict[str, float]
+    """Without retention: the measured rate, per table."""
+    setpoint_row_bytes: float | None
+    bounded_setpoint_bytes: float | None
+    """The setpoint history's size once retention has caught up (it stays there): whole rows
+    for ``setpoint_full_days``, then one per series and minute until ``setpoint_days``."""
+    audit_bytes_per_year: float
+    """The audit chain is never pruned: it grows by this much a year at this load."""
+
+
+def journal_growth(
+    before: JournalFootprint, after: JournalFootprint, seconds: float, policy: RetentionPolicy
+) -> JournalGrowth:
+    """Growth between two footprints ``seconds`` apart, and the bound ``policy`` sets."""
+    day = 86400.0 / seconds if seconds > 0 else 0.0
+    rows = {t: (after.rows[t] - before.rows[t]) * day for t in after.rows}
+    size = {t: (after.table_bytes[t] - before.table_bytes[t]) * day for t in after.table_bytes}
+    setpoints = after.rows.get("setpoints", 0)
+    row_bytes = after.table_bytes["setpoints"] / setpoints if setpoints else None
+    bound = None
+    if row_bytes is not None:
+        whole = rows["setpoints"] * policy.setpoint_full_days
+        minutes = after.setpoint_series * 1440 * (policy.setpoint_days - policy.setpoint_full_days)
+        bound = (whole + minutes) * row_bytes
+    audit = size.get("audit", 0.0) * 365
+    return JournalGrowth(seconds, rows, size, row_bytes, bound, audit)
 
 
 @dataclass(frozen=True, slots=True)

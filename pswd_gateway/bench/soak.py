@@ -66,6 +66,7 @@ from pswd_gateway.control.cycle import ControlStats
 from pswd_gateway.daemon import Gateway
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.errors import ConfigError, PswdError
+from pswd_gateway.journal import JournalGrowth, RetentionPolicy, journal_growth
 from pswd_gateway.logging import configure_logging
 from pswd_gateway.ml_platform import (
     DEMO_TOKEN,
@@ -274,6 +275,8 @@ class SoakResult:
     listeners: dict[str, ListenerProbe]
     notes: tuple[str, ...]
     workdir: str | None
+    journal: JournalGrowth | None = None
+    """The journal's growth at this load, and its bound under the configured retention."""
     """Where the state and the logs were kept (``None``: a temporary directory, removed)."""
 
     def as_json(self) -> dict[str, Any]:
@@ -504,7 +507,7 @@ def site_on_free_ports(cfg: GatewayConfig, workdir: Path) -> tuple[GatewayConfig
 
 
 @contextlib.contextmanager
-def _logging_to(stream: TextIO, level: str) -> Iterator[None]:
+def logging_to(stream: TextIO, level: str) -> Iterator[None]:
     """The gateway's logs to ``stream`` for the run; the previous set-up back afterwards."""
     saved = structlog.get_config()
     root = logging.getLogger()
@@ -518,7 +521,7 @@ def _logging_to(stream: TextIO, level: str) -> Iterator[None]:
         root.setLevel(root_level)
 
 
-async def _twin_t0(log: Path, proc: asyncio.subprocess.Process) -> float:
+async def twin_t0(log: Path, proc: asyncio.subprocess.Process) -> float:
     deadline = time.monotonic() + TWIN_START_TIMEOUT_S
     while time.monotonic() < deadline:
         t0 = started_at(log)
@@ -539,7 +542,7 @@ def _tail(log: Path, chars: int = 2000) -> str:
         return f"(unreadable: {exc})"
 
 
-def _machine(busy_core: bool) -> Machine:
+def machine(busy_core: bool) -> Machine:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -559,12 +562,12 @@ async def _probe_listeners(gw: Gateway) -> dict[str, ListenerProbe]:
     questions: dict[str, tuple[str, Coroutine[Any, Any, tuple[bool, str]]]] = {}
     if gw.metrics_listener is not None:
         url = f"http://{gw.metrics_listener.host}:{gw.metrics_listener.port}"
-        questions["metrics"] = (url, _probe_metrics(url))
+        questions["metrics"] = (url, probe_metrics(url))
     if gw.api_listener is not None:
         url = f"http://{gw.api_listener.host}:{gw.api_listener.port}"
-        questions["api"] = (url, _probe_api(url))
+        questions["api"] = (url, probe_api(url))
     if gw.opcua is not None:
-        questions["opcua"] = (gw.opcua.endpoint, _probe_opcua(gw.opcua.endpoint))
+        questions["opcua"] = (gw.opcua.endpoint, probe_opcua(gw.opcua.endpoint))
     if gw.mms is not None:
         ref = f"{gw.mms.ied_name}GRID/MMXU1.TotW.mag.f"
         questions["iec61850"] = (
@@ -586,7 +589,7 @@ async def _probe(address: str, question: Awaitable[tuple[bool, str]]) -> Listene
     return ListenerProbe(address, ok, detail)
 
 
-async def _probe_metrics(url: str) -> tuple[bool, str]:
+async def probe_metrics(url: str) -> tuple[bool, str]:
     async with httpx.AsyncClient(base_url=url, timeout=5.0) as http:
         metrics = await http.get("/metrics")
         ready = await http.get("/readyz")
@@ -596,13 +599,13 @@ async def _probe_metrics(url: str) -> tuple[bool, str]:
     return ok, f"/metrics {metrics.status_code} {grid} the grid power, /readyz {ready.status_code}"
 
 
-async def _probe_api(url: str) -> tuple[bool, str]:
+async def probe_api(url: str) -> tuple[bool, str]:
     async with AsyncPswdClient(url, DEMO_TOKEN, timeout_s=5.0) as pswd:
         site = await pswd.site()
     return True, f"/v1/site answered ({len(site)} fields)"
 
 
-async def _probe_opcua(endpoint: str) -> tuple[bool, str]:
+async def probe_opcua(endpoint: str) -> tuple[bool, str]:
     from asyncua import Client  # noqa: PLC0415 - heavy; only the soak needs a client
 
     client = Client(endpoint, timeout=5)
@@ -618,14 +621,14 @@ async def _probe_mms(host: str, port: int, ref: str) -> tuple[bool, str]:
     of whether the listener serves."""
     tries: list[str] = []
     for _ in range(MMS_PROBE_TRIES):
-        ok, detail = await _probe_mms_once(host, port, ref)
+        ok, detail = await probe_mms_once(host, port, ref)
         if ok:
             return ok, detail + (f" (after {len(tries)} dropped)" if tries else "")
         tries.append(detail)
     return False, "; ".join(tries)
 
 
-async def _probe_mms_once(host: str, port: int, ref: str) -> tuple[bool, str]:
+async def probe_mms_once(host: str, port: int, ref: str) -> tuple[bool, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", MMS_PROBE, host, str(port), ref,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -741,20 +744,20 @@ async def _measure(
     job = trace_job(cfg.simulation)
     if job is None:
         raise ConfigError(str(path), [("simulation.trace.jobs", "the soak needs a job to run")])
-    gateway_cfg = _prepare(cfg, workdir)
+    gateway_cfg = prepare_run(cfg, workdir)
     stop = stop or asyncio.Event()
     notes: list[str] = []
     run = PlatformRun()
     async with contextlib.AsyncExitStack() as started:  # stops everything, whatever happens
         twin_log = started.enter_context((workdir / "twin.log").open("wb"))
         gateway_log = started.enter_context((workdir / "gateway.log").open("a", encoding="utf-8"))
-        started.enter_context(_logging_to(gateway_log, gateway_cfg.logging.level))
+        started.enter_context(logging_to(gateway_log, gateway_cfg.logging.level))
         if busy_core:
             busy = _busy_process(duration_s + TWIN_START_TIMEOUT_S + BUSY_MARGIN_S)
             started.callback(_stop_busy, busy)
         twin = await spawn_twin(workdir / "twin.toml", twin_log)
         started.push_async_callback(stop_process, twin)
-        t0 = await _twin_t0(workdir / "twin.log", twin)
+        t0 = await twin_t0(workdir / "twin.log", twin)
         site = gateway_cfg.site
         meter = site.point_key("grid_meter", "active_power")
         assert meter is not None  # the grid meter is not optional
@@ -764,6 +767,8 @@ async def _measure(
         started.push_async_callback(gw.stop)
         await gw.start()
         ready_s = time.time() - t0
+        assert gw.journal is not None
+        footprint_at = (time.monotonic(), await gw.journal.call(gw.journal.sync.footprint))
         platform_task: asyncio.Task[None] | None = None
         if gw.api_listener is not None:
             url = f"http://{gw.api_listener.host}:{gw.api_listener.port}"
@@ -780,6 +785,10 @@ async def _measure(
             failure = platform_task.exception()
             if failure is not None:
                 notes.append(f"the ML platform failed: {type(failure).__name__}: {failure}")
+        footprint = await gw.journal.call(gw.journal.sync.footprint)
+        growth = journal_growth(
+            footprint_at[1], footprint, time.monotonic() - footprint_at[0], _retention(cfg)
+        )
         listeners = await _probe_listeners(gw)
         devices = {
             name: DeviceFigures(
@@ -808,7 +817,7 @@ async def _measure(
         planned_s=duration_s,
         ended_s=round(ended_s, 2),
         interrupted=ended_s < duration_s - 1.0,
-        machine=_machine(busy_core),
+        machine=machine(busy_core),
         job=JobInfo(
             name=job.name,
             start_s=job.start_s,
@@ -823,6 +832,16 @@ async def _measure(
         listeners=listeners,
         notes=tuple(notes),
         workdir=str(workdir),
+        journal=growth,
+    )
+
+
+def _retention(cfg: GatewayConfig) -> RetentionPolicy:
+    storage = cfg.storage
+    return RetentionPolicy(
+        setpoint_full_days=storage.setpoint_full_days,
+        setpoint_days=storage.setpoint_days,
+        workload_days=storage.workload_days,
     )
 
 
@@ -834,7 +853,7 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         task.exception()  # retrieved: the run's notes say what it was
 
 
-def _prepare(cfg: GatewayConfig, workdir: Path) -> GatewayConfig:
+def prepare_run(cfg: GatewayConfig, workdir: Path) -> GatewayConfig:
     """The run's directory: the twin's config file and the OPC UA server certificate."""
     workdir.mkdir(parents=True, exist_ok=True)
     gateway_cfg, twin_text = site_on_free_ports(cfg, workdir)
@@ -956,6 +975,8 @@ def render(result: SoakResult) -> str:
         ("machine", f"{m.cpu}", f"{m.cores} cores ({m.usable_cores} usable), Python {m.python}"
          + (", one core kept busy" if m.busy_core else "")),
     ]  # fmt: skip
+    if result.journal is not None:
+        rows.append(_journal_row(result.journal))
     if f.steps_over_limit:
         listed = ", ".join(f"{t:g} s {w:g}" for t, w in f.steps_over_limit)
         rows.append(("seconds with a step over", listed, "MW/s (first 20)"))
@@ -965,6 +986,21 @@ def render(result: SoakResult) -> str:
     lines += [f"{a:<{width}}  {b:>{value_width}}  {c}".rstrip() for a, b, c in rows]
     lines += [f"note: {n}" for n in result.notes]
     return "\n".join(lines)
+
+
+def _journal_row(g: JournalGrowth) -> tuple[str, str, str]:
+    mb = 1e6
+    raw = sum(g.bytes_per_day.values()) / mb
+    bound = "—" if g.bounded_setpoint_bytes is None else f"{g.bounded_setpoint_bytes / mb:,.0f} MB"
+    return (
+        "journal growth",
+        f"{raw:,.0f} MB/day",
+        (
+            f"{g.rows_per_day.get('setpoints', 0):,.0f} setpoint rows/day; with retention the "
+            f"setpoint history stays under {bound}; the audit chain (kept whole) grows "
+            f"{g.audit_bytes_per_year / mb:,.1f} MB/year"
+        ),
+    )
 
 
 async def run_soak_bench(

@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 
 __all__ = [
     "ACTIVE_STATES",
+    "MAX_REASON_CHARS",
     "MOVABLE_STATES",
     "TERMINAL_STATES",
     "Action",
@@ -41,6 +42,8 @@ __all__ = [
 MAX_POWER_MW = 10_000.0
 MAX_DURATION_S = 30 * 86_400.0
 MAX_SERIES_POINTS = 10_000
+MAX_REASON_CHARS = 500
+"""The longest reason a start, completion or cancellation may give (it is journalled)."""
 
 
 class _In(BaseModel):

@@ -85,6 +85,10 @@ class SimulatedForecast:
 
 # ---- file ------------------------------------------------------------------------------------
 
+MAX_SLOTS = 200_000
+"""The most slots a forecast's grid may have (a year of 3-minute slots; 48 h of 1-second
+ones): two points a second apart and one a century later would otherwise fill the memory."""
+
 
 class _Point(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -115,11 +119,26 @@ def _from_points(
     times: list[datetime], carbon: list[float], price: list[float | None], source: str
 ) -> CarbonForecast:
     """Irregular points → a regular grid at the smallest spacing (each value holds until next)."""
+    try:
+        times = [t.astimezone(UTC) for t in times]
+    except OverflowError:  # 9999-12-31T23:00-05:00 is in the year 10000 in UTC
+        raise ForecastError(source, "times must lie between the years 1 and 9999 in UTC") from None
     if len(times) == 1:
         return CarbonForecast(times[0], 3600, (carbon[0],), None, source, times[0])
     steps = [(b - a).total_seconds() for a, b in pairwise(times)]
     slot_s = int(min(steps))
+    if slot_s < 1:
+        at = steps.index(min(steps)) + 1
+        raise ForecastError(
+            source, f"point {at}: times must be at least 1 s apart ({times[at].isoformat()})"
+        )
     n = int((times[-1] - times[0]).total_seconds() // slot_s) + 1
+    if n > MAX_SLOTS:
+        raise ForecastError(
+            source,
+            f"from {times[0].isoformat()} to {times[-1].isoformat()} in steps of {slot_s} s is "
+            f"{n} slots, more than {MAX_SLOTS}: give fewer points, or further apart",
+        )
     values: list[float] = []
     prices: list[float] = []
     j = 0
@@ -145,6 +164,8 @@ def parse_forecast_text(text: str, source: str, *, kind: str) -> CarbonForecast:
             data: Any = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ForecastError(source, f"line {exc.lineno}: not JSON: {exc.msg}") from None
+        except RecursionError:
+            raise ForecastError(source, "not JSON this reader takes: nested too deeply") from None
         if (
             isinstance(data, list)
             and data
@@ -167,16 +188,22 @@ def parse_forecast_text(text: str, source: str, *, kind: str) -> CarbonForecast:
 
 def _csv_points(text: str, source: str) -> list[_Point]:
     reader = csv.DictReader(io.StringIO(text))
-    header = set(reader.fieldnames or ())
+    try:
+        header = set(reader.fieldnames or ())
+    except csv.Error as exc:
+        raise ForecastError(source, f"line 1: not CSV: {exc}") from None
     if not {"time", "carbon_g_per_kwh"} <= header:
         raise ForecastError(source, "line 1: header must have time,carbon_g_per_kwh")
     points = []
-    for row in reader:
-        clean = {k: v for k, v in row.items() if k and v not in (None, "")}
-        try:
-            points.append(_Point.model_validate(clean))
-        except ValidationError as exc:
-            raise ForecastError(source, f"line {reader.line_num}: {_first(exc)}") from None
+    try:
+        for row in reader:
+            clean = {k: v for k, v in row.items() if k and v not in (None, "")}
+            try:
+                points.append(_Point.model_validate(clean))
+            except ValidationError as exc:
+                raise ForecastError(source, f"line {reader.line_num}: {_first(exc)}") from None
+    except csv.Error as exc:  # a field of more than 128 KiB, a NUL byte
+        raise ForecastError(source, f"line {reader.line_num + 1}: not CSV: {exc}") from None
     return points
 
 
@@ -224,9 +251,15 @@ class FileForecast:
     async def fetch(self, start: datetime, horizon: timedelta) -> CarbonForecast:
         del start, horizon
         try:
-            text = self.path.read_text()
+            data = self.path.read_bytes()
         except OSError as exc:
             raise ForecastError(self.name, f"cannot read: {exc.strerror}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            why = f"line {line}: not UTF-8 (byte 0x{data[exc.start]:02x})"
+            raise ForecastError(self.name, why) from None
         kind = "json" if self.path.suffix.lower() == ".json" else "csv"
         return parse_forecast_text(text, self.name, kind=kind)
 
@@ -271,7 +304,7 @@ class CarbonAwareSdkForecast:
             raise ForecastError(self.name, f"HTTP {response.status_code}: {response.text[:200]}")
         try:
             data = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than json goes
             raise ForecastError(self.name, "the answer is not JSON") from None
         if not isinstance(data, list) or not data:
             raise ForecastError(self.name, "expected a non-empty JSON list of forecasts")

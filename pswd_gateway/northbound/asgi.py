@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,9 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pswd_gateway.logging import get_logger
+from pswd_gateway.security.pki import client_identity, revoked_serials
 
-__all__ = ["AsgiListener"]
+__all__ = ["AsgiListener", "ClientTls", "ssl_context"]
 
 log = get_logger("asgi")
 
@@ -32,30 +34,124 @@ class _EmbeddedServer(uvicorn.Server):
 
 Door = Callable[[object], object | None]
 """Asked with a connection's peer address at accept: an admission, or None to refuse it."""
+Refused = Callable[[object, str, str], None]
+"""Told of a TLS peer refused after the handshake: (peer address, why, reason label)."""
+Peer = tuple[str, int]
 
 
-def _guarded(door: Door) -> type[H11Protocol]:
-    """uvicorn's HTTP protocol that closes a connection the door refuses, before reading it."""
+@dataclass
+class ClientTls:
+    """Mutual TLS of one listener: the CA that signs client certificates, whether a client must
+    show one, and the revocation list (re-read whenever the file changes)."""
 
-    class Guarded(H11Protocol):
-        _refused = False
+    ca: Path
+    required: bool = True
+    crl: Path | None = None
+    _crl_mtime: float = field(default=-1.0, init=False)
+    _revoked: frozenset[int] = field(default=frozenset(), init=False)
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            if door(transport.get_extra_info("peername")) is None:
-                self._refused = True
-                transport.abort()
+    def revoked(self, serial: int, context: ssl.SSLContext | None = None) -> bool:
+        """Whether the CRL revokes ``serial``; a changed CRL is re-read (and loaded into
+        ``context``, so the next handshakes refuse the certificate themselves)."""
+        if self.crl is None:
+            return False
+        try:
+            mtime = self.crl.stat().st_mtime
+            if mtime != self._crl_mtime:
+                self._revoked = revoked_serials(self.crl)
+                if context is not None and self._crl_mtime >= 0:
+                    context.load_verify_locations(cafile=str(self.crl))
+                self._crl_mtime = mtime
+                log.info("crl_loaded", crl=str(self.crl), revoked=len(self._revoked))
+        except (OSError, ValueError) as exc:  # keep the last good list; say why
+            log.error("crl_unreadable", crl=str(self.crl), error=str(exc))
+        return serial in self._revoked
+
+
+def ssl_context(cert: Path, key: Path, client: ClientTls | None) -> ssl.SSLContext:
+    """A server context: TLS 1.2 or newer; with ``client``, certificates verified against its
+    CA and CRL (a certificate the CRL names fails the handshake)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if client is not None:
+        context.load_verify_locations(cafile=str(client.ca))
+        context.verify_mode = ssl.CERT_REQUIRED if client.required else ssl.CERT_OPTIONAL
+        if client.crl is not None:
+            context.load_verify_locations(cafile=str(client.crl))
+            context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+            client.revoked(0)  # read it once now, so a later change is noticed
+    return context
+
+
+def _certificate(
+    transport: asyncio.Transport, client: ClientTls, context: ssl.SSLContext | None
+) -> tuple[str | None, tuple[str, str] | None]:
+    """(why it is refused, or None; the (name, role) it names) of a TLS peer's certificate."""
+    tls = transport.get_extra_info("ssl_object")
+    certificate = tls.getpeercert() if tls is not None else None
+    if not certificate:
+        return None, None
+    serial = int(certificate.get("serialNumber", "0"), 16)
+    if client.revoked(serial, context):
+        return f"client certificate {serial:X} is revoked", None
+    return None, client_identity(certificate)
+
+
+@dataclass(frozen=True)
+class _Gate:
+    """What :class:`_GuardedProtocol` checks at accept, for one listener."""
+
+    door: Door | None
+    client: ClientTls | None
+    peers: dict[Peer, tuple[str, str]]
+    refused: Refused
+    context: ssl.SSLContext | None
+
+
+class _GuardedProtocol(H11Protocol):
+    """uvicorn's HTTP protocol that closes a connection the door refuses, before reading it;
+    and, with mutual TLS, one whose certificate was revoked since the CRL was loaded. The
+    certificate's (name, role) is kept in ``peers`` by the client's address while it is open."""
+
+    gate: _Gate
+    _refused = False
+    _peer: Peer | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        gate = self.gate
+        peer = transport.get_extra_info("peername")
+        if gate.door is not None and gate.door(peer) is None:
+            self._refuse(transport)
+            return
+        if gate.client is not None:
+            revoked, who = _certificate(transport, gate.client, gate.context)
+            if revoked is not None:
+                gate.refused(peer, revoked, "revoked")
+                self._refuse(transport)
                 return
-            super().connection_made(transport)
+            if who is not None and isinstance(peer, tuple):
+                self._peer = (str(peer[0]), int(peer[1]))
+                gate.peers[self._peer] = who
+        super().connection_made(transport)
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            if not self._refused:
-                super().connection_lost(exc)
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        self._refused = True
+        transport.abort()
 
-        def data_received(self, data: bytes) -> None:
-            if not self._refused:
-                super().data_received(data)
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._peer is not None:
+            self.gate.peers.pop(self._peer, None)
+        if not self._refused:
+            super().connection_lost(exc)
 
-    return Guarded
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+
+def _guarded(gate: _Gate) -> type[H11Protocol]:
+    return type("GuardedProtocol", (_GuardedProtocol,), {"gate": gate})
 
 
 @dataclass
@@ -69,8 +165,13 @@ class AsgiListener:
     stop_timeout_s: float = 2.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    client_tls: ClientTls | None = None
+    """Mutual TLS (with ``tls_cert``): client certificates verified, revoked ones refused."""
     admit: Door | None = None
     """The zone policy's door (``security.zones.Gatekeeper.door``); None admits everyone."""
+    refused: Refused = lambda *_: None
+    peers: dict[Peer, tuple[str, str]] = field(default_factory=dict)
+    """(name, role) of each open connection's client certificate, by the client's address."""
     _server: uvicorn.Server | None = field(default=None, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
 
@@ -91,6 +192,10 @@ class AsgiListener:
         sock.listen(128)
         sock.setblocking(False)  # noqa: FBT003 - socket API
         self.port = sock.getsockname()[1]
+        context = None
+        if self.tls_cert is not None and self.tls_key is not None:
+            context = ssl_context(self.tls_cert, self.tls_key, self.client_tls)
+        guarded = self.admit is not None or self.client_tls is not None
         config = uvicorn.Config(
             self.app,
             log_level="warning",
@@ -98,10 +203,14 @@ class AsgiListener:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=1,
-            ssl_certfile=self.tls_cert,
-            ssl_keyfile=self.tls_key,
-            http=H11Protocol if self.admit is None else _guarded(self.admit),
+            http=(
+                _guarded(_Gate(self.admit, self.client_tls, self.peers, self.refused, context))
+                if guarded
+                else H11Protocol
+            ),
         )
+        config.load()
+        config.ssl = context
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=self.name)
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S

@@ -157,6 +157,10 @@ class OpsView:
     """(listener, reason) → peers refused at the door since start (``security.zones``)."""
     conduit_admissions: Mapping[tuple[str, str], int] = field(default_factory=dict)
     """(listener, zone) → connections admitted since start."""
+    iec61850_up: bool | None = None
+    """The MMS server's process serves (``None``: the listener is off)."""
+    iec61850_restarts_total: int = 0
+    """Times the MMS server's process was started again after it crashed, hung or failed."""
 
 
 class GatewayCollector(Collector):
@@ -411,13 +415,16 @@ def _ops_metrics(o: OpsView) -> Iterator[Metric]:
     yield pruned
     refused = CounterMetricFamily(
         "pswd_conduit_refusals",
-        "Connections refused at a listener because no conduit admits the peer's zone.",
+        "Connections refused at a listener's door: no conduit admits the peer "
+        "(not_in_conduit), or its client certificate is revoked (revoked).",
         labels=["listener", "reason"],
     )
-    for listener in ("api", "metrics", "opcua", "iec61850"):
-        refused.add_metric(
-            [listener, "not_in_conduit"], o.conduit_refusals.get((listener, "not_in_conduit"), 0)
-        )
+    counts = {
+        (listener, "not_in_conduit"): 0 for listener in ("api", "metrics", "opcua", "iec61850")
+    }
+    counts.update(o.conduit_refusals)
+    for (listener, reason), count in sorted(counts.items()):
+        refused.add_metric([listener, reason], count)
     yield refused
     admitted = CounterMetricFamily(
         "pswd_conduit_admissions",
@@ -469,6 +476,19 @@ def _ops_metrics(o: OpsView) -> Iterator[Metric]:
     for (method, route), histogram in sorted(o.http_latency.items()):
         http.add_metric([method, route], *_buckets(histogram))
     yield http
+    yield _gauge(
+        "pswd_iec61850_up",
+        "1 while the IEC 61850 MMS server (a process of its own) serves, 0 while it is "
+        "restarted; absent when the listener is off.",
+        None if o.iec61850_up is None else float(o.iec61850_up),
+    )
+    restarts = CounterMetricFamily(
+        "pswd_iec61850_restarts",
+        "Times the IEC 61850 MMS server's process was started again after it crashed, hung or "
+        "failed to start.",
+    )
+    restarts.add_metric([], o.iec61850_restarts_total)
+    yield restarts
 
 
 def _buckets(h: LatencyHistogram) -> tuple[list[tuple[str, float]], float]:

@@ -321,6 +321,14 @@ class Scheduler:
         horizon = self._horizon(slots, forecast, others)
         starts = self._candidates(announcement, slots, now)
         if len(starts) == 0:
+            if slots.offset(max(announcement.earliest_start, now)) > slots.n_start:
+                raise DoesNotFitError(
+                    f"its window opens after the planning horizon "
+                    f"({self.cfg.horizon_h} h from now, scheduling.horizon_h): announce it "
+                    "nearer its earliest_start_time",
+                    "earliest_start",
+                    None,
+                )
             raise DoesNotFitError(
                 f"its window has passed: the latest start was "
                 f"{announcement.latest_start.isoformat()}",

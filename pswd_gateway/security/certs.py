@@ -20,7 +20,6 @@ asks.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from asyncua.crypto import cert_gen
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from pswd_gateway.security.pki import host_names
 
 __all__ = [
     "APPLICATION_URI",
@@ -76,13 +77,7 @@ def resolve_certs_dir(certs_dir: Path) -> Path:
 
 
 def _alt_names(hosts: list[str]) -> list[x509.GeneralName]:
-    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(APPLICATION_URI)]
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    return names
+    return [x509.UniformResourceIdentifier(APPLICATION_URI), *host_names(hosts)]
 
 
 def init_opcua_certs(

@@ -129,6 +129,8 @@ def peer_ip(peer: object) -> IpAddress | None:
     Accepts ``("10.0.0.1", 5000)`` tuples, ``"10.0.0.1:5000"``, ``"[::1]:5000"`` and bare
     addresses; ``None`` for anything else (a Unix socket, an unparsable string).
     """
+    if isinstance(peer, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return peer
     host: object = peer[0] if isinstance(peer, tuple) and peer else peer
     if not isinstance(host, str) or not host:
         return None
@@ -162,8 +164,7 @@ class Policy:
 
     def admit(self, listener: Listener, peer: object) -> Admission | None:
         """The most permissive conduit through which ``peer`` reaches ``listener``, or None."""
-        ip = peer if isinstance(peer, ipaddress.IPv4Address | ipaddress.IPv6Address) else None
-        ip = ip or peer_ip(peer)
+        ip = peer_ip(peer)
         if ip is None:
             return None
         best: Conduit | None = None
@@ -259,25 +260,72 @@ class Refusals:
 
 
 @dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+@dataclass
 class Gatekeeper:
-    """The policy at every listener's door: admits through a conduit or refuses and counts."""
+    """The policy at every listener's door: admits through a conduit or refuses and counts.
+
+    A peer that opens new connections faster than its listener's ``rates`` (per second, per
+    peer address; a burst of two seconds' worth) is refused too (``rate``): a connection flood
+    from one address costs an accept and a close, not a protocol stack's set-up.
+    """
 
     policy: Policy
     refusals: Refusals = field(default_factory=Refusals)
+    rates: Mapping[Listener, float] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
     admitted: Counter[tuple[Listener, str]] = field(default_factory=Counter)
     """Connections (HTTP: requests) admitted, by (listener, zone)."""
+    _buckets: dict[tuple[Listener, str], _Bucket] = field(default_factory=dict)
 
     def admit(self, listener: Listener, peer: object) -> Admission | None:
         admission = self.policy.admit(listener, peer)
+        ip = (
+            peer_ip(peer)
+            if not isinstance(peer, ipaddress.IPv4Address | ipaddress.IPv6Address)
+            else peer
+        )
+        who = str(ip) if ip is not None else str(peer)
         if admission is None:
-            ip = peer_ip(peer)
-            who = str(ip) if ip is not None else str(peer)
             self.refusals.refuse(
                 listener, who, f"{who} is in no zone with a conduit to listeners.{listener}"
             )
             return None
+        rate = self.rates.get(listener)
+        if rate and not self._within(listener, who, rate):
+            self.refusals.refuse(
+                listener,
+                who,
+                f"{who} opens connections to listeners.{listener} faster than "
+                f"{rate:g}/s (listeners.{listener}.max_new_connections_per_s)",
+                "rate",
+            )
+            return None
         self.admitted[listener, admission.zone] += 1
         return admission
+
+    def _within(self, listener: Listener, who: str, rate: float) -> bool:
+        now = self.clock()
+        key = (listener, who)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) > 10_000:  # many addresses: forget the full ones
+                self._buckets = {
+                    k: b
+                    for k, b in self._buckets.items()
+                    if b.tokens + (now - b.stamp) * rate < 2 * rate
+                }
+            bucket = self._buckets[key] = _Bucket(2 * rate, now)
+        bucket.tokens = min(2 * rate, bucket.tokens + (now - bucket.stamp) * rate)
+        bucket.stamp = now
+        if bucket.tokens < 1.0:
+            return False
+        bucket.tokens -= 1.0
+        return True
 
     def door(self, listener: Listener) -> Callable[[object], Admission | None]:
         """:meth:`admit` for one listener (what the listener's accept hook calls)."""

@@ -78,6 +78,51 @@ def operate(con: Any, ref: str, value: Any, sbo: bool) -> dict[str, Any]:
     return out
 
 
+def typed_value(kind: str, value: Any) -> Any:
+    """An MmsValue of any type, for controls operated with the wrong one: ``float`` and ``int``
+    inside an AnalogueValue structure (as APC expects), ``bare_float``, ``bool``, ``bare_int``,
+    ``string``, ``empty_struct``."""
+    if kind == "float":
+        return _apc(float(value))
+    if kind == "int":
+        structure = m.MmsValue_createEmptyStructure(1)
+        m.MmsValue_setElement(structure, 0, m.MmsValue_newIntegerFromInt32(int(value)))
+        return structure
+    if kind == "bare_float":
+        return m.MmsValue_newFloat(float(value))
+    if kind == "bool":
+        return m.MmsValue_newBoolean(bool(value))
+    if kind == "bare_int":
+        return m.MmsValue_newIntegerFromInt32(int(value))
+    if kind == "string":
+        return m.MmsValue_newVisibleString(str(value))
+    if kind == "empty_struct":
+        return m.MmsValue_createEmptyStructure(0)
+    raise ValueError(f"unknown value type {kind}")
+
+
+def operate_typed(con: Any, ref: str, kind: str, value: Any, sbo: bool) -> dict[str, Any]:
+    """Like :func:`operate`, with a ctlVal of the type named by ``kind`` (see typed_value)."""
+    try:
+        ctl = m.ControlObjectClient_create(ref, con)
+    except RuntimeError:
+        ctl = None
+    if ctl is None:
+        return {"ok": False, "error": "control object not created"}
+    m.ControlObjectClient_setOrigin(ctl, "test-desk", 3)
+    ctl_val = typed_value(kind, value)
+    out: dict[str, Any] = {}
+    if sbo:
+        out["selected"] = bool(m.ControlObjectClient_selectWithValue(ctl, ctl_val))
+        if not out["selected"]:
+            out["ok"] = False
+            out["add_cause"] = m.ControlObjectClient_getLastApplError(ctl).addCause
+            return out
+    out["ok"] = bool(m.ControlObjectClient_operate(ctl, ctl_val, 0))
+    out["add_cause"] = m.ControlObjectClient_getLastApplError(ctl).addCause
+    return out
+
+
 READS = {
     "float": m.IedConnection_readFloatValue,
     "int": m.IedConnection_readInt32Value,
@@ -100,8 +145,22 @@ def dataset(con: Any, ref: str) -> list[Any]:
     return [_names(members), err]
 
 
+def services(con: Any) -> dict[str, int]:
+    """The error of a file directory request and of creating a data set (services the server
+    does not offer): 0 would mean they were served."""
+    _, file_err = m.IedConnection_getFileDirectory(con, "/")
+    refs = m.LinkedList_create()
+    m.LinkedList_addStringCopy(refs, "PSWDGRID/MMXU1.TotW[MX]")
+    _, dataset_err = m.IedConnection_createDataSet(con, "@tmp", refs)
+    return {"file_directory": file_err, "create_dataset": dataset_err}
+
+
 def run(con: Any, command: list[Any]) -> Any:
     kind, *args = command
+    if kind == "services":
+        return services(con)
+    if kind == "operate_typed":  # [reference, value type, value, select before operate]
+        return operate_typed(con, args[0], args[1], args[2], bool(args[3]))
     fc = getattr(m, f"IEC61850_FC_{args[1]}") if len(args) > 1 and isinstance(args[1], str) else 0
     if kind in READS:
         return list(READS[kind](con, args[0], fc))

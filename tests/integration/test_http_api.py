@@ -577,3 +577,31 @@ async def test_a_full_file_system_refuses_announcements_with_507(tmp_path: Path)
             await stop()
     finally:
         subprocess.run(["umount", str(disk)], check=True, timeout=10)
+
+
+async def test_a_token_over_its_rate_gets_429_with_retry_after(tmp_path: Path) -> None:
+    running, stop = await start_api(tmp_path, config(rate_limit_per_s=2.0))
+    try:
+        async with running.client("viewer") as http:
+            codes = [(await http.get("/v1/workloads")).status_code for _ in range(3)]
+            limited = await http.get("/v1/workloads")
+    finally:
+        await stop()
+    assert codes[:2] == [200, 200]
+    assert limited.status_code == 429
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.headers["content-type"] == "application/problem+json"
+    assert "api.rate_limit_per_s" in limited.json()["detail"]
+
+
+async def test_a_flood_of_unknown_tokens_gets_429_and_the_connection_closed(api: Api) -> None:
+    async with httpx.AsyncClient(base_url=api.url, timeout=10.0) as http:
+        headers = {"Authorization": "Bearer not-a-token"}
+        answers = [await http.get("/v1/workloads", headers=headers) for _ in range(40)]
+    codes = [a.status_code for a in answers]
+    assert codes[0] == 401
+    assert 429 in codes
+    limited = answers[codes.index(429)]
+    assert limited.headers["connection"] == "close"
+    assert int(limited.headers["retry-after"]) >= 1
+    assert "without a known bearer token" in limited.json()["detail"]

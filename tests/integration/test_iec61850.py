@@ -566,3 +566,18 @@ async def test_a_guard_trip_is_a_new_goose_state_of_the_events_dataset() -> None
     assert max(states[1]) == max(states[0]) + 1, frames  # the trip: a new state
     assert max(states[2]) == max(states[1]) + 1, frames  # the re-arm: another
     assert {f[3] for f in frames} == {len(goose_rows())}
+
+
+async def test_services_the_gateway_does_not_offer_are_refused(
+    mms: tuple[MmsServer, PointStore, int],
+) -> None:
+    """File transfer and client-defined data sets are switched off: libiec61850 does not parse
+    them (its 1.6.1 has a use-after-free with client data sets and report control blocks)."""
+    _, _, port = mms
+    got = await client(port, [["services"]])
+    assert got["connect"] == 0
+    answer = got["results"][0]
+    # offered, they answer 0 (created) and OBJECT_DOES_NOT_EXIST (no such file); not offered,
+    # the server rejects the service itself
+    assert answer["create_dataset"] != 0
+    assert answer["file_directory"] not in {0, m.IED_ERROR_OBJECT_DOES_NOT_EXIST}

@@ -63,7 +63,7 @@ def rule_metrics() -> set[str]:
     groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
     names: set[str] = set()
     for rule in (r for g in groups for r in g["rules"]):
-        names |= set(re.findall(r"\bpswd_[a-z_]+", rule["expr"]))
+        names |= set(re.findall(r"\bpswd_[a-z0-9_]+", rule["expr"]))
     return names
 
 
@@ -138,6 +138,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
                     "metrics": {"host": "127.0.0.1", "port": 0},
                     "api": {"host": "127.0.0.1", "port": 0},
                     "opcua": {"host": "127.0.0.1", "port": free_port()},
+                    "iec61850": {"host": "127.0.0.1", "port": free_port()},
                 },
                 "opcua": {"certs_dir": str(certs)},
                 "storage": {"state_dir": str(tmp_path / "state")},

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from pswd_gateway.cli import app
-from pswd_gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
+from pswd_gateway.config import DEFAULT_CONFIG, GatewayConfig, RedfishDeviceConfig, load_config
 from pswd_gateway.errors import ConfigError
 
 BAD = """
@@ -121,7 +121,7 @@ def test_bad_environment_override_is_reported(
     monkeypatch.setenv("PSWD__SITE__GRID_RAMP_LIMIT_MW_PER_S", "-1")
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, ""))
-    assert info.value.problems == [("site.grid_ramp_limit_mw_per_s", "must be > 0")]
+    assert info.value.problems == [("site.grid_ramp_limit_mw_per_s", "must be ≥ 0.001")]
 
 
 def test_timeouts_default_from_the_poll_interval() -> None:
@@ -247,3 +247,40 @@ def test_retention_keeps_whole_history_no_longer_than_any_history(tmp_path: Path
     [(path, message)] = info.value.problems
     assert path == "storage"
     assert "setpoint_full_days must not exceed setpoint_days" in message
+
+
+def test_a_bmc_password_can_come_from_a_systemd_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device = {
+        "name": "hall_a",
+        "kind": "redfish",
+        "base_url": "https://192.0.2.11",
+        "username": "pswd",
+        "password_credential": "hall-a-bmc",
+    }
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(ValidationError, match="LoadCredential=hall-a-bmc:/etc/credstore/"):
+        GatewayConfig.model_validate({"devices": [device]})
+    (tmp_path / "hall-a-bmc").write_text("s3cret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    cfg = GatewayConfig.model_validate({"devices": [device]})
+    bmc = cfg.device("hall_a")
+    assert isinstance(bmc, RedfishDeviceConfig)
+    assert bmc.password.get_secret_value() == "s3cret"
+    with pytest.raises(ValidationError, match="exclude each other"):
+        GatewayConfig.model_validate({"devices": [{**device, "password": "also"}]})
+    with pytest.raises(ValidationError, match="cannot read"):
+        GatewayConfig.model_validate({"devices": [{**device, "password_credential": "missing"}]})
+
+
+def test_mutual_tls_settings_need_tls_and_a_ca() -> None:
+    for bad, words in (
+        ({"port": 1, "tls_client_ca": "/ca.pem"}, "needs tls_cert"),
+        (
+            {"port": 1, "tls_cert": "/c", "tls_key": "/k", "tls_crl": "/crl.pem"},
+            "set tls_client_ca",
+        ),
+    ):
+        with pytest.raises(ValidationError, match=words):
+            GatewayConfig.model_validate({"listeners": {"api": bad}})

@@ -350,3 +350,55 @@ async def test_the_retention_component_prunes_at_start_and_counts_by_table(
     assert await retention.prune() == {}
     assert journal.sync.size_bytes() > 0
     await journal.close()
+
+
+def test_growth_per_day_and_the_bound_retention_sets(journal: Journal) -> None:
+    """What `bench soak` reports: rows and bytes per day at the measured rate, and the size the
+    setpoint history stays under once retention has caught up."""
+    from pswd_gateway.journal import RetentionPolicy, journal_growth  # noqa: PLC0415
+
+    before = journal.footprint()
+    at = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    journal.record_setpoints(
+        [(at + i * 0.02, "bess", "power_setpoint", float(i), True, None, 0.002) for i in range(500)]
+        + [(at + i * 0.2, "chiller", "chw_setpoint", 7.0, True, None, 0.01) for i in range(50)]
+    )
+    after = journal.footprint()
+    assert after.rows["setpoints"] - before.rows["setpoints"] == 550
+    assert after.setpoint_series == 2
+    assert after.table_bytes["setpoints"] > 0
+    growth = journal_growth(before, after, 10.0, RetentionPolicy(2.0, 30.0, 365.0))
+    assert growth.rows_per_day["setpoints"] == pytest.approx(550 * 8640)
+    assert growth.setpoint_row_bytes is not None
+    whole = 550 * 8640 * 2.0
+    minutes = 2 * 1440 * 28.0
+    assert growth.bounded_setpoint_bytes == pytest.approx(
+        (whole + minutes) * growth.setpoint_row_bytes
+    )
+    assert growth.audit_bytes_per_year == 0.0
+
+
+def _append_then_fail(journal: Journal, entry: AuditEntry) -> None:
+    with journal._tx():
+        journal._append_audit(entry)
+        raise RuntimeError  # rolled back: neither kept nor logged
+
+
+def test_each_committed_audit_entry_is_also_a_log_line(journal: Journal) -> None:
+    import structlog  # noqa: PLC0415
+
+    refused = AuditEntry(
+        "api:10.9.9.9", "none", "api connection", None, "refused",
+        {"reason": "no conduit", "zone": "enterprise", "conduit": "ml"}, T0,
+    )  # fmt: skip
+    with structlog.testing.capture_logs() as logs:
+        journal.audit(refused)
+        with pytest.raises(RuntimeError):
+            _append_then_fail(journal, refused)
+    lines = [e for e in logs if e["event"] == "audit"]
+    assert len(lines) == 1
+    assert lines[0]["actor"] == "api:10.9.9.9"
+    assert lines[0]["outcome"] == "refused"
+    assert (lines[0]["zone"], lines[0]["conduit"]) == ("enterprise", "ml")
+    assert journal.check_audit().ok
+    assert journal.check_audit().count == 1

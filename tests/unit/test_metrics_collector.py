@@ -211,6 +211,21 @@ def test_the_operations_view_is_exported_in_base_units() -> None:
     assert values[key] == 1
 
 
+def test_the_mms_process_is_up_or_down_and_its_restarts_are_counted() -> None:
+    """``pswd_iec61850_up`` is 1 or 0 while the listener is on and absent while it is off;
+    ``pswd_iec61850_restarts_total`` is always there."""
+    down = samples(
+        exposition(ops=OpsView((0.1, 0.9), iec61850_up=False, iec61850_restarts_total=3))
+    )
+    assert down[("pswd_iec61850_up", ())] == 0
+    assert down[("pswd_iec61850_restarts_total", ())] == 3
+    up = samples(exposition(ops=OpsView((0.1, 0.9), iec61850_up=True)))
+    assert up[("pswd_iec61850_up", ())] == 1
+    off = samples(exposition(ops=OpsView((0.1, 0.9))))
+    assert ("pswd_iec61850_up", ()) not in off
+    assert off[("pswd_iec61850_restarts_total", ())] == 0
+
+
 @given(st.lists(st.floats(min_value=0.0, max_value=5.0), max_size=200))
 def test_histogram_buckets_are_cumulative_and_end_at_the_count(samples: list[float]) -> None:
     h = LatencyHistogram(window=16)

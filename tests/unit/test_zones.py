@@ -296,3 +296,23 @@ def test_config_check_names_every_broken_rule_with_its_path(tmp_path: Path) -> N
     assert 'conduits[1].access: the metrics listener is read-only: access = "read"' in (
         result.output
     )
+
+
+def test_a_peer_opening_connections_too_fast_is_refused_then_let_in_again() -> None:
+    now = [0.0]
+    gate = Gatekeeper(load_config(None).policy(), rates={"opcua": 10.0}, clock=lambda: now[0])
+    admitted = [gate.admit("opcua", ("127.0.0.1", i)) is not None for i in range(25)]
+    assert admitted.count(True) == 20  # a burst of two seconds' worth
+    assert gate.refusals.total["opcua", "rate"] == 5
+    now[0] = 0.5
+    assert sum(gate.admit("opcua", ("127.0.0.1", 1)) is not None for _ in range(10)) == 5
+    # another listener and a listener without a rate are not affected
+    assert all(gate.admit("api", ("127.0.0.1", 1)) is not None for _ in range(100))
+
+
+def test_a_network_must_be_written_as_one(tmp_path: Path) -> None:
+    doc = ENTERPRISE_API.replace('networks = ["10.20.0.0/16"]', "networks = [true, 167772160]")
+    problems = _problems(tmp_path, doc)
+    assert any(
+        p.startswith("zones.enterprise.networks") and "is not a network" in m for p, m in problems
+    ), problems

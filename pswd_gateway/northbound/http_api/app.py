@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pswd_gateway import __version__
 from pswd_gateway.config import ApiConfig
 from pswd_gateway.journal import JournalError
-from pswd_gateway.northbound.http_api.deps import ApiContext, Gate
+from pswd_gateway.northbound.http_api.deps import ApiContext, Gate, caller_first
 from pswd_gateway.northbound.http_api.problems import (
     ProblemError,
     handle_http,
@@ -78,8 +78,8 @@ def create_app(
     app.add_middleware(ServerTiming, stats=app.state.http_stats)
     app.add_exception_handler(ProblemError, handle_problem)
     app.add_exception_handler(JournalError, handle_journal)
-    app.add_exception_handler(RequestValidationError, handle_validation)
-    app.add_exception_handler(StarletteHTTPException, handle_http)
+    app.add_exception_handler(RequestValidationError, caller_first(handle_validation))
+    app.add_exception_handler(StarletteHTTPException, caller_first(handle_http))
     app.include_router(health.router)
     app.include_router(workloads.router)
     app.include_router(events.router)

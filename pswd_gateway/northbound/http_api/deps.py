@@ -5,14 +5,18 @@ running gateway is ``app.state.context``; routes ask for them through the aliase
 """
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from pswd_gateway.domain.identity import Identity, Permission
-from pswd_gateway.northbound.http_api.problems import ProblemError
+from pswd_gateway.northbound.http_api.problems import (
+    ProblemError,
+    body_not_read,
+    problem_response,
+)
 from pswd_gateway.northbound.http_api.schemas import SiteOut
 from pswd_gateway.northbound.http_api.security import RateLimiter, TokenBook
 from pswd_gateway.scheduling.service import WorkloadService
@@ -26,11 +30,16 @@ __all__ = [
     "Gate",
     "Reader",
     "api_context",
+    "caller_first",
     "identify",
     "require",
 ]
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+UNAUTHENTICATED_PER_S = 20.0
+"""Requests per second one client address may make without a known token (then 429)."""
+
+Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 bearer = HTTPBearer(auto_error=False, description="A token from api.tokens")
 
@@ -52,6 +61,9 @@ class Gate:
     tokens: TokenBook
     limiter: RateLimiter
     policy: Policy | None = None
+    strangers: RateLimiter = field(default_factory=lambda: RateLimiter(UNAUTHENTICATED_PER_S))
+    """Requests without a known token, per client address: beyond the rate, 429 and the
+    connection closed (a flood of bad tokens costs a reconnect, which the door limits too)."""
 
 
 def api_context(request: Request) -> ApiContext:
@@ -71,8 +83,21 @@ async def identify(
     gate = request.app.state.gate
     assert isinstance(gate, Gate)
     who = gate.tokens.identify(credentials.credentials) if credentials else None
+    if who is None and credentials is None:
+        who = _certificate_holder(request)
     if who is None:
         why = "no bearer token" if credentials is None else "unknown bearer token"
+        client = request.client.host if request.client else "?"
+        wait = gate.strangers.allow(client)
+        if wait > 0:
+            raise ProblemError(
+                429,
+                "rate-limited",
+                "Too many requests",
+                f"{client} sent more than {gate.strangers.rate_per_s:g} requests/s without a "
+                "known bearer token",
+                headers={"Retry-After": str(max(1, round(wait + 0.5))), "Connection": "close"},
+            )
         if request.method in WRITE_METHODS:
             await api_context(request).service.audit_refusal(None, f"http.{request.method}", why)
         raise ProblemError(
@@ -98,6 +123,35 @@ async def identify(
             raise ProblemError(403, "forbidden", "Forbidden", "no conduit admits this address")
         who = admission.limit(who)
     return who
+
+
+def caller_first(handler: Handler) -> Handler:
+    """An exception handler that, for a body FastAPI could not decode (it does so before any
+    dependency runs), first asks who calls: a caller without a known token gets its 401
+    (audited, like every refused write) rather than a word about the body."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        if body_not_read(exc):
+            try:
+                await identify(request, await bearer(request))
+            except ProblemError as refused:
+                return problem_response(request, refused)
+        return await handler(request, exc)
+
+    return handle
+
+
+def _certificate_holder(request: Request) -> Identity | None:
+    """The holder of the client certificate this connection showed (mutual TLS), if any."""
+    peers = getattr(request.app.state, "peers", None)
+    client = request.client
+    if not peers or client is None:
+        return None
+    held = peers.get((client.host, client.port))
+    if held is None:
+        return None
+    name, role = held
+    return Identity(f"cert:{name}", role)
 
 
 def require(permission: Permission) -> Callable[[Request, Identity], Awaitable[Identity]]:

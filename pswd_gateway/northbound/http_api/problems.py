@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -20,11 +21,15 @@ __all__ = [
     "FieldProblem",
     "Problem",
     "ProblemError",
+    "body_not_read",
+    "instance_of",
     "problem_response",
     "validation_problems",
 ]
 
 PROBLEM_JSON = "application/problem+json"
+FASTAPI_UNPARSED = "There was an error parsing the body"
+"""FastAPI's detail of the 400 it raises when it cannot decode a body (its cause attached)."""
 TYPE_PREFIX = "urn:pswd:problem:"
 
 
@@ -84,11 +89,18 @@ def problem_response(request: Request | None, exc: ProblemError) -> JSONResponse
         "detail": exc.detail,
     }
     if request is not None:
-        body["instance"] = request.url.path
+        body["instance"] = instance_of(request)
     if exc.errors is not None:
         body["errors"] = [e.model_dump() for e in exc.errors]
     body.update(exc.extra)
     return JSONResponse(body, status_code=exc.status, headers=exc.headers, media_type=PROBLEM_JSON)
+
+
+def instance_of(request: Request) -> str:
+    """The request's path as the client sent it, percent-encoded (a URI reference, as RFC 9457
+    asks): the decoded path may hold characters a URI cannot (``%0A`` became a lost newline)."""
+    raw = request.scope.get("raw_path")
+    return raw.decode("latin-1") if isinstance(raw, bytes) else quote(request.url.path)
 
 
 def validation_problems(errors: Sequence[Any]) -> list[FieldProblem]:
@@ -191,6 +203,9 @@ async def handle_validation(request: Request, exc: Exception) -> JSONResponse:
 
 async def handle_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    unreadable = _unreadable_body(exc)
+    if unreadable is not None:
+        return problem_response(request, unreadable)
     slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http")
     detail = str(exc.detail)
     if exc.status_code == 404 and detail == "Not Found":
@@ -198,4 +213,35 @@ async def handle_http(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(
         request,
         ProblemError(exc.status_code, slug, detail, detail, headers=exc.headers),
+    )
+
+
+def body_not_read(exc: Exception) -> bool:
+    """Whether ``exc`` answers a body FastAPI could not decode as JSON: raised before any
+    dependency ran, so before the caller was known."""
+    if isinstance(exc, RequestValidationError):
+        return any(e.get("type") == "json_invalid" for e in exc.errors())
+    return isinstance(exc, StarletteHTTPException) and _unreadable_body(exc) is not None
+
+
+def _unreadable_body(exc: StarletteHTTPException) -> ProblemError | None:
+    """FastAPI answers a body it cannot even decode (not UTF-8, nested deeper than the parser
+    goes) with a bare 400 "There was an error parsing the body": it is a body that is not
+    JSON, answered like any other (422, ``json_invalid``) and saying why."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None or exc.detail != FASTAPI_UNPARSED:
+        return None
+    if isinstance(cause, UnicodeDecodeError):
+        why = f"not UTF-8 (byte 0x{cause.object[cause.start]:02x} at offset {cause.start})"
+    elif isinstance(cause, RecursionError):
+        why = "arrays or objects nested too deeply"
+    else:
+        why = f"cannot be read ({type(cause).__name__})"
+    detail = f"the body is not valid JSON: {why}"
+    return ProblemError(
+        422,
+        "validation",
+        "The request is not valid",
+        f"#/: {detail}",
+        errors=[FieldProblem(pointer="#/", detail=detail, rule="json_invalid")],
     )

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pswd_gateway.domain.workloads import Workload
+from pswd_gateway.domain.workloads import MAX_REASON_CHARS, Workload
 from pswd_gateway.scheduling.model import SiteForecast
 
 __all__ = [
@@ -24,7 +24,7 @@ class ActionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: str | None = Field(default=None, max_length=500)
+    reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS)
 
 
 class WorkloadPage(BaseModel):

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pswd_gateway.config import ApiConfig
@@ -108,7 +109,7 @@ class BodyLimit:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
-            None,
+            Request(scope),  # the answer names the resource (``instance``), as every problem does
             ProblemError(
                 413,
                 "body-too-large",

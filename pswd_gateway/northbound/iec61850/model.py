@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pswd_gateway.config import SiteConfig
+from pswd_gateway.config import MIN_RAMP_LIMIT_MW_PER_S, SiteConfig
 from pswd_gateway.domain.identity import Permission
 from pswd_gateway.domain.points import Quality, point_key
 from pswd_gateway.domain.signals import (
@@ -303,7 +303,8 @@ TABLE: Final[tuple[DataObject, ...]] = (
     DataObject(reference="GRID/GAPC1.ImpLimW", cdc="APC", signal=GRID_IMPORT_LIMIT, multiplier=6,
                control=Control(_DIRECT, "grid_import_limit_mw", 0.0, LIMIT_MW)),
     DataObject(reference="GRID/GAPC1.RmpLimW", cdc="APC", signal=GRID_RAMP_LIMIT, multiplier=6,
-               control=Control(_DIRECT, "grid_ramp_limit_mw_per_s", 0.0, LIMIT_MW)),
+               control=Control(_DIRECT, "grid_ramp_limit_mw_per_s", MIN_RAMP_LIMIT_MW_PER_S,
+                               LIMIT_MW, low_inclusive=True)),
     DataObject(reference="GRID/GAPC1.DRLimW", cdc="APC", signal=DEMAND_RESPONSE_LIMIT,
                multiplier=6, description="In force while DRAct is on",
                control=Control(_DIRECT, "demand_response_limit_mw", 0.0, LIMIT_MW,

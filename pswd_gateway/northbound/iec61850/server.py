@@ -192,6 +192,9 @@ class MmsServer:
         self._pending: dict[str, Future[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._guard: GuardEvent | None = None
+        self.rounds = 0
+        """Items the worker thread has taken from its queue: batches, and empty ones that only
+        take the model lock (the MMS process's heartbeat probes, see ``worker.py``)."""
 
     # ---- lifecycle ----
 
@@ -264,6 +267,12 @@ class MmsServer:
         built = build_model(self.ied_name, m, goose, self.goose_address)
         config = lib.IedServerConfig_create()
         lib.IedServerConfig_setMaxMmsConnections(config, self.max_connections)
+        # Services the gateway does not offer are not parsed either: file transfer (and its
+        # vmd-filestore directory), client-defined data sets (libiec61850 1.6.1 has a
+        # use-after-free with them and report control blocks) and logs.
+        lib.IedServerConfig_enableFileService(config, False)  # noqa: FBT003 - C API
+        lib.IedServerConfig_enableDynamicDataSetService(config, False)  # noqa: FBT003 - C API
+        lib.IedServerConfig_enableLogService(config, False)  # noqa: FBT003 - C API
         server = lib.IedServer_createWithConfig(native.address(built.model), None, config)
         lib.IedServerConfig_destroy(config)
         if not server:
@@ -313,6 +322,7 @@ class MmsServer:
         try:
             while (batch := self._queue.get()) is not None:
                 self._apply(lib, server, kinds, batch)
+                self.rounds += 1
         finally:
             lib.IedServer_stop(server)
             lib.IedServer_destroy(server)
@@ -335,9 +345,10 @@ class MmsServer:
                 lib.IedServer_updateUTCTimeAttributeValue(server, t, ts_ms)
         finally:
             lib.IedServer_unlockDataModel(server)
-        self.stats.batches_total += 1
-        self.stats.updates_total += len(batch)
-        self.stats.last_batch_s = time.perf_counter() - t0
+        if batch:  # an empty one is a probe: it only shows the model lock can be taken
+            self.stats.batches_total += 1
+            self.stats.updates_total += len(batch)
+            self.stats.last_batch_s = time.perf_counter() - t0
 
     # ---- callbacks from libiec61850's thread (ctypes holds the interpreter lock for them) ----
 

@@ -14,7 +14,10 @@ closes the hole for every connection of our server:
 - the session's user is put in a context variable for the duration of each request, so method
   handlers know who calls them; so is the conduit the connection came through
   (:class:`GuardedProtocol` asks the zone policy at accept and closes a connection from a
-  network that no conduit lets reach this listener, before a byte is read).
+  network that no conduit lets reach this listener, before a byte is read);
+- a message whose header declares more than the receive buffer is refused when its header
+  arrives (asyncua would buffer it whole), and a message that cannot be decoded ends its
+  connection with an OPC UA Error (asyncua logs a traceback and reads on).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ current_admission: contextvars.ContextVar[Admission | None] = contextvars.Contex
     "pswd_opcua_admission", default=None
 )
 
+HEADER_SIZE: Final = 8
+"""OPC UA TCP message header: type (3), chunk type (1), message size (UInt32)."""
 NONE_POLICY_URI: Final = "http://opcfoundation.org/UA/SecurityPolicy#None"
 NONE_ALLOWED_SERVICES: Final = frozenset(
     {
@@ -74,6 +79,8 @@ class GuardedProcessor(UaProcessor):
     """asyncua's processor with the checks described in the module docstring."""
 
     refused_total: int = 0
+    malformed_total: int = 0
+    """Connections closed for a message that could not be decoded or was too large."""
     admission: Admission | None = None
     """The conduit this connection came through (set by :class:`GuardedProtocol`)."""
     max_monitored_items: int = 50_000
@@ -148,6 +155,54 @@ class GuardedProtocol(OPCUAProtocol):
         super().connection_made(transport)
         if isinstance(self.processor, GuardedProcessor):
             self.processor.admission = admission
+
+    def data_received(self, data: bytes) -> None:
+        """asyncua buffers a message whole before it looks at its size, whatever its header
+        declares (up to 4 GiB per connection): a header declaring more than the receive buffer
+        is refused as soon as it arrives."""
+        if self._too_large(self._buffer[:HEADER_SIZE] + data[:HEADER_SIZE]):
+            return  # the message under way, or the one starting
+        super().data_received(data)
+        self._too_large(self._buffer)  # the next one, still incomplete
+
+    def _too_large(self, pending: bytes) -> bool:
+        processor = self.processor
+        if processor is None or len(pending) < HEADER_SIZE:
+            return False
+        declared = int.from_bytes(pending[4:HEADER_SIZE], "little")
+        limit = processor._limits.max_recv_buffer  # noqa: SLF001 - this connection's, after HEL
+        if declared <= limit:
+            return False
+        self._buffer = b""
+        self._refuse(
+            ua.StatusCodes.BadTcpMessageTooLarge,
+            f"a message of {declared} bytes exceeds the receive buffer of {limit} bytes",
+        )
+        return True
+
+    async def _process_one_msg(self, header: Any, buf: Any) -> bool:
+        """asyncua logs a message it cannot decode with its traceback and reads on from the
+        same connection; OPC UA (Part 6) answers an Error and closes it."""
+        try:
+            return await super()._process_one_msg(header, buf)
+        except Exception as exc:  # noqa: BLE001 - any undecodable message ends its connection
+            code = getattr(exc, "code", None)
+            status = code if isinstance(code, int) else ua.StatusCodes.BadDecodingError
+            self._refuse(status, f"{type(exc).__name__}: {exc}"[:200])
+            return False
+
+    def _refuse(self, status: int, why: str) -> None:
+        GuardedProcessor.malformed_total += 1
+        _log.warning(
+            "opcua_message_refused peer=%s status=%s why=%s",
+            self.peer_name,
+            ua.StatusCode(status).name,
+            why,
+        )
+        if self.transport is not None and not self.transport.is_closing():
+            err = ua.ErrorMessage(ua.StatusCode(status), why)
+            self.transport.write(uatcp_to_binary(ua.MessageType.Error, err))
+            self.transport.close()
 
 
 def install() -> None:

@@ -18,7 +18,12 @@ from pydantic import ValidationError
 
 from pswd_gateway.config import DemandResponseWindow
 from pswd_gateway.domain.identity import Identity, Permission
-from pswd_gateway.domain.workloads import Action, Announcement, IllegalTransitionError
+from pswd_gateway.domain.workloads import (
+    MAX_REASON_CHARS,
+    Action,
+    Announcement,
+    IllegalTransitionError,
+)
 from pswd_gateway.errors import ForbiddenError, NotFoundError, PswdError
 from pswd_gateway.journal import AuditEntry
 from pswd_gateway.logging import get_logger
@@ -70,13 +75,19 @@ async def no_limits(_what: str, _value: float, _who: Identity) -> None:
 
 
 def _answering_status(
-    name: str, method: Handler, refused: Refusal
+    name: str, method: Handler, refused: Refusal, arity: int
 ) -> Callable[..., Awaitable[Any]]:
-    """asyncua turns any exception of a method into BadUnexpectedError; answer ours precisely,
-    and audit every refusal."""
+    """asyncua turns any exception of a method into BadUnexpectedError (and logs it with its
+    traceback); answer ours precisely, and audit every refusal. asyncua does not count the
+    arguments against the method's declaration: a call with too few or too many is refused
+    here (``arity``: how many it declares)."""
 
     async def call(parent: ua.NodeId, *args: ua.Variant) -> list[ua.Variant] | ua.StatusCode:
         try:
+            if len(args) < arity:
+                raise ua.uaerrors.BadArgumentsMissing
+            if len(args) > arity:
+                raise ua.uaerrors.BadTooManyArguments
             return await method(parent, *args)
         except ua.UaStatusCodeError as exc:
             status = ua.StatusCode(exc.code).name
@@ -118,7 +129,7 @@ class Methods:
             await root.add_method(
                 ua.NodeId(f"PSWD.{name}", idx),
                 ua.QualifiedName(name, idx),
-                _answering_status(name, handler, self.audit_refusal),
+                _answering_status(name, handler, self.audit_refusal, len(args)),
                 args,
                 outs,
             )
@@ -192,6 +203,8 @@ class Methods:
             raise ua.uaerrors.BadNotSupported
         if not isinstance(wid.Value, str) or not isinstance(reason.Value, str):
             raise ua.uaerrors.BadTypeMismatch
+        if len(reason.Value) > MAX_REASON_CHARS:  # journalled: as bounded as over HTTP
+            raise ua.uaerrors.BadOutOfRange
         try:
             await self.workloads.act(
                 wid.Value, Action.CANCEL, who, reason.Value or "cancelled over OPC UA"
@@ -237,7 +250,11 @@ class Methods:
         low, high = LIMIT_RANGE_MW
         if not isinstance(v, float) or not low < v <= high:
             raise ua.uaerrors.BadOutOfRange
-        await self.set_limit(what, v, who)
+        try:
+            await self.set_limit(what, v, who)
+        except ValueError as exc:  # the site's own range ([site] in the configuration)
+            log.info("opcua_limit_refused", limit=what, value=v, error=str(exc))
+            raise ua.uaerrors.BadOutOfRange from None
         return []
 
     async def _set_import_limit(

@@ -48,13 +48,22 @@ class RoleUserManager:
         users: tuple[OpcUaUserConfig, ...],
         certificate_users: tuple[OpcUaCertificateUserConfig, ...] = (),
     ) -> None:
+        self.replace(users, certificate_users)
+        self.refused_total = 0
+        self.on_refusal: Callable[[str | None, str], None] = lambda _user, _why: None
+
+    def replace(
+        self,
+        users: tuple[OpcUaUserConfig, ...],
+        certificate_users: tuple[OpcUaCertificateUserConfig, ...] = (),
+    ) -> None:
+        """New accounts (SIGHUP): a password or certificate changed or removed here stops
+        working at the next sign-in, and an open session of a removed user loses its role."""
         self._users = {u.name: u for u in users}
         self._by_cert = {u.sha256: u for u in certificate_users}
         self._roles: dict[str, str] = {u.name: u.role for u in users}
         self._roles.update({u.name: u.role for u in certificate_users})
         self._verified: dict[tuple[str, str], bool] = {}
-        self.refused_total = 0
-        self.on_refusal: Callable[[str | None, str], None] = lambda _user, _why: None
 
     def role(self, name: str | None) -> str | None:
         return self._roles.get(name or "")

@@ -18,6 +18,8 @@ __all__ = ["router"]
 
 EVENT_PAGE = 500
 """Backlog rows read from the journal at a time before the stream turns live."""
+MAX_EVENT_ID = 2**63 - 1
+"""The largest event id the journal can hold (SQLite's INTEGER): a larger one is no id of it."""
 
 router = APIRouter(tags=["events"])
 
@@ -35,7 +37,9 @@ async def events(
         str | None,
         Header(alias="Last-Event-ID", description="Resume after this event id"),
     ] = None,
-    last_event_id: Annotated[int | None, Query(ge=0, description="Same as the header")] = None,
+    last_event_id: Annotated[
+        int | None, Query(ge=0, le=MAX_EVENT_ID, description="Same as the header")
+    ] = None,
     workload: Annotated[str | None, Query(description="Only this workload's events")] = None,
 ) -> StreamingResponse:
     start = last_event_id if last_event_id is not None else 0
@@ -48,6 +52,10 @@ async def events(
             ) from None
         if start < 0:
             raise param_problem("Last-Event-ID", "must be ≥ 0", "greater_than_equal", "header")
+        if start > MAX_EVENT_ID:
+            raise param_problem(
+                "Last-Event-ID", f"must be ≤ {MAX_EVENT_ID}", "less_than_equal", "header"
+            )
     stream = _event_stream(context.service, start, workload, context.service.config.api)
     return StreamingResponse(
         stream,

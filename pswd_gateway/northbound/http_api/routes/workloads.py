@@ -3,7 +3,7 @@
 import base64
 import binascii
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
@@ -29,6 +29,8 @@ from pswd_gateway.northbound.http_api.schemas import ActionRequest, WorkloadPage
 __all__ = ["router"]
 
 IDEMPOTENCY_KEY_MAX = 255
+CURSOR_DIGITS = 18
+"""A cursor's sequence number has at most this many digits (below SQLite's 2**63)."""
 
 router = APIRouter(tags=["workloads"])
 
@@ -104,8 +106,16 @@ async def list_workloads(
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> WorkloadPage:
     for name, value in (("start_after", start_after), ("start_before", start_before)):
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            continue
+        if value.tzinfo is None:
             raise param_problem(name, "must carry a timezone", "timezone_aware")
+        try:
+            value.astimezone(UTC)
+        except OverflowError:  # 9999-12-31T23:00-05:00 is in the year 10000 in UTC
+            raise param_problem(
+                name, "must lie between the years 1 and 9999 in UTC", "datetime_range"
+            ) from None
     max_page = context.service.config.api.page_size_max
     journal = context.service.journal
     items, next_seq = await journal.call(
@@ -190,6 +200,7 @@ def _decode_cursor(cursor: str | None) -> int:
     except (ValueError, UnicodeDecodeError, binascii.Error):
         raise bad from None
     kind, _, value = text.partition(":")
-    if kind != "seq" or not value.isdigit():
+    # ASCII digits only (int() refuses "²"), and small enough for the journal's 64-bit integers
+    if kind != "seq" or not (value.isascii() and value.isdigit()) or len(value) > CURSOR_DIGITS:
         raise bad
     return int(value)
