@@ -47,7 +47,7 @@ from pswd_gateway.bench.soak import (
     twin_t0,
 )
 from pswd_gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
-from pswd_gateway.daemon import Gateway
+from pswd_gateway.daemon import Gateway, HeapKeeper
 from pswd_gateway.domain.histogram import LatencyHistogram
 from pswd_gateway.simulation.twin import spawn_twin, stop_process
 
@@ -70,6 +70,15 @@ class Lateness:
 
 
 @dataclass(frozen=True)
+class Lag:
+    """How late the gateway's event loop woke a 5 ms sleep (what any of its tasks waits)."""
+
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+
+
+@dataclass(frozen=True)
 class Phase:
     listener: str
     """``baseline`` or the listener flooded."""
@@ -77,6 +86,9 @@ class Phase:
     """``outsider`` (an address in no zone), ``insider`` (one in every zone), or ``-``."""
     seconds: float
     lateness: Lateness
+    """The control cycle's own lateness histogram (a meter-triggered run: from the reading's
+    arrival; a timer run: from its deadline)."""
+    loop_lag: Lag
     flood_attempts_per_s: float | None
     """Connections (HTTP: requests) the flood made per second, answered or refused."""
     asked: int
@@ -206,6 +218,26 @@ ASK_EVERY_S: Final = 0.1
 OPC UA and MMS: an operator's tool, not a flood of its own)."""
 
 
+LAG_SLEEP_S: Final = 0.005
+
+
+async def _loop_lag(until: float) -> Lag:
+    """Sleep 5 ms again and again on the gateway's loop until ``until``; how late each woke."""
+    late: list[float] = []
+    while time.monotonic() < until:
+        t0 = time.perf_counter()
+        await asyncio.sleep(LAG_SLEEP_S)
+        late.append(max(0.0, time.perf_counter() - t0 - LAG_SLEEP_S))
+    if not late:
+        return Lag(None, None, None)
+    late.sort()
+
+    def q(p: float) -> float:
+        return round(late[min(len(late) - 1, int(p * len(late)))] * 1000, 2)
+
+    return Lag(q(0.5), q(0.99), round(late[-1] * 1000, 2))
+
+
 async def _goodput(
     ask: Callable[[], Awaitable[tuple[bool, str]]], until: float
 ) -> tuple[int, int, float | None]:
@@ -268,6 +300,7 @@ async def _phase(
         )  # fmt: skip
     asks = _questions(gw)
     ask = asks.get(listener)
+    lag = asyncio.create_task(_loop_lag(until))
     try:
         if ask is not None:
             ok, failed, slowest = await _goodput(ask, until)
@@ -282,9 +315,10 @@ async def _phase(
     finally:
         if flooder is not None and flooder.returncode is None:
             await stop_process(flooder, 1.0)
+    loop_lag = await lag
     lateness = _lateness(hist)
     return Phase(
-        listener, source or "-", seconds, lateness, attempts, ok + failed, ok,
+        listener, source or "-", seconds, lateness, loop_lag, attempts, ok + failed, ok,
         slowest if port is not None else None,
     )  # fmt: skip
 
@@ -321,7 +355,7 @@ async def measure_flood(
             twin = await spawn_twin(workdir / "twin.toml", twin_log)
             started.push_async_callback(stop_process, twin)
             await twin_t0(workdir / "twin.log", twin)
-            gw = Gateway(gateway_cfg)
+            gw = Gateway(gateway_cfg, heap=HeapKeeper())  # as `pswd-gateway run` has it
             started.push_async_callback(gw.stop)
             await gw.start()
             await asyncio.sleep(SETTLE_S)
@@ -362,8 +396,8 @@ def _line(p: Phase) -> str:
     )
     return (
         f"{p.listener:>9} {p.source:>8}  cycle lateness p50 {late.p50_ms} ms "
-        f"p99 {late.p99_ms} ms max {late.max_ms} ms ({late.runs} runs)  flood {flood}  "
-        f"client {client}"
+        f"p99 {late.p99_ms} ms max {late.max_ms} ms ({late.runs} runs)  loop lag p99 "
+        f"{p.loop_lag.p99_ms} ms max {p.loop_lag.max_ms} ms  flood {flood}  client {client}"
     )
 
 

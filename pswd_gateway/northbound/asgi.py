@@ -9,6 +9,7 @@ import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -118,12 +119,19 @@ class _GuardedProtocol(H11Protocol):
     _refused = False
     _peer: Peer | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """uvicorn's set-up waits for :meth:`connection_made`: a refused connection costs the
+        accept and the door, not an HTTP connection's state."""
+        self._init = (args, kwargs)
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         gate = self.gate
         peer = transport.get_extra_info("peername")
         if gate.door is not None and gate.door(peer) is None:
             self._refuse(transport)
             return
+        args, kwargs = self._init
+        super().__init__(*args, **kwargs)
         if gate.client is not None:
             revoked, who = _certificate(transport, gate.client, gate.context)
             if revoked is not None:

@@ -402,6 +402,9 @@ class MmsProcess:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-P", "-m", WORKER, str(theirs.fileno()), str(os.getpid()),
                 stdin=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
+                # its logs and libiec61850's own prints go where the gateway's errors go
+                # (journald under systemd), never into what a command prints on stdout
+                stdout=sys.stderr.fileno(),
             )  # fmt: skip
         except BaseException:
             ours.close()
