@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import shlex
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -642,14 +643,20 @@ def bench_soak(
     """The whole demo site (twin, gateway with every listener, the ML platform's job) on free
     loopback ports: grid ramp and band, import limit, battery, guard, overruns."""
     from pswd_gateway.bench.soak import run_soak_bench  # noqa: PLC0415
+
+    _bench_exit("soak", run_soak_bench(minutes, as_json, busy_core, config))
+
+
+def _bench_exit(label: str, run: Coroutine[Any, Any, int]) -> NoReturn:
+    """Run a whole-site benchmark; exit with its code, 2 on a config error, 1 on another."""
     from pswd_gateway.errors import PswdError  # noqa: PLC0415
 
     try:
-        code = asyncio.run(run_soak_bench(minutes, as_json, busy_core, config))
+        code = asyncio.run(run)
     except ConfigError as exc:
         _fail(exc)
     except PswdError as exc:
-        typer.echo(f"soak: {exc}", err=True)
+        typer.echo(f"{label}: {exc}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
 
@@ -665,19 +672,12 @@ def bench_flood(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """The whole demo site with each listener flooded in turn: the control cycle's lateness
-    (p50, p99, max) and each listener's goodput for a legitimate client during its flood."""
+    """The whole demo site with each listener flooded in turn, from outside every zone and from
+    inside: the control cycle's lateness, the event loop's lag and a legitimate client's
+    answers during each flood."""
     from pswd_gateway.bench.flood import run_flood_bench  # noqa: PLC0415
-    from pswd_gateway.errors import PswdError  # noqa: PLC0415
 
-    try:
-        code = asyncio.run(run_flood_bench(config, seconds, connections, as_json))
-    except ConfigError as exc:
-        _fail(exc)
-    except PswdError as exc:
-        typer.echo(f"flood: {exc}", err=True)
-        raise typer.Exit(1) from None
-    raise typer.Exit(code)
+    _bench_exit("flood", run_flood_bench(config, seconds, connections, as_json))
 
 
 @bench_app.command("opcua")

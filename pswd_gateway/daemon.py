@@ -26,9 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sdnotify
+from starlette.types import ASGIApp
 
 from pswd_gateway import __version__
 from pswd_gateway.config import GatewayConfig, SiteConfig, TlsListenerConfig, load_config
@@ -294,37 +295,30 @@ class Gateway:
             control_stats=lambda: self.control.stats if self.control is not None else None,
             ops=self._ops_view,
         )
-        listener = self.config.listeners.metrics
+        return self._http_listener(health_app(collector, self.status), "metrics")
+
+    def _http_listener(self, app: ASGIApp, name: Literal["api", "metrics"]) -> AsgiListener:
+        """An HTTP listener as configured: TLS and mutual TLS, the zone policy at its door."""
+        listener: TlsListenerConfig = getattr(self.config.listeners, name)
         return AsgiListener(
-            health_app(collector, self.status),
+            app,
             listener.host,
             listener.port,
-            name="metrics",
+            name=name,
             tls_cert=listener.tls_cert,
             tls_key=listener.tls_key,
             client_tls=_client_tls(listener),
-            admit=self.gate.door("metrics"),
-            refused=self._tls_refused("metrics"),
+            admit=self.gate.door(name),
+            refused=self._tls_refused(name),
         )
 
     def _api_listener(self, workloads: WorkloadService) -> AsgiListener:
-        api = self.config.listeners.api
         context = ApiContext(
             workloads, site_view(self.store, self._site, workloads), lambda: self._ready
         )
         app = create_app(self.config.api, context, policy=self.gate.policy)
         self._http_stats = app.state.http_stats
-        listener = AsgiListener(
-            app,
-            api.host,
-            api.port,
-            name="api",
-            tls_cert=api.tls_cert,
-            tls_key=api.tls_key,
-            client_tls=_client_tls(api),
-            admit=self.gate.door("api"),
-            refused=self._tls_refused("api"),
-        )
+        listener = self._http_listener(app, "api")
         app.state.peers = listener.peers
         return listener
 

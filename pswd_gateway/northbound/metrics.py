@@ -428,7 +428,7 @@ def _ops_metrics(o: OpsView) -> Iterator[Metric]:
     yield refused
     admitted = CounterMetricFamily(
         "pswd_conduit_admissions",
-        "Connections (HTTP: requests) admitted through a conduit, by listener and zone.",
+        "Connections admitted through a conduit, by listener and zone.",
         labels=["listener", "zone"],
     )
     for (listener, zone), count in sorted(o.conduit_admissions.items()):

@@ -279,7 +279,7 @@ class Gatekeeper:
     rates: Mapping[Listener, float] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
     admitted: Counter[tuple[Listener, str]] = field(default_factory=Counter)
-    """Connections (HTTP: requests) admitted, by (listener, zone)."""
+    """Connections admitted, by (listener, zone)."""
     _buckets: dict[tuple[Listener, str], _Bucket] = field(default_factory=dict)
 
     def admit(self, listener: Listener, peer: object) -> Admission | None:

@@ -4,11 +4,12 @@ grid loop putting a predicted rise on the battery ahead of it."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pswd_gateway.control.grid import Announced, GridSettings
@@ -87,19 +88,28 @@ def test_a_steady_rhythm_is_learnt_and_its_next_rise_predicted_within_the_tolera
 
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000))
+@example(seed=1699)
 def test_compute_phases_that_vary_by_five_percent_are_never_predicted(seed: int) -> None:
     """The twin's default rhythm: 2.5 s period, compute 1.875 s ± 5 % (±94 ms). Its rises keep
-    time, its falls do not: a fall is never predicted over 40 iterations."""
+    time, its falls do not: a fall is not predicted over 40 iterations, unless the eight before
+    it happened to keep time (hypothesis found seed 1699 doing so at iteration 31)."""
     rng = random.Random(seed)
     rhythm = follow(2.5)
     t = 0.0
+    computes: list[float] = []
     for k in range(40):
         compute = 1.875 * (1 + 0.05 * rng.uniform(-1, 1))
+        computes.append(compute)
         start = k * 2.5
         while t < start + 2.5:
             rhythm.observe(t, square(t - start, 2.5, compute))
             edge = rhythm.pending()
-            assert edge is None or edge.rise, (k, t)
+            # a fall may be predicted only where, by chance, the last eight falls kept time
+            # (each within the tolerance of the one before, less a sample either side)
+            kept = all(
+                abs(a - b) <= 0.02 + 2 * SAMPLE for a, b in itertools.pairwise(computes[-9:-1])
+            )
+            assert edge is None or edge.rise or (len(computes) > 8 and kept), (k, t)
             t += SAMPLE
     assert rhythm.period() == pytest.approx(2.5, abs=0.01)
     assert rhythm.compute_s() is None
