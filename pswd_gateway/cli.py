@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shlex
+import signal
 import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -486,6 +488,7 @@ def simulate(
     from pswd_gateway.simulation.config import SimulationConfig  # noqa: PLC0415
     from pswd_gateway.simulation.trace import write_trace_csv  # noqa: PLC0415
     from pswd_gateway.simulation.twin import run_twin  # noqa: PLC0415
+    from pswd_gateway.tasks import PARENT_PID_ENV, die_with_parent  # noqa: PLC0415
 
     try:
         cfg = load_config(config)
@@ -497,6 +500,9 @@ def simulate(
         print(f"wrote {write_trace}")
         return
     configure_logging(cfg.logging.level, cfg.logging.format)
+    parent = os.environ.get(PARENT_PID_ENV, "")
+    if parent.isdigit():  # started by a benchmark or a test: end with it (SIGTERM: cleanly)
+        die_with_parent(int(parent), signal.SIGTERM)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_twin(sim))
 

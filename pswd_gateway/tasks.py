@@ -4,12 +4,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+from typing import Final
 
 from pswd_gateway.logging import get_logger
 
-__all__ = ["CANCEL_AGAIN_S", "cancel_and_wait"]
+__all__ = ["CANCEL_AGAIN_S", "PARENT_PID_ENV", "cancel_and_wait", "die_with_parent"]
 
 log = get_logger("tasks")
+
+PR_SET_PDEATHSIG: Final = 1
+PARENT_PID_ENV: Final = "PSWD_PARENT_PID"
+"""Set by a process that starts a helper process of ours (the twin for a benchmark): the helper
+dies with it (:func:`die_with_parent`)."""
 
 CANCEL_AGAIN_S = 0.2
 """A task still running this long after it was cancelled is cancelled again."""
@@ -27,3 +37,13 @@ async def cancel_and_wait(task: asyncio.Task[object] | None) -> None:
         await asyncio.wait({task}, timeout=CANCEL_AGAIN_S)
     if not task.cancelled() and task.exception() is not None:
         log.warning("task_failed_on_cancel", task=task.get_name(), error=repr(task.exception()))
+
+
+def die_with_parent(parent: int, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Have the kernel send ``sig`` to this process when ``parent`` dies (Linux
+    ``PR_SET_PDEATHSIG``), so a helper process never outlives the one that started it, even when
+    that one was killed; exit now when it has died already."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+    if os.getppid() != parent:
+        os._exit(1)

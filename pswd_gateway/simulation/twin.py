@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -53,6 +54,7 @@ from pswd_gateway.simulation.sunspec_meters import (
     meter_map_name,
 )
 from pswd_gateway.simulation.trace import TraceEvent, TrainingTrace
+from pswd_gateway.tasks import PARENT_PID_ENV
 
 __all__ = [
     "MODBUS_DEVICES",
@@ -419,10 +421,12 @@ def started_at(log: Path, since: float | None = None) -> float | None:
 
 async def spawn_twin(config: Path, out: IO[bytes] | int = asyncio.subprocess.DEVNULL) -> Process:
     """``pswd-gateway simulate --config CONFIG`` as its own process (its output to ``out``), so
-    its servers never share an event loop with the gateway under test."""
+    its servers never share an event loop with the gateway under test. It is stopped with
+    :func:`stop_process`, and by the kernel when this process dies without stopping it."""
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pswd_gateway", "simulate", "--config", str(config),
         stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
+        env={**os.environ, PARENT_PID_ENV: str(os.getpid())},  # it dies with this process
     )  # fmt: skip
 
 

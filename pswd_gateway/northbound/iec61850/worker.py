@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import ipaddress
 import itertools
 import os
@@ -60,7 +59,7 @@ from pswd_gateway.northbound.iec61850.link import (
 from pswd_gateway.northbound.iec61850.server import MmsHooks, MmsServer
 from pswd_gateway.security.zones import Admission, Gatekeeper, Listener, Policy, Refusals
 from pswd_gateway.store import PointStore
-from pswd_gateway.tasks import cancel_and_wait
+from pswd_gateway.tasks import cancel_and_wait, die_with_parent
 
 __all__ = ["BEAT_S", "main"]
 
@@ -77,7 +76,6 @@ ANSWER_TIMEOUT_S: Final = 10.0
 """An operate the gateway has not answered by then fails (AddCause Blocked-by-process)."""
 START_TIMEOUT_S: Final = 10.0
 """The first frame (:class:`Start`) must arrive within this."""
-PR_SET_PDEATHSIG: Final = 1
 EXIT_UNHEALTHY: Final = 70
 """Exit code when the server's worker thread or feed task ended (``EX_SOFTWARE``)."""
 
@@ -330,15 +328,6 @@ async def _drain(link: Link, writing: asyncio.Task[None]) -> None:
     link.writer.close()
 
 
-def _die_with(parent: int) -> None:
-    """SIGKILL this process when the gateway dies (Linux ``PR_SET_PDEATHSIG``), so an MMS
-    server never outlives it holding the port; exit now when it has died already."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
-
-
 async def _main(fd: int) -> int:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
@@ -352,7 +341,7 @@ async def _main(fd: int) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     fd, parent = int(args[0]), int(args[1])
-    _die_with(parent)
+    die_with_parent(parent)  # an MMS server never outlives the gateway holding the port
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the gateway's to act on
     code = asyncio.run(_main(fd))
     sys.stdout.flush()
