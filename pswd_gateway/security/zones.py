@@ -283,12 +283,8 @@ class Gatekeeper:
     _buckets: dict[tuple[Listener, str], _Bucket] = field(default_factory=dict)
 
     def admit(self, listener: Listener, peer: object) -> Admission | None:
-        admission = self.policy.admit(listener, peer)
-        ip = (
-            peer_ip(peer)
-            if not isinstance(peer, ipaddress.IPv4Address | ipaddress.IPv6Address)
-            else peer
-        )
+        ip = peer_ip(peer)  # once per connection: the policy takes the address as parsed
+        admission = self.policy.admit(listener, ip) if ip is not None else None
         who = str(ip) if ip is not None else str(peer)
         if admission is None:
             self.refusals.refuse(
