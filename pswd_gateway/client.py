@@ -27,6 +27,7 @@ import httpx
 
 from pswd_gateway.domain.workloads import Announcement, Workload, WorkloadState
 from pswd_gateway.errors import PswdError
+from pswd_gateway.security.tls import default_client_context
 
 __all__ = ["ApiError", "AsyncPswdClient", "Event", "PswdClient", "WorkloadList"]
 
@@ -172,6 +173,7 @@ class AsyncPswdClient:
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout_s,
             transport=transport,
+            verify=default_client_context(),
         )
         self.workload = _AsyncWorkloads(self._http)
 
@@ -282,6 +284,7 @@ class PswdClient:
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout_s,
             transport=transport,
+            verify=default_client_context(),
         )
         self.workload = _SyncWorkloads(self._http)
 

@@ -76,6 +76,7 @@ from pswd_gateway.ml_platform import (
     trace_job,
 )
 from pswd_gateway.security.certs import init_opcua_certs
+from pswd_gateway.security.tls import default_client_context
 from pswd_gateway.simulation.config import HALLS, SimulationConfig
 from pswd_gateway.simulation.twin import MODBUS_DEVICES, spawn_twin, started_at, stop_process
 
@@ -590,7 +591,9 @@ async def _probe(address: str, question: Awaitable[tuple[bool, str]]) -> Listene
 
 
 async def probe_metrics(url: str) -> tuple[bool, str]:
-    async with httpx.AsyncClient(base_url=url, timeout=5.0) as http:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=5.0, verify=default_client_context()
+    ) as http:
         metrics = await http.get("/metrics")
         ready = await http.get("/readyz")
     has_grid = "pswd_grid_active_power_watts" in metrics.text

@@ -130,7 +130,9 @@ class ControlStats:
     skipped_total: int = 0
     """Runs without a usable reading (grid meter or battery invalid)."""
     lateness_s: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(window=SAMPLES))
-    """How late each run started: after its deadline (timer), after its reading (meter)."""
+    """How late each run started: after its deadline (timer), or after what let it run (meter):
+    the reading's arrival, or the battery reading a waiting measurement needed. The wait for
+    that battery reading is the data's, not the cycle's: ``reading_to_setpoint_s`` holds it."""
     reading_to_setpoint_s: LatencyHistogram = field(
         default_factory=lambda: LatencyHistogram(window=SAMPLES)
     )
@@ -184,6 +186,10 @@ class ControlCycle:
     arbiter: Arbiter = field(default_factory=Arbiter, init=False)
     _fresh: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _fresh_ts: float | None = field(default=None, init=False)
+    """When the newest meter reading arrived (the clock's time)."""
+    _ready_ts: float | None = field(default=None, init=False)
+    """When a meter-driven run became due: that reading's arrival, or the battery reading that
+    let a waiting one go."""
     _task: asyncio.Task[None] | None = field(default=None, init=False)
     _subscription: Any = field(default=None, init=False)
     _written: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict, init=False)
@@ -244,12 +250,13 @@ class ControlCycle:
                 continue
             if p.name == self._bess_key:
                 if self.loop.battery(p.source_ts, p.value):
+                    self._ready_ts = p.received_ts
                     self._fresh.set()  # the meter measurement that waited for it can go
             elif p.quality is Quality.GOOD and self.loop.is_new(p.source_ts):
                 samples = self.stats.grid_samples
                 if not samples or p.source_ts > samples[-1][0]:
                     samples.append((p.source_ts, p.value))
-                self._fresh_ts = p.received_ts
+                self._fresh_ts = self._ready_ts = p.received_ts
                 self._fresh.set()
 
     async def _loop(self) -> None:
@@ -273,8 +280,8 @@ class ControlCycle:
             if meter:
                 self._fresh.clear()
                 received = self._fresh_ts
-                if received is not None:  # how long the reading waited for its run
-                    self.stats.lateness_s.append(max(0.0, self.clock() - received))
+                if self._ready_ts is not None:  # how long the run waited for the loop
+                    self.stats.lateness_s.append(max(0.0, self.clock() - self._ready_ts))
             else:
                 self.stats.lateness_s.append(max(0.0, now - deadline))
                 received = None

@@ -28,6 +28,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from pswd_gateway.config import ForecastConfig
 from pswd_gateway.errors import ForecastError
 from pswd_gateway.scheduling.model import CarbonForecast
+from pswd_gateway.security.tls import default_client_context
 
 __all__ = [
     "CarbonAwareSdkForecast",
@@ -294,7 +295,9 @@ class CarbonAwareSdkForecast:
             if self._client is not None:
                 response = await self._client.get(endpoint, params=params, timeout=self.timeout_s)
             else:
-                async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+                async with httpx.AsyncClient(
+                    timeout=self.timeout_s, verify=default_client_context()
+                ) as client:
                     response = await client.get(endpoint, params=params)
         except httpx.TimeoutException:
             raise ForecastError(self.name, f"no answer within {self.timeout_s:g} s") from None

@@ -300,7 +300,7 @@ def _control_metrics(c: ControlStats) -> Iterator[Metric]:
     for name, help_text, histogram in (
         (
             "pswd_control_cycle_lateness_seconds",
-            "How late each control run started: after its deadline or after its meter reading.",
+            "How late each control run started: after its deadline or the reading that let it run.",
             c.lateness_s,
         ),
         (
@@ -416,7 +416,9 @@ def _ops_metrics(o: OpsView) -> Iterator[Metric]:
     refused = CounterMetricFamily(
         "pswd_conduit_refusals",
         "Connections refused at a listener's door: no conduit admits the peer "
-        "(not_in_conduit), or its client certificate is revoked (revoked).",
+        "(not_in_conduit), it connects too fast (rate), its client certificate is revoked "
+        "(revoked), missing (no_certificate) or not the client CA's (bad_certificate), or its "
+        "TLS handshake failed or stalled (tls_handshake).",
         labels=["listener", "reason"],
     )
     counts = {

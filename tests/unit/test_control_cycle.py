@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from pswd_gateway.config import ControlConfig, SiteConfig
@@ -158,6 +160,31 @@ async def test_an_empty_battery_raises_a_fallback() -> None:
     await cycle.run_once()
     assert seen
     assert cycle.stats.fallbacks_total == 1
+
+
+async def test_a_reading_waiting_for_the_battery_is_not_counted_as_the_cycle_late() -> None:
+    """Lateness is the cycle's: from the reading that let the run go, not from a meter reading
+    that had to wait for the battery's reading at its time (the data's wait)."""
+    cycle, _, clock, store = make()
+    await cycle.start()
+    try:
+        t0 = clock.now
+        feed(store, t0, 100.0)
+        await asyncio.sleep(0.01)
+        assert cycle.loop.meter_t == t0
+        clock.now = t0 + 0.5  # the meter moves on; the battery's newest reading is 0.5 s old
+        meter = Point("meter.active_power", 120 * MW, "W", Quality.GOOD, clock.now, clock.now)
+        store.update([meter])
+        await asyncio.sleep(0.01)
+        assert cycle.loop.waiting == t0 + 0.5  # waits for the battery's reading at its time
+        clock.now += 0.02  # that reading arrives 20 ms later
+        store.update([Point("bess.active_power", 0.0, "W", Quality.GOOD, clock.now, clock.now)])
+        await asyncio.sleep(0.01)
+        assert cycle.loop.meter_t == t0 + 0.5  # stepped
+        assert cycle.stats.meter_runs_total >= 3
+        assert max(cycle.stats.lateness_s) == 0.0  # the clock stood still while the cycle ran
+    finally:
+        await cycle.stop()
 
 
 @pytest.mark.parametrize(("supply_c", "direction"), [(18.5, -1), (17.5, 1)])
