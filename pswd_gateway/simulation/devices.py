@@ -4,8 +4,9 @@
 - BESS: SunSpec models 1, 701, 702, 704 and 802 (W > 0 = discharge), following 704 WSet;
 - thermal plant: the plain register map ``config/devices/thermal-plant.toml``;
 - vendor devices on their own plain maps: an Eastron SDM630 revenue meter
-  (``eastron-sdm630.toml``, IEEE 754 floats in input registers) at the grid connection and a
-  chiller plant controller (``chiller-controller.toml``) over the same chilled-water plant.
+  (``eastron-sdm630.toml``, IEEE 754 floats in input registers) at the grid connection, a
+  chiller plant controller (``chiller-controller.toml``) and a Trane RTHD chiller behind a
+  Trane PIC (``trane-pic-rthd.toml``, input registers) over the same chilled-water plant.
 
 The meter's and the PCS's measurements are what a real device shows, not the instantaneous
 truth: :class:`~pswd_gateway.simulation.measurement.MeterView` and
@@ -56,6 +57,7 @@ __all__ = [
     "METER_SCALE_FACTORS",
     "SDM630_MAP_PATH",
     "THERMAL_MAP_PATH",
+    "TRANE_PIC_RTHD_MAP_PATH",
     "BessBehaviour",
     "GridMeterBehaviour",
     "PlainMapBank",
@@ -63,6 +65,7 @@ __all__ = [
     "chiller_controller_bank",
     "sdm630_bank",
     "thermal_plant_bank",
+    "trane_pic_rthd_bank",
 ]
 
 log = get_logger("simulation.devices")
@@ -70,6 +73,7 @@ log = get_logger("simulation.devices")
 THERMAL_MAP_PATH: Final = DEVICE_MAPS_DIR / "thermal-plant.toml"
 SDM630_MAP_PATH: Final = DEVICE_MAPS_DIR / "eastron-sdm630.toml"
 CHILLER_MAP_PATH: Final = DEVICE_MAPS_DIR / "chiller-controller.toml"
+TRANE_PIC_RTHD_MAP_PATH: Final = DEVICE_MAPS_DIR / "trane-pic-rthd.toml"
 SQRT3: Final = math.sqrt(3.0)
 
 # model id -> scale-factor point -> exponent
@@ -768,3 +772,54 @@ def chiller_controller_bank(site: SiteContext, *, rated_w: float = 30e6) -> Plai
         log.info("chiller_setpoint", point=point, value=value)
 
     return PlainMapBank(load_register_map(CHILLER_MAP_PATH), site.sample, values, on_write)
+
+
+# Trane PIC bitfields (BAS-SVX08D-E4, Appendix Tables A and B)
+_RTHD_RUN_MODE_OFF, _RTHD_RUN_MODE_RUN = 0, 2  # bits 0-3; bits 4-7 = 0: cooling mode
+_RTHD_ENABLED, _RTHD_CHW_FLOW, _RTHD_CW_FLOW = 1 << 9, 1 << 12, 1 << 13
+_RTHD_COMPRESSOR_A_EXISTS, _RTHD_COMPRESSOR_A_RUNNING = 1 << 0, 1 << 8
+_REFRIGERANT_APPROACH_K: Final = 2.0
+"""Evaporator refrigerant this much below the leaving chilled water, condenser refrigerant this
+much above the leaving condenser water: a plausible picture, not a refrigerant model."""
+
+
+def trane_pic_rthd_bank(site: SiteContext, *, rated_w: float = 30e6) -> PlainMapBank:
+    """A Trane RTHD chiller behind a Trane PIC (``config/devices/trane-pic-rthd.toml``) over the
+    twin's chilled-water plant: read-only input registers, temperatures as (°C + 45) * 10; the
+    status bitfields say running in cooling mode with water flowing while the chillers draw
+    power."""
+
+    def capacity(t: Truth) -> float:
+        return min(100.0, 100.0 * t.cooling_w / rated_w) if rated_w > 0 else 0.0
+
+    def cw_leaving(t: Truth) -> float:
+        return 25.0 + _CONDENSER_APPROACH_K + 5.0 * capacity(t) / 100.0
+
+    def status(t: Truth) -> float:
+        running = t.chiller_w > 0.0
+        flow = _RTHD_CHW_FLOW if t.chw_flow_m3_s > 0.0 else 0
+        mode = _RTHD_RUN_MODE_RUN if running else _RTHD_RUN_MODE_OFF
+        return float(mode | _RTHD_ENABLED | flow | _RTHD_CW_FLOW)
+
+    def compressors(t: Truth) -> float:
+        running = _RTHD_COMPRESSOR_A_RUNNING if t.chiller_w > 0.0 else 0
+        return float(_RTHD_COMPRESSOR_A_EXISTS | running)
+
+    values: dict[str, Callable[[Truth], float]] = {
+        "active_chw_setpoint": lambda t: t.chw_setpoint_c,
+        "capacity": capacity,
+        "current_limit": lambda _t: 100.0,
+        "chw_supply_temp": lambda t: t.chw_supply_c,
+        "chw_return_temp": lambda t: t.chw_return_c,
+        "cw_entering_temp": lambda _t: 25.0 + _CONDENSER_APPROACH_K,
+        "cw_leaving_temp": cw_leaving,
+        "chiller_status": status,
+        "compressors_running": compressors,
+        "evap_refrigerant_temp": lambda t: t.chw_supply_c - _REFRIGERANT_APPROACH_K,
+        "cond_refrigerant_temp": lambda t: cw_leaving(t) + _REFRIGERANT_APPROACH_K,
+    }
+
+    def on_write(point: str, value: float) -> None:  # the map has no writable point
+        log.info("trane_pic_write_ignored", point=point, value=value)
+
+    return PlainMapBank(load_register_map(TRANE_PIC_RTHD_MAP_PATH), site.sample, values, on_write)

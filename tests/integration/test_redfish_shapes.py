@@ -2,9 +2,12 @@
 
 A small Starlette service stands in for a BMC: its documents are written here from the DMTF
 Redfish schema (ServiceRoot, Chassis, EnvironmentMetrics, PowerSubsystem, PowerSupply,
-PowerSupplyMetrics, Power, Sensor), and its session behaviour is a knob per test — sessions
-created with 201 or 204, with or without ``Location``, refused with 405, absent; HTTP Basic;
-HTTPS with a certificate signed by a test CA. Servers stop and drivers close in finalisers.
+PowerSupplyMetrics, Power, Sensor, Control, TelemetryService, MetricReport), and its session
+behaviour is a knob per test — sessions created with 201 or 204, with or without ``Location``,
+refused with 405, absent; HTTP Basic; HTTPS with a certificate signed by a test CA. A PATCH of a
+Control's ``SetPoint`` or of a Power resource's ``PowerControl[0].PowerLimit`` changes the
+document, behind ``If-Match`` when it carries an ``@odata.etag``. Servers stop and drivers close
+in finalisers.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pswd_gateway.config import RedfishDeviceConfig
-from pswd_gateway.errors import DeviceError
+from pswd_gateway.errors import DeviceError, WriteRefusedError
 from pswd_gateway.northbound.asgi import AsgiListener
 from pswd_gateway.southbound.redfish.driver import RedfishDriver
 
@@ -52,7 +55,7 @@ def chassis_uri(cid: str) -> str:
 # ---- documents -----------------------------------------------------------------------------------
 
 
-def service_root(*, sessions: bool = True) -> Doc:
+def service_root(*, sessions: bool = True, telemetry: bool = False) -> Doc:
     doc: Doc = {
         "@odata.id": V1,
         "@odata.type": "#ServiceRoot.v1_15_0.ServiceRoot",
@@ -62,6 +65,8 @@ def service_root(*, sessions: bool = True) -> Doc:
         "Chassis": ref(f"{V1}/Chassis"),
         "Links": {},
     }
+    if telemetry:
+        doc["TelemetryService"] = ref(f"{V1}/TelemetryService")
     if sessions:
         doc["SessionService"] = ref(f"{V1}/SessionService")
         doc["Links"] = {"Sessions": ref(f"{V1}/SessionService/Sessions")}
@@ -139,20 +144,74 @@ class Shape:
                 **reading,
             }
 
-    def power(self, cid: str, watts: float, *, contains: tuple[str, ...] = ()) -> None:
-        uri = self.add_chassis(cid, contains=contains, Power="Power")
+    def power(
+        self,
+        cid: str,
+        watts: float,
+        *,
+        contains: tuple[str, ...] = (),
+        capacity_w: float | None = None,
+        limit_w: float | None = None,
+        **links: str,
+    ) -> str:
+        """A chassis with the ``Power`` resource; with ``capacity_w`` its PowerControl[0] has a
+        ``PowerCapacityWatts`` and a ``PowerLimit`` (``limit_w``, ``None``: no limit)."""
+        uri = self.add_chassis(cid, contains=contains, Power="Power", **links)
+        control: Doc = {
+            "@odata.id": f"{uri}/Power#/PowerControl/0",
+            "MemberId": "0",
+            "Name": "Chassis Power Control",
+            "PowerConsumedWatts": watts,
+        }
+        if capacity_w is not None:
+            control["PowerCapacityWatts"] = capacity_w
+            control["PowerLimit"] = {"LimitInWatts": limit_w, "LimitException": "NoAction"}
         self.docs[f"{uri}/Power"] = {
             "@odata.id": f"{uri}/Power",
             "@odata.type": "#Power.v1_7_1.Power",
             "Id": "Power",
             "Name": "Power",
-            "PowerControl": [
-                {
-                    "@odata.id": f"{uri}/Power#/PowerControl/0",
-                    "MemberId": "0",
-                    "Name": "Chassis Power Control",
-                    "PowerConsumedWatts": watts,
-                }
+            "PowerControl": [control],
+        }
+        return uri
+
+    def control(self, uri: str, *, low_w: float, high_w: float) -> str:
+        """A power-limit ``Control`` at ``uri`` (no limit set)."""
+        self.docs[uri] = {
+            "@odata.id": uri,
+            "@odata.type": "#Control.v1_5_0.Control",
+            "Id": uri.rsplit("/", 1)[-1],
+            "Name": "Power Limit",
+            "ControlType": "Power",
+            "SetPoint": None,
+            "AllowableMin": low_w,
+            "AllowableMax": high_w,
+            "ControlMode": "Disabled",
+        }
+        return uri
+
+    def report(self, entries: list[tuple[str, object]]) -> None:
+        """The TelemetryService with one MetricReport of ``(MetricProperty, MetricValue)``."""
+        telemetry = f"{V1}/TelemetryService"
+        reports = f"{telemetry}/MetricReports"
+        path = f"{reports}/PowerReport"
+        self.docs[telemetry] = {
+            "@odata.id": telemetry,
+            "@odata.type": "#TelemetryService.v1_3_1.TelemetryService",
+            "Id": "TelemetryService",
+            "Name": "Telemetry Service",
+            "MetricReports": ref(reports),
+        }
+        self.docs[reports] = collection(reports, [path])
+        self.docs[path] = {
+            "@odata.id": path,
+            "@odata.type": "#MetricReport.v1_5_0.MetricReport",
+            "Id": "PowerReport",
+            "Name": "Power report",
+            "Timestamp": "2026-01-01T00:00:00Z",
+            "MetricValues": [
+                {"MetricId": prop.rsplit("/", 2)[-2], "MetricProperty": prop, "MetricValue": value}
+                for prop, value in entries
             ],
         }
 
@@ -198,7 +257,12 @@ class FakeBmc:
     """Whether HTTP Basic credentials are accepted."""
     refuse_after_login: frozenset[str] = frozenset()
     """Paths answered 401 whatever the credentials (a user without the privilege)."""
+    refuse_patch: bool = False
+    """Whether every PATCH is refused (400 ``PropertyValueOutOfRange``, as a BMC with a narrower
+    range than it publishes answers)."""
     requests: list[tuple[str, str]] = field(default_factory=list)
+    patches: list[tuple[str, Doc, str | None]] = field(default_factory=list)
+    """Every PATCH: path, body, ``If-Match``."""
     tokens: dict[str, str] = field(default_factory=dict)
     session_posts: int = 0
     deleted: list[str] = field(default_factory=list)
@@ -225,7 +289,8 @@ class FakeBmc:
         self.requests.append((request.method, path))
         sessions = f"{V1}/SessionService/Sessions"
         if request.method == "GET" and path == V1:
-            return JSONResponse(service_root(sessions=self.session_service))
+            telemetry = f"{V1}/TelemetryService" in self.shape.docs
+            return JSONResponse(service_root(sessions=self.session_service, telemetry=telemetry))
         if request.method == "POST" and path == sessions and self.session_service:
             return await self._create_session(request)
         if not self._authorised(request) or path in self.refuse_after_login:
@@ -238,8 +303,26 @@ class FakeBmc:
         if path == f"{V1}/Chassis":
             return JSONResponse(collection(path, self.shape.chassis))
         doc = self.shape.docs.get(path)
+        if request.method == "PATCH" and doc is not None:
+            return await self._patch(request, path, doc)
         if request.method != "GET" or doc is None:
             return error(404, "Base.1.8.ResourceMissingAtURI", f"{path} is not here.")
+        etag = doc.get("@odata.etag")
+        return JSONResponse(doc, headers={"ETag": etag} if etag else None)
+
+    async def _patch(self, request: Request, path: str, doc: Doc) -> Response:
+        """Set a Control's ``SetPoint`` or a Power resource's ``PowerControl[0].PowerLimit``."""
+        body = await request.json()
+        if_match = request.headers.get("if-match")
+        self.patches.append((path, body, if_match))
+        if doc.get("@odata.etag") and if_match != doc["@odata.etag"]:
+            return error(412, "Base.1.8.PreconditionFailed", "The ETag does not match.")
+        if self.refuse_patch:
+            return error(400, "Base.1.8.PropertyValueOutOfRange", "The value is out of range.")
+        if "PowerControl" in doc:
+            doc["PowerControl"][0]["PowerLimit"].update(body["PowerControl"][0]["PowerLimit"])
+        else:
+            doc.update(body)
         return JSONResponse(doc)
 
     async def _create_session(self, request: Request) -> Response:
@@ -541,6 +624,146 @@ async def test_a_source_that_disappears_is_replaced_by_the_next_one_offered(
     shape.docs[f"{uri}/Power"] = {"PowerControl": [{"PowerConsumedWatts": 1400.0}]}
     assert values(await driver.read())["bmc.total_power"] == 1400.0
     assert driver.power_sources == {"Rack1": "Power"}
+
+
+# ---- power-limit writes --------------------------------------------------------------------------
+
+
+def legacy_rack(*, etag: bool = False) -> Shape:
+    """One rack of an older BMC: Power (PowerCapacityWatts 5 kW, no limit) and nothing newer."""
+    shape = Shape()
+    uri = shape.power("Rack1", 3000.0, capacity_w=5000.0, limit_w=None)
+    if etag:
+        shape.docs[f"{uri}/Power"]["@odata.etag"] = 'W/"power-1"'
+    return shape
+
+
+async def test_a_bmc_with_only_the_power_resource_takes_its_limit_there(
+    start_bmc: StartBmc, connect: Connect
+) -> None:
+    """No Control offered: the limit is PATCHed as PowerControl[0].PowerLimit.LimitInWatts of
+    the Power resource (with If-Match when it has an ETag) and the next read shows it."""
+    bmc = await start_bmc(legacy_rack(etag=True))
+    driver = await connect(bmc, power_limit_writes=True)
+    assert "bmc.rack1_power_limit" not in values(await driver.read())
+    await driver.write("rack1_power_limit", 4200.0)
+    power = f"{chassis_uri('Rack1')}/Power"
+    body = {"PowerControl": [{"PowerLimit": {"LimitInWatts": 4200.0}}]}
+    assert bmc.patches == [(power, body, 'W/"power-1"')]
+    assert not any("Controls" in path for _, path in bmc.requests)
+    got = values(await driver.read())
+    assert (got["bmc.rack1_power"], got["bmc.rack1_power_limit"]) == (3000.0, 4200.0)
+
+
+async def test_a_limit_above_the_power_capacity_never_reaches_the_bmc(
+    start_bmc: StartBmc, connect: Connect
+) -> None:
+    """PowerCapacityWatts bounds a Power resource's limit; the refusal names the range and
+    the resource; a negative limit is refused the same way."""
+    bmc = await start_bmc(legacy_rack())
+    driver = await connect(bmc, power_limit_writes=True)
+    power = f"{chassis_uri('Rack1')}/Power"
+    with pytest.raises(WriteRefusedError, match=rf"outside \[0, 5000\] W allowed by {power}"):
+        await driver.write("rack1_power_limit", 6000.0)
+    with pytest.raises(WriteRefusedError, match="outside"):
+        await driver.write("rack1_power_limit", -1.0)
+    assert bmc.patches == []
+
+
+async def test_a_bmc_refusing_the_power_patch_is_a_device_error_with_its_message(
+    start_bmc: StartBmc, connect: Connect
+) -> None:
+    """The BMC's own 400 travels in the DeviceError, naming the PATCH and the resource."""
+    bmc = await start_bmc(legacy_rack(), refuse_patch=True)
+    driver = await connect(bmc, power_limit_writes=True)
+    power = f"{chassis_uri('Rack1')}/Power"
+    with pytest.raises(DeviceError, match=rf"PATCH {power}: 400 .*PropertyValueOutOfRange"):
+        await driver.write("rack1_power_limit", 1000.0)
+
+
+async def test_a_control_is_preferred_to_the_power_resource_when_both_are_offered(
+    start_bmc: StartBmc, connect: Connect
+) -> None:
+    """Rack1: EnvironmentMetrics names its Control; Rack2 links Controls. Both also link Power,
+    yet the limit is written as the Control's SetPoint (ControlMode set Automatic)."""
+    shape = Shape()
+    rack1 = shape.power("Rack1", 3000.0, capacity_w=5000.0, EnvironmentMetrics="EnvironmentMetrics")
+    named = shape.control(f"{rack1}/Controls/CappingA", low_w=500.0, high_w=5000.0)
+    shape.docs[f"{rack1}/EnvironmentMetrics"] = {
+        "@odata.id": f"{rack1}/EnvironmentMetrics",
+        "PowerLimitWatts": {"DataSourceUri": named, "SetPoint": None, "ControlMode": "Disabled"},
+    }
+    rack2 = shape.power("Rack2", 2000.0, capacity_w=5000.0, Controls="Controls")
+    conventional = shape.control(f"{rack2}/Controls/PowerLimit", low_w=500.0, high_w=5000.0)
+    bmc = await start_bmc(shape)
+    driver = await connect(bmc, power_limit_writes=True)
+    await driver.write("rack1_power_limit", 2500.0)
+    await driver.write("rack2_power_limit", 1500.0)
+    assert [(path, body) for path, body, _ in bmc.patches] == [
+        (named, {"SetPoint": 2500.0, "ControlMode": "Automatic"}),
+        (conventional, {"SetPoint": 1500.0, "ControlMode": "Automatic"}),
+    ]
+
+
+async def test_a_control_with_one_bound_refuses_beyond_it_naming_the_open_end(
+    start_bmc: StartBmc, connect: Connect
+) -> None:
+    """A Control without AllowableMin: a value above AllowableMax is a WriteRefusedError whose
+    range shows the open end (it was a TypeError out of the message's formatting)."""
+    shape = Shape()
+    rack = shape.power("Rack1", 3000.0, Controls="Controls")
+    control = shape.control(f"{rack}/Controls/PowerLimit", low_w=500.0, high_w=5000.0)
+    del shape.docs[control]["AllowableMin"]
+    bmc = await start_bmc(shape)
+    driver = await connect(bmc, power_limit_writes=True)
+    with pytest.raises(WriteRefusedError, match=r"outside \[-inf, 5000\] W allowed by"):
+        await driver.write("rack1_power_limit", 6000.0)
+    await driver.write("rack1_power_limit", 100.0)
+    assert shape.docs[control]["SetPoint"] == 100.0
+
+
+# ---- metric reports ------------------------------------------------------------------------------
+
+
+async def test_a_report_of_supply_inputs_and_power_control_is_read_in_one_get(
+    start_bmc: StartBmc, connect: Connect
+) -> None:
+    """The report carries the enclosure's PowerControl/0, its blades' EnvironmentMetrics and a
+    rack's power supplies (and, for the rack, a PowerControl and a sensor that are not added):
+    every chassis is read from the report, each watt counted once."""
+    shape = Shape()
+    shape.power("Enclosure", 5000.0, contains=("Blade1", "Blade2"))
+    shape.environment_metrics("Blade1", 2000.0, 24.0)
+    shape.environment_metrics("Blade2", 2500.0, 25.0)
+    shape.power_subsystem("Rack2", [700.0, 800.0])
+    base = f"{V1}/Chassis"
+    supplies = f"{base}/Rack2/PowerSubsystem/PowerSupplies"
+    shape.report(
+        [
+            (f"{base}/Enclosure/Power#/PowerControl/0/PowerConsumedWatts", "5000"),
+            (f"{base}/Enclosure/Power#/PowerControl/1/PowerConsumedWatts", "1200"),
+            (f"{base}/Blade1/EnvironmentMetrics#/PowerWatts/Reading", "2000"),
+            (f"{base}/Blade2/EnvironmentMetrics#/PowerWatts/Reading", "2500"),
+            (f"{supplies}/PSU1/Metrics#/InputPowerWatts/Reading", "700"),
+            (f"{supplies}/PSU2/Metrics#/InputPowerWatts/Reading", "800"),
+            (f"{base}/Rack2/Power#/PowerControl/0/PowerConsumedWatts", "1490"),
+            (f"{base}/Rack2/Sensors/TotalPower#/Reading", "1495"),
+        ]
+    )
+    bmc = await start_bmc(shape)
+    driver = await connect(bmc)
+    assert driver.report_path == f"{V1}/TelemetryService/MetricReports/PowerReport"
+    bmc.requests.clear()
+    got = values(await driver.read())
+    assert bmc.requests == [("GET", f"{V1}/TelemetryService/MetricReports/PowerReport")]
+    assert got == {
+        "bmc.enclosure_power": 5000.0,
+        "bmc.blade1_power": 2000.0,
+        "bmc.blade2_power": 2500.0,
+        "bmc.rack2_power": 1500.0,
+        "bmc.total_power": 5000.0 + 1500.0,
+    }
+    assert set(driver.power_sources.values()) == {"MetricReport"}
 
 
 # ---- HTTPS ---------------------------------------------------------------------------------------

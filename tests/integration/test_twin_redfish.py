@@ -10,8 +10,10 @@ import httpx
 import pytest
 
 from pswd_gateway.config import RedfishDeviceConfig
+from pswd_gateway.errors import DeviceError, WriteRefusedError
 from pswd_gateway.simulation.config import HALLS, SimulationConfig
 from pswd_gateway.simulation.twin import Twin
+from pswd_gateway.southbound.redfish.driver import RedfishDriver
 
 pytestmark = pytest.mark.integration
 
@@ -77,3 +79,46 @@ async def test_a_twin_switched_to_the_power_resource_serves_power_control_only(
             env = await client.get("/redfish/v1/Chassis/Rack001/EnvironmentMetrics")
             assert env.status_code == 404
             assert "TelemetryService" not in (await client.get("/redfish/v1")).json()
+
+
+async def test_a_limit_written_through_the_power_resource_caps_the_twins_rack(
+    twin_config: SimulationConfig,
+) -> None:
+    """Against the twin's older BMC (power_resource = "Power", two racks, so each draws more
+    than its lowest limit), the driver writes the limit through PowerControl[0].PowerLimit and
+    the rack's PowerConsumedWatts drops to it; the twin refuses a limit below its range with the
+    Redfish message, and one above PowerCapacityWatts never leaves the gateway."""
+    redfish = twin_config.redfish.model_copy(
+        update={"enabled": True, "racks_per_hall": 2, "power_resource": "Power"}
+    )
+    async with Twin(twin_config.model_copy(update={"redfish": redfish})) as twin:
+        host, port = twin.endpoints["gpu_hall_a"]
+        device = RedfishDeviceConfig.model_validate(
+            {
+                "name": "gpu_hall_a",
+                "base_url": f"http://{host}:{port}",
+                "username": redfish.username,
+                "password": redfish.password,
+                "timeout_ms": 3000,
+                "power_limit_writes": True,
+            }
+        )
+        driver = RedfishDriver(device)
+        try:
+            await driver.connect()
+            before = {p.name: p.value for p in await driver.read()}
+            assert driver.power_sources == {"Rack001": "Power", "Rack002": "Power"}
+            low_w = redfish.rack_min_limit_fraction * redfish.rack_rated_kw * 1e3
+            limit_w = low_w + 1000.0
+            assert before["gpu_hall_a.rack001_power"] > limit_w
+            await driver.write("rack001_power_limit", limit_w)
+            after = {p.name: p.value for p in await driver.read()}
+            with pytest.raises(DeviceError, match="PropertyValueOutOfRange"):
+                await driver.write("rack001_power_limit", low_w / 2)
+            with pytest.raises(WriteRefusedError, match="outside"):
+                await driver.write("rack001_power_limit", 2e3 * redfish.rack_rated_kw)
+        finally:
+            await driver.close()
+    assert after["gpu_hall_a.rack001_power_limit"] == limit_w
+    assert after["gpu_hall_a.rack001_power"] == pytest.approx(limit_w)
+    assert "gpu_hall_a.rack002_power_limit" not in after

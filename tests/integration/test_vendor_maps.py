@@ -1,7 +1,8 @@
 """Non-SunSpec vendor register maps, read (and written) by the gateway's driver from the twin.
 
 The twin serves each map (``config/devices/eastron-sdm630.toml``: IEEE 754 floats in input
-registers; ``config/devices/chiller-controller.toml``: int16 tenths in holding registers) from
+registers; ``config/devices/chiller-controller.toml``: int16 tenths in holding registers;
+``config/devices/trane-pic-rthd.toml``: a Trane PIC's (°C + 45) * 10 in input registers) from
 its physics over loopback, on a frozen clock so that what the device served is exactly what the
 test samples. Faulty sensors are made by overwriting a register after each refresh: a "not
 available" pattern turns the point invalid (never a good -3276.8 °C), an implausible reading
@@ -20,6 +21,7 @@ from pymodbus.constants import ExcCodes
 from pswd_gateway.config import DEVICE_MAPS_DIR, ModbusDeviceConfig
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.domain.units import to_si
+from pswd_gateway.errors import WriteRefusedError
 from pswd_gateway.simulation.clock import SimClock
 from pswd_gateway.simulation.config import SimulationConfig
 from pswd_gateway.simulation.devices import (
@@ -28,6 +30,7 @@ from pswd_gateway.simulation.devices import (
     chiller_controller_bank,
     sdm630_bank,
     thermal_plant_bank,
+    trane_pic_rthd_bank,
 )
 from pswd_gateway.simulation.modbus_servers import ModbusDeviceServer
 from pswd_gateway.simulation.physics import SitePhysics
@@ -196,11 +199,42 @@ async def test_chiller_controller_is_read_and_its_setpoints_written(
     assert after["demand_limit"].value == pytest.approx(0.8, abs=1e-3)
 
 
+async def test_trane_pic_rthd_is_read_in_the_pics_variable_format(site: SiteContext) -> None:
+    """Table 7 of the PIC's manual (BAS-SVX08D-E4) read from input registers: a temperature
+    travels as (°C + 45) * 10 and decodes to the plant's; capacity in whole percent arrives as a
+    ratio; the Chiller Status bitfield (Appendix Table A) says run mode and cooling while the
+    chillers draw power; the map is read-only, so a setpoint write never reaches the wire."""
+    bank = trane_pic_rthd_bank(site)
+    truth = site.sample()
+    regmap = load_device_map(DEVICE_MAPS_DIR / "trane-pic-rthd.toml")
+    raw = bank.registers[regmap.point("chw_supply_temp").address - bank.base]
+    assert raw == round((truth.chw_supply_c + 45.0) * 10.0)
+    async with serving("rthd", bank, "trane-pic-rthd") as driver:
+        assert driver.regmap.table == "input"
+        points = by_point(await driver.read())
+        with pytest.raises(WriteRefusedError, match="read-only"):
+            await driver.write("active_chw_setpoint", 16.0)
+    assert {p.quality for p in points.values()} == {Quality.GOOD}
+    assert set(points) == {p.name for p in regmap.points}
+    assert points["chw_supply_temp"].value == pytest.approx(truth.chw_supply_c, abs=TENTH)
+    assert points["chw_return_temp"].value == pytest.approx(truth.chw_return_c, abs=TENTH)
+    assert points["active_chw_setpoint"].value == pytest.approx(truth.chw_setpoint_c, abs=TENTH)
+    assert points["chw_supply_temp"].unit == "degC"
+    assert points["capacity"].unit == "ratio"
+    assert 0.0 <= points["capacity"].value <= 1.0
+    assert points["current_limit"].value == pytest.approx(1.0)
+    status = int(points["chiller_status"].value)
+    assert status & 0x000F == (2 if truth.chiller_w > 0.0 else 0)  # run mode: 2 = run
+    assert status & 0x00F0 == 0  # operating mode: 0 = cooling
+    assert status & (1 << 9)  # enabled
+
+
 @pytest.mark.parametrize(
     ("make_bank", "register_map", "address", "raw"),
     [
         pytest.param(thermal_plant_bank, "thermal-plant", 0, 0x8000, id="thermal-plant-0x8000"),
         pytest.param(chiller_controller_bank, "chiller-controller", 1, 0x7FFF, id="chiller-0x7fff"),
+        pytest.param(trane_pic_rthd_bank, "trane-pic-rthd", 4, 0xFFFF, id="trane-pic-0xffff"),
     ],
 )
 async def test_failed_chw_supply_sensor_is_never_published_as_a_good_value(

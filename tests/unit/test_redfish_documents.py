@@ -101,11 +101,15 @@ def test_only_finite_numbers_and_numeric_strings_are_values(
 
 
 def test_entries_for_other_metrics_or_malformed_properties_are_skipped() -> None:
-    """Only EnvironmentMetrics power/inlet/limit properties of a chassis are read."""
+    """Properties the driver does not read, of parts or of no chassis, give no sample."""
     doc = {
         "MetricValues": [
             {
-                "MetricProperty": "/redfish/v1/Chassis/A/Power#/PowerControl/0/PowerConsumedWatts",
+                "MetricProperty": "/redfish/v1/Chassis/A/Power#/PowerControl/1/PowerConsumedWatts",
+                "MetricValue": "1",
+            },
+            {
+                "MetricProperty": "/redfish/v1/Chassis/A/Sensors/TotalPower#/Reading",
                 "MetricValue": "1",
             },
             {
@@ -289,6 +293,11 @@ properties = st.sampled_from(
         "/redfish/v1/Chassis/R%ZZ/EnvironmentMetrics#/TemperatureCelsius/Reading",
         "/redfish/v1/Chassis/R1/EnvironmentMetrics/#/PowerLimitWatts/SetPoint",
         "/redfish/v1/Chassis//EnvironmentMetrics#/PowerWatts/Reading",
+        "/redfish/v1/Chassis/R1/PowerSubsystem/PowerSupplies/P1/Metrics#/InputPowerWatts/Reading",
+        "/redfish/v1/Chassis/R1/PowerSubsystem/PowerSupplies/P%2/Metrics/#/InputPowerWatts/Reading",
+        "/redfish/v1/Chassis/R1/Power#/PowerControl/0/PowerConsumedWatts",
+        "/redfish/v1/Chassis/R1/Power/#/PowerControl/0/PowerLimit/LimitInWatts",
+        "/redfish/v1/Chassis/R1/Sensors/S1#/Reading",
         "x",
         "",
     ]

@@ -273,15 +273,20 @@ def test_an_input_register_map_has_no_writable_point() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "table"), [("eastron-sdm630", "input"), ("chiller-controller", "holding")]
+    ("name", "table", "point"),
+    [
+        ("eastron-sdm630", "input", "frequency"),
+        ("chiller-controller", "holding", "chw_supply_temp"),
+        ("trane-pic-rthd", "input", "chw_supply_temp"),
+    ],
 )
-def test_shipped_vendor_maps_load(name: str, table: str) -> None:
+def test_shipped_vendor_maps_load(name: str, table: str, point: str) -> None:
     """The vendor maps are valid plain maps, every point with a plausible range or a reason not
     to have one (signed powers, codes), read from the table their device keeps them in."""
     regmap = load_device_map(DEVICE_MAPS_DIR / f"{name}.toml")
     assert not isinstance(regmap, SunSpecRegisterMap)
     assert regmap.table == table
-    assert regmap.point("frequency" if table == "input" else "chw_supply_temp").valid_range
+    assert regmap.point(point).valid_range
 
 
 def test_shipped_maps_bound_temperatures_and_frequency() -> None:

@@ -33,7 +33,10 @@ __all__ = [
     "parse_control",
     "parse_environment_metrics",
     "parse_metric_report",
+    "parse_power_limit",
     "parse_power_resource",
+    "power_limit_patch",
+    "power_limit_uri",
     "power_sensor_total",
     "power_supply_input_w",
     "safe_path",
@@ -42,14 +45,42 @@ __all__ = [
 
 MAX_PATH_CHARS: Final = 2048
 
-# MetricProperty of a MetricReport entry: <chassis URI>/EnvironmentMetrics#/<property path>
-_METRIC_PROPERTY = re.compile(r"/redfish/v1/Chassis/([^/#?]+)/EnvironmentMetrics/?#/(.+)")
-_POWER, _INLET, _LIMIT = (
-    "PowerWatts/Reading",
-    "TemperatureCelsius/Reading",
-    "PowerLimitWatts/SetPoint",
+
+class _Metric(StrEnum):
+    """What a MetricReport entry read by this module carries."""
+
+    ENV_POWER = "EnvironmentMetrics power"
+    INLET = "EnvironmentMetrics inlet temperature"
+    ENV_LIMIT = "EnvironmentMetrics power limit"
+    SUPPLY_INPUT = "power supply input"
+    CONSUMED = "PowerControl consumed power"
+    POWER_LIMIT = "PowerControl power limit"
+
+
+_CHASSIS_URI = r"/redfish/v1/Chassis/([^/#?]+)"
+_ENV = _CHASSIS_URI + r"/EnvironmentMetrics/?#/"
+_POWER_CONTROL = _CHASSIS_URI + r"/Power/?#/PowerControl/0/"
+_METRIC_PROPERTIES: Final = (
+    # MetricProperty (group 1: the chassis id; for a supply, group 2: its id) → what it carries
+    (re.compile(_ENV + "PowerWatts/Reading"), _Metric.ENV_POWER),
+    (re.compile(_ENV + "TemperatureCelsius/Reading"), _Metric.INLET),
+    (re.compile(_ENV + "PowerLimitWatts/SetPoint"), _Metric.ENV_LIMIT),
+    (
+        re.compile(
+            _CHASSIS_URI + r"/PowerSubsystem/PowerSupplies/([^/#?]+)/Metrics/?"
+            r"#/InputPowerWatts/Reading"
+        ),
+        _Metric.SUPPLY_INPUT,
+    ),
+    (re.compile(_POWER_CONTROL + "PowerConsumedWatts"), _Metric.CONSUMED),
+    (re.compile(_POWER_CONTROL + "PowerLimit/LimitInWatts"), _Metric.POWER_LIMIT),
 )
-_PROPERTIES: Final = frozenset({_POWER, _INLET, _LIMIT})
+"""The report properties read, as DMTF's schemas name them. Of ``PowerControl`` only the first
+member is read, as from the ``Power`` resource itself: the others may cover parts of the chassis
+(their ``PhysicalContext``, ``RelatedItem``), and added to it they would count power twice.
+``Sensors/<id>#/Reading`` is not read: an entry does not say whether that sensor measures power,
+nor whether of the whole chassis or of a part (``ReadingType`` and ``PhysicalContext`` are in
+the Sensor resource only)."""
 _UNSAFE = re.compile(r"[^a-z0-9_]+")
 _PATH_OK = re.compile(r"/[\x21-\x7e]*")
 _RESERVED: Final = frozenset({"total"})
@@ -160,44 +191,88 @@ def chassis_id_of(path: str) -> str:
     return unquote(path.rstrip("/").rsplit("/", 1)[-1])
 
 
+def _metric_target(prop: object) -> tuple[_Metric, str, str] | None:
+    """``(what, chassis id, supply id)`` of a ``MetricProperty`` this module reads, else
+    ``None``; the supply id is ``""`` but for a power supply's input."""
+    if not isinstance(prop, str) or len(prop) > MAX_PATH_CHARS:
+        return None
+    for pattern, metric in _METRIC_PROPERTIES:
+        match = pattern.fullmatch(prop)
+        if match is not None:
+            supply = unquote(match.group(2)) if metric is _Metric.SUPPLY_INPUT else ""
+            return metric, unquote(match.group(1)), supply
+    return None
+
+
+@dataclass(slots=True)
+class _ReportChassis:
+    """What one report says of one chassis: a value and its time per metric (and per supply)."""
+
+    values: dict[_Metric, float]
+    stamps: dict[_Metric, float]
+    supplies: dict[str, tuple[float, float]]  # supply id → (W, time)
+
+    def take(self, metric: _Metric, supply: str, value: float, ts: float) -> None:
+        """Keep a value; a metric (or supply) named twice keeps its last value."""
+        if metric is _Metric.SUPPLY_INPUT:
+            self.supplies[supply] = (value, ts)
+        else:
+            self.values[metric], self.stamps[metric] = value, ts
+
+    def sample(self) -> ChassisSample:
+        """The chassis' sample: power from one source, each watt once."""
+        stamps: list[float] = []
+        power: float | None = None
+        if _Metric.ENV_POWER in self.values:
+            power = self.values[_Metric.ENV_POWER]
+            stamps.append(self.stamps[_Metric.ENV_POWER])
+        elif self.supplies:
+            total = math.fsum(w for w, _ in self.supplies.values())
+            power = total if math.isfinite(total) else None
+            stamps.extend(ts for _, ts in self.supplies.values())
+        elif _Metric.CONSUMED in self.values:
+            power = self.values[_Metric.CONSUMED]
+            stamps.append(self.stamps[_Metric.CONSUMED])
+        limit = _Metric.ENV_LIMIT if _Metric.ENV_LIMIT in self.values else _Metric.POWER_LIMIT
+        stamps.extend(self.stamps[m] for m in (_Metric.INLET, limit) if m in self.stamps)
+        return ChassisSample(
+            power_w=power,
+            inlet_temp_c=self.values.get(_Metric.INLET),
+            power_limit_w=self.values.get(limit),
+            source_ts=min(stamps),
+        )
+
+
 def parse_metric_report(device: str, doc: object, received: float) -> dict[str, ChassisSample]:
     """Per-chassis samples from a ``MetricReport`` (keyed by chassis id).
 
-    Entries whose ``MetricProperty`` is a chassis' ``EnvironmentMetrics#/PowerWatts/Reading``,
-    ``…/TemperatureCelsius/Reading`` or ``…/PowerLimitWatts/SetPoint`` are used; other entries and
-    entries with a value that is not a finite number are skipped. Timestamps come from the entry,
-    else the report, else ``received``. Raises :class:`DeviceError` when ``doc`` is not a
-    MetricReport at all.
+    Read from a chassis' entries: ``EnvironmentMetrics#/PowerWatts/Reading``,
+    ``…/TemperatureCelsius/Reading`` and ``…/PowerLimitWatts/SetPoint``;
+    ``PowerSubsystem/PowerSupplies/<id>/Metrics#/InputPowerWatts/Reading`` (summed over the
+    supplies); ``Power#/PowerControl/0/PowerConsumedWatts`` and ``…/PowerLimit/LimitInWatts``.
+    A chassis' power comes from one of them, in the driver's order — EnvironmentMetrics, then
+    the supplies' sum, then PowerControl — so a report carrying several counts no watt twice.
+    Other entries, and entries whose value is not a finite number, are skipped. Timestamps come
+    from the entry, else the report, else ``received``; a sample's is the oldest of the entries
+    it was made from. Raises :class:`DeviceError` when ``doc`` is not a MetricReport at all.
     """
     if not isinstance(doc, Mapping) or not isinstance(doc.get("MetricValues"), list):
         raise DeviceError(device, "the metric report has no MetricValues list")
     report_ts = timestamp(doc.get("Timestamp"))
     default_ts = received if report_ts is None else report_ts
-    found: dict[str, dict[str, float]] = {}
-    stamps: dict[str, float] = {}
+    found: dict[str, _ReportChassis] = {}
     for entry in doc["MetricValues"]:
         if not isinstance(entry, Mapping):
             continue
-        prop = entry.get("MetricProperty")
-        match = _METRIC_PROPERTY.fullmatch(prop) if isinstance(prop, str) else None
-        if match is None or match.group(2) not in _PROPERTIES:
+        target = _metric_target(entry.get("MetricProperty"))
+        value = None if target is None else number(entry.get("MetricValue"))
+        if target is None or value is None:
             continue
-        value = number(entry.get("MetricValue"))
-        if value is None:
-            continue
-        cid = unquote(match.group(1))
-        found.setdefault(cid, {})[match.group(2)] = value
+        metric, cid, supply = target
         ts = timestamp(entry.get("Timestamp"))
-        stamps[cid] = min(stamps.get(cid, math.inf), default_ts if ts is None else ts)
-    return {
-        cid: ChassisSample(
-            power_w=values.get(_POWER),
-            inlet_temp_c=values.get(_INLET),
-            power_limit_w=values.get(_LIMIT),
-            source_ts=stamps[cid],
-        )
-        for cid, values in found.items()
-    }
+        chassis = found.setdefault(cid, _ReportChassis({}, {}, {}))
+        chassis.take(metric, supply, value, default_ts if ts is None else ts)
+    return {cid: chassis.sample() for cid, chassis in found.items()}
 
 
 def _reading(doc: Mapping[str, Any], section: str, field: str) -> float | None:
@@ -237,18 +312,56 @@ def power_supply_input_w(doc: object) -> float | None:
     return _reading(doc, "InputPowerWatts", "Reading") if isinstance(doc, Mapping) else None
 
 
-def parse_power_resource(doc: object, sent: float) -> ChassisSample | None:
-    """A sample from the older ``Power`` resource: ``PowerControl[0].PowerConsumedWatts``.
-
-    ``None`` when there is no such reading (no ``PowerControl`` list, or no number in it).
-    """
-    if not isinstance(doc, Mapping):
-        return None
-    controls = doc.get("PowerControl")
+def _first_power_control(doc: object) -> Mapping[str, Any] | None:
+    """``PowerControl[0]`` of a ``Power`` resource: the chassis' own power control."""
+    controls = doc.get("PowerControl") if isinstance(doc, Mapping) else None
     if not isinstance(controls, list) or not controls or not isinstance(controls[0], Mapping):
         return None
-    watts = number(controls[0].get("PowerConsumedWatts"))
-    return None if watts is None else ChassisSample(power_w=watts, source_ts=sent)
+    return controls[0]
+
+
+def parse_power_resource(doc: object, sent: float) -> ChassisSample | None:
+    """A sample from the older ``Power`` resource: ``PowerControl[0].PowerConsumedWatts``, and
+    its ``PowerLimit.LimitInWatts`` as the power limit (``null``: no limit).
+
+    ``None`` when there is no power reading (no ``PowerControl`` list, or no number in it).
+    """
+    control = _first_power_control(doc)
+    watts = None if control is None else number(control.get("PowerConsumedWatts"))
+    if control is None or watts is None:
+        return None
+    return ChassisSample(
+        power_w=watts,
+        power_limit_w=_reading(control, "PowerLimit", "LimitInWatts"),
+        source_ts=sent,
+    )
+
+
+def parse_power_limit(device: str, doc: object) -> ControlLimits:
+    """The power limit of a ``Power`` resource as Control limits: ``PowerControl[0]``'s
+    ``PowerLimit.LimitInWatts`` is the set point, allowed from 0 (the schema's minimum) to its
+    ``PowerCapacityWatts`` (when given: a limit above what the chassis can be allocated limits
+    nothing). Raises :class:`DeviceError` when there is no ``PowerControl[0]`` to carry one.
+    """
+    if not isinstance(doc, Mapping):
+        raise DeviceError(device, "the Power resource is not a JSON object")
+    control = _first_power_control(doc)
+    if control is None:
+        raise DeviceError(
+            device, "the Power resource has no PowerControl[0] object to carry a power limit"
+        )
+    return ControlLimits(
+        set_point_w=_reading(control, "PowerLimit", "LimitInWatts"),
+        allowable_min_w=0.0,
+        allowable_max_w=number(control.get("PowerCapacityWatts")),
+        control_mode=None,
+    )
+
+
+def power_limit_patch(watts: float) -> dict[str, Any]:
+    """The PATCH of a ``Power`` resource that sets ``PowerControl[0].PowerLimit.LimitInWatts``:
+    a one-member ``PowerControl`` array naming only that property."""
+    return {"PowerControl": [{"PowerLimit": {"LimitInWatts": watts}}]}
 
 
 _TOTAL_CONTEXTS: Final = ("Chassis", "PowerSupply")

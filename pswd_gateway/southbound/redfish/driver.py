@@ -8,13 +8,20 @@ Reading strategy, fastest first:
    fresh. A lost stream is logged, reads fall back to (2) at once, and the task reconnects with
    ``Last-Event-ID`` and exponential back-off.
 2. **MetricReport** — one GET of the TelemetryService report that carries every chassis'
-   ``EnvironmentMetrics#/PowerWatts/Reading``.
+   power: ``EnvironmentMetrics#/PowerWatts/Reading``, its power supplies'
+   ``Metrics#/InputPowerWatts/Reading`` or ``Power#/PowerControl/0/PowerConsumedWatts``
+   (:func:`~pswd_gateway.southbound.redfish.documents.parse_metric_report`).
 3. **Per chassis**, at most :data:`CONCURRENCY` GETs at a time, from the first source the chassis
    offers: ``EnvironmentMetrics.PowerWatts``, the ``PowerSubsystem``'s power-supply metrics
    (``InputPowerWatts`` summed), the older ``Power`` resource
    (``PowerControl[0].PowerConsumedWatts``), then its ``Sensors`` of ``ReadingType`` ``Power``.
    The source found is remembered (:attr:`RedfishDriver.power_sources`, log
    ``redfish_power_source``) and looked for again when it stops answering.
+
+Power limits are written through the chassis' ``Control`` (named by its EnvironmentMetrics, or
+``Controls/PowerLimit``), or through the older ``Power`` resource's
+``PowerControl[0].PowerLimit.LimitInWatts`` when the chassis offers no Control
+(:meth:`RedfishDriver._limit_target`).
 
 The total counts each watt once: a chassis inside another chassis that reports power
 (``Links.Contains`` / ``ContainedBy``, a blade in its enclosure) is not added. Only the chassis
@@ -47,6 +54,7 @@ import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -58,10 +66,12 @@ from pswd_gateway.domain.signals import IT_POWER
 from pswd_gateway.domain.units import SiUnit
 from pswd_gateway.errors import DeviceError, DeviceTimeoutError, WriteRefusedError
 from pswd_gateway.logging import get_logger
+from pswd_gateway.security.tls import default_client_context
 from pswd_gateway.southbound.redfish.documents import (
     MAX_PATH_CHARS,
     ChassisNames,
     ChassisSample,
+    ControlLimits,
     PowerSource,
     chassis_id_of,
     chassis_parents,
@@ -72,7 +82,9 @@ from pswd_gateway.southbound.redfish.documents import (
     parse_control,
     parse_environment_metrics,
     parse_metric_report,
+    parse_power_limit,
     parse_power_resource,
+    power_limit_patch,
     power_limit_uri,
     power_sensor_total,
     power_supply_input_w,
@@ -82,7 +94,7 @@ from pswd_gateway.southbound.redfish.documents import (
 from pswd_gateway.southbound.redfish.sse import SseDecoder, SseEvent, SseProtocolError
 from pswd_gateway.tasks import cancel_and_wait
 
-__all__ = ["CONCURRENCY", "RedfishDriver", "RedfishStats"]
+__all__ = ["CONCURRENCY", "LimitResource", "RedfishDriver", "RedfishStats"]
 
 log = get_logger("southbound.redfish")
 
@@ -160,6 +172,21 @@ class _Plan:
     paths: tuple[str, ...]
 
 
+class LimitResource(StrEnum):
+    """Where a chassis' power limit is written."""
+
+    CONTROL = "Control"
+    """A ``Control`` resource's ``SetPoint`` (with ``AllowableMin``/``AllowableMax``)."""
+    POWER = "Power"
+    """The older ``Power`` resource's ``PowerControl[0].PowerLimit.LimitInWatts``."""
+
+
+@dataclass(frozen=True, slots=True)
+class _LimitTarget:
+    resource: LimitResource
+    path: str
+
+
 @dataclass(frozen=True, slots=True)
 class _Streamed:
     samples: Mapping[str, ChassisSample]
@@ -178,6 +205,13 @@ def _loads(body: bytes | str) -> object:
 
 def _within(value: float, bounds: tuple[float, float]) -> bool:
     return bounds[0] <= value <= bounds[1]
+
+
+def _range_text(limits: ControlLimits) -> str:
+    """``[lo, hi] W`` with an open end where the BMC gave no bound."""
+    lo = "-inf" if limits.allowable_min_w is None else f"{limits.allowable_min_w:g}"
+    hi = "inf" if limits.allowable_max_w is None else f"{limits.allowable_max_w:g}"
+    return f"[{lo}, {hi}] W"
 
 
 def _describe(exc: Exception) -> str:
@@ -213,7 +247,7 @@ class RedfishDriver:
         self._chassis_paths: dict[str, str] = {}
         self._chassis: tuple[str, ...] = ()
         self._chassis_ids: frozenset[str] = frozenset()
-        self._control_paths: dict[str, str] = {}
+        self._limit_targets: dict[str, _LimitTarget] = {}
         self._chassis_docs: dict[str, Mapping[str, Any]] = {}
         self._parents: dict[str, frozenset[str]] = {}
         self._plans: dict[str, _Plan] = {}
@@ -317,7 +351,7 @@ class RedfishDriver:
             self._token = self._basic = None
             self._report_path = self._stream_path = None
             self._chassis_paths.clear()
-            self._control_paths.clear()
+            self._limit_targets.clear()
             self._chassis_docs.clear()
             self._parents.clear()
             self._plans.clear()
@@ -347,7 +381,8 @@ class RedfishDriver:
                     self.name,
                     f"ca_bundle {self.cfg.ca_bundle}: not a readable PEM file ({_describe(exc)})",
                 ) from None
-        return self.cfg.verify_tls
+        # A shared context: building one per connect would block the event loop ~30 ms.
+        return default_client_context() if self.cfg.verify_tls else False
 
     async def _login(self) -> None:
         if not self.cfg.username:
@@ -838,7 +873,8 @@ class RedfishDriver:
     # ---- writing -----------------------------------------------------------------------------
 
     async def write(self, point: str, value: float) -> None:
-        """Set ``<chassis>_power_limit`` (W) through the chassis' power-limit Control."""
+        """Set ``<chassis>_power_limit`` (W) through the chassis' power-limit Control, or through
+        its ``Power`` resource when it offers no Control (see :meth:`_limit_target`)."""
         name = point.removeprefix(f"{self.name}.")
         self._require()
         if not self.cfg.power_limit_writes:
@@ -856,33 +892,92 @@ class RedfishDriver:
             )
         if not math.isfinite(value):
             raise WriteRefusedError(self.name, f"{name} = {value} is not a finite number of W")
-        path = await self._control_path(cid)
+        target = await self._limit_target(cid)
+        try:
+            await self._write_limit(name, target, value)
+        except DeviceError:
+            self._limit_targets.pop(cid, None)  # looked for again: the BMC may have changed
+            raise
+
+    async def _write_limit(self, name: str, target: _LimitTarget, value: float) -> None:
+        """GET the resource, refuse a value it does not allow, PATCH the new limit."""
+        path = target.path
         reply = await self._request("GET", path)
-        limits = parse_control(self.name, self._document("GET", path, reply))
+        doc = self._document("GET", path, reply)
+        body: dict[str, Any]
+        if target.resource is LimitResource.POWER:
+            limits = parse_power_limit(self.name, doc)
+            body = power_limit_patch(value)
+        else:
+            limits = parse_control(self.name, doc)
+            body = {"SetPoint": value}
+            if limits.control_mode == "Disabled":
+                body["ControlMode"] = "Automatic"
         if not limits.allows(value):
-            lo, hi = limits.allowable_min_w, limits.allowable_max_w
             raise WriteRefusedError(
-                self.name, f"{name} = {value:g} W is outside [{lo:g}, {hi:g}] W allowed by {path}"
+                self.name,
+                f"{name} = {value:g} W is outside {_range_text(limits)} allowed by {path}",
             )
-        body: dict[str, Any] = {"SetPoint": value}
-        if limits.control_mode == "Disabled":
-            body["ControlMode"] = "Automatic"
         etag = reply.headers.get("etag")
         headers = {"If-Match": etag} if etag else None
         answer = await self._request("PATCH", path, body=body, headers=headers)
         if answer.status not in (200, 202, 204):
             raise DeviceError(self.name, f"PATCH {path}: {answer.summary()}")
-        log.info("device_write", device=self.name, point=name, value=value, unit="W", path=path)
+        log.info(
+            "device_write",
+            device=self.name,
+            point=name,
+            value=value,
+            unit="W",
+            path=path,
+            resource=target.resource,
+        )
 
-    async def _control_path(self, cid: str) -> str:
-        """The chassis' power-limit Control, as its EnvironmentMetrics names it."""
-        known = self._control_paths.get(cid)
+    async def _limit_target(self, cid: str) -> _LimitTarget:
+        """Where the chassis' power limit is written, in this order of preference:
+
+        1. the Control that ``EnvironmentMetrics.PowerLimitWatts.DataSourceUri`` names;
+        2. ``<chassis>/Controls/PowerLimit`` when the chassis links ``Controls`` or its
+           ``EnvironmentMetrics`` has a ``PowerLimitWatts`` that names no Control;
+        3. the older ``Power`` resource (``PowerControl[0].PowerLimit.LimitInWatts``) when the
+           chassis links it and offers neither of the above;
+        4. ``<chassis>/Controls/PowerLimit`` (where DMTF's mockups put it) otherwise.
+
+        ``EnvironmentMetrics`` is also looked for at ``<chassis>/EnvironmentMetrics`` when the
+        chassis does not link it; an error there then means it has none.
+        """
+        known = self._limit_targets.get(cid)
         if known is not None:
             return known
-        doc = await self._get_optional(self._chassis_path(cid) + "/EnvironmentMetrics")
-        path = power_limit_uri(doc) or self._chassis_path(cid) + "/Controls/PowerLimit"
-        self._control_paths[cid] = path
-        return path
+        chassis = self._chassis_docs.get(cid, {})
+        base = self._chassis_path(cid)
+        env_link = link(chassis, "EnvironmentMetrics")
+        try:
+            env = await self._get_optional(env_link or base + "/EnvironmentMetrics")
+        except DeviceError:
+            if env_link is not None or not chassis:
+                raise
+            env = None
+        named = power_limit_uri(env)
+        power = link(chassis, "Power")
+        has_control = link(chassis, "Controls") is not None or (
+            env is not None and "PowerLimitWatts" in env
+        )
+        if named is not None:
+            target = _LimitTarget(LimitResource.CONTROL, named)
+        elif power is not None and not has_control:
+            target = _LimitTarget(LimitResource.POWER, power)
+        else:
+            target = _LimitTarget(LimitResource.CONTROL, base + "/Controls/PowerLimit")
+        self._limit_targets[cid] = target
+        log.info(
+            "redfish_power_limit_target",
+            device=self.name,
+            chassis=cid,
+            resource=target.resource,
+            path=target.path,
+        )
+        return target
 
     # ---- HTTP --------------------------------------------------------------------------------
 
