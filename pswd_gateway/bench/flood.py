@@ -11,6 +11,8 @@ flooded for ``--seconds`` by another process (:func:`flood`, run as
 - ``opcua``: connections that send a Hello declaring a 4 GiB message, or random bytes;
 - ``iec61850``: connections that send random bytes where a TPKT/COTP connect belongs.
 
+The flooding process runs at ``nice 19`` (:data:`FLOODER_NICE`).
+
 For each phase: the control cycle's lateness (p50, p99, max, from its own histogram, cleared
 when the phase starts), the flood's attempts per second, and the listener's *goodput*: a
 legitimate client asking it one question after another (the soak's probes: ``/metrics``,
@@ -57,6 +59,11 @@ LISTENERS: Final = ("api", "metrics", "opcua", "iec61850")
 SOURCES: Final = {"outsider": "127.0.0.2", "insider": "127.0.0.3"}
 """Where each flood comes from; the legitimate client asks from 127.0.0.1. The run adds the
 insider's address to every zone, as a compromised machine on the plant's networks would be."""
+FLOODER_NICE: Final = 19
+"""The flooding process runs at the lowest CPU priority: an attacker's own CPU is not the edge
+box's, and on a 2-core machine a flooder at the gateway's priority takes a core's share from it
+that no flood over a network would. The kernel's work for the flood (both ends of every loopback
+connection) still runs here at full priority."""
 SETTLE_S: Final = 3.0
 """Between phases: the listener's backlog drains before the next is measured."""
 
@@ -294,6 +301,7 @@ async def _phase(
     flooder = None
     if port is not None:
         flooder = await asyncio.create_subprocess_exec(
+            "nice", "-n", str(FLOODER_NICE),
             sys.executable, "-m", "pswd_gateway.bench.flood", listener, "127.0.0.1", str(port),
             str(seconds), str(connections), SOURCES[source],
             stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pswd_gateway.logging import get_logger
+from pswd_gateway.northbound.acceptor import Acceptor
 from pswd_gateway.security.pki import client_identity, revoked_serials
 
 __all__ = ["AsgiListener", "ClientTls", "ssl_context"]
@@ -26,11 +27,36 @@ START_TIMEOUT_S = 10.0
 
 
 class _EmbeddedServer(uvicorn.Server):
-    """uvicorn inside our event loop: the daemon owns SIGINT/SIGTERM, not the listener."""
+    """uvicorn inside our event loop: the daemon owns SIGINT/SIGTERM, not the listener. With a
+    door, our :class:`~pswd_gateway.northbound.acceptor.Acceptor` accepts on the socket in place
+    of asyncio's server (a refused peer costs an accept and a close, not a connection's set-up)."""
+
+    def __init__(self, config: uvicorn.Config, door: Door | None = None) -> None:
+        super().__init__(config)
+        self.door = door
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.door is None or not sockets:
+            await super().startup(sockets)
+            return
+        config = self.config
+
+        def protocol() -> asyncio.Protocol:  # as uvicorn's startup makes it
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        self.servers = []
+        for sock in sockets:
+            sock.listen(config.backlog)
+            acceptor = Acceptor(sock, self.door, protocol, config.ssl)
+            acceptor.start()
+            self.servers.append(acceptor)  # type: ignore[arg-type]  # close() and wait_closed()
+        self.started = True
 
 
 Door = Callable[[object], object | None]
@@ -203,7 +229,8 @@ class AsgiListener:
         context = None
         if self.tls_cert is not None and self.tls_key is not None:
             context = ssl_context(self.tls_cert, self.tls_key, self.client_tls)
-        guarded = self.admit is not None or self.client_tls is not None
+        # The door is the acceptor's (at accept, before any set-up); the protocol checks what
+        # only the TLS handshake shows (a revoked client certificate).
         config = uvicorn.Config(
             self.app,
             log_level="warning",
@@ -212,14 +239,14 @@ class AsgiListener:
             server_header=False,
             timeout_graceful_shutdown=1,
             http=(
-                _guarded(_Gate(self.admit, self.client_tls, self.peers, self.refused, context))
-                if guarded
+                _guarded(_Gate(None, self.client_tls, self.peers, self.refused, context))
+                if self.client_tls is not None
                 else H11Protocol
             ),
         )
         config.load()
         config.ssl = context
-        self._server = _EmbeddedServer(config)
+        self._server = _EmbeddedServer(config, self.admit)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=self.name)
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
         while not self._server.started:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -14,6 +13,7 @@ from pswd_gateway.config import ApiConfig
 from pswd_gateway.domain.histogram import LatencyHistogram
 from pswd_gateway.domain.identity import Identity
 from pswd_gateway.northbound.http_api.problems import ProblemError, problem_response
+from pswd_gateway.security.ratelimit import RateLimiter
 
 __all__ = ["BodyLimit", "RateLimiter", "ServerTiming", "TokenBook", "hash_token"]
 
@@ -32,34 +32,6 @@ class TokenBook:
 
     def identify(self, token: str) -> Identity | None:
         return self._by_hash.get(hash_token(token))
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    stamp: float
-
-
-@dataclass
-class RateLimiter:
-    """A token bucket per identity: ``rate_per_s`` sustained, one second's worth of burst."""
-
-    rate_per_s: float
-    clock: Callable[[], float] = time.monotonic
-    _buckets: dict[str, _Bucket] = field(default_factory=dict)
-
-    def allow(self, key: str) -> float:
-        """0 when allowed, else the seconds to wait."""
-        now = self.clock()
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = _Bucket(self.rate_per_s, now)
-        bucket.tokens = min(self.rate_per_s, bucket.tokens + (now - bucket.stamp) * self.rate_per_s)
-        bucket.stamp = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            return 0.0
-        return (1.0 - bucket.tokens) / self.rate_per_s
 
 
 class BodyLimit:
