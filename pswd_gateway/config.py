@@ -374,18 +374,22 @@ class TlsListenerConfig(ListenerConfig):
 
     @model_validator(mode="after")
     def _tls_off_loopback(self) -> TlsListenerConfig:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key go together: give both or none")
-        if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
-        if self.tls_crl is not None and self.tls_client_ca is None:
-            raise ValueError("tls_crl revokes client certificates: set tls_client_ca too")
+        self._check_tls()
         if self.enabled and self.tls_cert is None and not is_loopback(self.host):
             raise ValueError(
                 f"a plaintext listener on {self.host} is reachable from other machines; "
                 "set tls_cert and tls_key (see certs/README.md) or bind 127.0.0.1"
             )
         return self
+
+    def _check_tls(self) -> None:
+        """The TLS settings that only make sense together."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or none")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
+        if self.tls_crl is not None and self.tls_client_ca is None:
+            raise ValueError("tls_crl revokes client certificates: set tls_client_ca too")
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -395,10 +399,42 @@ LOOPBACK_NETWORKS: tuple[Network, ...] = (
 )
 
 
-class MmsListenerConfig(ListenerConfig):
-    """The MMS listener: how many clients at once (who may connect: ``[[conduits]]``)."""
+MMS_TLS_PORT = 3782
+"""The port of MMS over TLS (IEC 62351-3); plaintext MMS is on 102."""
+
+
+class MmsListenerConfig(TlsListenerConfig):
+    """The MMS listener: how many clients at once (who may connect: ``[[conduits]]``).
+
+    With ``tls_cert``, ``tls_key`` and ``tls_client_ca`` it serves MMS over TLS (IEC 62351-3,
+    the profile of IEC 62351-4 libiec61850 implements; port 3782 by convention): every client
+    shows a certificate issued by ``tls_client_ca`` (libiec61850 always asks for one), which is
+    its identity unless it also sends an ACSE password (docs/iec61850.md)."""
 
     max_connections: Annotated[int, Field(ge=1, le=100)] = 10
+    tls_min_version: Literal["1.2", "1.3"] = "1.2"
+    """The oldest TLS version a client may use."""
+
+    @model_validator(mode="after")
+    def _tls_off_loopback(self) -> MmsListenerConfig:
+        self._check_tls()
+        if self.tls_cert is not None and self.tls_client_ca is None:
+            raise ValueError(
+                "MMS over TLS always asks the client for a certificate (libiec61850): set "
+                "tls_client_ca to the CA that issues them (`pswd-gateway certs init`: ca/ca.pem)"
+            )
+        if self.tls_client_auth != "required":
+            raise ValueError(
+                'tls_client_auth must be "required": libiec61850 serves no MMS client over TLS '
+                "without a certificate"
+            )
+        if self.enabled and self.tls_cert is None and not is_loopback(self.host):
+            raise ValueError(
+                f"listeners.iec61850 binds {self.host}: MMS without TLS is plaintext and stays "
+                "on loopback; set tls_cert, tls_key and tls_client_ca (MMS over TLS, port "
+                f"{MMS_TLS_PORT}, see docs/iec61850.md) or bind 127.0.0.1"
+            )
+        return self
 
 
 class ListenersConfig(_Strict):
@@ -409,7 +445,8 @@ class ListenersConfig(_Strict):
     opcua: ListenerConfig = ListenerConfig(enabled=False, port=4840)
     """OPC UA for SCADA (``opc.tcp://host:port/pswd``); secured by ``[opcua]``."""
     iec61850: MmsListenerConfig = MmsListenerConfig(enabled=False, port=102)
-    """IEC 61850 MMS for grid operators (plaintext: loopback only until TLS is configured)."""
+    """IEC 61850 MMS for grid operators: plaintext on loopback only, or over TLS with client
+    certificates (port 3782 by convention)."""
 
 
 ZoneName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
@@ -467,6 +504,8 @@ OpcUaMode = Literal["Sign", "SignAndEncrypt"]
 
 DEMO_OPCUA_USERS = frozenset({"viewer", "operator", "engineer"})
 """Users whose demo passwords (``pswd-demo-<name>``) are published: loopback only."""
+DEMO_IEC61850_USERS = frozenset({"viewer", "operator"})
+"""MMS users whose demo passwords (``pswd-demo-<name>``) are published: loopback only."""
 
 
 class _PasswordUser(_Strict):
@@ -857,12 +896,6 @@ class GatewayConfig(BaseSettings):
                 f"binds {api.host}: demo credentials are for loopback only; "
                 "create your own with `pswd-gateway token new`"
             )
-        mms = self.listeners.iec61850
-        if mms.enabled and not is_loopback(mms.host):
-            raise ValueError(
-                f"listeners.iec61850 binds {mms.host}: MMS without TLS is plaintext and stays on "
-                "loopback (put a TLS-terminating conduit in front, see docs/iec61850.md)"
-            )
         opc = self.listeners.opcua
         if opc.enabled and not is_loopback(opc.host):
             if self.opcua.allow_none:
@@ -896,10 +929,10 @@ class GatewayConfig(BaseSettings):
     def _plaintext(self, name: Listener) -> str | None:
         """Why ``name`` carries clear text, or None when it is encrypted."""
         listener = self._listener(name)
+        if isinstance(listener, MmsListenerConfig) and listener.tls_cert is None:
+            return "MMS is served without TLS (set tls_cert, tls_key and tls_client_ca)"
         if isinstance(listener, TlsListenerConfig) and listener.tls_cert is None:
             return f"listeners.{name} has no TLS (set tls_cert and tls_key)"
-        if name == "iec61850":
-            return "MMS is served without TLS"
         return None
 
     def _anonymous(self, name: Listener) -> str | None:
@@ -923,6 +956,15 @@ class GatewayConfig(BaseSettings):
             ]
             if demo:
                 return f"opcua.users {', '.join(demo)} have the published demo passwords"
+        if name == "iec61850":
+            demo = [
+                u.name
+                for u in self.iec61850.users
+                if u.name in DEMO_IEC61850_USERS
+                and verify_password(f"pswd-demo-{u.name}", u.password_hash)
+            ]
+            if demo:
+                return f"iec61850.users {', '.join(demo)} have the published demo passwords"
         return None
 
     def policy_problems(self) -> list[tuple[str, str]]:

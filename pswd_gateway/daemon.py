@@ -32,7 +32,13 @@ import sdnotify
 from starlette.types import ASGIApp
 
 from pswd_gateway import __version__
-from pswd_gateway.config import GatewayConfig, SiteConfig, TlsListenerConfig, load_config
+from pswd_gateway.config import (
+    GatewayConfig,
+    MmsListenerConfig,
+    SiteConfig,
+    TlsListenerConfig,
+    load_config,
+)
 from pswd_gateway.control.cycle import ControlCycle
 from pswd_gateway.control.grid import Announced, announced_jobs
 from pswd_gateway.control_notices import ControlNotices, GuardListener
@@ -62,6 +68,7 @@ from pswd_gateway.northbound.iec61850.link import MmsSettings
 from pswd_gateway.northbound.iec61850.model import GooseAddress
 from pswd_gateway.northbound.iec61850.process import MmsProcess
 from pswd_gateway.northbound.iec61850.server import MmsHooks
+from pswd_gateway.northbound.iec61850.tls import MmsTls
 from pswd_gateway.northbound.metrics import GatewayCollector, OpsView
 from pswd_gateway.northbound.opcua.server import OpcUaServer
 from pswd_gateway.runtime import Supervisor
@@ -209,6 +216,9 @@ class Gateway:
         if self.config.listeners.iec61850.enabled:
             self.mms = self._mms_server()
             await start(self.mms, "iec61850")
+            mms = self.config.listeners.iec61850
+            _note_certificate(self._certificate_expiry, "iec61850", mms.tls_cert)
+            _note_certificate(self._certificate_expiry, "iec61850-client-ca", mms.tls_client_ca)
         await self.southbound.first_polls(FIRST_POLLS_TIMEOUT_S)
         await self._start_control()
         if self.heap is not None:
@@ -355,6 +365,7 @@ class Gateway:
             goose_interface=settings.goose_interface,
             goose_times_ms=(settings.goose_min_time_ms, settings.goose_max_time_ms),
             goose_address=GooseAddress(app_id=settings.goose_appid, mac=settings.goose_dst_mac),
+            tls=_mms_tls(mms),
         )
         return MmsProcess(
             self.store,
@@ -653,6 +664,19 @@ def _names_diff(old: Sequence[Any], new: Sequence[Any]) -> dict[str, list[str]]:
         "removed": sorted(before.keys() - after.keys()),
         "changed": sorted(n for n in before.keys() & after.keys() if before[n] != after[n]),
     }
+
+
+def _mms_tls(listener: MmsListenerConfig) -> MmsTls | None:
+    """MMS over TLS as configured (the config requires the client CA with the certificate)."""
+    if listener.tls_cert is None or listener.tls_key is None or listener.tls_client_ca is None:
+        return None
+    return MmsTls(
+        listener.tls_cert,
+        listener.tls_key,
+        listener.tls_client_ca,
+        listener.tls_crl,
+        listener.tls_min_version,
+    )
 
 
 def _client_tls(listener: TlsListenerConfig) -> ClientTls | None:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from pswd_gateway.domain.units import SiUnit
 
-__all__ = ["Point", "Quality", "Sample", "point_key", "split_key"]
+__all__ = ["NOT_AVAILABLE", "OUT_OF_RANGE", "Point", "Quality", "Sample", "point_key", "split_key"]
+
+OUT_OF_RANGE: Final = "out of range"
+"""``Point.reason`` of a reading outside its plausible range (published questionable)."""
+NOT_AVAILABLE: Final = "not available"
+"""``Point.reason`` of a reading the device says it does not have (published invalid)."""
 
 
 class Quality(enum.StrEnum):

@@ -15,9 +15,10 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from pswd_gateway.domain.identity import Identity
 from pswd_gateway.logging import get_logger
 from pswd_gateway.northbound.acceptor import Acceptor
-from pswd_gateway.security.pki import client_identity, revoked_serials
+from pswd_gateway.security.pki import RevocationList, certificate_holder, load_certificate
 
 __all__ = ["AsgiListener", "ClientTls", "ssl_context"]
 
@@ -74,25 +75,24 @@ class ClientTls:
     ca: Path
     required: bool = True
     crl: Path | None = None
-    _crl_mtime: float = field(default=-1.0, init=False)
-    _revoked: frozenset[int] = field(default=frozenset(), init=False)
+    _list: RevocationList | None = field(default=None, init=False)
 
     def revoked(self, serial: int, context: ssl.SSLContext | None = None) -> bool:
         """Whether the CRL revokes ``serial``; a changed CRL is re-read (and loaded into
         ``context``, so the next handshakes refuse the certificate themselves)."""
         if self.crl is None:
             return False
+        first = self._list is None
+        if self._list is None:
+            self._list = RevocationList(self.crl)
         try:
-            mtime = self.crl.stat().st_mtime
-            if mtime != self._crl_mtime:
-                self._revoked = revoked_serials(self.crl)
-                if context is not None and self._crl_mtime >= 0:
+            if self._list.refresh():
+                if context is not None and not first:
                     context.load_verify_locations(cafile=str(self.crl))
-                self._crl_mtime = mtime
-                log.info("crl_loaded", crl=str(self.crl), revoked=len(self._revoked))
+                log.info("crl_loaded", crl=str(self.crl), revoked=len(self._list.serials))
         except (OSError, ValueError) as exc:  # keep the last good list; say why
             log.error("crl_unreadable", crl=str(self.crl), error=str(exc))
-        return serial in self._revoked
+        return self._list.revokes(serial)
 
 
 def ssl_context(cert: Path, key: Path, client: ClientTls | None) -> ssl.SSLContext:
@@ -113,16 +113,16 @@ def ssl_context(cert: Path, key: Path, client: ClientTls | None) -> ssl.SSLConte
 
 def _certificate(
     transport: asyncio.Transport, client: ClientTls, context: ssl.SSLContext | None
-) -> tuple[str | None, tuple[str, str] | None]:
-    """(why it is refused, or None; the (name, role) it names) of a TLS peer's certificate."""
+) -> tuple[str | None, Identity | None]:
+    """(why it is refused, or None; the holder it names) of a TLS peer's certificate."""
     tls = transport.get_extra_info("ssl_object")
-    certificate = tls.getpeercert() if tls is not None else None
-    if not certificate:
+    der = tls.getpeercert(binary_form=True) if tls is not None else None
+    if not der:
         return None, None
-    serial = int(certificate.get("serialNumber", "0"), 16)
+    serial = load_certificate(der).serial_number
     if client.revoked(serial, context):
         return f"client certificate {serial:X} is revoked", None
-    return None, client_identity(certificate)
+    return None, certificate_holder(der)
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class _Gate:
 
     door: Door | None
     client: ClientTls | None
-    peers: dict[Peer, tuple[str, str]]
+    peers: dict[Peer, Identity]
     refused: Refused
     context: ssl.SSLContext | None
 
@@ -139,7 +139,7 @@ class _Gate:
 class _GuardedProtocol(H11Protocol):
     """uvicorn's HTTP protocol that closes a connection the door refuses, before reading it;
     and, with mutual TLS, one whose certificate was revoked since the CRL was loaded. The
-    certificate's (name, role) is kept in ``peers`` by the client's address while it is open."""
+    certificate's holder is kept in ``peers`` by the client's address while it is open."""
 
     gate: _Gate
     _refused = False
@@ -204,8 +204,8 @@ class AsgiListener:
     admit: Door | None = None
     """The zone policy's door (``security.zones.Gatekeeper.door``); None admits everyone."""
     refused: Refused = lambda *_: None
-    peers: dict[Peer, tuple[str, str]] = field(default_factory=dict)
-    """(name, role) of each open connection's client certificate, by the client's address."""
+    peers: dict[Peer, Identity] = field(default_factory=dict)
+    """The holder of each open connection's client certificate, by the client's address."""
     _server: uvicorn.Server | None = field(default=None, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
 

@@ -11,7 +11,8 @@ Layout under the certificate directory (``opcua.certs_dir``; ``var/certs`` in th
 
 A client certificate names its holder in the subject's common name and its role in a
 subject-alternative-name URI ``urn:pswd:role:<role>``; a listener with ``tls_client_ca``
-verifies it against the CA and the CRL and maps it to that identity (``client_identity``).
+verifies it against the CA and the CRL and maps it to that identity (:func:`certificate_holder`,
+the one mapping of the HTTP listeners and MMS: ``cert:<name>`` with the certificate's role).
 Keys are EC P-256, signatures SHA-256.
 """
 
@@ -22,22 +23,30 @@ import ipaddress
 import json
 import os
 import socket
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from pswd_gateway.domain.identity import Identity
+
 __all__ = [
     "ROLE_URI_PREFIX",
+    "CertificateHolder",
+    "ClientCertificates",
     "IssuedCertificate",
+    "RevocationList",
     "SiteCa",
-    "client_identity",
+    "certificate_holder",
     "days_left",
     "host_names",
+    "load_certificate",
     "revoked_serials",
 ]
 
@@ -93,37 +102,139 @@ def host_names(hosts: list[str]) -> list[x509.GeneralName]:
     return names
 
 
+def load_certificate(data: bytes) -> x509.Certificate:
+    """A certificate from its PEM or DER encoding (``ValueError`` when it is neither)."""
+    if data.lstrip().startswith(b"-----"):
+        return x509.load_pem_x509_certificate(data)
+    return x509.load_der_x509_certificate(data)
+
+
 def days_left(cert_path: Path, now: dt.datetime | None = None) -> float:
     """Days until the certificate at ``cert_path`` (PEM or DER) expires (negative: expired)."""
-    data = cert_path.read_bytes()
-    cert = (
-        x509.load_pem_x509_certificate(data)
-        if data.lstrip().startswith(b"-----")
-        else x509.load_der_x509_certificate(data)
-    )
+    cert = load_certificate(cert_path.read_bytes())
     return (cert.not_valid_after_utc - (now or _now())).total_seconds() / 86400
 
 
-def client_identity(peercert: dict[str, Any] | None) -> tuple[str, str] | None:
-    """(name, role) from a verified peer certificate as ``ssl`` gives it
-    (``SSLObject.getpeercert()``), or None when it names no role."""
-    if not peercert:
+@dataclass(frozen=True)
+class CertificateHolder(Identity):
+    """A caller known by the client certificate it showed (mutual TLS): ``cert:<name>`` with
+    the certificate's role. ``certificate`` is its DER encoding, so a check made elsewhere (the
+    gateway vouching for what its MMS process relays) can verify it again."""
+
+    certificate: bytes = field(default=b"", repr=False, compare=False)
+
+    @property
+    def serial(self) -> int:
+        return load_certificate(self.certificate).serial_number
+
+
+def certificate_holder(certificate: x509.Certificate | bytes) -> CertificateHolder | None:
+    """Who a verified client certificate names: ``cert:<subject CN>`` with the role of its
+    ``urn:pswd:role:<role>`` URI; None when it names no holder or no role. The one mapping of
+    every listener that takes client certificates (HTTP API, MMS)."""
+    if isinstance(certificate, x509.Certificate):
+        cert = certificate
+    else:
+        try:
+            cert = load_certificate(certificate)
+        except ValueError:
+            return None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = names[0].value if names else None
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
         return None
-    name = next(
-        (value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"),
-        None,
-    )
     role = next(
         (
-            value.removeprefix(ROLE_URI_PREFIX)
-            for kind, value in peercert.get("subjectAltName", ())
-            if kind == "URI" and value.startswith(ROLE_URI_PREFIX)
+            uri.removeprefix(ROLE_URI_PREFIX)
+            for uri in alt.get_values_for_type(x509.UniformResourceIdentifier)
+            if uri.startswith(ROLE_URI_PREFIX)
         ),
         None,
     )
-    if not name or not role:
+    if not isinstance(name, str) or not name or not role:
         return None
-    return name, role
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return CertificateHolder(f"cert:{name}", role, certificate=der)
+
+
+@dataclass
+class RevocationList:
+    """A CRL file, read again whenever its modification time changes; when it cannot be read
+    (being replaced, damaged) the last list read stays in force and :meth:`refresh` says why."""
+
+    path: Path
+    data: bytes = field(default=b"", init=False, repr=False)
+    """The file as last read (to hand to a TLS library as it is)."""
+    serials: frozenset[int] = field(default=frozenset(), init=False)
+    _mtime: float = field(default=-1.0, init=False)
+
+    def refresh(self) -> bool:
+        """Read the file if it changed since the last read; True when a new list was read.
+        ``OSError``/``ValueError`` when it changed and cannot be read (the old list stays)."""
+        mtime = self.path.stat().st_mtime
+        if mtime == self._mtime:
+            return False
+        data = self.path.read_bytes()
+        self.serials = _serials(data)
+        self.data, self._mtime = data, mtime
+        return True
+
+    def revokes(self, serial: int) -> bool:
+        return serial in self.serials
+
+
+@dataclass
+class ClientCertificates:
+    """Checks a client certificate again, away from the TLS handshake that verified it: issued
+    directly by a CA of ``ca`` (a PEM file, e.g. the site CA's ``ca/ca.pem``), valid now, not
+    revoked by ``crl`` (read again when it changes), naming a holder with a role."""
+
+    ca: Path
+    crl: Path | None = None
+    _cas: Sequence[x509.Certificate] = field(default=(), init=False)
+    _revocations: RevocationList | None = field(default=None, init=False)
+
+    def holder(self, der: bytes, now: dt.datetime | None = None) -> CertificateHolder:
+        """The holder ``der`` names, or ``ValueError`` saying why it is not vouched for."""
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            raise ValueError("not a DER certificate") from None
+        if not self._cas:
+            self._cas = x509.load_pem_x509_certificates(self.ca.read_bytes())
+        if not any(_issued_by(cert, ca) for ca in self._cas):
+            raise ValueError(f"certificate {cert.serial_number:X} is not issued by {self.ca}")
+        at = now or _now()
+        if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
+            raise ValueError(f"certificate {cert.serial_number:X} is not valid now")
+        if self._revoked(cert.serial_number):
+            raise ValueError(f"certificate {cert.serial_number:X} is revoked")
+        holder = certificate_holder(cert)
+        if holder is None:
+            raise ValueError(f"certificate {cert.serial_number:X} names no holder with a role")
+        return holder
+
+    def _revoked(self, serial: int) -> bool:
+        if self.crl is None:
+            return False
+        if self._revocations is None:
+            self._revocations = RevocationList(self.crl)
+        try:
+            self._revocations.refresh()
+        except (OSError, ValueError):
+            if not self._revocations.data:  # never read: nothing vouches for it
+                raise ValueError(f"the revocation list {self.crl} cannot be read") from None
+        return self._revocations.revokes(serial)
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 _CA_USAGE: Final = x509.KeyUsage(
@@ -328,7 +439,10 @@ class SiteCa:
 
 def revoked_serials(crl_path: Path) -> frozenset[int]:
     """The serial numbers a CRL file (PEM or DER) revokes."""
-    data = crl_path.read_bytes()
+    return _serials(crl_path.read_bytes())
+
+
+def _serials(data: bytes) -> frozenset[int]:
     crl = (
         x509.load_pem_x509_crl(data)
         if data.lstrip().startswith(b"-----")

@@ -8,6 +8,9 @@ process would wait on itself. Usage::
 
 PASSWORD may be empty (no ACSE authentication). Prints one JSON object: ``connect`` (the
 IedClientError) and ``results``, one per command.
+
+MMS over TLS when ``PSWD_MMS_TLS_CA`` names the CA that signed the server's certificate; the
+client then shows ``PSWD_MMS_TLS_CERT`` with its key ``PSWD_MMS_TLS_KEY`` (none when unset).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import pyiec61850.pyiec61850 as m
@@ -176,14 +180,34 @@ def run(con: Any, command: list[Any]) -> Any:
         return err
     if kind == "operate":
         return operate(con, args[0], args[1], bool(args[2]) if len(args) > 2 else False)
+    if kind == "wait_file":
+        return wait_file(args[0])
     raise ValueError(f"unknown command {kind}")
+
+
+def wait_file(path: str) -> bool:
+    """Hold the association until the test writes ``path`` (at most 20 s)."""
+    deadline = time.monotonic() + 20.0
+    while not os.path.exists(path) and time.monotonic() < deadline:  # noqa: PTH110
+        time.sleep(0.05)
+    return os.path.exists(path)  # noqa: PTH110
 
 
 PASSWORD = [""]
 
 
 def connection(password: str) -> Any:
-    con = m.IedConnection_create()
+    ca = os.environ.get("PSWD_MMS_TLS_CA")
+    if ca:
+        tls = m.TLSConfiguration_create()
+        assert m.TLSConfiguration_addCACertificateFromFile(tls, ca), ca
+        cert, key = os.environ.get("PSWD_MMS_TLS_CERT"), os.environ.get("PSWD_MMS_TLS_KEY")
+        if cert and key:
+            assert m.TLSConfiguration_setOwnCertificateFromFile(tls, cert), cert
+            assert m.TLSConfiguration_setOwnKeyFromFile(tls, key, None), key
+        con = m.IedConnection_createWithTlsSupport(tls)
+    else:
+        con = m.IedConnection_create()
     source = os.environ.get("PSWD_MMS_SOURCE")  # connect from this local address
     if source:
         m.IedConnection_setLocalAddress(con, source, 0)

@@ -581,3 +581,41 @@ async def test_services_the_gateway_does_not_offer_are_refused(
     # the server rejects the service itself
     assert answer["create_dataset"] != 0
     assert answer["file_directory"] not in {0, m.IED_ERROR_OBJECT_DOES_NOT_EXIST}
+
+
+async def test_a_points_reason_reaches_the_mms_process_and_is_served_as_detail_qual() -> None:
+    """The MMS server in its own process (as the gateway runs it): a reading out of its range is
+    served questionable with detailQual outOfRange, one the device says it does not have invalid
+    with detailQual failure, in the first frame and in the changes after it; libiec61850's client
+    reads ``q``."""
+    from pswd_gateway.domain.points import NOT_AVAILABLE, OUT_OF_RANGE  # noqa: PLC0415
+    from pswd_gateway.northbound.iec61850.link import MmsSettings  # noqa: PLC0415
+    from pswd_gateway.northbound.iec61850.process import MmsProcess  # noqa: PLC0415
+
+    store = PointStore()
+    now = time.time()
+    store.update([
+        Point("meter.active_power", 9.9e12, "W", Quality.QUESTIONABLE, now, now, OUT_OF_RANGE),
+        Point("meter.frequency", 50.01, "Hz", Quality.GOOD, now, now),
+        Point("bess.soc", 0.42, "1", Quality.GOOD, now, now),
+    ])  # fmt: skip
+    port = free_port()
+    settings = MmsSettings(port=port, anonymous_read=True, interval_s=0.05)
+    mms = MmsProcess(store, lambda: SITE, settings)
+    reads = [["quality", "PSWDGRID/MMXU1.TotW.q", "MX"], ["quality", "PSWDBESS/ZBAT1.SoC.q", "MX"],
+             ["quality", "PSWDGRID/MMXU1.Hz.q", "MX"]]  # fmt: skip
+    await mms.start()
+    try:
+        await asyncio.sleep(0.3)
+        first = await client(port, reads)
+        later = time.time()
+        store.update([Point("bess.soc", 0.0, "1", Quality.INVALID, later, later, NOT_AVAILABLE)])
+        await asyncio.sleep(0.3)
+        second = await client(port, reads)
+    finally:
+        await mms.stop()
+    out_of_range = m.QUALITY_VALIDITY_QUESTIONABLE | m.QUALITY_DETAIL_OUT_OF_RANGE
+    failure = m.QUALITY_VALIDITY_INVALID | m.QUALITY_DETAIL_FAILURE
+    assert first["results"] == [[out_of_range, 0], [m.QUALITY_VALIDITY_GOOD, 0],
+                                [m.QUALITY_VALIDITY_GOOD, 0]]  # fmt: skip
+    assert second["results"] == [[out_of_range, 0], [failure, 0], [m.QUALITY_VALIDITY_GOOD, 0]]

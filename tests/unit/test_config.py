@@ -284,3 +284,47 @@ def test_mutual_tls_settings_need_tls_and_a_ca() -> None:
     ):
         with pytest.raises(ValidationError, match=words):
             GatewayConfig.model_validate({"listeners": {"api": bad}})
+
+
+MMS_TLS = {
+    "host": "192.0.2.7",
+    "port": 3782,
+    "tls_cert": "/etc/pswd-gateway/certs/tls/server.pem",
+    "tls_key": "/etc/pswd-gateway/certs/tls/server.key",
+    "tls_client_ca": "/etc/pswd-gateway/certs/ca/ca.pem",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"tls_client_ca": None}, "MMS over TLS always asks the client for a certificate"),
+        ({"tls_key": None}, "tls_cert and tls_key go together"),
+        ({"tls_client_auth": "optional"}, 'tls_client_auth must be "required"'),
+        ({"tls_client_ca": None, "tls_crl": "/etc/crl.pem"}, "set tls_client_ca"),
+        ({"tls_cert": None, "tls_key": None, "tls_client_ca": None}, "MMS without TLS"),
+        ({"tls_min_version": "1.1"}, "tls_min_version"),
+    ],
+    ids=["no client CA", "no key", "optional client certificate", "a CRL without its CA",
+         "plaintext off loopback", "TLS 1.1"],
+)  # fmt: skip
+def test_the_mms_tls_settings_that_do_not_fit_together_are_refused(
+    change: dict[str, object], words: str
+) -> None:
+    listener = {k: v for k, v in {**MMS_TLS, **change}.items() if v is not None}
+    with pytest.raises(ValidationError, match=words):
+        GatewayConfig.model_validate({"listeners": {"iec61850": listener}})
+
+
+def test_mms_over_tls_reads_its_settings_and_checks_nothing_on_loopback() -> None:
+    """The settings as the MMS process gets them; TLS on loopback is allowed too (a test bench,
+    or a client on the edge box)."""
+    from pswd_gateway.daemon import _mms_tls  # noqa: PLC0415
+
+    listener = {**MMS_TLS, "host": "127.0.0.1", "tls_min_version": "1.3"}
+    cfg = GatewayConfig.model_validate({"listeners": {"iec61850": listener}})
+    tls = _mms_tls(cfg.listeners.iec61850)
+    assert tls is not None
+    assert (str(tls.client_ca), tls.crl, tls.min_version) == (MMS_TLS["tls_client_ca"], None, "1.3")
+    plain = GatewayConfig.model_validate({"listeners": {"iec61850": {"port": 10102}}})
+    assert _mms_tls(plain.listeners.iec61850) is None

@@ -10,14 +10,20 @@ import inspect
 import ipaddress
 import json
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pswd_gateway.config import Iec61850UserConfig, SiteConfig
 from pswd_gateway.domain.identity import Permission
+from pswd_gateway.domain.points import NOT_AVAILABLE, OUT_OF_RANGE, Point, Quality
+from pswd_gateway.domain.units import SiUnit
 from pswd_gateway.northbound.iec61850.link import (
+    MAX_CERTIFICATE_BYTES,
     MAX_TEXT,
     Answer,
     Beat,
@@ -26,6 +32,7 @@ from pswd_gateway.northbound.iec61850.link import (
     Failed,
     MmsSettings,
     Operate,
+    Points,
     ProtocolError,
     Ready,
     Refused,
@@ -39,7 +46,14 @@ from pswd_gateway.northbound.iec61850.link import (
 from pswd_gateway.northbound.iec61850.model import GooseAddress
 from pswd_gateway.northbound.iec61850.process import Backoff, MmsProcess, NotVouched
 from pswd_gateway.northbound.iec61850.server import MmsServer, MmsStats
+from pswd_gateway.northbound.iec61850.tls import MmsTls
 from pswd_gateway.security.passwords import hash_password
+from pswd_gateway.security.pki import (
+    CertificateHolder,
+    SiteCa,
+    certificate_holder,
+    load_certificate,
+)
 from pswd_gateway.security.zones import Conduit, Gatekeeper, Policy, Refusals, Zone
 from pswd_gateway.store import PointStore
 
@@ -270,3 +284,112 @@ async def test_the_processs_door_admits_by_the_policy_and_the_rate_and_tells_the
         (inside, "scada", None),
         (inside, None, "rate"),
     ]
+
+
+# ---- MMS over TLS: certificate holders and handshake refusals over the link ----
+
+
+def _site_ca(tmp_path: Path) -> tuple[SiteCa, SiteCa]:
+    ca, other = SiteCa(tmp_path / "site"), SiteCa(tmp_path / "other")
+    ca.init("north", ["127.0.0.1"])
+    other.init("south", ["127.0.0.1"])
+    return ca, other
+
+
+def _holder(ca: SiteCa, name: str, role: str) -> CertificateHolder:
+    issued = ca.issue_client(name, role)
+    der = load_certificate(Path(issued.path).read_bytes()).public_bytes(Encoding.DER)
+    holder = certificate_holder(der)
+    assert holder is not None
+    return holder
+
+
+@given(st.binary(min_size=1, max_size=MAX_CERTIFICATE_BYTES))
+def test_a_certificate_holders_caller_crosses_with_its_certificate(der: bytes) -> None:
+    caller = Caller.of(CertificateHolder("cert:alice", "operator", zone="scada", certificate=der))
+    message = Operate(3, "grid_ramp_limit_mw_per_s", 15.0, caller)
+    got = parse_up(up_frame(message)[4:])
+    assert got == message
+    assert isinstance(got, Operate)
+    assert got.caller.der() == der
+
+
+@pytest.mark.parametrize(
+    ("certificate", "says"),
+    [
+        (12, "not a base64 certificate"),
+        ("", "not a base64 certificate"),
+        ("A" * (4 * (MAX_CERTIFICATE_BYTES // 3 + 1) + 4), "not a base64 certificate"),
+        ("not base64!", "not base64"),
+    ],
+)
+def test_a_malformed_certificate_is_a_protocol_error(certificate: object, says: str) -> None:
+    caller = {"name": "cert:a", "role": "operator", "zone": None, "conduit": None,
+              "certificate": certificate}  # fmt: skip
+    with pytest.raises(ProtocolError, match=says):
+        parse_up(_operate(caller=caller))
+
+
+@given(json_values)
+def test_any_certificate_field_is_read_or_refused(value: object) -> None:
+    caller = {"name": "cert:a", "role": "operator", "zone": None, "conduit": None,
+              "certificate": value}  # fmt: skip
+    with contextlib.suppress(ProtocolError):
+        parse_up(_operate(caller=caller))
+
+
+@pytest.mark.parametrize(
+    "reason", ["no_certificate", "bad_certificate", "revoked", "tls_handshake"]
+)
+def test_a_refused_tls_handshake_crosses_as_a_door_refusal(reason: str) -> None:
+    message = Door(ipaddress.ip_address("10.30.0.7"), reason=reason, why="TLS handshake refused")
+    assert parse_up(up_frame(message)[4:]) == message
+
+
+def _tls_process(ca: SiteCa) -> MmsProcess:
+    tls = MmsTls(ca.server_cert, ca.server_key, ca.cert_path, ca.crl_path)
+    return MmsProcess(
+        PointStore(),
+        SiteConfig,
+        MmsSettings(users=USERS, tls=tls),
+        gate=Gatekeeper(_policy("operate")),
+    )
+
+
+def test_the_gateway_vouches_for_a_certificate_its_ca_issued_and_did_not_revoke(
+    tmp_path: Path,
+) -> None:
+    ca, other = _site_ca(tmp_path)
+    alice = _holder(ca, "alice", "operator")
+    through = alice.limited(frozenset(), zone="scada", conduit="tso-mms")
+    request = Operate(1, "grid_import_limit_mw", 250.0, Caller.of(through))
+    caller = _tls_process(ca)._vouch(request)
+    assert (caller.name, caller.role, caller.conduit) == ("cert:alice", "operator", "tso-mms")
+    eve = _holder(other, "eve", "operator")
+    vic = _holder(ca, "vic", "viewer")
+    for claim, why in (
+        (Caller.of(eve), "not issued by"),  # another CA's
+        (replace(Caller.of(vic), role="operator"), "the certificate names cert:vic .viewer."),
+        (replace(Caller.of(alice), name="cert:bob"), "the certificate names cert:alice"),
+    ):
+        via = replace(claim, zone="scada", conduit="tso-mms")
+        with pytest.raises(NotVouched, match=why):
+            _tls_process(ca)._vouch(Operate(1, "grid_import_limit_mw", 250.0, via))
+    with pytest.raises(NotVouched, match="not served over TLS"):
+        _process()._vouch(request)  # a certificate, but the gateway serves no MMS over TLS
+    ca.revoke("alice")
+    with pytest.raises(NotVouched, match="revoked"):
+        _tls_process(ca)._vouch(request)
+
+
+def test_a_points_reason_goes_down_to_the_mms_process_with_it() -> None:
+    """The reason a reading is doubtful (served as detailQual) crosses with its point."""
+    points = (
+        Point("meter.active_power", 9e9, SiUnit.WATT, Quality.QUESTIONABLE, 1.0, 1.5, OUT_OF_RANGE),
+        Point("bess.soc", 0.0, SiUnit.RATIO, Quality.INVALID, 1.0, 1.5, NOT_AVAILABLE),
+        Point("meter.frequency", 50.0, SiUnit.HERTZ, Quality.GOOD, 1.0, 1.5),
+    )
+    got = parse_down(down_frame(Points(points))[4:])
+    assert got == Points(points)
+    assert isinstance(got, Points)
+    assert [p.reason for p in got.points] == [OUT_OF_RANGE, NOT_AVAILABLE, None]

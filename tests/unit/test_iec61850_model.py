@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 
 from pswd_gateway.config import SiteConfig
-from pswd_gateway.domain.points import Point, Quality
+from pswd_gateway.domain.points import NOT_AVAILABLE, OUT_OF_RANGE, Point, Quality
 from pswd_gateway.domain.signals import GRID_POWER
 from pswd_gateway.domain.units import SiUnit
 from pswd_gateway.northbound.iec61850.icd import icd_xml
 from pswd_gateway.northbound.iec61850.model import TABLE, Context, DataObject, SIUnit
+from pswd_gateway.northbound.iec61850.server import DETAIL_QUAL, quality_bits
 from pswd_gateway.store import PointStore, Snapshot
 
 SITE = SiteConfig(grid_meter="meter", bess="bess", thermal="plant", it_load=("hall1", "hall2"))
@@ -139,3 +140,50 @@ def test_a_row_without_exactly_one_value_source_or_with_a_bad_reference_is_refus
 ) -> None:
     with pytest.raises(ValueError, match="GRID"):
         DataObject(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("quality", "reasons", "bits"),
+    [
+        (Quality.GOOD, frozenset(), 0),
+        (Quality.QUESTIONABLE, frozenset(), 3),  # a late device: no detail to give
+        (Quality.INVALID, frozenset(), 2),
+        (Quality.QUESTIONABLE, frozenset({OUT_OF_RANGE}), 3 | 0x0008),
+        (Quality.GOOD, frozenset({OUT_OF_RANGE}), 3 | 0x0008),  # at least questionable
+        (Quality.INVALID, frozenset({OUT_OF_RANGE}), 2 | 0x0008),  # a device gone stays invalid
+        (Quality.INVALID, frozenset({NOT_AVAILABLE}), 2 | 0x0040),
+        (Quality.QUESTIONABLE, frozenset({NOT_AVAILABLE}), 2 | 0x0040),  # at least invalid
+        (Quality.QUESTIONABLE, frozenset({OUT_OF_RANGE, NOT_AVAILABLE}), 2 | 0x0048),
+        (Quality.GOOD, frozenset({"a reason of tomorrow"}), 0),
+    ],
+)
+def test_a_points_reason_is_served_as_its_detail_qual_and_the_validity_it_needs(
+    quality: Quality, reasons: frozenset[str], bits: int
+) -> None:
+    """IEC 61850-7-3: outOfRange with a questionable value, failure with an invalid one; the
+    bits as libiec61850 encodes them (QUALITY_DETAIL_OUT_OF_RANGE, QUALITY_DETAIL_FAILURE)."""
+    import pyiec61850.pyiec61850 as m  # noqa: PLC0415 - only the constants
+
+    assert (m.QUALITY_DETAIL_OUT_OF_RANGE, m.QUALITY_DETAIL_FAILURE) == (0x0008, 0x0040)
+    assert quality_bits(quality, reasons) == bits
+
+
+def test_a_row_knows_the_reasons_of_every_point_behind_it() -> None:
+    """The IT load sums the halls: one hall out of range makes the sum's detailQual say so."""
+    store = PointStore()
+    store.update([
+        Point("hall1.total_power", 5e6, SiUnit.WATT, Quality.GOOD, 1.0, 1.0),
+        Point("hall2.total_power", 9e9, SiUnit.WATT, Quality.QUESTIONABLE, 1.0, 1.0, OUT_OF_RANGE),
+        Point("meter.active_power", 0.0, SiUnit.WATT, Quality.INVALID, 1.0, 1.0, NOT_AVAILABLE),
+    ])  # fmt: skip
+    snap, ctx = store.snapshot(2.0), Context(SITE)
+    assert BY_REFERENCE["ITLOAD/MMXU1.TotW"].reasons(snap, ctx) == {OUT_OF_RANGE}
+    assert BY_REFERENCE["GRID/MMXU1.TotW"].reasons(snap, ctx) == {NOT_AVAILABLE}
+    assert BY_REFERENCE["GRID/GAPC1.ImpLimW"].reasons(snap, ctx) == frozenset()  # a setting
+
+
+def test_the_drivers_give_the_reasons_the_mms_server_knows() -> None:
+    from pswd_gateway.southbound.modbus import driver as modbus  # noqa: PLC0415
+    from pswd_gateway.southbound.redfish import driver as redfish  # noqa: PLC0415
+
+    assert {modbus.OUT_OF_RANGE, modbus.NOT_AVAILABLE, redfish.OUT_OF_RANGE} <= DETAIL_QUAL.keys()

@@ -13,6 +13,7 @@ import pytest
 from pswd_gateway.config import DEMO_TOKEN_SHA256, load_config
 from pswd_gateway.domain.identity import Identity, Permission
 from pswd_gateway.errors import ConfigError
+from pswd_gateway.security.passwords import hash_password
 from pswd_gateway.security.zones import Conduit, Gatekeeper, Policy, Refusals, Zone
 
 DEMO_TOKEN = next(iter(DEMO_TOKEN_SHA256))
@@ -316,3 +317,68 @@ def test_a_network_must_be_written_as_one(tmp_path: Path) -> None:
     assert any(
         p.startswith("zones.enterprise.networks") and "is not a network" in m for p, m in problems
     ), problems
+
+
+DEMO_MMS_OPERATOR = f"""
+[[iec61850.users]]
+name = "operator"
+role = "operator"
+password_hash = "{hash_password("pswd-demo-operator", iterations=1000)}"
+"""
+"""The demo's MMS operator, whose password (``pswd-demo-operator``) is published."""
+
+MMS_TLS = f"""
+[listeners.iec61850]
+host = "0.0.0.0"
+port = 3782
+tls_cert = "{CERT}"
+tls_key = "{KEY}"
+tls_client_ca = "/etc/pswd-gateway/certs/ca/ca.pem"
+tls_crl = "/etc/pswd-gateway/certs/ca/crl.pem"
+
+[listeners.api]
+enabled = false
+port = 8080
+
+[listeners.metrics]
+enabled = false
+port = 9464
+
+[zones.scada]
+kind = "scada"
+networks = ["10.30.0.0/24"]
+
+[[conduits]]
+name = "grid-operator"
+zone = "scada"
+listener = "iec61850"
+access = "operate"
+"""
+
+
+def test_mms_over_tls_may_be_reached_from_off_loopback(tmp_path: Path) -> None:
+    """With its certificate, key and client CA, the MMS listener is encrypted: a conduit from
+    the station bus to it breaks no rule, and the policy admits the station bus only."""
+    cfg = load_config(_write(tmp_path, MMS_TLS))
+    assert cfg.policy_problems() == []
+    policy = cfg.policy()
+    assert policy.admit("iec61850", ("10.30.0.7", 40000)) is not None
+    assert policy.admit("iec61850", ("10.31.0.7", 40000)) is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ("[iec61850]\nanonymous_read = true\n", "anonymous access is for loopback only"),
+        (
+            DEMO_MMS_OPERATOR,
+            "demo credentials are for loopback only",
+        ),
+    ],
+    ids=["anonymous reads", "the demo operator's password"],
+)
+def test_mms_over_tls_off_loopback_still_refuses_anonymous_reads_and_demo_passwords(
+    tmp_path: Path, extra: str, words: str
+) -> None:
+    problems = _problems(tmp_path, MMS_TLS + extra)
+    assert any(p == "conduits[0]" and words in m for p, m in problems), problems

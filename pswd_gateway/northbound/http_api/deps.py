@@ -147,11 +147,8 @@ def _certificate_holder(request: Request) -> Identity | None:
     client = request.client
     if not peers or client is None:
         return None
-    held = peers.get((client.host, client.port))
-    if held is None:
-        return None
-    name, role = held
-    return Identity(f"cert:{name}", role)
+    held: Identity | None = peers.get((client.host, client.port))
+    return held
 
 
 def require(permission: Permission) -> Callable[[Request, Identity], Awaitable[Identity]]:

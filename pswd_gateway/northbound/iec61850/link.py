@@ -14,6 +14,8 @@ A frame is a 4-byte big-endian length and a body.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import ipaddress
 import json
 import math
@@ -31,6 +33,8 @@ from pswd_gateway.errors import PswdError
 from pswd_gateway.logging import LogFormat
 from pswd_gateway.northbound.iec61850.model import GooseAddress
 from pswd_gateway.northbound.iec61850.server import MmsStats
+from pswd_gateway.northbound.iec61850.tls import HANDSHAKE, REFUSALS, MmsTls
+from pswd_gateway.security.pki import CertificateHolder
 from pswd_gateway.security.zones import Policy
 
 __all__ = [
@@ -68,6 +72,8 @@ MAX_DOWN_BYTES: Final = 256 * 1024 * 1024
 """The largest frame the MMS process reads (the first carries every point of the store)."""
 MAX_TEXT: Final = 1024
 """The longest string field the gateway accepts from the MMS process."""
+MAX_CERTIFICATE_BYTES: Final = 16 * 1024
+"""The largest client certificate (DER) a caller may carry up (an RSA-4096 one is ~1.5 KiB)."""
 
 
 class ProtocolError(PswdError):
@@ -91,6 +97,7 @@ class MmsSettings:
     goose_interface: str | None = None
     goose_times_ms: tuple[int, int] = (4, 1000)
     goose_address: GooseAddress = field(default_factory=GooseAddress)
+    tls: MmsTls | None = None
 
     def server_kwargs(self) -> dict[str, Any]:
         """The arguments as ``MmsServer(store, site, **kwargs, door=..., hooks=...)`` takes them."""
@@ -180,16 +187,25 @@ def parse_down(body: bytes) -> Down:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who asked, as the MMS process saw them; the gateway does not take its word for it."""
+    """Who asked, as the MMS process saw them; the gateway does not take its word for it.
+    A certificate holder's ``certificate`` (DER, base64) goes with it, for the gateway to
+    verify again."""
 
     name: str
     role: str
     zone: str | None = None
     conduit: str | None = None
+    certificate: str | None = None
 
     @classmethod
     def of(cls, who: Identity) -> Caller:
-        return cls(who.name, who.role, who.zone, who.conduit)
+        der = who.certificate if isinstance(who, CertificateHolder) else None
+        certificate = base64.b64encode(der).decode() if der else None
+        return cls(who.name, who.role, who.zone, who.conduit, certificate)
+
+    def der(self) -> bytes | None:
+        """The certificate as DER (its base64 was checked when the message was read)."""
+        return None if self.certificate is None else base64.b64decode(self.certificate)
 
     def identity(self) -> Identity:
         """As an :class:`Identity` for an audit record (no permissions are inferred from it)."""
@@ -248,8 +264,9 @@ class Door:
     why: str | None = None
 
 
-DOOR_REASONS: Final = frozenset({"not_in_conduit", "rate"})
-"""Why a door refuses a peer (``Gatekeeper.admit``): the label values the process may report."""
+DOOR_REASONS: Final = frozenset({"not_in_conduit", "rate", HANDSHAKE, *REFUSALS.values()})
+"""Why a door refuses a peer (``Gatekeeper.admit``; a TLS handshake refused or cut,
+:data:`.tls.REFUSALS`): the label values the process may report."""
 
 
 Up = Ready | Failed | Beat | Operate | Refused | Door
@@ -322,6 +339,23 @@ class _Fields:
         except ValueError:
             raise ProtocolError(f"{self.kind}.{name}: not an IP address") from None
 
+    def certificate(self, name: str) -> str | None:
+        """An optional DER certificate in base64 (absent or null: none), bounded."""
+        if name not in self.raw:
+            return None
+        self.unread.discard(name)
+        value = self.raw[name]
+        if value is None:
+            return None
+        limit = 4 * (MAX_CERTIFICATE_BYTES // 3 + 1)
+        if not isinstance(value, str) or not 0 < len(value) <= limit:
+            raise ProtocolError(f"{self.kind}.{name}: not a base64 certificate of at most {limit}")
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError(f"{self.kind}.{name}: not base64") from None
+        return value
+
     def inner(self, name: str) -> _Fields:
         value = self._get(name)
         if not isinstance(value, dict):
@@ -336,7 +370,8 @@ class _Fields:
 def _caller(f: _Fields) -> Caller:
     inner = f.inner("caller")
     zone, conduit = inner.text_or_none("zone"), inner.text_or_none("conduit")
-    caller = Caller(inner.text("name"), inner.text("role"), zone, conduit)
+    certificate = inner.certificate("certificate")
+    caller = Caller(inner.text("name"), inner.text("role"), zone, conduit, certificate)
     inner.done()
     return caller
 

@@ -243,6 +243,15 @@ class DataObject:
             return None
         return sample.value / self.scale, sample.quality, sample.source_ts
 
+    def reasons(self, snap: Snapshot, ctx: Context) -> frozenset[str]:
+        """Why the readings behind this row are doubtful (``Point.reason`` of its points:
+        ``"out of range"``, ``"not available"``), for the quality's detailQual."""
+        signal = self.signal
+        if signal is None or signal.role is None or signal.point is None:
+            return frozenset()
+        points = (snap.get(point_key(d, signal.point)) for d in ctx.site.devices(signal.role))
+        return frozenset(p.reason for p in points if p is not None and p.reason)
+
 
 VALUE_LEAF: Final = {
     "MV": "mag.f",

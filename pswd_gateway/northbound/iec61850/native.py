@@ -36,6 +36,7 @@ __all__ = [
     "CHECK_HANDLER",
     "CONNECTION_HANDLER",
     "CONTROL_HANDLER",
+    "TLS_EVENT_HANDLER",
     "AddCause",
     "Check",
     "Result",
@@ -75,6 +76,22 @@ class AddCause:
 
 AUTH_NONE: Final = 0
 AUTH_PASSWORD: Final = 1
+AUTH_TLS: Final = 3
+"""``ACSE_AUTH_TLS``: no ACSE password, and the client certificate of the TLS session (which
+libiec61850 verified in the handshake) is handed to the authenticator instead."""
+
+
+class _AcseAuthenticationParameter(ctypes.Structure):
+    """``struct sAcseAuthenticationParameter`` (iso_connection_parameters.h): the mechanism and
+    a union whose ``password`` and ``certificate`` members are both (``uint8_t*``, ``int``).
+    pyiec61850 has no accessor for the certificate."""
+
+    _fields_ = (
+        ("mechanism", c_int),
+        ("buf", POINTER(c_uint8)),
+        ("length", c_int),
+    )
+
 
 AUTHENTICATOR = CFUNCTYPE(c_bool, c_void_p, c_void_p, POINTER(c_void_p), c_void_p)
 """``bool (*)(void* parameter, AcseAuthenticationParameter, void** token, IsoAppRef*)``."""
@@ -85,6 +102,9 @@ CHECK_HANDLER = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_bool, c_bool)
 bool interlockCheck)``."""
 CONTROL_HANDLER = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_bool)
 """``ControlHandlerResult (*)(ControlAction, void* parameter, MmsValue* ctlVal, bool test)``."""
+TLS_EVENT_HANDLER = CFUNCTYPE(None, c_void_p, c_int, c_int, c_char_p, c_void_p)
+"""``void (*)(void* parameter, TLSEventLevel, int eventCode, const char* message,
+TLSConnection)`` (tls_config.h)."""
 
 _P = c_void_p
 _SIGNATURES: Final[dict[str, tuple[Any, list[Any]]]] = {
@@ -138,6 +158,22 @@ _SIGNATURES: Final[dict[str, tuple[Any, list[Any]]]] = {
     "IedServer_updateInt64AttributeValue": (None, [_P, _P, ctypes.c_int64]),
     "PhyComAddress_create": (_P, [c_uint8, c_uint16, c_uint16, POINTER(c_uint8)]),
     "GSEControlBlock_addPhyComAddress": (None, [_P, _P]),
+    "TLSConfiguration_create": (_P, []),
+    "TLSConfiguration_destroy": (None, [_P]),
+    "TLSConfiguration_setOwnCertificateFromFile": (c_bool, [_P, c_char_p]),
+    "TLSConfiguration_setOwnKeyFromFile": (c_bool, [_P, c_char_p, c_char_p]),
+    "TLSConfiguration_addCACertificateFromFile": (c_bool, [_P, c_char_p]),
+    "TLSConfiguration_addCRL": (c_bool, [_P, POINTER(c_uint8), c_int]),
+    "TLSConfiguration_resetCRL": (None, [_P]),
+    "TLSConfiguration_setChainValidation": (None, [_P, c_bool]),
+    "TLSConfiguration_setAllowOnlyKnownCertificates": (None, [_P, c_bool]),
+    "TLSConfiguration_setTimeValidation": (None, [_P, c_bool]),
+    "TLSConfiguration_setMinTlsVersion": (None, [_P, c_int]),
+    "TLSConfiguration_enableSessionResumption": (None, [_P, c_bool]),
+    "TLSConfiguration_clearCipherSuiteList": (None, [_P]),
+    "TLSConfiguration_addCipherSuite": (None, [_P, c_int]),
+    "TLSConfiguration_setEventHandler": (None, [_P, TLS_EVENT_HANDLER, _P]),
+    "TLSConnection_getPeerAddress": (_P, [_P, c_char_p]),
 }
 
 MMS_STRUCTURE: Final = 1
@@ -222,6 +258,26 @@ def password_of(auth: int | None) -> bytes | None:
     length = lib.AcseAuthenticationParameter_getPasswordLength(auth)
     data = lib.AcseAuthenticationParameter_getPassword(auth)
     return bytes(data[:length]) if data and length > 0 else b""
+
+
+def certificate_of(auth: int | None) -> bytes | None:
+    """The DER client certificate an association over TLS carries, or None when it carries
+    none (a password, or no TLS)."""
+    if not auth:
+        return None
+    param = ctypes.cast(auth, POINTER(_AcseAuthenticationParameter)).contents
+    if param.mechanism != AUTH_TLS or not param.buf or param.length <= 0:
+        return None
+    return bytes(param.buf[: param.length])
+
+
+def tls_peer(connection: int | None) -> str:
+    """A TLS connection's peer as libiec61850 writes it (``host:port``), or ``""``."""
+    if not connection:
+        return ""
+    buffer = ctypes.create_string_buffer(64)  # TLSConnection_getPeerAddress wants at least 61
+    library().TLSConnection_getPeerAddress(connection, buffer)
+    return buffer.value.decode(errors="replace")
 
 
 def originator(action: int) -> str:

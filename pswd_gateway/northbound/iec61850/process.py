@@ -11,8 +11,9 @@ same surface: ``start``/``stop``/``unhealthy``, ``control_guard``, ``stats``.
   behind costs a dictionary of points here, never a growing queue. Site settings, the zone
   policy, guard events and the load-step state follow as they change; a new child gets all of
   it in its first frame.
-- **Up.** The child asks for an operate (the gateway checks the caller against its own users
-  and conduits and the value against :func:`~.controls.judge` again, carries it out through
+- **Up.** The child asks for an operate (the gateway checks the caller against its own users,
+  or a certificate holder's certificate against the client CA and the CRL, and its conduits,
+  and the value against :func:`~.controls.judge` again, carries it out through
   ``hooks.operate`` and answers), a refusal to audit, what its door decided for a peer
   (counted, and audited when refused, by the gateway's :class:`Gatekeeper`, whose policy and
   connection rate the child's door copies), and a heartbeat with its statistics every 0.25 s,
@@ -73,6 +74,7 @@ from pswd_gateway.northbound.iec61850.link import (
 )
 from pswd_gateway.northbound.iec61850.model import CONTROLS, DataObject
 from pswd_gateway.northbound.iec61850.server import MmsHooks, MmsStats
+from pswd_gateway.security.pki import ClientCertificates
 from pswd_gateway.security.zones import Admission, Conduit, Gatekeeper, Policy, Zone
 from pswd_gateway.store import PointStore
 from pswd_gateway.tasks import cancel_and_wait
@@ -234,6 +236,9 @@ class MmsProcess:
         self.log_format: LogFormat = log_format
         self.backoff = backoff or Backoff()
         self.hang_after_s = hang_after_s
+        tls = settings.tls
+        self.certificates = ClientCertificates(tls.client_ca, tls.crl) if tls is not None else None
+        """What a certificate holder's operate is checked against again (MMS over TLS)."""
         self.restarts_total = 0
         self._child: Child | None = None
         self._carried = MmsStats()
@@ -605,13 +610,9 @@ class MmsProcess:
         return caller
 
     def _caller(self, claim: Caller) -> Identity:
-        """A configured user through a conduit of the policy in force, or :class:`NotVouched`."""
-        users = self.settings.users
-        user = next(
-            (u for u in users if (f"mms:{u.name}", u.role) == (claim.name, claim.role)), None
-        )
-        if user is None:
-            raise NotVouched(f"{claim.name[:80]} ({claim.role[:20]}) is no configured MMS user")
+        """A configured user, or the holder of a certificate the client CA issued and did not
+        revoke, through a conduit of the policy in force; or :class:`NotVouched`."""
+        role = self._role(claim)
         conduit = next(
             (
                 c
@@ -623,7 +624,28 @@ class MmsProcess:
         if conduit is None:
             raise NotVouched(f"no conduit {claim.conduit!r} from zone {claim.zone!r} to iec61850")
         admission = Admission("iec61850", conduit.zone, conduit.name, conduit.access)
-        return admission.limit(Identity(claim.name, user.role))
+        return admission.limit(Identity(claim.name, role))
+
+    def _role(self, claim: Caller) -> str:
+        """The role the gateway's own configuration gives the claimed caller."""
+        der = claim.der()
+        if der is not None:
+            if self.certificates is None:
+                raise NotVouched("a certificate holder, but MMS is not served over TLS")
+            try:
+                holder = self.certificates.holder(der)
+            except (OSError, ValueError) as exc:
+                raise NotVouched(f"{claim.name[:80]}: {exc}") from None
+            if (holder.name, holder.role) != (claim.name, claim.role):
+                raise NotVouched(f"the certificate names {holder.name} ({holder.role})")
+            return holder.role
+        users = self.settings.users
+        user = next(
+            (u for u in users if (f"mms:{u.name}", u.role) == (claim.name, claim.role)), None
+        )
+        if user is None:
+            raise NotVouched(f"{claim.name[:80]} ({claim.role[:20]}) is no configured MMS user")
+        return user.role
 
     def _spawn_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)

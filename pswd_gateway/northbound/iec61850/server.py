@@ -4,13 +4,22 @@ libiec61850 calls block, so the server and every update live on one worker threa
 side computes a batch from the store once per cycle and hands it over; the worker applies the
 whole batch under one model lock (``IedServer_lockDataModel``), so a client never reads half a
 cycle. Values are served in the table's units with the point's quality (good / questionable /
-invalid validity) and source timestamp; an invalid device is served as invalid, never as a
-stale good value.
+invalid validity, and the detailQual of a doubtful reading: :data:`DETAIL_QUAL`) and source
+timestamp; an invalid device is served as invalid, never as a stale good value.
 
 Everything after the model is built goes through :mod:`native` (ctypes, which lets go of the
 interpreter lock during each call): libiec61850's thread calls back into Python for
-associations (ACSE password → role), connections (allowed networks) and controls while it
-holds its model lock.
+associations (ACSE password → user, or over TLS the client certificate → its holder),
+connections (allowed networks) and controls while it holds its model lock.
+
+With ``tls`` it serves MMS over TLS (:mod:`.tls`). libiec61850 hands the authenticator the
+client certificate the handshake verified when the association carries no password; its
+holder (``cert:<name>`` with the certificate's role, :func:`~pswd_gateway.security.pki.
+certificate_holder`) is the caller. A changed CRL is read again at the next connection or
+association and handed to libiec61850 then (this libiec61850 serves every connection on its one
+server thread, the thread these callbacks run on, so no handshake reads the CRL meanwhile): the
+first association after a revocation is refused here, the next ones at the handshake, and an
+operate on an association opened before it is refused too.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import contextlib
 import functools
 import hashlib
 import ipaddress
+import itertools
 import queue
 import threading
 import time
@@ -31,10 +41,10 @@ from typing import Any, Final
 from pswd_gateway.config import Iec61850UserConfig, SiteConfig
 from pswd_gateway.control.guard import GuardEvent
 from pswd_gateway.domain.identity import Identity, Permission
-from pswd_gateway.domain.points import Point, Quality
+from pswd_gateway.domain.points import NOT_AVAILABLE, OUT_OF_RANGE, Point, Quality
 from pswd_gateway.logging import get_logger
 from pswd_gateway.northbound.iec61850 import native
-from pswd_gateway.northbound.iec61850.controls import ANONYMOUS, judge
+from pswd_gateway.northbound.iec61850.controls import ANONYMOUS, Verdict, judge
 from pswd_gateway.northbound.iec61850.model import (
     CONTROLS,
     TABLE,
@@ -42,19 +52,35 @@ from pswd_gateway.northbound.iec61850.model import (
     GooseAddress,
     build_model,
 )
+from pswd_gateway.northbound.iec61850.tls import Handshakes, MmsTls, add_crl, configure
 from pswd_gateway.security.passwords import verify_password
+from pswd_gateway.security.pki import CertificateHolder, RevocationList, certificate_holder
 from pswd_gateway.security.zones import Admission
 from pswd_gateway.store import PointStore
 
-__all__ = ["MmsHooks", "MmsServer"]
+__all__ = ["DETAIL_QUAL", "MmsHooks", "MmsServer", "quality_bits"]
 
 log = get_logger("iec61850")
 
 VALIDITY: Final = {Quality.GOOD: 0, Quality.INVALID: 2, Quality.QUESTIONABLE: 3}
 """IEC 61850-7-3 quality validity bits as libiec61850 encodes them."""
 
+DETAIL_QUAL: Final[dict[str, tuple[Quality, int]]] = {
+    OUT_OF_RANGE: (Quality.QUESTIONABLE, 0x0008),  # QUALITY_DETAIL_OUT_OF_RANGE
+    NOT_AVAILABLE: (Quality.INVALID, 0x0040),  # QUALITY_DETAIL_FAILURE
+}
+"""A point's reason (``Point.reason``) → the least validity it allows and its IEC 61850-7-3
+detailQual bit. outOfRange: the value is beyond its predefined range (questionable). A device
+that says it has no value is a failure its supervision detected (invalid); oldData would say the
+value was not updated in time, which is a late device's questionable quality, not this."""
+
 Update = tuple[str, float, int, int]
 """(LD/LN.DO, value, quality bits, timestamp ms)."""
+
+CERTIFICATE_TOKENS: Final = 1 << 32
+"""Security tokens of certificate holders start here (a password user's is its index + 1)."""
+SWEEP_S: Final = 0.5
+"""How often unfinished TLS handshakes are looked for."""
 
 
 @dataclass
@@ -67,6 +93,19 @@ class MmsStats:
     associations_refused_total: int = 0
     controls_accepted_total: int = 0
     controls_refused_total: int = 0
+    handshakes_refused_total: int = 0
+    """TLS handshakes refused or cut (no certificate, another CA's, revoked, too slow)."""
+
+
+def quality_bits(quality: Quality, reasons: frozenset[str] = frozenset()) -> int:
+    """The ``q`` served: validity from ``quality``, made worse where a reason asks for it, with
+    the detailQual bit of each reason (:data:`DETAIL_QUAL`; an unknown reason adds nothing)."""
+    worst, detail = quality, 0
+    for reason in reasons:
+        least, bit = DETAIL_QUAL.get(reason, (Quality.GOOD, 0))
+        worst = max(worst, least, key=lambda q: q.rank)
+        detail |= bit
+    return VALIDITY[worst] | detail
 
 
 async def _nothing(*_args: Any) -> None:
@@ -82,6 +121,9 @@ class MmsHooks:
     refused: Callable[[Identity, str, str], Coroutine[Any, Any, None]] = _nothing
     """Audit a refusal: (caller, action, why)."""
     load_step_imminent: Callable[[], bool] = lambda: False
+    peer_refused: Callable[[str, str, str], None] = lambda *_: None
+    """Count and audit a peer refused before its association (a TLS handshake refused or
+    cut): (its address, why, reason label). Called on libiec61850's thread or the loop."""
 
 
 def _never_raise(fn: Callable[..., Any], default: Any) -> Callable[..., Any]:
@@ -154,6 +196,7 @@ class MmsServer:
         goose_interface: str | None = None,
         goose_times_ms: tuple[int, int] = (4, 1000),
         goose_address: GooseAddress | None = None,
+        tls: MmsTls | None = None,
         hooks: MmsHooks | None = None,
     ) -> None:
         self.goose_interface = goose_interface
@@ -192,6 +235,18 @@ class MmsServer:
         self._pending: dict[str, Future[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._guard: GuardEvent | None = None
+        self.tls = tls
+        self._tls_config = 0
+        self._crl = RevocationList(tls.crl) if tls is not None and tls.crl is not None else None
+        self._holders: dict[int, CertificateHolder] = {}
+        """The certificate holder of each association over TLS, by its security token."""
+        self._tokens = itertools.count(CERTIFICATE_TOKENS)
+        self._handshakes = (
+            Handshakes(port, self._tls_refused, tls.handshake_timeout_s)
+            if tls is not None
+            else None
+        )
+        self._sweeping: asyncio.Task[None] | None = None
         self.rounds = 0
         """Items the worker thread has taken from its queue: batches, and empty ones that only
         take the model lock (the MMS process's heartbeat probes, see ``worker.py``)."""
@@ -208,6 +263,8 @@ class MmsServer:
             raise self._error
         self._subscription = self.store.subscribe(self._on_points)
         self._task = asyncio.create_task(self._feed(), name="iec61850-feed")
+        if self._handshakes is not None:
+            self._sweeping = asyncio.create_task(self._sweep(), name="iec61850-handshakes")
         log.info(
             "mms_started",
             host=self.host,
@@ -216,6 +273,7 @@ class MmsServer:
             max_connections=self.max_connections,
             users=len(self.users.users),
             anonymous_read=self.anonymous_read,
+            tls=self.tls is not None,
         )
 
     def _on_points(self, points: Sequence[Point]) -> None:
@@ -244,15 +302,18 @@ class MmsServer:
             bad.append("iec61850-mms")
         if self._task is not None and self._task.done():
             bad.append("iec61850-feed")
+        if self._sweeping is not None and self._sweeping.done():
+            bad.append("iec61850-handshakes")
         return bad
 
     async def stop(self) -> None:
         if self._subscription is not None:
             self._subscription.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._sweeping):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._thread is not None:
             with contextlib.suppress(queue.Full):
                 self._queue.put(None, timeout=1.0)
@@ -273,17 +334,26 @@ class MmsServer:
         lib.IedServerConfig_enableFileService(config, False)  # noqa: FBT003 - C API
         lib.IedServerConfig_enableDynamicDataSetService(config, False)  # noqa: FBT003 - C API
         lib.IedServerConfig_enableLogService(config, False)  # noqa: FBT003 - C API
-        server = lib.IedServer_createWithConfig(native.address(built.model), None, config)
-        lib.IedServerConfig_destroy(config)
-        if not server:
-            raise OSError("libiec61850 could not create the IEC 61850 server")
         self._callbacks = [
             native.AUTHENTICATOR(_never_raise(self._authenticate, False)),  # noqa: FBT003
             native.CONNECTION_HANDLER(_never_raise(self._connection, None)),
             native.CHECK_HANDLER(_never_raise(self._check, native.Check.HARDWARE_FAULT)),
             native.CONTROL_HANDLER(_never_raise(self._operate, native.Result.FAILED)),
+            native.TLS_EVENT_HANDLER(_never_raise(self._tls_event, None)),
         ]
-        authenticate, connection, check, operate = self._callbacks
+        authenticate, connection, check, operate, tls_event = self._callbacks
+        try:
+            self._tls_config = self._configure_tls(tls_event)
+        except BaseException:
+            lib.IedServerConfig_destroy(config)
+            raise
+        server = lib.IedServer_createWithConfig(
+            native.address(built.model), self._tls_config or None, config
+        )
+        lib.IedServerConfig_destroy(config)
+        if not server:
+            self._destroy_tls()
+            raise OSError("libiec61850 could not create the IEC 61850 server")
         lib.IedServer_setAuthenticator(server, authenticate, None)
         lib.IedServer_setConnectionIndicationHandler(server, connection, None)
         for data_object in built.controls.values():
@@ -314,6 +384,7 @@ class MmsServer:
             return
         if not running:
             lib.IedServer_destroy(server)
+            self._destroy_tls()
             self._error = OSError(f"IEC 61850 server did not start on {self.host}:{self.port}")
             self._ready.set()
             return
@@ -326,7 +397,28 @@ class MmsServer:
         finally:
             lib.IedServer_stop(server)
             lib.IedServer_destroy(server)
+            self._destroy_tls()
             m.IedModel_destroy(model)
+
+    def _configure_tls(self, events: Any) -> int:
+        """libiec61850's TLS configuration (0 without TLS), with the CRL as read now."""
+        if self.tls is None:
+            return 0
+        crl = None
+        if self._crl is not None:
+            try:
+                self._crl.refresh()
+            except (OSError, ValueError) as exc:
+                where = f"listeners.iec61850.tls_crl: cannot read {self._crl.path}"
+                raise OSError(f"{where}: {exc}") from None
+            crl = self._crl.data
+            log.info("crl_loaded", crl=str(self._crl.path), revoked=len(self._crl.serials))
+        return configure(self.tls, events, crl)
+
+    def _destroy_tls(self) -> None:
+        if self._tls_config:
+            native.library().TLSConfiguration_destroy(self._tls_config)
+            self._tls_config = 0
 
     def _apply(self, lib: Any, server: int, kinds: dict[str, str], batch: list[Update]) -> None:
         t0 = time.perf_counter()
@@ -360,6 +452,9 @@ class MmsServer:
                 asyncio.run_coroutine_threadsafe(self.hooks.refused(caller, action, why), loop)
 
     def _authenticate(self, _param: Any, auth: Any, token: Any, _app: Any) -> bool:
+        certificate = native.certificate_of(auth)
+        if certificate is not None:
+            return self._associate(certificate, token)
         password = native.password_of(auth)
         if password is None:
             if not self.anonymous_read:
@@ -374,13 +469,83 @@ class MmsServer:
         token[0] = index + 1
         return True
 
+    def _associate(self, certificate: bytes, token: Any) -> bool:
+        """An association over TLS without a password: the certificate the handshake verified
+        names the caller, unless the CRL revoked it since libiec61850 last read it."""
+        holder = certificate_holder(certificate)
+        if holder is None:
+            self.stats.associations_refused_total += 1
+            why = "the client certificate names no holder with a role (urn:pswd:role:<role>)"
+            self._refuse(Identity("cert:unknown", "none"), "mms association", why)
+            return False
+        revoked = self._revoked(holder)
+        if revoked is not None:
+            self.stats.associations_refused_total += 1
+            self._refuse(holder, "mms association", revoked)
+            return False
+        key = next(self._tokens)
+        self._holders[key] = holder
+        token[0] = key
+        return True
+
+    def _revoked(self, who: Identity) -> str | None:
+        """Why ``who`` may not act any more: a certificate holder the CRL now revokes."""
+        if not isinstance(who, CertificateHolder) or self._crl is None:
+            return None
+        self._crl_current()
+        serial = who.serial
+        if self._crl.revokes(serial):
+            return f"client certificate {serial:X} of {who.name} is revoked"
+        return None
+
+    def _crl_current(self) -> None:
+        """Read the CRL again if it changed, and hand it to libiec61850 for the next handshakes.
+        Called on libiec61850's server thread only (see the module docstring)."""
+        crl = self._crl
+        if crl is None or not self._tls_config:
+            return
+        try:
+            changed = crl.refresh()
+        except (OSError, ValueError) as exc:  # the last list read stays in force
+            log.error("crl_unreadable", crl=str(crl.path), error=str(exc))
+            return
+        if changed:
+            native.library().TLSConfiguration_resetCRL(self._tls_config)
+            loaded = add_crl(self._tls_config, crl.data)
+            log.info("crl_loaded", crl=str(crl.path), revoked=len(crl.serials), tls=loaded)
+
+    def _tls_event(
+        self, _param: Any, level: int, code: int, message: bytes | None, connection: Any
+    ) -> None:
+        assert self._handshakes is not None
+        self._handshakes.event(level, code, message, connection)
+
+    def _tls_refused(self, peer: str, why: str, reason: str) -> None:
+        self.stats.handshakes_refused_total += 1
+        log.warning("mms_refused", peer=peer, action="mms tls handshake", why=why, reason=reason)
+        self.hooks.peer_refused(peer, why, reason)
+
+    async def _sweep(self) -> None:
+        """Cut TLS handshakes that do not finish (:meth:`.tls.Handshakes.sweep`)."""
+        assert self._handshakes is not None
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            try:
+                self._handshakes.sweep(time.monotonic())
+            except Exception:
+                log.exception("mms_handshake_sweep_failed")
+
     def _connection(self, _server: Any, connection: Any, connected: bool, _param: Any) -> None:
         lib = native.library()
         if not connected:
             peer = (lib.ClientConnection_getPeerAddress(connection) or b"").decode(errors="replace")
+            token = lib.ClientConnection_getSecurityToken(connection)
+            if token:
+                self._holders.pop(int(token), None)
             if self._admissions.pop(peer, None) is not None:
                 self.stats.connections_open = max(0, self.stats.connections_open - 1)
             return
+        self._crl_current()
         peer = (lib.ClientConnection_getPeerAddress(connection) or b"").decode(errors="replace")
         ip = peer_ip(peer)
         admission = self.door(ip) if ip is not None else None
@@ -396,8 +561,10 @@ class MmsServer:
         lib = native.library()
         connection = lib.ControlAction_getClientConnection(action)
         token = lib.ClientConnection_getSecurityToken(connection) if connection else None
-        who = ANONYMOUS
-        if token:
+        who: Identity = ANONYMOUS
+        if token and int(token) >= CERTIFICATE_TOKENS:
+            who = self._holders.get(int(token), Identity("cert:gone", "none"))
+        elif token:
             user = self.users.users[int(token) - 1]
             who = Identity(f"mms:{user.name}", user.role)
         peer = lib.ClientConnection_getPeerAddress(connection) if connection else None
@@ -424,7 +591,12 @@ class MmsServer:
         ref = self._control(action)
         caller = self._caller(action)
         value = self._value(ref, ctl_val)
-        verdict = judge(CONTROLS[ref], value, caller, self.site())
+        revoked = self._revoked(caller)
+        verdict = (
+            judge(CONTROLS[ref], value, caller, self.site())
+            if revoked is None
+            else Verdict(native.Check.ACCESS_DENIED, native.AddCause.NO_ACCESS_AUTHORITY, revoked)
+        )
         select = bool(lib.ControlAction_isSelect(action))
         # a new request: forget an operate whose client left before its CommandTermination
         self._pending.pop(ref, None)
@@ -487,7 +659,7 @@ class MmsServer:
             if got is None:
                 continue
             value, quality, ts = got
-            bits = VALIDITY[quality]
+            bits = quality_bits(quality, row.reasons(snap, ctx))
             if self._last.get(row.reference) == (value, bits):
                 continue
             self._last[row.reference] = (value, bits)

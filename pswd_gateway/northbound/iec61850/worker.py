@@ -5,7 +5,7 @@ process only; the gateway (:mod:`.process`, the parent ``PID``) notices and star
 This side runs :class:`~pswd_gateway.northbound.iec61850.server.MmsServer` unchanged, on a
 store of its own that the gateway's point batches fill, and asks the gateway over the socket
 ``FD`` (:mod:`.link`) for what the hooks would do in one process: carry out an operate, audit a
-refusal, count a peer at the door.
+refusal, count a peer at the door (refused there, or at its TLS handshake).
 
 Nothing here waits for the gateway on libiec61850's thread: what goes up is queued in a
 bounded outbox (heartbeats, refusals and door reports are dropped, and counted, when it is
@@ -293,7 +293,12 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> i
         **start.settings.server_kwargs(),
         door=admit,
         hooks=MmsHooks(
-            operate=link.operate, refused=link.refused, load_step_imminent=lambda: shared.load_step
+            operate=link.operate,
+            refused=link.refused,
+            load_step_imminent=lambda: shared.load_step,
+            peer_refused=lambda peer, why, reason: gate.refusals.refuse(
+                "iec61850", peer, why, reason
+            ),
         ),
     )
     if start.guard is not None:
