@@ -584,8 +584,8 @@ class Gateway:
 
     def _rotate(self, new: GatewayConfig) -> dict[str, Any]:
         """Credentials and the zone policy from a reloaded config, in force for the next
-        request or connection: API tokens, OPC UA users, zones and conduits. What changed, by
-        name (never a secret or hash), for the log and the audit."""
+        request or connection: API tokens, OPC UA users, MMS users, zones and conduits. What
+        changed, by name (never a secret or hash), for the log and the audit."""
         old = self.config
         changed: dict[str, Any] = {}
         app = self.api_listener.app if self.api_listener is not None else None
@@ -608,7 +608,9 @@ class Gateway:
             if self.opcua is not None:
                 self.opcua.users.replace(*after)
         if new.iec61850.users != old.iec61850.users:
-            log.warning("reload_requires_restart", section="iec61850.users")
+            changed["iec61850.users"] = _names_diff(old.iec61850.users, new.iec61850.users)
+            if self.mms is not None:
+                self.mms.replace_users(new.iec61850.users)
         return changed
 
     async def _audit_setting(self, who: Identity, action: str, detail: dict[str, Any]) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from test_http_api import body
 from pswd_gateway.bench.api import free_port
 from pswd_gateway.config import load_config
 from pswd_gateway.daemon import Gateway
+from pswd_gateway.security.passwords import hash_password
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +97,77 @@ async def test_sighup_rotates_tokens_and_conduits_and_audits_the_change(
     }
     assert reload[-1]["detail"]["conduits"]["changed"] == ["ml"]
     assert "secret" not in str(reload[-1]["detail"])
+
+
+MMS_CLIENT = Path(__file__).with_name("mms_client.py")
+
+
+def mms_settings(tmp: Path, port: int, mms_port: int, password: str) -> dict[str, Any]:
+    cfg = settings(tmp, port, "ml", "announce")
+    cfg["listeners"]["iec61850"] = {"host": "127.0.0.1", "port": mms_port}
+    cfg["iec61850"] = {
+        "users": [
+            {
+                "name": "tso",
+                "role": "operator",
+                "password_hash": hash_password(password, iterations=1000),
+            }
+        ]
+    }
+    cfg["zones"]["scada"] = {"kind": "scada", "networks": ["127.0.0.1/32"]}
+    cfg["conduits"].append(
+        {"name": "tso-mms", "zone": "scada", "listener": "iec61850", "access": "operate"}
+    )
+    return cfg
+
+
+async def _associate(port: int, password: str) -> int:
+    """libiec61850's error code of an association with ``password`` (0: associated)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(MMS_CLIENT), str(port), password, "[]",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    connect: int = json.loads(out.decode().strip().splitlines()[-1])["connect"]
+    return connect
+
+
+async def test_sighup_rotates_mms_passwords_in_the_running_mms_process(tmp_path: Path) -> None:
+    path, port, mms_port = tmp_path / "gateway.toml", free_port(), free_port()
+    path.write_text(tomli_w.dumps(mms_settings(tmp_path, port, mms_port, "old-secret")))
+    gw = Gateway(load_config(path), config_path=path)
+    task = asyncio.create_task(gw.run())
+    try:
+        for _ in range(400):
+            if gw.mms is not None and gw.mms.up:
+                break
+            await asyncio.sleep(0.05)
+        assert gw.mms is not None
+        assert gw.mms.up
+        pid = gw.mms.pid
+        assert await _associate(mms_port, "old-secret") == 0
+        assert await _associate(mms_port, "new-secret") != 0
+        path.write_text(tomli_w.dumps(mms_settings(tmp_path, port, mms_port, "new-secret")))
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(100):
+            if await _associate(mms_port, "new-secret") == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await _associate(mms_port, "new-secret") == 0
+        assert await _associate(mms_port, "old-secret") != 0
+        assert gw.mms.pid == pid  # the same MMS process: not restarted
+        assert gw.journal is not None
+        audit = await gw.journal.call(gw.journal.sync.audit_entries, 0, 200)
+        reload = [a for a in audit if a["action"] == "config reload"]
+        assert reload[-1]["detail"]["iec61850.users"] == {
+            "added": [],
+            "removed": [],
+            "changed": ["tso"],
+        }
+        assert "secret" not in str(reload[-1]["detail"])
+    finally:
+        gw.request_stop()
+        async with asyncio.timeout(15):
+            await task

@@ -58,6 +58,7 @@ __all__ = [
     "SiteChanged",
     "Start",
     "Stop",
+    "UsersChanged",
     "down_frame",
     "parse_down",
     "parse_up",
@@ -143,6 +144,13 @@ class PolicyChanged:
 
 
 @dataclass(frozen=True)
+class UsersChanged:
+    """The MMS users were reloaded (SIGHUP): the next associations are judged by these."""
+
+    users: tuple[Iec61850UserConfig, ...]
+
+
+@dataclass(frozen=True)
 class GuardChanged:
     event: GuardEvent
 
@@ -165,7 +173,17 @@ class Stop:
     """Stop serving and exit."""
 
 
-Down = Start | Points | SiteChanged | PolicyChanged | GuardChanged | LoadStep | Answer | Stop
+Down = (
+    Start
+    | Points
+    | SiteChanged
+    | PolicyChanged
+    | UsersChanged
+    | GuardChanged
+    | LoadStep
+    | Answer
+    | Stop
+)
 
 
 def down_frame(message: Down) -> bytes:
@@ -176,7 +194,15 @@ def parse_down(body: bytes) -> Down:
     message: object = pickle.loads(body)  # noqa: S301 - from the gateway, which started us
     if not isinstance(
         message,
-        Start | Points | SiteChanged | PolicyChanged | GuardChanged | LoadStep | Answer | Stop,
+        Start
+        | Points
+        | SiteChanged
+        | PolicyChanged
+        | UsersChanged
+        | GuardChanged
+        | LoadStep
+        | Answer
+        | Stop,
     ):
         raise ProtocolError(f"not a message to the MMS process: {type(message).__name__}")
     return message

@@ -38,10 +38,10 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final
 
-from pswd_gateway.config import LOCAL_ZONE, LOOPBACK_NETWORKS, SiteConfig
+from pswd_gateway.config import LOCAL_ZONE, LOOPBACK_NETWORKS, Iec61850UserConfig, SiteConfig
 from pswd_gateway.control.guard import GuardEvent
 from pswd_gateway.domain.identity import Identity
 from pswd_gateway.domain.points import Point, Quality
@@ -68,6 +68,7 @@ from pswd_gateway.northbound.iec61850.link import (
     Start,
     Stop,
     Up,
+    UsersChanged,
     down_frame,
     parse_up,
     read_frame,
@@ -168,6 +169,7 @@ class Child:
     killed_for: str | None = None
     site: SiteConfig | None = None
     policy: Policy | None = None
+    users: tuple[Iec61850UserConfig, ...] | None = None
     load_step: bool | None = None
 
     @property
@@ -337,6 +339,12 @@ class MmsProcess:
             if task is not None and task.done()
         ]
 
+    def replace_users(self, users: tuple[Iec61850UserConfig, ...]) -> None:
+        """New MMS users (SIGHUP): the gateway judges operates by them at once, the MMS process
+        its next associations (a restarted one starts with them)."""
+        self.settings = replace(self.settings, users=users)
+        self._wake.set()  # the feed sends them (:meth:`_sync`)
+
     def control_guard(self, event: GuardEvent) -> None:
         """The control guard tripped or re-armed: to the child at once (``GGIO1.Ind4``)."""
         self._guard = event
@@ -354,7 +362,8 @@ class MmsProcess:
                 self._wake.set()  # an event: GOOSE carries it within milliseconds
 
     def _sync(self, child: Child) -> None:
-        """Send the site settings, the policy and the load-step state where they changed."""
+        """Send the site settings, the policy, the users and the load-step state where they
+        changed."""
         site, policy = self.site(), self.gate.policy
         if site is not child.site:
             child.site = site
@@ -362,6 +371,9 @@ class MmsProcess:
         if policy is not child.policy:
             child.policy = policy
             child.send(PolicyChanged(policy))
+        if self.settings.users is not child.users:
+            child.users = self.settings.users
+            child.send(UsersChanged(child.users))
         imminent = self.hooks.load_step_imminent()
         if imminent != child.load_step:
             child.load_step = imminent
@@ -385,6 +397,7 @@ class MmsProcess:
         points = tuple(self.store.snapshot(time.time()).points.values())
         self._dirty.clear()
         child.site, child.policy = self.site(), self.gate.policy
+        child.users = self.settings.users
         child.load_step = self.hooks.load_step_imminent()
         return Start(
             self.settings,

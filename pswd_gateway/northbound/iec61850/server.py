@@ -241,6 +241,10 @@ class MmsServer:
         self._holders: dict[int, CertificateHolder] = {}
         """The certificate holder of each association over TLS, by its security token."""
         self._tokens = itertools.count(CERTIFICATE_TOKENS)
+        self._password_callers: dict[int, Identity] = {}
+        """The user of each association that gave a password, by its security token: the user as
+        it was when the association was made, whatever :meth:`replace_users` does later."""
+        self._password_tokens = itertools.count(1)
         self._handshakes = (
             Handshakes(port, self._tls_refused, tls.handshake_timeout_s)
             if tls is not None
@@ -461,13 +465,24 @@ class MmsServer:
                 self.stats.associations_refused_total += 1
                 self._refuse(ANONYMOUS, "mms association", "no password (anonymous_read off)")
             return self.anonymous_read
-        index = self.users.find(password)
+        users = self.users  # one table for the whole check, even if it is replaced meanwhile
+        index = users.find(password)
         if index is None:
             self.stats.associations_refused_total += 1
             self._refuse(Identity("unknown", "none"), "mms association", "wrong password")
             return False
-        token[0] = index + 1
+        user = users.users[index]
+        key = next(self._password_tokens)  # below CERTIFICATE_TOKENS: 2**32 associations
+        self._password_callers[key] = Identity(f"mms:{user.name}", user.role)
+        token[0] = key
         return True
+
+    def replace_users(self, users: tuple[Iec61850UserConfig, ...]) -> None:
+        """New ACSE users (a reloaded config): the next associations are judged by them; open
+        ones keep the user they associated as (the gateway re-judges each of their operates
+        against its own, new, users)."""
+        self.users = _Users(users)
+        log.info("mms_users_replaced", users=len(users))
 
     def _associate(self, certificate: bytes, token: Any) -> bool:
         """An association over TLS without a password: the certificate the handshake verified
@@ -542,6 +557,7 @@ class MmsServer:
             token = lib.ClientConnection_getSecurityToken(connection)
             if token:
                 self._holders.pop(int(token), None)
+                self._password_callers.pop(int(token), None)
             if self._admissions.pop(peer, None) is not None:
                 self.stats.connections_open = max(0, self.stats.connections_open - 1)
             return
@@ -565,8 +581,7 @@ class MmsServer:
         if token and int(token) >= CERTIFICATE_TOKENS:
             who = self._holders.get(int(token), Identity("cert:gone", "none"))
         elif token:
-            user = self.users.users[int(token) - 1]
-            who = Identity(f"mms:{user.name}", user.role)
+            who = self._password_callers.get(int(token), Identity("mms:gone", "none"))
         peer = lib.ClientConnection_getPeerAddress(connection) if connection else None
         admission = self._admissions.get((peer or b"").decode(errors="replace"))
         # no admission: a connection the door refused cannot operate (read only, at most)

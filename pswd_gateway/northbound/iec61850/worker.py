@@ -52,6 +52,7 @@ from pswd_gateway.northbound.iec61850.link import (
     SiteChanged,
     Start,
     Up,
+    UsersChanged,
     parse_down,
     read_frame,
     up_frame,
@@ -224,6 +225,9 @@ class Receiver:
     def _policy(self, message: PolicyChanged) -> None:
         self.gate.policy = message.policy
 
+    def _users(self, message: UsersChanged) -> None:
+        self.server.replace_users(message.users)
+
     def _guard(self, message: GuardChanged) -> None:
         self.server.control_guard(message.event)
 
@@ -238,6 +242,7 @@ class Receiver:
         Points: _points,
         SiteChanged: _site,
         PolicyChanged: _policy,
+        UsersChanged: _users,
         GuardChanged: _guard,
         LoadStep: _load_step,
         Answer: _answer,
