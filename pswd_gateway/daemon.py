@@ -571,6 +571,7 @@ class Gateway:
             http_latency=self._http_stats.by_route if self._http_stats is not None else {},
             iec61850_up=self.mms.up if self.mms is not None else None,
             iec61850_restarts_total=self.mms.restarts_total if self.mms is not None else 0,
+            opcua_refusals=self.opcua.refusals() if self.opcua is not None else {},
         )
 
     # ---- site settings -----------------------------------------------------------------------

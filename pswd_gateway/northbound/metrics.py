@@ -161,6 +161,8 @@ class OpsView:
     """The MMS server's process serves (``None``: the listener is off)."""
     iec61850_restarts_total: int = 0
     """Times the MMS server's process was started again after it crashed, hung or failed."""
+    opcua_refusals: Mapping[str, int] = field(default_factory=dict)
+    """Reason → what the OPC UA server refused since start (``OpcUaServer.refusals``)."""
 
 
 class GatewayCollector(Collector):
@@ -491,6 +493,16 @@ def _ops_metrics(o: OpsView) -> Iterator[Metric]:
     )
     restarts.add_metric([], o.iec61850_restarts_total)
     yield restarts
+    opcua = CounterMetricFamily(
+        "pswd_opcua_refusals",
+        "What the OPC UA server refused after accepting the connection: request (a security "
+        "policy or mode not offered, a service on a None channel, too many monitored items), "
+        "malformed (an undecodable or oversized message; the connection is closed), login.",
+        labels=["reason"],
+    )
+    for reason, n in sorted(o.opcua_refusals.items()):
+        opcua.add_metric([reason], n)
+    yield opcua
 
 
 def _buckets(h: LatencyHistogram) -> tuple[list[tuple[str, float]], float]:

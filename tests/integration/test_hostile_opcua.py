@@ -285,6 +285,8 @@ def test_a_message_larger_than_the_receive_buffer_is_refused_when_its_header_arr
     (code,) = struct.unpack_from("<I", answer, 8)
     assert code == ua.StatusCodes.BadTcpMessageTooLarge
     assert GuardedProcessor.malformed_total == before + 1
+    assert live_opcua.gw.opcua is not None
+    assert live_opcua.gw.opcua.refusals()["malformed"] == before + 1  # pswd_opcua_refusals_total
     server = live_opcua.gw.opcua.server if live_opcua.gw.opcua else None
     assert server is not None
     assert all(len(c._buffer) < 65536 for c in server.bserver.clients)

@@ -226,6 +226,13 @@ def test_the_mms_process_is_up_or_down_and_its_restarts_are_counted() -> None:
     assert off[("pswd_iec61850_restarts_total", ())] == 0
 
 
+def test_opcua_refusals_are_counted_by_reason() -> None:
+    refused = {"request": 2, "malformed": 5, "login": 1}
+    got = samples(exposition(ops=OpsView((0.1, 0.9), opcua_refusals=refused)))
+    for reason, n in refused.items():
+        assert got[("pswd_opcua_refusals_total", (("reason", reason),))] == n
+
+
 @given(st.lists(st.floats(min_value=0.0, max_value=5.0), max_size=200))
 def test_histogram_buckets_are_cumulative_and_end_at_the_count(samples: list[float]) -> None:
     h = LatencyHistogram(window=16)

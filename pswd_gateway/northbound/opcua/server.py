@@ -173,6 +173,17 @@ class OpcUaServer:
         self._task = asyncio.create_task(self._publish_loop(), name="opcua-publish")
         log.info("opcua_started", endpoint=self.endpoint, policies=[str(p) for p in policies])
 
+    def refusals(self) -> dict[str, int]:
+        """What the server refused since start, by reason: ``request`` (a security policy or
+        mode it does not offer, a service on a None channel, too many monitored items),
+        ``malformed`` (a message it could not decode, or larger than declared limits; the
+        connection is closed), ``login`` (a wrong password or an unknown certificate user)."""
+        return {
+            "request": guard.GuardedProcessor.refused_total,
+            "malformed": guard.GuardedProcessor.malformed_total,
+            "login": self.users.refused_total,
+        }
+
     def unhealthy(self, now: float) -> list[str]:  # noqa: ARG002 -- the Checked protocol
         """The publish and event loops that ended without being stopped."""
         return [
