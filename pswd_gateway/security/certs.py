@@ -11,7 +11,8 @@ production ``/etc/pswd-gateway/certs``; see :func:`resolve_certs_dir` for a rela
 The running OPC UA server reads ``trusted/`` again whenever a client certificate is not in the
 list it holds (``RejectingValidator`` in :mod:`pswd_gateway.northbound.opcua.server`), so a
 certificate trusted here admits its client at the next connection attempt, without a restart.
-A certificate removed from ``trusted/`` may still be admitted until the gateway restarts.
+A certificate removed from ``trusted/`` is refused from its client's next secure channel (the
+server reads the folder again whenever it changed).
 
 Generated with asyncua's certificate helpers (``cryptography`` underneath): RSA 2048, SHA-256,
 the application URI and the host names in the subject alternative names, as OPC 10000-6 6.2.2

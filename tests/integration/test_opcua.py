@@ -272,6 +272,23 @@ async def test_anonymous_wrong_password_and_untrusted_certificates_are_refused(
     assert refused, audit
 
 
+async def test_a_certificate_removed_from_the_trust_list_is_refused_without_a_restart(
+    site: Site,
+) -> None:
+    async with await secure_client(site, "viewer"):
+        pass
+    trusted = site.certs / "opcua" / "trusted"
+    for path in trusted.iterdir():
+        path.unlink()
+    with pytest.raises((ua.UaError, OSError, TimeoutError)):
+        async with await secure_client(site, "viewer"):
+            pass
+    assert list((site.certs / "opcua" / "rejected").iterdir())
+    trust_opcua_client(site.certs, site.client_cert)  # trusted again: admitted again
+    async with await secure_client(site, "viewer"):
+        pass
+
+
 async def test_a_session_forced_onto_a_none_channel_is_rejected(site: Site) -> None:
     """asyncua 2.1.0 would open this channel and activate this session; the guard refuses."""
     client = Client(site.url, timeout=5)

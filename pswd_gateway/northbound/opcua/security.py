@@ -113,15 +113,38 @@ class RoleUserManager:
 
 
 class RejectingValidator:
-    """The trust-list validator; a refused client certificate is copied to ``rejected/``."""
+    """The trust-list validator; a refused client certificate is copied to ``rejected/``.
+
+    ``trusted/`` is read again whenever it changed (a certificate added by ``certs trust`` or
+    removed by hand): a removed certificate is refused from its client's next secure channel,
+    without a restart (channels already open stay open until they close)."""
 
     def __init__(self, inner: CertificateValidator, trust: TrustStore, rejected: Path) -> None:
         self._inner = inner
         self._trust = trust
         self._rejected = rejected
+        self._stamp = self._folder_stamp()
+
+    def _folder_stamp(self) -> int | None:
+        with contextlib.suppress(OSError):
+            return self._trust.trust_locations[0].stat().st_mtime_ns
+        return None
+
+    async def _reload_if_changed(self) -> None:
+        stamp = self._folder_stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        folder = self._trust.trust_locations[0]
+        if any(folder.iterdir()):
+            await self._trust.load()
+        else:  # cryptography refuses an empty store: nothing is trusted
+            self._trust._trust_store = None  # noqa: SLF001
+        log.info("opcua_trust_list_reloaded", folder=str(folder))
 
     async def __call__(self, cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
         try:
+            await self._reload_if_changed()
             try:
                 await self._inner(cert, app)
             except ua.UaError:
