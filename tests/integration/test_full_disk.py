@@ -106,10 +106,9 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
 def fill(disk: Path) -> Path:
     """Write a file until the file system has no space left."""
     filler = disk / "filler"
-    with filler.open("wb") as f, contextlib.suppress(OSError):
-        while True:
+    with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:  # unbuffered: nothing is left to flush (and fail) at close
             f.write(b"\0" * 65536)
-            f.flush()
     return filler
 
 
