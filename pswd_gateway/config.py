@@ -52,8 +52,10 @@ __all__ = [
     "ApiConfig",
     "ApiTokenConfig",
     "ControlConfig",
+    "FfrConfig",
     "ForecastConfig",
     "GatewayConfig",
+    "HeatConfig",
     "ListenerConfig",
     "ModbusDeviceConfig",
     "RedfishDeviceConfig",
@@ -125,6 +127,9 @@ class SiteConfig(_Strict):
     """The grid operator's demand-response import limit (IEC 61850 ``GAPC1.DRLimW``)."""
     demand_response_active: bool = False
     """Whether that limit is in force (IEC 61850 ``GAPC1.DRAct``)."""
+    grid_signal_limit_mw: Annotated[float, Field(ge=0, le=10_000)] | None = None
+    """The strictest import limit of the grid signals in force (docs/grid.md): kept by the
+    grid-signal service through the site settings, not read from the file (a reload keeps it)."""
     grid_meter: DeviceName = "grid_meter"
     bess: DeviceName | None = "bess"
     thermal: DeviceName | None = "thermal"
@@ -155,10 +160,14 @@ class SiteConfig(_Strict):
 
     @property
     def import_limit_mw(self) -> float:
-        """The import limit in force: the site's, or a lower demand-response limit."""
+        """The import limit in force: the site's, or a lower demand-response or grid-signal
+        limit."""
+        limit = self.grid_import_limit_mw
+        if self.grid_signal_limit_mw is not None:
+            limit = min(limit, self.grid_signal_limit_mw)
         if not self.demand_response_active or self.demand_response_limit_mw is None:
-            return self.grid_import_limit_mw
-        return min(self.grid_import_limit_mw, self.demand_response_limit_mw)
+            return limit
+        return min(limit, self.demand_response_limit_mw)
 
     @property
     def import_limit_w(self) -> float:
@@ -716,6 +725,37 @@ class GuardConfig(_Strict):
         return self
 
 
+class FfrConfig(_Strict):
+    """``[control.ffr]``: fast frequency response, a droop on the grid meter's frequency that
+    shifts the grid loop's target (see docs/control.md#fast-frequency-response)."""
+
+    enabled: bool = False
+    """Off by default: a site answers the frequency only once the operator contracted it."""
+    deadband_hz: Annotated[float, Field(ge=0.0, le=0.5)] = 0.015
+    """No response within this of nominal (GB Dynamic Containment's ±15 mHz)."""
+    droop_pct: Annotated[float, Field(gt=0.0, le=20.0)] = 1.0
+    """Frequency change beyond the deadband, in % of nominal, that moves the response by
+    ``p_ref_mw`` (1 %: 0.5 Hz at 50 Hz, Dynamic Containment's full delivery)."""
+    p_ref_mw: Annotated[float, Field(gt=0.0, le=10_000.0)] | None = None
+    """The power the droop is a fraction of; default: the battery's rating."""
+    max_mw: Annotated[float, Field(gt=0.0, le=10_000.0)] | None = None
+    """The response never exceeds this, either way; default: ``p_ref_mw``."""
+    ramp_mw_per_s: Annotated[float, Field(gt=0.0, le=100_000.0)] | None = None
+    """The response in force changes no faster than this; default: ``max_mw`` per second (the
+    full response within 1 s)."""
+    max_frequency_age_ms: Annotated[float, Field(ge=10.0, le=10_000.0)] = 500.0
+    """A frequency measured longer ago than this is not answered: the response ramps to zero."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FfrConfig:
+        if self.max_mw is not None and self.p_ref_mw is not None and self.max_mw > self.p_ref_mw:
+            raise ValueError(
+                f"max_mw ({self.max_mw}) must not exceed p_ref_mw ({self.p_ref_mw}): the "
+                "response is a share of p_ref_mw"
+            )
+        return self
+
+
 class ControlConfig(_Strict):
     """``[control]``: the control cycle and its controllers (see docs/control.md)."""
 
@@ -766,6 +806,7 @@ class ControlConfig(_Strict):
     meter_stale_ms: Annotated[float, Field(ge=50.0, le=60_000.0)] = 500.0
     """No new meter measurement for this long: the battery ramps to zero."""
     guard: GuardConfig = GuardConfig()
+    ffr: FfrConfig = FfrConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> ControlConfig:
@@ -776,6 +817,13 @@ class ControlConfig(_Strict):
         lo, hi = self.chw_setpoint_range_c
         if not lo <= self.chw_supply_setpoint_c <= hi:
             raise ValueError("chw_supply_setpoint_c must lie within chw_setpoint_range_c")
+        rated, ffr = self.bess_power_mw, self.ffr
+        name, most = ("ffr.max_mw", ffr.max_mw) if ffr.max_mw else ("ffr.p_ref_mw", ffr.p_ref_mw)
+        if rated is not None and most is not None and most > rated:
+            raise ValueError(
+                f"{name} ({most}) exceeds bess_power_mw ({rated}): the battery cannot deliver "
+                f"that response; lower {name}"
+            )
         return self
 
 
@@ -817,6 +865,26 @@ class DaemonConfig(_Strict):
     shutdown_timeout_s: Annotated[float, Field(gt=0, le=30)] = 4.0
 
 
+class HeatConfig(_Strict):
+    """``[heat]``: the municipal heat offer (docs/grid.md, "Municipal heat").
+
+    A heat pump lifts the data centre's warm water (``source_temp_c``) to the network's supply
+    temperature; its COP is ``carnot_efficiency`` times the Carnot COP of that lift."""
+
+    supply_temp_c: Annotated[float, Field(ge=70.0, le=90.0)] = 75.0
+    """The supply temperature the heat network asks, when a request names none."""
+    source_temp_c: Annotated[float, Field(ge=20.0, le=50.0)] = 35.0
+    """Water temperature at the heat pump's evaporator: the data centre's warm return."""
+    recovery_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.6
+    """Share of the planned site load that reaches the heat pump's evaporator as heat."""
+    carnot_efficiency: Annotated[float, Field(ge=0.3, le=0.7)] = 0.5
+    """The heat pump's COP as a fraction of the Carnot COP ``T_supply / (T_supply - T_source)``."""
+    heat_pump_power_mw: Annotated[float, Field(ge=0.0, le=10_000.0)] = 12.0
+    """Electrical rating of the heat pump's compressors."""
+    capacity_mw: Annotated[float, Field(ge=0.0, le=10_000.0)] = 40.0
+    """Largest heat the recovery plant delivers to the network (condensers, connection)."""
+
+
 class GatewayConfig(BaseSettings):
     """The root of the configuration file."""
 
@@ -841,6 +909,7 @@ class GatewayConfig(BaseSettings):
     storage: StorageConfig = StorageConfig()
     logging: LoggingConfig = LoggingConfig()
     daemon: DaemonConfig = DaemonConfig()
+    heat: HeatConfig = HeatConfig()
     simulation: dict[str, Any] = Field(default_factory=dict)
     """Settings of the site's digital twin (``pswd-gateway simulate``), validated by it."""
 

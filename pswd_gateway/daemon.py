@@ -42,12 +42,14 @@ from pswd_gateway.config import (
 from pswd_gateway.control.cycle import ControlCycle
 from pswd_gateway.control.grid import Announced, announced_jobs
 from pswd_gateway.control_notices import ControlNotices, GuardListener
+from pswd_gateway.domain.grid_signals import SignalSource
 from pswd_gateway.domain.identity import SYSTEM, Identity
 from pswd_gateway.domain.polling import PollStats
 from pswd_gateway.domain.units import to_si
 from pswd_gateway.errors import ConfigError, PswdError
 from pswd_gateway.forecasts.feed import ForecastFeed
 from pswd_gateway.forecasts.providers import build_forecast_provider
+from pswd_gateway.grid_signals import GridSignalService, OperatorLimit
 from pswd_gateway.journal import (
     AsyncJournal,
     AuditAnchorWriter,
@@ -148,6 +150,8 @@ class Gateway:
     journal: AsyncJournal | None = field(default=None, init=False)
     forecast: ForecastFeed | None = field(default=None, init=False)
     workloads: WorkloadService | None = field(default=None, init=False)
+    grid_signals: GridSignalService | None = field(default=None, init=False)
+    """Grid signals from every door; their import limit is in force through ``settings``."""
     southbound: PollerSet = field(init=False)
     metrics_listener: AsgiListener | None = field(default=None, init=False)
     api_listener: AsgiListener | None = field(default=None, init=False)
@@ -274,6 +278,13 @@ class Gateway:
         )
         self.forecast.on_update = self.workloads.mark_dirty
         await self.supervisor.start(self.workloads)
+        self.grid_signals = GridSignalService(
+            self.journal,
+            self.settings,
+            publish=self.workloads.hub.publish,
+            planned_import_mw=self._planned_import_mw,
+        )
+        await self.supervisor.start(self.grid_signals)
         self.supervisor.spawn("forecast", self.forecast.run)
 
     async def _start_control(self) -> None:
@@ -328,6 +339,7 @@ class Gateway:
         )
         app = create_app(self.config.api, context, policy=self.gate.policy)
         self._http_stats = app.state.http_stats
+        app.state.grid_signals = self.grid_signals
         listener = self._http_listener(app, "api")
         app.state.peers = listener.peers
         return listener
@@ -345,7 +357,7 @@ class Gateway:
             self.store,
             self._site,
             self.workloads,
-            self.settings.set,
+            self._door(SignalSource.OPCUA),
             ramp=lambda: self.control.stats.grid_ramp_w_per_s() if self.control else None,
             door=self.gate.door("opcua"),
         )
@@ -373,7 +385,7 @@ class Gateway:
             server,
             gate=self.gate,
             hooks=MmsHooks(
-                operate=self.settings.set,
+                operate=self._door(SignalSource.IEC61850),
                 refused=self._refused,
                 load_step_imminent=self._load_step_imminent,
             ),
@@ -396,6 +408,26 @@ class Gateway:
             at=datetime.now(UTC),
         )
         await self.journal.call(self.journal.sync.audit, entry)
+
+    def _door(self, source: SignalSource) -> OperatorLimit:
+        """An operator-limit callable: through the grid-signal service (its import limit and
+        demand response are grid signals), or straight to the site settings without one."""
+        if self.grid_signals is None:
+            return self.settings.set
+        return self.grid_signals.door(source)
+
+    def _planned_import_mw(self, start: datetime, end: datetime | None) -> float | None:
+        """The highest planned grid import over ``[start, end)`` (a shed's baseline)."""
+        if self.workloads is None:
+            return None
+        plan = self.workloads.site_forecast()
+        slot = timedelta(seconds=plan.slot_s)
+        rows = [
+            r.grid_import_mw
+            for r in plan.slots
+            if r.start + slot > start and (end is None or r.start < end)
+        ]
+        return max(rows) if rows else None
 
     def _announced_jobs(self, now: float) -> list[Announced]:
         if self.workloads is None:

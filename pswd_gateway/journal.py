@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, TypeVar
 
+from pswd_gateway.domain.grid_signals import GridSignal
 from pswd_gateway.domain.workloads import (
     TERMINAL_STATES,
     Action,
@@ -131,6 +132,21 @@ MIGRATIONS: tuple[str, ...] = (
         latency_s REAL NOT NULL
     );
     CREATE INDEX setpoints_at ON setpoints (at);
+    """,
+    # 3: grid signals (domain.grid_signals), whatever door they came through
+    """
+    CREATE TABLE grid_signals (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        source TEXT NOT NULL,
+        issuer TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        window_end TEXT,
+        withdrawn_at TEXT,
+        signal TEXT NOT NULL
+    );
+    CREATE INDEX grid_signals_open ON grid_signals (withdrawn_at, window_end);
     """,
 )
 
@@ -429,6 +445,56 @@ class Journal:
         with self._tx():
             return self._insert_events(events)
 
+    def record_grid_signal(
+        self,
+        signal: GridSignal,
+        withdraws: Sequence[str],
+        audit: AuditEntry,
+        events: Iterable[EventRow],
+    ) -> list[EventRow]:
+        """Keep an accepted grid signal, withdraw the ids it supersedes, with its audit line
+        and events: one transaction. Returns the events with their ids."""
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO grid_signals (id, kind, source, issuer, received_at, window_end, "
+                "signal) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    signal.id,
+                    signal.kind.value,
+                    signal.source.value,
+                    signal.issuer,
+                    format_ts(signal.received_at),
+                    format_ts(signal.end) if signal.end is not None else None,
+                    signal.model_dump_json(),
+                ),
+            )
+            for old in withdraws:
+                self._withdraw_signal(old, signal.received_at, signal.issuer)
+            self._append_audit(audit)
+            return self._insert_events(events)
+
+    def withdraw_grid_signal(
+        self, signal_id: str, at: datetime, by: str, audit: AuditEntry, events: Iterable[EventRow]
+    ) -> list[EventRow]:
+        """Withdraw an open signal, with its audit line and events: one transaction."""
+        with self._tx():
+            self._withdraw_signal(signal_id, at, by)
+            self._append_audit(audit)
+            return self._insert_events(events)
+
+    def _withdraw_signal(self, signal_id: str, at: datetime, by: str) -> None:
+        row = self._db.execute(
+            "SELECT signal FROM grid_signals WHERE id = ? AND withdrawn_at IS NULL", (signal_id,)
+        ).fetchone()
+        if row is None:
+            return
+        kept = GridSignal.model_validate_json(row[0])
+        done = kept.model_copy(update={"withdrawn_at": at, "withdrawn_by": by})
+        self._db.execute(
+            "UPDATE grid_signals SET withdrawn_at = ?, signal = ? WHERE id = ?",
+            (format_ts(at), done.model_dump_json(), signal_id),
+        )
+
     def record_setpoints(
         self, rows: Iterable[tuple[float, str, str, float, bool, str | None, float]]
     ) -> int:
@@ -647,6 +713,22 @@ class Journal:
             active,
         ).fetchall()
         return [self._workload(r, ()) for r in rows]
+
+    def open_grid_signals(self, now: datetime) -> list[GridSignal]:
+        """Signals not withdrawn whose window has not ended at ``now``, oldest first (start)."""
+        rows = self._db.execute(
+            "SELECT signal FROM grid_signals WHERE withdrawn_at IS NULL "
+            "AND (window_end IS NULL OR window_end > ?) ORDER BY seq",
+            (format_ts(now),),
+        ).fetchall()
+        return [GridSignal.model_validate_json(r[0]) for r in rows]
+
+    def recent_grid_signals(self, limit: int = 100) -> list[GridSignal]:
+        """The last ``limit`` signals received, in force or not, newest first."""
+        rows = self._db.execute(
+            "SELECT signal FROM grid_signals ORDER BY seq DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [GridSignal.model_validate_json(r[0]) for r in rows]
 
     def count_workloads(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM workloads").fetchone()[0])

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from pswd_gateway.client import ApiError, AsyncPswdClient
-from pswd_gateway.domain.workloads import WorkloadState
+from pswd_gateway.domain.workloads import PowerProfile, WorkloadState
 from pswd_gateway.simulation.config import JobConfig, SimulationConfig
 
 __all__ = [
@@ -58,6 +58,7 @@ DEMO_JOB: Final[Mapping[str, Any]] = {
         "duration_estimate_sec": 1800,
         "oscillation_period_sec": 2.5,
         "oscillation_depth_mw": 180,
+        "oscillation_duty": 0.75,
     },
 }
 """What the platform announces (the twin's first ``[[simulation.trace.jobs]]`` entry)."""
@@ -71,9 +72,8 @@ def trace_job(simulation: Mapping[str, Any]) -> JobConfig | None:
 
 
 def demo_job_level_mw() -> float:
-    """The mean power the announcement promises: peak less half the oscillation depth."""
-    profile = DEMO_JOB["power_profile"]
-    return float(profile["peak_power_mw"]) - float(profile["oscillation_depth_mw"]) / 2.0
+    """The mean power the announcement promises (``PowerProfile.level_mw``)."""
+    return PowerProfile.model_validate(DEMO_JOB["power_profile"]).level_mw()
 
 
 def demo_job_start(twin_t0: float | None, job_start_s: float, now: float) -> datetime:

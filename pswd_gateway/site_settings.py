@@ -1,7 +1,8 @@
 """The site's settings that operators change while the gateway runs, and their one owner.
 
 Every change goes through :class:`SiteSettings`: an operator's limit over OPC UA or IEC 61850, a
-SIGHUP reload of the config file. It validates the new settings, audits the change (before it is
+SIGHUP reload of the config file, the strictest import limit of the grid signals in force
+(:mod:`pswd_gateway.grid_signals`). It validates the new settings, audits the change (before it is
 in force), and tells every subscriber at once — the control cycle, the scheduler, the workload
 service — so no part keeps a copy that a change does not reach. Northbound surfaces read
 :attr:`SiteSettings.current`.
@@ -58,8 +59,28 @@ class SiteSettings:
         self._apply(site)
         log.warning("site_limit_changed", limit=what, old=old, new=value, by=who.name)
 
+    async def apply_signal_limit(
+        self, limit_mw: float | None, binding: str | None, who: Identity
+    ) -> bool:
+        """The strictest import limit of the grid signals in force (``None``: none limits the
+        import), from the grid-signal service: audited (with the binding signal's id), then in
+        force everywhere at once. Whether it changed."""
+        old = self.current.grid_signal_limit_mw
+        if limit_mw == old:
+            return False
+        site = self.current.model_copy(update={"grid_signal_limit_mw": limit_mw})
+        SiteConfig.model_validate(site.model_dump())
+        if self.audit is not None:
+            detail = {"from": old, "to": limit_mw, "signal": binding}
+            await self.audit(who, "apply grid signal limit", detail)
+        self._apply(site)
+        log.warning("grid_signal_limit_changed", old=old, new=limit_mw, signal=binding)
+        return True
+
     async def replace(self, site: SiteConfig, who: Identity) -> dict[str, tuple[Any, Any]]:
-        """New settings from the config file (SIGHUP): what changed, ``(old, new)`` by field."""
+        """New settings from the config file (SIGHUP): what changed, ``(old, new)`` by field.
+        The grid signals' limit is not the file's: the one in force is kept."""
+        site = site.model_copy(update={"grid_signal_limit_mw": self.current.grid_signal_limit_mw})
         changed = {
             name: (getattr(self.current, name), getattr(site, name))
             for name in SiteConfig.model_fields

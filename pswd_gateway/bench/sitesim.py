@@ -144,7 +144,7 @@ def announce_jobs(jobs: Sequence[JobConfig]) -> list[Announced]:
     period and depth."""
     out = []
     for j in jobs:
-        level = j.peak_mw * (1.0 - j.depth / 2.0)
+        level = j.peak_mw * (1.0 - j.depth * (1.0 - j.duty))  # PowerProfile.level_mw
         out.append(
             Announced(
                 start_s=j.start_s,

@@ -126,14 +126,16 @@ class AnnouncementIn(BaseModel):
     duration_estimate_sec: Annotated[float, Field(gt=0.0)]
     oscillation_period_sec: Annotated[float, Field(gt=0.0, le=3600.0)] | None = None
     oscillation_depth_mw: Annotated[float, Field(ge=0.0, le=10_000.0)] | None = None
+    oscillation_duty: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
 
     def to_control(self) -> Announced:
         """As the gateway takes an announcement (:meth:`Announced.from_profile`)."""
         depth_mw = self.oscillation_depth_mw or 0.0
+        duty = 0.5 if self.oscillation_duty is None else self.oscillation_duty
         return Announced(
             start_s=self.start_s,
             end_s=self.start_s + self.duration_estimate_sec,
-            level_w=(self.peak_power_mw - depth_mw / 2.0) * 1e6,
+            level_w=(self.peak_power_mw - depth_mw * (1.0 - duty)) * 1e6,
             ramp_w_per_s=self.ramp_rate_mw_per_sec * 1e6,
             peak_w=self.peak_power_mw * 1e6,
             period_s=self.oscillation_period_sec,
@@ -224,6 +226,7 @@ def generated_announcements(lead_s: float = 600.0) -> list[AnnouncementIn]:
             duration_estimate_sec=j.duration_s,
             oscillation_period_sec=j.period_s,
             oscillation_depth_mw=j.peak_mw * j.depth,
+            oscillation_duty=j.duty,
         )
         for j in BENCH_JOBS
     ]

@@ -7,6 +7,10 @@ the loop's idle step (ramp down when the meter went quiet, carry safe mode on). 
 battery's power setpoint (``SET``) and bounds it by the battery's rating (``AT_LEAST``/
 ``AT_MOST``: a hard limit whatever a lower-priority controller adds).
 
+On each step it also answers the grid meter's frequency (:mod:`pswd_gateway.control.ffr`: the
+fast frequency response of ``[control.ffr]``, or as :meth:`BatteryController.shape_ffr` was
+last told), and gives the response in force to the grid loop as a shift of its target.
+
 What the step decided (:attr:`outcome`: decision, guard event, why nothing was decided) is kept
 for the cycle's statistics and events.
 """
@@ -16,16 +20,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pswd_gateway.config import ControlConfig, SiteConfig
+from pswd_gateway.config import ControlConfig, FfrConfig, SiteConfig
 from pswd_gateway.control.controllers import Kind, ProcessImage, SetpointRequest
+from pswd_gateway.control.ffr import Ffr, FfrSettings
 from pswd_gateway.control.grid import Announced, GridSettings
 from pswd_gateway.control.loop import GridLoop, LoopSettings, Outcome
 from pswd_gateway.domain.points import Point, Quality
-from pswd_gateway.domain.signals import BESS_POWER, BESS_SOC, GRID_POWER
+from pswd_gateway.domain.signals import BESS_POWER, BESS_SOC, GRID_FREQUENCY, GRID_POWER
 from pswd_gateway.domain.units import from_mw, from_mwh
 from pswd_gateway.store import Snapshot
 
-__all__ = ["ENABLE_POINT", "SETPOINT_POINT", "BatteryController", "grid_settings"]
+__all__ = ["ENABLE_POINT", "SETPOINT_POINT", "BatteryController", "ffr_settings", "grid_settings"]
 
 SETPOINT_POINT = "power_setpoint"
 ENABLE_POINT = "power_setpoint_enabled"
@@ -53,6 +58,25 @@ def grid_settings(
     )
 
 
+def ffr_settings(c: FfrConfig, nominal_hz: float, rated_w: float) -> FfrSettings:
+    """The response curve from ``[control.ffr]``, the site's nominal frequency and the battery's
+    rating (W): ``p_ref_mw`` defaults to the rating, ``max_mw`` to ``p_ref_mw``, the ramp to
+    ``max_mw`` per second."""
+    p_ref = from_mw(c.p_ref_mw) if c.p_ref_mw is not None else rated_w
+    most = from_mw(c.max_mw) if c.max_mw is not None else p_ref
+    ramp = from_mw(c.ramp_mw_per_s) if c.ramp_mw_per_s is not None else most
+    return FfrSettings(
+        enabled=c.enabled,
+        nominal_hz=nominal_hz,
+        deadband_hz=c.deadband_hz,
+        droop_pct=c.droop_pct,
+        p_ref_w=p_ref,
+        max_w=most,
+        ramp_w_per_s=ramp,
+        max_age_s=c.max_frequency_age_ms / 1000.0,
+    )
+
+
 @dataclass
 class BatteryController:
     """The grid loop over the process image; asks for the battery's setpoint."""
@@ -69,9 +93,22 @@ class BatteryController:
     other controllers add go on top of it, and the cycle's write policy keeps it alive."""
     last_jobs: Sequence[Announced] = field(default=(), init=False)
     """The announced jobs as the last meter step saw them (fetched once per reading)."""
+    ffr: Ffr = field(default_factory=Ffr, init=False)
+    """The fast frequency response, stepped with each meter measurement."""
+    ffr_shape: FfrSettings | None = field(default=None, init=False)
+    """The curve the operator set (:meth:`shape_ffr`); ``None``: ``[control.ffr]``'s."""
+    ffr_in_force_w: float = field(default=0.0, init=False)
+    """The frequency response the battery carries now (> 0: the import is lowered): the last
+    decision's; 0 while the loop is not deciding (a silent meter, safe mode)."""
 
     def __post_init__(self) -> None:
         self.loop = GridLoop(self.loop_settings)
+
+    def shape_ffr(self, settings: FfrSettings | None) -> None:
+        """Enable, disable or reshape the fast frequency response from now on (the operator's
+        grid signal); ``None`` returns to ``[control.ffr]``. The response in force moves to the
+        new curve at the new curve's ramp, never by a jump."""
+        self.ffr_shape = settings
 
     def settings(self, snap: Snapshot, site: SiteConfig) -> GridSettings | None:
         """The grid settings of this run; ``None`` without a battery rating and energy."""
@@ -92,6 +129,10 @@ class BatteryController:
             return []
         settings = self.settings(image.snap, image.site)
         self.outcome = self._decide(image, settings)
+        if self.outcome.decision is not None:
+            self.ffr_in_force_w = self.outcome.decision.ffr_w
+        if self.loop.state is None:
+            self.ffr_in_force_w = 0.0
         setpoint = self.outcome.setpoint_w
         if setpoint is None:  # no new decision: the last one holds (a keep-alive)
             setpoint = self.held_w
@@ -142,6 +183,7 @@ class BatteryController:
             available = soc is not None
         jobs = self.jobs(image.now) if self.config.predictive else ()
         self.last_jobs = jobs  # the timer's next lead is worked out from these
+        ffr_w = self._ffr_step(image, meter.source_ts, settings)
         return self.loop.step(
             meter.source_ts,
             meter.value,
@@ -150,4 +192,20 @@ class BatteryController:
             bess_available=available,
             jobs=jobs,
             settings=settings,
+            ffr_w=ffr_w,
         )
+
+    def _ffr_step(self, image: ProcessImage, t: float, settings: GridSettings) -> float:
+        """The frequency response in force at the meter's measurement ``t``, from the grid
+        meter's frequency point (not plausible, or measured more than the curve's
+        ``max_age_s`` before ``t``: ramped to zero)."""
+        shape = self.ffr_shape or ffr_settings(
+            self.config.ffr, float(image.site.nominal_frequency_hz), settings.bess_rated_w
+        )
+        self.ffr.shape(shape)
+        if self.loop.state is None:  # the loop starts afresh: so does the response
+            self.ffr.reset()
+        point = image.snap.get(f"{image.site.grid_meter}.{GRID_FREQUENCY.point}")
+        if point is None or not point.plausible:
+            return self.ffr.step(t, None, None)
+        return self.ffr.step(t, point.value, point.source_ts)

@@ -41,6 +41,7 @@ from pswd_gateway.control.controllers import (
     WritePolicy,
 )
 from pswd_gateway.control.cooling import CHW_SETPOINT_POINT, CoolingController
+from pswd_gateway.control.ffr import FfrSettings
 from pswd_gateway.control.grid import Announced, Fallback, GridDecision
 from pswd_gateway.control.guard import GuardEvent, GuardSettings
 from pswd_gateway.control.loop import GridLoop, LoopSettings
@@ -148,6 +149,10 @@ class ControlStats:
     """Safe mode: the guard tripped and has not re-armed yet."""
     guard_reason: str | None = None
     """Why the guard last tripped (kept after it re-arms)."""
+    ffr_response_w: float = 0.0
+    """The fast frequency response in force (> 0: the grid import is lowered by it)."""
+    ffr_active: bool = False
+    """The frequency is outside the deadband, or a response is still ramping back."""
     grid_samples: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=512))
     """Recent grid-meter readings ``(source_ts, W)``, for the measured ramp."""
 
@@ -207,6 +212,11 @@ class ControlCycle:
     def loop(self) -> GridLoop:
         """The battery controller's grid loop."""
         return self.battery.loop
+
+    def shape_ffr(self, settings: FfrSettings | None) -> None:
+        """Enable, disable or reshape the fast frequency response (the operator's grid signal);
+        ``None``: back to ``[control.ffr]``. See :meth:`BatteryController.shape_ffr`."""
+        self.battery.shape_ffr(settings)
 
     # ---- lifecycle ----
 
@@ -348,6 +358,8 @@ class ControlCycle:
         if outcome.event is not None:
             self._guard_event(outcome.event)
         self.stats.chw_setpoint_c = self.cooling.last_command_c
+        self.stats.ffr_response_w = self.battery.ffr_in_force_w
+        self.stats.ffr_active = self.battery.ffr.active and self.loop.state is not None
 
     def _guard_event(self, event: GuardEvent) -> None:
         stats = self.stats

@@ -18,7 +18,12 @@ the controllers in a fixed order and the arbiter last:
 4. *Arbiter*: hard limits win, in this order: the grid import limit, the inverter rating, the
    SoC window. What the battery cannot cover goes to the grid, and when that breaks the ramp
    limit the decision carries a *workload fallback*: the workload is asked to ramp instead.
-5. *Pay-back* (bounded): what the grid drew beyond its plan since the last reading (an edge
+5. *Fast frequency response* (:mod:`pswd_gateway.control.ffr`): the reading carries the
+   response in force (``ffr_w``), a shift of the plan (> 0 lowers the import). The battery carries
+   it on top of what it does for the plan, within the headroom its rating and SoC window leave
+   and never raising the import past its limit; the shift is not ramp-limited by the grid's
+   ramp rule (it has its own ramp) and is not a fallback.
+6. *Pay-back* (bounded): what the grid drew beyond its plan since the last reading (an edge
    faster than the measurement) is integrated from the meter's power readings, each over its own
    measurement interval, and given back through the battery with time constant ``payback_s``,
    never more than ``payback_max_w``. The integral counts the grid against the plan, not
@@ -114,7 +119,8 @@ class Announced:
     start_s: float
     end_s: float
     level_w: float
-    """Expected mean power while it runs (peak less half the oscillation depth)."""
+    """Expected mean power while it runs (``PowerProfile.level_mw``: the peak less the
+    oscillation depth for the share of each period spent communicating)."""
     ramp_w_per_s: float
     """The job's own ramp; its real edges may be far faster."""
     peak_w: float | None = None
@@ -129,7 +135,7 @@ class Announced:
     @classmethod
     def from_profile(cls, start_s: float, end_s: float, profile: PowerProfile) -> Announced:
         """A placed job's announced power profile (MW) on the control clock (W)."""
-        level_mw = profile.peak_power_mw - (profile.oscillation_depth_mw or 0.0) / 2.0
+        level_mw = profile.level_mw()
         return cls(
             start_s,
             end_s,
@@ -171,6 +177,9 @@ class GridReading:
     time and response): the battery is given now what the announced jobs will add by then."""
     rhythm_w: float = 0.0
     """What a job's learnt training rhythm will add by then (:meth:`Rhythm.ahead_w`)."""
+    ffr_w: float = 0.0
+    """The fast frequency response in force (:class:`~pswd_gateway.control.ffr.Ffr`): the grid
+    import is to be lowered by this much (< 0: raised), on top of the plan."""
 
     @property
     def site_load_w(self) -> float:
@@ -190,6 +199,12 @@ class LimiterState:
     """The two low-pass stages over the unannounced part of the site load."""
     leak_j: float = 0.0
     """Energy the grid drew beyond its plan and not yet given back."""
+    ffr_w: float = 0.0
+    """The frequency response the battery carried at this step: the grid's plan was
+    ``grid_w - ffr_w``."""
+    bias_w: float = 0.0
+    """The SoC pull of this step (:func:`soc_bias_w`); held while a frequency response is in
+    force."""
 
     @classmethod
     def start(cls, reading: GridReading, unannounced_w: float | None = None) -> LimiterState:
@@ -225,6 +240,13 @@ class GridDecision:
     """The hard limit that decided the setpoint, if one did."""
     fallback: Fallback | None
     state: LimiterState
+    ffr_w: float = 0.0
+    """The fast frequency response the battery carries in this decision (the plan above is
+    lowered by it); what was asked for, less what the battery's headroom could not give."""
+
+
+MAX_LAG_S = 0.5
+"""The longest loop delay the pay-back sets the frequency response's ramp back by."""
 
 
 def _ramp(x: float) -> float:
@@ -343,6 +365,37 @@ def _ahead_w(reading: GridReading, jobs: Sequence[Announced]) -> float:
     return feedforward_w(reading.acting_at, jobs) - feedforward_w(reading.t, jobs)
 
 
+def _ffr_share(reading: GridReading, bess_w: float, grid_w: float, s: GridSettings) -> float:
+    """The part of the frequency response the battery can carry on top of ``bess_w``: within
+    its rating and SoC window, and never raising the plan ``grid_w`` past the import limit."""
+    if reading.ffr_w == 0.0 or not reading.bess_available or reading.soc is None:
+        return 0.0
+    asked = max(reading.ffr_w, min(grid_w - s.import_limit_w, 0.0))
+    moved = _clamp_bess(bess_w + asked, reading, s)
+    return 0.0 if moved is None else moved - bess_w
+
+
+def _soc_pull(state: LimiterState, reading: GridReading, target: float, s: GridSettings) -> float:
+    """The SoC pull of this step; held while a frequency response is in force: the energy the
+    response moves is the grid operator's, not a drift for the pull to take back via the grid."""
+    if reading.ffr_w != 0.0 or state.ffr_w != 0.0:
+        return state.bias_w
+    return soc_bias_w(reading.soc, target, s)
+
+
+def _followed(
+    plan_w: float, ffr_w: float, state: LimiterState, reading: GridReading, dt: float
+) -> float:
+    """The plan as the battery can have followed the frequency response by the meter's instant:
+    the response's ramp set back by the loop's delay (``acting_at - t``). The pay-back counts
+    the grid against this: the lag behind the response's own ramp is not an over-draw, and
+    paying it back would overshoot the curve."""
+    if dt <= 0.0 or reading.acting_at is None:
+        return plan_w
+    lag = min(max(reading.acting_at - reading.t, 0.0), MAX_LAG_S)
+    return plan_w + (ffr_w - state.ffr_w) / dt * lag
+
+
 def _payback(
     leak_j: float, over_plan_w: float, dt: float, plan_w: float, s: GridSettings
 ) -> tuple[float, float]:
@@ -392,7 +445,7 @@ def grid_step(
     f1 = state.f1 + alpha * ((load - expected) - state.f1)
     f2 = state.f2 + alpha * (f1 - state.f2)
     target_soc = soc_target(t, jobs, s)
-    bias = soc_bias_w(reading.soc, target_soc, s)
+    bias = _soc_pull(state, reading, target_soc, s)
     target = f2 + planned + bias
     step = rp * dt
     grid = state.grid_w + min(max(target - state.grid_w, -step), step)
@@ -400,7 +453,6 @@ def grid_step(
     binding: str | None = None
     if grid > s.import_limit_w:
         grid, binding = s.import_limit_w, "import_limit"
-    leak, payback = _payback(state.leak_j, reading.grid_w - grid, dt, grid, s)
     wanted = load + ahead - grid
     bess = _clamp_bess(wanted, reading, s)
     if bess is None:
@@ -423,7 +475,14 @@ def grid_step(
                 wanted - bess,
                 rp,
             )
-    if bess != wanted:
+    # The frequency response shifts the plan, on top of what the battery does for it: the
+    # grid's ramp rule does not apply to it (it has its own ramp), nor does the fallback.
+    ffr = _ffr_share(reading, bess, grid, s)
+    clamped = bess != wanted
+    bess, wanted, plan = bess + ffr, wanted + ffr, grid - ffr
+    followed = _followed(plan, ffr, state, reading, dt)
+    leak, payback = _payback(state.leak_j, reading.grid_w - followed, dt, plan, s)
+    if clamped:
         leak = payback = 0.0  # the grid takes what the battery cannot, by design: nothing to repay
     elif payback:
         # Best effort, never at the cost of the plan: within the same hard limits.
@@ -433,7 +492,7 @@ def grid_step(
     return GridDecision(
         t=t,
         bess_setpoint_w=bess,
-        grid_plan_w=grid,
+        grid_plan_w=plan,
         site_load_w=load,
         expected_announced_w=expected,
         planned_announced_w=planned,
@@ -442,5 +501,6 @@ def grid_step(
         payback_w=payback,
         binding=binding,
         fallback=fallback,
-        state=LimiterState(t, grid, f1, f2, leak),
+        state=LimiterState(t, grid, f1, f2, leak, ffr, bias),
+        ffr_w=ffr,
     )

@@ -175,8 +175,11 @@ class GridLoop:
         bess_available: bool,
         jobs: Sequence[Announced],
         settings: GridSettings,
+        ffr_w: float = 0.0,
     ) -> Outcome:
-        """A new meter measurement ``grid_w`` taken at ``t`` (arrived at ``received``)."""
+        """A new meter measurement ``grid_w`` taken at ``t`` (arrived at ``received``);
+        ``ffr_w``: the fast frequency response in force (a shift of the plan, see
+        :mod:`pswd_gateway.control.ffr`)."""
         if not self.is_new(t):
             return Outcome(None, skipped="not a new measurement")
         bess_w = self.battery_at(t) if bess_available else 0.0
@@ -205,6 +208,7 @@ class GridLoop:
             bess_available and soc is not None,
             acting_at=acting_at,
             rhythm_w=self.rhythm.ahead_w(t, load_w, acting_at),
+            ffr_w=ffr_w,
         )
         edge = self.rhythm.pending()
         if edge is not None and edge.at <= acting_at and edge.at != self.rhythm_led:
@@ -212,7 +216,9 @@ class GridLoop:
             self.rhythm_leads_total += 1
             self.rhythm.led(edge, received)
         self.ahead_to = reading.acting_at
-        previous_plan = self.state.grid_w if self.state is not None else None
+        # the plan the grid was held to: the limiter's, shifted by the frequency response
+        previous = self.state
+        previous_plan = previous.grid_w - previous.ffr_w if previous is not None else None
         decision = grid_step(self.state, reading, jobs, settings)
         self.state = decision.state
         trip = None

@@ -76,6 +76,10 @@ class PowerProfile(_In):
     """Period of the compute/communication rhythm of synchronous training."""
     oscillation_depth_mw: Annotated[float, Field(ge=0.0, le=MAX_POWER_MW)] | None = None
     """Peak-to-trough swing of that rhythm."""
+    oscillation_duty: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    """Share of each period at the peak (computing; the rest communicating). With it the
+    rhythm's mean is ``peak - depth x (1 - duty)``; without it the rhythm is taken as half and
+    half. An iteration that computes for three quarters of its period is 0.75."""
     time_series: (
         Annotated[tuple[ProfilePoint, ...], Field(min_length=1, max_length=MAX_SERIES_POINTS)]
         | None
@@ -94,6 +98,13 @@ class PowerProfile(_In):
                 "oscillation_period_sec",
                 "incomplete_oscillation",
                 "oscillation_period_sec and oscillation_depth_mw go together: give both or none",
+            )
+        if self.oscillation_duty is not None and self.oscillation_depth_mw is None:
+            raise _fail(
+                "oscillation_duty",
+                "incomplete_oscillation",
+                "oscillation_duty describes a rhythm: give oscillation_period_sec and "
+                "oscillation_depth_mw with it",
             )
         if self.ramp_duration_s > self.duration_estimate_sec:
             raise _fail(
@@ -136,9 +147,15 @@ class PowerProfile(_In):
                 p.power_mw * (end - p.offset_sec) for p, end in zip(points, ends, strict=True)
             )
             return energy / self.duration_estimate_sec
-        if self.oscillation_depth_mw is not None:
-            return self.peak_power_mw - self.oscillation_depth_mw / 2.0
-        return self.peak_power_mw
+        return self.level_mw()
+
+    def level_mw(self) -> float:
+        """The mean power while it computes: the peak, or the rhythm's mean (peak less the
+        depth for the share of each period spent communicating; half of it without a duty)."""
+        if self.oscillation_depth_mw is None:
+            return self.peak_power_mw
+        duty = 0.5 if self.oscillation_duty is None else self.oscillation_duty
+        return self.peak_power_mw - self.oscillation_depth_mw * (1.0 - duty)
 
     @property
     def ramp_duration_s(self) -> float:

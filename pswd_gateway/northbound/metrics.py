@@ -341,6 +341,16 @@ def _control_metrics(c: ControlStats) -> Iterator[Metric]:
             "Grid import rate of change: the last 1 s mean against the 1 s before.",
             c.grid_ramp_w_per_s(),
         ),
+        (
+            "pswd_control_ffr_response_watts",
+            "Fast frequency response in force; > 0 lowers the grid import (under-frequency).",
+            c.ffr_response_w,
+        ),
+        (
+            "pswd_control_ffr_active",
+            "1 while the grid frequency is outside the deadband or a response ramps back.",
+            1.0 if c.ffr_active else 0.0,
+        ),
     ):
         yield _gauge(name, help_text, reading)
 

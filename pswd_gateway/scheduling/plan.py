@@ -69,8 +69,13 @@ def build_physical_plan(
     swing_mw = 0.0
     swing_mw_s = 0.0
     if profile.oscillation_depth_mw is not None and profile.oscillation_period_sec is not None:
-        swing_mw = profile.oscillation_depth_mw / 2.0
-        swing_mw_s = swing_mw * profile.oscillation_period_sec / 2.0
+        # Around its mean the rhythm is peak - mean for duty x period, then mean - low for the
+        # rest: the battery moves (and stores) the larger of the two, depth x duty x (1 - duty)
+        # x period each way (depth / 2 x period / 2 for half and half).
+        duty = 0.5 if profile.oscillation_duty is None else profile.oscillation_duty
+        depth = profile.oscillation_depth_mw
+        swing_mw = depth * max(duty, 1.0 - duty)
+        swing_mw_s = depth * duty * (1.0 - duty) * profile.oscillation_period_sec
     elif profile.time_series is not None:
         swing_mw = profile.peak_power_mw - mean
     ramp_mw = rise / 2.0 * lag

@@ -7,6 +7,7 @@ when it is built.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Annotated, Final, Literal
@@ -23,6 +24,7 @@ __all__ = [
     "BessSimConfig",
     "FaultsSimConfig",
     "FrequencyEvent",
+    "FrequencyStep",
     "GridSimConfig",
     "JobConfig",
     "PortsConfig",
@@ -227,6 +229,16 @@ class FrequencyEvent(_Strict):
     recover_s: Seconds = 20.0
 
 
+class FrequencyStep(_Strict):
+    """One step of the scripted frequency: from ``at_s`` the frequency moves linearly from where
+    it was to ``hz`` over ``ramp_s`` (0: a step), then holds there."""
+
+    at_s: Annotated[float, Field(ge=0.0)]
+    hz: Annotated[float, Field(ge=45.0, le=65.0)]
+    """The target frequency (the meter's valid range is 45-65 Hz)."""
+    ramp_s: Annotated[float, Field(ge=0.0, le=3600.0)] = 0.0
+
+
 class GridSimConfig(_Strict):
     """The point of common coupling: noise, voltage, power factor and frequency."""
 
@@ -254,6 +266,25 @@ class GridSimConfig(_Strict):
         FrequencyEvent(start_s=120.0),
         FrequencyEvent(start_s=1900.0, delta_hz=-0.5, fall_s=1.0, hold_s=5.0, recover_s=30.0),
     )
+    frequency_script: tuple[FrequencyStep, ...] = ()
+    """Steps and ramps of the frequency (IEEE 1547.1-style test sequences): the frequency is
+    nominal until the first, then where the steps take it; wander and events add on top."""
+
+    @model_validator(mode="after")
+    def _script_in_order(self) -> GridSimConfig:
+        script = self.frequency_script
+        for i, (a, b) in enumerate(itertools.pairwise(script)):
+            if b.at_s <= a.at_s:
+                raise ValueError(
+                    f"frequency_script[{i + 1}].at_s ({b.at_s}) must come after "
+                    f"frequency_script[{i}].at_s ({a.at_s}): list the steps in time order"
+                )
+            if a.at_s + a.ramp_s > b.at_s:
+                raise ValueError(
+                    f"frequency_script[{i}] ramps until {a.at_s + a.ramp_s} s, past the next "
+                    f"step at {b.at_s} s: shorten its ramp_s or move the next step"
+                )
+        return self
 
 
 class FaultsSimConfig(_Strict):

@@ -65,6 +65,7 @@ __all__ = [
     "bess_step",
     "bess_target_w",
     "frequency_hz",
+    "scripted_hz",
     "thermal_outputs",
     "thermal_step",
 ]
@@ -379,12 +380,25 @@ def _event_offset_hz(event: FrequencyEvent, t: float) -> float:
     return 0.0
 
 
+def scripted_hz(cfg: GridSimConfig, t: float) -> float:
+    """The scripted frequency at ``t``: nominal until the first step, then each step's target,
+    reached linearly over its ramp."""
+    level = float(cfg.nominal_frequency_hz)
+    for step in cfg.frequency_script:
+        if t <= step.at_s:
+            break
+        if t < step.at_s + step.ramp_s:
+            return level + (step.hz - level) * (t - step.at_s) / step.ramp_s
+        level = step.hz
+    return level
+
+
 def frequency_hz(cfg: GridSimConfig, seed: int, t: float) -> float:
-    """Grid frequency: nominal + seeded slow wander + the configured events."""
+    """Grid frequency: the script (nominal without one) + seeded slow wander + the events."""
     wander = cfg.frequency_wander_hz * value_noise(
         seed, _FREQ_STREAM, t, FREQ_WANDER_INTERVAL_S, smooth=True
     )
-    return cfg.nominal_frequency_hz + wander + sum(_event_offset_hz(e, t) for e in cfg.events)
+    return scripted_hz(cfg, t) + wander + sum(_event_offset_hz(e, t) for e in cfg.events)
 
 
 # --------------------------------------------------------------------------------------------

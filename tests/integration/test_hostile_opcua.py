@@ -445,7 +445,7 @@ def stored(live: LiveOpcUa) -> Stored:
     site = gw.settings.current
     return Stored(
         count,
-        site.grid_import_limit_mw,
+        site.import_limit_mw,
         site.grid_ramp_limit_mw_per_s,
         frozenset(gw.opcua.acknowledged),
     )
@@ -457,6 +457,10 @@ def restore_limits(live: LiveOpcUa) -> None:
     for what, value in (("grid_import_limit_mw", 400.0), ("grid_ramp_limit_mw_per_s", 20.0)):
         if getattr(live.gw.settings.current, what) != value:
             live.run(live.gw.settings.set(what, value, SYSTEM))
+    signals = live.gw.grid_signals  # SetGridImportLimit is a grid signal (docs/grid.md)
+    assert signals is not None
+    for kept in signals.open_signals():
+        live.run(signals.withdraw(kept.id, SYSTEM))
 
 
 def valid_limit(args: list[ua.Variant]) -> bool:

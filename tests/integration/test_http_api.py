@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from pswd_gateway.config import DEMO_TOKEN_SHA256, GatewayConfig
 from pswd_gateway.forecasts.providers import SimulatedForecast
+from pswd_gateway.grid_signals import GridSignalService
 from pswd_gateway.journal import AsyncJournal
 from pswd_gateway.northbound.asgi import AsgiListener
 from pswd_gateway.northbound.http_api import ApiContext, create_app
@@ -27,6 +28,7 @@ from pswd_gateway.northbound.http_api.schemas import SiteOut
 from pswd_gateway.northbound.http_api.spec import openapi_yaml
 from pswd_gateway.scheduling.scheduler import Scheduler
 from pswd_gateway.scheduling.service import WorkloadService
+from pswd_gateway.site_settings import SiteSettings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -79,14 +81,17 @@ async def start_api(tmp_path: Path, cfg: GatewayConfig) -> tuple[Api, Callable[[
             workloads={},
         )
 
-    listener = AsgiListener(
-        create_app(cfg.api, ApiContext(service, site, lambda: True)), "127.0.0.1", 0
-    )
+    app = create_app(cfg.api, ApiContext(service, site, lambda: True))
+    signals = GridSignalService(journal, SiteSettings(cfg.site), publish=service.hub.publish)
+    await signals.start()
+    app.state.grid_signals = signals
+    listener = AsgiListener(app, "127.0.0.1", 0)
     await listener.start()
 
     async def stop() -> None:
         service.hub.close()
         await listener.stop()
+        await signals.stop()
         await service.stop()
         await journal.close()
 

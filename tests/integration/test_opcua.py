@@ -224,9 +224,11 @@ async def test_methods_check_arguments_and_roles(site: Site) -> None:
             await pswd.call_method(f"{idx}:AnnounceWorkload", '{"workload_type": "x"}')
         assert bad.value.code == ua.StatusCodes.BadInvalidArgument
         await pswd.call_method(f"{idx}:SetGridImportLimit", 250.0)
-        assert site.gw.config.site.grid_import_limit_mw == 250.0
+        # a grid signal (docs/grid.md): the limit in force, the site's own one unchanged
+        assert site.gw.config.site.import_limit_mw == 250.0
+        assert site.gw.config.site.grid_import_limit_mw == 400.0
         # …in force at once where placement is decided, not only in the control cycle
-        assert site.gw.workloads.scheduler.site.grid_import_limit_mw == 250.0
+        assert site.gw.workloads.scheduler.site.import_limit_mw == 250.0
         with pytest.raises(ua.UaStatusCodeError) as out:
             await pswd.call_method(f"{idx}:SetGridImportLimit", -5.0)
         assert out.value.code == ua.StatusCodes.BadOutOfRange
@@ -241,10 +243,10 @@ async def test_methods_check_arguments_and_roles(site: Site) -> None:
             with pytest.raises(ua.UaStatusCodeError) as denied:
                 await pswd.call_method(f"{idx}:{method}", *args)
             assert denied.value.code == ua.StatusCodes.BadUserAccessDenied
-    assert site.gw.config.site.grid_import_limit_mw == 250.0
+    assert site.gw.config.site.import_limit_mw == 250.0
     assert site.gw.journal is not None
     audit = await site.gw.journal.call(site.gw.journal.sync.audit_entries, 0, 100)
-    assert any("grid_import_limit_mw" in a["action"] for a in audit)
+    assert any(a["action"] == "grid signal accepted" for a in audit)
     denied_lines = [a for a in audit if a["action"] == "opcua SetGridImportLimit"]
     assert any(a["outcome"] == "refused" and a["actor"] == "opcua:viewer" for a in denied_lines)
 

@@ -116,6 +116,12 @@ def announcement(**power: float) -> Announcement:
         ({"ramp_rate_mw_per_sec": 1e6}, 20.0, 100.0, 10.0),  # a 40 ms step: half on the battery
         ({"ramp_rate_mw_per_sec": 10}, 20.0, 0.0, 20.0),  # slower than the grid: grid follows
         ({"oscillation_period_sec": 2.5, "oscillation_depth_mw": 160}, 20.0, 140.0, 6.0),  # 60 + 80
+        (  # computing 3/4 of each period: mean 160 MW, the battery absorbs 120 MW meanwhile
+            {"oscillation_period_sec": 2.5, "oscillation_depth_mw": 160, "oscillation_duty": 0.75},
+            20.0,
+            180.0,
+            8.0,
+        ),
     ],
 )
 def test_grid_ramp_and_battery_reservation(

@@ -181,6 +181,17 @@ def test_control_latencies_are_histograms_with_cumulative_buckets() -> None:
     assert samples[("pswd_control_reading_to_setpoint_seconds_sum", None)] == pytest.approx(2.036)
 
 
+def test_the_frequency_response_in_force_and_its_activity_are_gauges() -> None:
+    stats = ControlStats()
+    idle = samples(exposition(control=stats))
+    assert idle[("pswd_control_ffr_response_watts", ())] == 0.0
+    assert idle[("pswd_control_ffr_active", ())] == 0.0
+    stats.ffr_response_w, stats.ffr_active = 40e6, True
+    responding = samples(exposition(control=stats))
+    assert responding[("pswd_control_ffr_response_watts", ())] == 40e6
+    assert responding[("pswd_control_ffr_active", ())] == 1.0
+
+
 def test_the_operations_view_is_exported_in_base_units() -> None:
     http = LatencyHistogram()
     http.append(0.004)

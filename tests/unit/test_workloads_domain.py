@@ -138,6 +138,7 @@ INVALID = [
     ("workload_type", "AI Training!", "workload_type", "string_pattern_mismatch"),
     ("power_profile__idle_power_mw", 250, "power_profile", "above_peak"),
     ("power_profile__oscillation_period_sec", 2.5, "power_profile", "incomplete_oscillation"),
+    ("power_profile__oscillation_duty", 0.75, "power_profile", "incomplete_oscillation"),
     ("power_profile__ramp_rate_mw_per_sec", 1e-9, "power_profile", "ramp_longer_than_run"),
     ("power_profile", ..., "power_profile", "missing"),
 ]
@@ -172,6 +173,48 @@ def test_oscillation_lowers_the_mean_by_half_the_depth() -> None:
         power_profile__oscillation_period_sec=2.5, power_profile__oscillation_depth_mw=160
     )
     assert Announcement.model_validate(body).power_profile.mean_power_mw() == 120
+
+
+@pytest.mark.parametrize(("duty", "mean"), [(0.75, 160.0), (0.5, 120.0), (0.25, 80.0)])
+def test_a_duty_places_the_mean_within_the_rhythm(duty: float, mean: float) -> None:
+    """Computing for three quarters of each period at 200 MW and communicating at 40 MW for
+    the rest averages 160 MW, not the midpoint."""
+    body = seed_body(
+        power_profile__oscillation_period_sec=2.5,
+        power_profile__oscillation_depth_mw=160,
+        power_profile__oscillation_duty=duty,
+    )
+    profile = Announcement.model_validate(body).power_profile
+    assert profile.mean_power_mw() == pytest.approx(mean)
+    assert profile.level_mw() == pytest.approx(mean)
+
+
+@pytest.mark.parametrize("duty", [0.0, 1.0, -0.1, 1.5])
+def test_a_duty_is_a_share_strictly_between_nothing_and_all(duty: float) -> None:
+    body = seed_body(
+        power_profile__oscillation_period_sec=2.5,
+        power_profile__oscillation_depth_mw=160,
+        power_profile__oscillation_duty=duty,
+    )
+    with pytest.raises(ValidationError) as info:
+        Announcement.model_validate(body)
+    assert info.value.errors()[0]["loc"] == ("power_profile", "oscillation_duty")
+
+
+def test_the_demo_announces_the_twins_job_as_it_runs() -> None:
+    """The ML platform's announcement and the twin's job agree: peak, period, depth and duty
+    (a mean promised below the real one left the plan climbing after the job's start)."""
+    from pswd_gateway.config import DEFAULT_CONFIG, load_config  # noqa: PLC0415
+    from pswd_gateway.ml_platform import DEMO_JOB, demo_job_level_mw, trace_job  # noqa: PLC0415
+
+    job = trace_job(load_config(DEFAULT_CONFIG).simulation)
+    assert job is not None
+    profile = DEMO_JOB["power_profile"]
+    assert profile["peak_power_mw"] == job.peak_mw
+    assert profile["oscillation_period_sec"] == job.period_s
+    assert profile["oscillation_depth_mw"] == pytest.approx(job.peak_mw * job.depth)
+    assert profile["oscillation_duty"] == job.duty
+    assert demo_job_level_mw() == pytest.approx(job.peak_mw * (1 - job.depth * (1 - job.duty)))
 
 
 def test_window_helpers() -> None:

@@ -26,7 +26,9 @@ from pswd_gateway.northbound.http_api.problems import (
 )
 from pswd_gateway.northbound.http_api.routes import (
     events,
+    grid_signals,
     health,
+    heat,
     problem_answer,
     site,
     workloads,
@@ -84,4 +86,6 @@ def create_app(
     app.include_router(workloads.router)
     app.include_router(events.router)
     app.include_router(site.router)
+    app.include_router(grid_signals.router)
+    app.include_router(heat.router)
     return app

@@ -9,7 +9,8 @@
   engineering units and ranges;
 - :mod:`.methods` — the methods on ``PSWD`` with their role checks and audit;
 - :mod:`.alarms` — alarm conditions and the control guard's alarm;
-- :mod:`.workloads` — one object per active workload and their state-change events.
+- :mod:`.workloads` — one object per active workload and their state-change events;
+- :mod:`.heat` — the municipal heat offer (``PSWD.HeatOffer``).
 
 This module starts and stops the asyncua server, builds the address space from those parts and
 publishes: values come from the store once per ``opcua.publish_interval_ms`` as one batch
@@ -35,6 +36,7 @@ from pswd_gateway.control.guard import GuardEvent
 from pswd_gateway.logging import get_logger
 from pswd_gateway.northbound.opcua import guard
 from pswd_gateway.northbound.opcua.alarms import GUARD_ALARM, GUARD_SEVERITY, Alarms
+from pswd_gateway.northbound.opcua.heat import HeatOfferObject
 from pswd_gateway.northbound.opcua.methods import (
     METHOD_PERMISSIONS,
     LimitSetter,
@@ -112,6 +114,7 @@ class OpcUaServer:
         self.methods = Methods(self.users, workloads, set_limit, config.scheduling.demand_response)
         self.alarms = Alarms(config.control.soc_min)
         self.workload_objects = WorkloadObjects(workloads)
+        self.heat_offer = HeatOfferObject(workloads, config.heat)
         self.model = model(config.scheduling.demand_response, self.alarms.guard_active)
         self.server: Server | None = None
         self.idx = 0
@@ -217,6 +220,7 @@ class OpcUaServer:
         await self.methods.add_to(root, idx)
         await self.workload_objects.add_events(server, root)
         await self.alarms.add_to(server, root)
+        await self.heat_offer.add_to(server, root, idx)
 
     async def model_nodes(self) -> list[Node]:
         """Every node of the static model (PSWD and below, not the workloads' objects)."""
@@ -294,6 +298,7 @@ class OpcUaServer:
             )
             written += 1
         written += await self.workload_objects.sync(server)
+        written += await self.heat_offer.sync(server, datetime.now(UTC))
         ramp = self.ramp() if self.ramp is not None else None
         await self.alarms.check(snap, site, ramp)
         self.updates_total += written
