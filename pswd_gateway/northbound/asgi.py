@@ -127,46 +127,42 @@ def _certificate(
 
 @dataclass(frozen=True)
 class _Gate:
-    """What :class:`_GuardedProtocol` checks at accept, for one listener."""
+    """What :class:`_GuardedProtocol` checks once the TLS handshake is done, for one listener
+    (the zone policy's door is the :class:`~pswd_gateway.northbound.acceptor.Acceptor`'s)."""
 
-    door: Door | None
-    client: ClientTls | None
+    client: ClientTls
     peers: dict[Peer, Identity]
     refused: Refused
     context: ssl.SSLContext | None
 
 
 class _GuardedProtocol(H11Protocol):
-    """uvicorn's HTTP protocol that closes a connection the door refuses, before reading it;
-    and, with mutual TLS, one whose certificate was revoked since the CRL was loaded. The
-    certificate's holder is kept in ``peers`` by the client's address while it is open."""
+    """uvicorn's HTTP protocol for mutual TLS: it closes a connection whose client certificate
+    was revoked since the CRL was loaded, before reading it. The certificate's holder is kept in
+    ``peers`` by the client's address while it is open."""
 
     gate: _Gate
     _refused = False
     _peer: Peer | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """uvicorn's set-up waits for :meth:`connection_made`: a refused connection costs the
-        accept and the door, not an HTTP connection's state."""
+        """uvicorn's set-up waits for :meth:`connection_made`: a refused connection costs no
+        HTTP connection's state."""
         self._init = (args, kwargs)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         gate = self.gate
         peer = transport.get_extra_info("peername")
-        if gate.door is not None and gate.door(peer) is None:
-            self._refuse(transport)
-            return
         args, kwargs = self._init
         super().__init__(*args, **kwargs)
-        if gate.client is not None:
-            revoked, who = _certificate(transport, gate.client, gate.context)
-            if revoked is not None:
-                gate.refused(peer, revoked, "revoked")
-                self._refuse(transport)
-                return
-            if who is not None and isinstance(peer, tuple):
-                self._peer = (str(peer[0]), int(peer[1]))
-                gate.peers[self._peer] = who
+        revoked, who = _certificate(transport, gate.client, gate.context)
+        if revoked is not None:
+            gate.refused(peer, revoked, "revoked")
+            self._refuse(transport)
+            return
+        if who is not None and isinstance(peer, tuple):
+            self._peer = (str(peer[0]), int(peer[1]))
+            gate.peers[self._peer] = who
         super().connection_made(transport)
 
     def _refuse(self, transport: asyncio.Transport) -> None:
@@ -239,7 +235,7 @@ class AsgiListener:
             server_header=False,
             timeout_graceful_shutdown=1,
             http=(
-                _guarded(_Gate(None, self.client_tls, self.peers, self.refused, context))
+                _guarded(_Gate(self.client_tls, self.peers, self.refused, context))
                 if self.client_tls is not None
                 else H11Protocol
             ),
