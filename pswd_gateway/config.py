@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -885,6 +886,18 @@ class HeatConfig(_Strict):
     """Largest heat the recovery plant delivers to the network (condensers, connection)."""
 
 
+def _demo_passwords(
+    path: str, users: Sequence[_PasswordUser], demo_names: Collection[str]
+) -> str | None:
+    """Which of ``users`` still have the demo's published password (``pswd-demo-<name>``)."""
+    demo = [
+        u.name
+        for u in users
+        if u.name in demo_names and verify_password(f"pswd-demo-{u.name}", u.password_hash)
+    ]
+    return f"{path} {', '.join(demo)} have the published demo passwords" if demo else None
+
+
 class GatewayConfig(BaseSettings):
     """The root of the configuration file."""
 
@@ -1017,23 +1030,9 @@ class GatewayConfig(BaseSettings):
             if demo:
                 return f"api.tokens {', '.join(demo)} are the published demo tokens"
         if name == "opcua":
-            demo = [
-                u.name
-                for u in self.opcua.users
-                if u.name in DEMO_OPCUA_USERS
-                and verify_password(f"pswd-demo-{u.name}", u.password_hash)
-            ]
-            if demo:
-                return f"opcua.users {', '.join(demo)} have the published demo passwords"
+            return _demo_passwords("opcua.users", self.opcua.users, DEMO_OPCUA_USERS)
         if name == "iec61850":
-            demo = [
-                u.name
-                for u in self.iec61850.users
-                if u.name in DEMO_IEC61850_USERS
-                and verify_password(f"pswd-demo-{u.name}", u.password_hash)
-            ]
-            if demo:
-                return f"iec61850.users {', '.join(demo)} have the published demo passwords"
+            return _demo_passwords("iec61850.users", self.iec61850.users, DEMO_IEC61850_USERS)
         return None
 
     def policy_problems(self) -> list[tuple[str, str]]:

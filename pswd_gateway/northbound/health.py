@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from pswd_gateway.northbound.metrics import GatewayCollector, make_registry
-from pswd_gateway.security.ratelimit import RateLimiter
+from pswd_gateway.security.ratelimit import RateLimiter, retry_after
 
 __all__ = ["health_app"]
 
@@ -53,7 +53,7 @@ def health_app(
         if wait <= 0:
             return None
         text = f"{client} asked more than {REQUESTS_PER_ADDRESS_PER_S:g} times a second\n"
-        headers = {"Retry-After": str(max(1, round(wait + 0.5))), "Connection": "close"}
+        headers = {"Retry-After": retry_after(wait), "Connection": "close"}
         return PlainTextResponse(text, status_code=429, headers=headers)
 
     async def metrics(request: Request) -> Response:

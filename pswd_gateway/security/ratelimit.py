@@ -8,11 +8,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "retry_after"]
 
 MAX_KEYS: Final = 10_000
 """Buckets kept; beyond, the full ones (keys that have not asked for a second) are forgotten, so
 a scan from many addresses cannot grow the table without bound."""
+
+
+def retry_after(wait_s: float) -> str:
+    """A ``Retry-After`` header's value for a wait from :meth:`RateLimiter.allow`: whole
+    seconds, at least one."""
+    return str(max(1, round(wait_s + 0.5)))
 
 
 @dataclass

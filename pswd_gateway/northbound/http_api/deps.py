@@ -20,6 +20,7 @@ from pswd_gateway.northbound.http_api.problems import (
 from pswd_gateway.northbound.http_api.schemas import SiteOut
 from pswd_gateway.northbound.http_api.security import RateLimiter, TokenBook
 from pswd_gateway.scheduling.service import WorkloadService
+from pswd_gateway.security.ratelimit import retry_after
 from pswd_gateway.security.zones import Policy
 
 __all__ = [
@@ -96,7 +97,7 @@ async def identify(
                 "Too many requests",
                 f"{client} sent more than {gate.strangers.rate_per_s:g} requests/s without a "
                 "known bearer token",
-                headers={"Retry-After": str(max(1, round(wait + 0.5))), "Connection": "close"},
+                headers={"Retry-After": retry_after(wait), "Connection": "close"},
             )
         if request.method in WRITE_METHODS:
             await api_context(request).service.audit_refusal(None, f"http.{request.method}", why)
@@ -115,7 +116,7 @@ async def identify(
             "Too many requests",
             f"token {who.name!r} exceeds {gate.limiter.rate_per_s:g} requests/s "
             "(api.rate_limit_per_s)",
-            headers={"Retry-After": str(max(1, round(wait + 0.5)))},
+            headers={"Retry-After": retry_after(wait)},
         )
     if gate.policy is not None:
         admission = gate.policy.admit("api", request.client.host if request.client else None)
