@@ -1,0 +1,1 @@
+"""OpenADR virtual end nodes: the utility's demand-response events in, the site's load out."""
