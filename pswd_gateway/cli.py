@@ -686,6 +686,33 @@ def bench_flood(
     _bench_exit("flood", run_flood_bench(config, seconds, connections, as_json))
 
 
+@bench_app.command("dr")
+def bench_dr(
+    events: Annotated[int, typer.Option(min=1, max=100, help="Import limits per door.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the limits' depths.")] = 2026,
+    ffr_cases: Annotated[
+        int, typer.Option(min=0, max=20, help="Generated frequency-response cases (0: none).")
+    ] = 1,
+    door: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Doors to time (default: all): http, opcua, iec61850, openadr2b, openadr3."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Demand response end to end on the twin: a grid signal through each door to the battery
+    setpoint written (p50/p99), delivered/requested per event, the frequency response's step
+    time and accuracy."""
+    from pswd_gateway.bench.dr import DOORS, run_dr_bench  # noqa: PLC0415
+
+    chosen = tuple(door) if door else DOORS
+    unknown = sorted(set(chosen) - set(DOORS))
+    if unknown:
+        raise typer.BadParameter(f"unknown door {', '.join(unknown)}; choose from {DOORS}")
+    raise typer.Exit(run_dr_bench(events, seed, ffr_cases, chosen, as_json=as_json))
+
+
 @bench_app.command("opcua")
 def bench_opcua(
     duration_s: Annotated[float, typer.Option(min=2.0, help="Measured time.")] = 20.0,

@@ -59,6 +59,8 @@ __all__ = [
     "HeatConfig",
     "ListenerConfig",
     "ModbusDeviceConfig",
+    "OpenAdr2bConfig",
+    "OpenAdr3Config",
     "RedfishDeviceConfig",
     "Role",
     "SchedulingConfig",
@@ -638,6 +640,14 @@ class ForecastConfig(_Strict):
     location: str = "pswd-demo"
     refresh_s: Annotated[float, Field(ge=1, le=86_400)] = 300.0
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    max_age_s: Annotated[float, Field(ge=1, le=7 * 86_400)] | None = None
+    """A forecast not replaced for this long is stale: placement falls back to a flat forecast
+    (the earliest start) until a refresh succeeds. Default: four refresh periods, at least an
+    hour."""
+
+    @property
+    def stale_after_s(self) -> float:
+        return self.max_age_s if self.max_age_s is not None else max(4 * self.refresh_s, 3600.0)
 
     @model_validator(mode="after")
     def _needs(self) -> ForecastConfig:
@@ -711,6 +721,12 @@ class GuardConfig(_Strict):
     off_plan_band_mw: Annotated[float, Field(gt=0.0, le=10_000.0)] = 30.0
     """Largest mean of (grid - plan) over ``off_plan_window_s``, either way."""
     off_plan_window_s: Annotated[float, Field(gt=0.1, le=600.0)] = 10.0
+    import_margin_mw: Annotated[float, Field(ge=0.0, le=10_000.0)] = 2.0
+    """The grid's 1 s mean may be this far over the import limit while the battery charges
+    before the guard trips (the battery flattening the grid at the limit)."""
+    import_hold_s: Annotated[float, Field(ge=0.0, le=600.0)] = 3.0
+    """...at every check for this long (a rise's leak keeps the 1 s means over for up to a
+    second each rhythm period)."""
     rough_window_s: Annotated[float, Field(gt=0.1, le=600.0)] = 4.0
     """The grid may not be rougher than the load behind it over this window."""
     rough_margin_mw: Annotated[float, Field(ge=0.0, le=10_000.0)] = 5.0
@@ -886,6 +902,228 @@ class HeatConfig(_Strict):
     """Largest heat the recovery plant delivers to the network (condensers, connection)."""
 
 
+OpenAdr3Name = Annotated[str, Field(min_length=1, max_length=128)]
+"""A name in OpenADR 3 (``venName``, ``programName``): 1-128 characters."""
+
+
+def _openadr3_url(url: str, what: str) -> str:
+    """``url`` as given (no trailing slash): https://, or http:// only to this machine."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{what} must start with https:// (or http:// to this machine)")
+    host = urlsplit(url).hostname or ""
+    if url.startswith("http://") and not is_loopback(host):
+        raise ValueError(
+            f"{what} {url} is plain HTTP to {host or 'another machine'}: tokens and events would "
+            "cross the network in clear text; use https:// (with ca_file for a private CA), or "
+            "http:// only to 127.0.0.1 / localhost"
+        )
+    return url.rstrip("/")
+
+
+class OpenAdr3Config(_Strict):
+    """``[openadr3]``: the OpenADR 3 VEN (docs/grid.md, "OpenADR 3").
+
+    The VEN reads the VTN's programs and events (a webhook subscription, and polling as the
+    fallback), turns each event into grid signals of source ``openadr3`` issued by
+    ``vtn:<vtn_name>``, and reports the measured and the planned grid import back."""
+
+    enabled: bool = False
+    vtn_url: str = ""
+    """Base URL of the VTN's API (``https://vtn.example/openadr3/3.1.0``): ``/programs``,
+    ``/events`` … are below it. Plain ``http://`` only to a VTN on this machine."""
+    vtn_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")] = "vtn"
+    """The VTN's name in the journal: its events are accepted and audited as ``vtn:<name>``."""
+    ven_name: OpenAdr3Name = "pswd-gateway"
+    """This VEN's ``venName`` at the VTN (looked up, or registered when the VTN has none)."""
+    program_names: tuple[OpenAdr3Name, ...] = ()
+    """The programs (``programName``) whose events the site follows."""
+    client_id: Annotated[str, Field(max_length=4096)] = ""
+    """OAuth2 client credentials the VTN's operator issued to this VEN."""
+    client_secret: SecretStr = SecretStr("")
+    client_secret_file: Path | None = None
+    """The client secret from a file instead (read at start; one trailing newline removed)."""
+    token_url: str | None = None
+    """The token endpoint; absent: the VTN's ``GET /auth/server`` names it (else
+    ``<vtn_url>/auth/token``)."""
+    ca_file: Path | None = None
+    """PEM file of the CA that signed the VTN's certificate (absent: the system's CAs)."""
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    """Every request to the VTN, and the reading of a notification's body, ends within this."""
+    webhook: bool = True
+    """Subscribe to the program's events with a callback (signal to action well under 1 s);
+    polling runs in any case, as the fallback."""
+    callback_host: str = "127.0.0.1"
+    """The address the callback listener binds: loopback, unless ``callback_tls_cert`` is set."""
+    callback_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    """0: a free port, which the subscription's ``callbackUrl`` then names."""
+    callback_url: str | None = None
+    """The URL the VTN is given; absent: ``http(s)://<callback_host>:<port>/openadr3/notify``
+    (needed when the listener binds an address the VTN does not reach it by)."""
+    callback_tls_cert: Path | None = None
+    callback_tls_key: Path | None = None
+    max_notification_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 262_144
+    """A notification with a larger body is refused (413) before it is read."""
+    poll_interval_s: Annotated[float, Field(ge=0.1, le=3600)] = 2.0
+    """``GET /events`` of each program this often (the fallback when a notification is lost)."""
+    report_interval_s: Annotated[float, Field(ge=0.1, le=86_400)] = 60.0
+    """While an event is in force, its usage and forecast reports are sent this often."""
+    simple_shed_mw: tuple[
+        Annotated[float, Field(gt=0, le=10_000)],
+        Annotated[float, Field(gt=0, le=10_000)],
+        Annotated[float, Field(gt=0, le=10_000)],
+    ] = (20.0, 50.0, 100.0)
+    """The shed (MW below the planned import) a ``SIMPLE`` event asks at levels 1, 2 and 3
+    (moderate, high, emergency); level 0 is normal operation."""
+
+    @field_validator("vtn_url")
+    @classmethod
+    def _vtn_url(cls, url: str) -> str:
+        return _openadr3_url(url, "vtn_url") if url else url
+
+    @field_validator("token_url", "callback_url")
+    @classmethod
+    def _urls(cls, url: str | None) -> str | None:
+        return None if url is None else _openadr3_url(url, "the URL")
+
+    @model_validator(mode="after")
+    def _complete(self) -> OpenAdr3Config:
+        if self.client_secret_file is not None and self.client_secret.get_secret_value():
+            raise ValueError("client_secret and client_secret_file exclude each other: give one")
+        if (self.callback_tls_cert is None) != (self.callback_tls_key is None):
+            raise ValueError("callback_tls_cert and callback_tls_key go together: both or none")
+        if self.ca_file is not None and not self.vtn_url.startswith("https://"):
+            raise ValueError("ca_file verifies the VTN's certificate: it needs an https:// vtn_url")
+        if list(self.simple_shed_mw) != sorted(self.simple_shed_mw):
+            raise ValueError("simple_shed_mw: a higher SIMPLE level must not shed less")
+        if self.webhook and not is_loopback(self.callback_host):
+            if self.callback_tls_cert is None:
+                raise ValueError(
+                    f"the callback listener on {self.callback_host} would take the VTN's events "
+                    "in clear text from other machines: set callback_tls_cert and "
+                    "callback_tls_key, or bind 127.0.0.1"
+                )
+            if self.callback_url is None:
+                raise ValueError(
+                    f"callback_host {self.callback_host} is not a URL the VTN can reach: set "
+                    "callback_url (https://<name the certificate carries>:<port>/openadr3/notify)"
+                )
+        if not self.enabled:
+            return self
+        missing = [
+            what
+            for what, given in (
+                ("vtn_url", bool(self.vtn_url)),
+                ("program_names", bool(self.program_names)),
+                ("client_id", bool(self.client_id)),
+                (
+                    "client_secret or client_secret_file",
+                    self.client_secret_file is not None
+                    or bool(self.client_secret.get_secret_value()),
+                ),
+            )
+            if not given
+        ]
+        if missing:
+            raise ValueError(f"an enabled VEN needs {', '.join(missing)}")
+        return self
+
+
+OPENADR_FINGERPRINT_PATTERN = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){9}$"
+"""An OpenADR 2.0b certificate fingerprint: the last 10 bytes of its SHA-256, colon-separated."""
+
+
+class OpenAdr2bConfig(_Strict):
+    """``[openadr2b]``: the OpenADR 2.0b VEN (docs/grid.md, "OpenADR 2.0b").
+
+    The VEN polls the utility's VTN, turns each event into grid signals of source
+    ``openadr2b`` issued by ``vtn:<vtn_name>`` (journalled and audited before the VTN hears the
+    opt-in), and reports the measured and the planned grid import back."""
+
+    enabled: bool = False
+    vtn_url: str | None = None
+    """The VTN's OpenADR 2.0b base URL (``https://vtn.example/OpenADR2/Simple/2.0b``), needed
+    when enabled. Plain ``http://`` only to a VTN on this machine."""
+    vtn_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")] = "utility"
+    """The VTN's name in the journal: its events are accepted and audited as ``vtn:<name>``."""
+    ven_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@:-]{1,64}$")] = "pswd-site"
+    """This VEN's name at the VTN (``oadrCreatePartyRegistration``)."""
+    ven_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@:-]{1,128}$")] | None = None
+    """The venID the utility issued ahead of registration, if it did (else the VTN assigns one
+    when the VEN registers)."""
+    poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    """``oadrPoll`` this often: it bounds the time from an event issued to its signal in force.
+    It is used instead of the poll frequency the VTN asks for at registration."""
+    request_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
+    """Every request to the VTN ends within this."""
+    opt: Literal["in", "out", "feasible"] = "feasible"
+    """``in``: every valid event is put in force and opted in. ``out``: every event is opted out
+    and nothing is put in force (reports still flow). ``feasible``: an event is opted out when
+    the import it asks for is below what the site can reach in some slot of its window (the
+    planned import minus the battery's spare power)."""
+    simple_shed_mw: tuple[
+        Annotated[float, Field(gt=0, le=10_000)],
+        Annotated[float, Field(gt=0, le=10_000)],
+        Annotated[float, Field(gt=0, le=10_000)],
+    ] = (20.0, 50.0, 100.0)
+    """The shed (MW below the planned import) of ``SIMPLE`` levels 1, 2 and 3 (moderate, high,
+    special), and of a ``LOAD_CONTROL`` level offset of 1-3; level 0 is normal operation."""
+    telemetry_period_s: Annotated[float, Field(ge=1, le=3600)] = 10.0
+    """The shortest sampling period offered for the delivered-load report (the VTN picks one
+    from this to an hour)."""
+    forecast_period_s: Annotated[float, Field(ge=1, le=86_400)] = 300.0
+    """The shortest period offered for the planned-import (forecast) report."""
+    forecast_horizon_h: Annotated[float, Field(gt=0, le=48)] = 24.0
+    """Each forecast report carries the plan's slots this far ahead."""
+    connection_voltage_v: Annotated[int, Field(gt=0, le=1_000_000)] = 110_000
+    """The grid connection's nominal voltage (the reports' power attributes)."""
+    cert: Path | None = None
+    """PEM certificate of this VEN: its TLS client certificate, and the one its messages are
+    signed with (XML signature). With ``key``; needs an https:// ``vtn_url``."""
+    key: Path | None = None
+    ca_file: Path | None = None
+    """PEM file of the CA that signed the VTN's TLS certificate (absent: the system's CAs)."""
+    vtn_fingerprint: Annotated[str, Field(pattern=OPENADR_FINGERPRINT_PATTERN)] | None = None
+    """The OpenADR fingerprint of the VTN's signing certificate (``AB:CD:…``, ten bytes, as
+    ``python -m openleadr.fingerprint CERT`` prints it): a message not signed with that
+    certificate is ignored."""
+
+    @field_validator("vtn_url")
+    @classmethod
+    def _vtn_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an https:// URL (or http:// to this machine) with a host")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("must not carry a query, a fragment or credentials")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise ValueError(
+                f"plain HTTP to {parts.hostname} would carry the utility's events and the "
+                "site's reports in clear text; use https:// (with ca_file, cert and key), or "
+                "http:// only to a VTN on 127.0.0.1 / localhost"
+            )
+        return url.rstrip("/")
+
+    @field_validator("vtn_fingerprint")
+    @classmethod
+    def _upper(cls, fingerprint: str | None) -> str | None:
+        return None if fingerprint is None else fingerprint.upper()
+
+    @model_validator(mode="after")
+    def _complete(self) -> OpenAdr2bConfig:
+        if self.enabled and self.vtn_url is None:
+            raise ValueError("an enabled VEN needs vtn_url")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: both or none")
+        https = self.vtn_url is not None and self.vtn_url.startswith("https://")
+        if (self.cert is not None or self.ca_file is not None) and not https:
+            raise ValueError("cert, key and ca_file are for TLS: they need an https:// vtn_url")
+        if list(self.simple_shed_mw) != sorted(self.simple_shed_mw):
+            raise ValueError("simple_shed_mw: a higher SIMPLE level must not shed less")
+        return self
+
+
 def _demo_passwords(
     path: str, users: Sequence[_PasswordUser], demo_names: Collection[str]
 ) -> str | None:
@@ -923,6 +1161,10 @@ class GatewayConfig(BaseSettings):
     logging: LoggingConfig = LoggingConfig()
     daemon: DaemonConfig = DaemonConfig()
     heat: HeatConfig = HeatConfig()
+    openadr3: OpenAdr3Config = OpenAdr3Config()
+    """The OpenADR 3 VEN (off by default)."""
+    openadr2b: OpenAdr2bConfig = OpenAdr2bConfig()
+    """The OpenADR 2.0b VEN (off by default)."""
     simulation: dict[str, Any] = Field(default_factory=dict)
     """Settings of the site's digital twin (``pswd-gateway simulate``), validated by it."""
 

@@ -4,8 +4,8 @@
 Supervisor`, which starts them in this order and stops them in the reverse one:
 
 journal → forecast feed (a supervised task) → workload service → pollers → metrics listener →
-API listener → OPC UA server → MMS server → (first polls) → control notices → setpoint
-recorder → control cycle → READY=1.
+API listener → OPC UA server → MMS server → OpenADR 3 VEN → OpenADR 2.0b VEN → (first polls) →
+control notices → setpoint recorder → control cycle → READY=1.
 
 Long-running loops are supervised tasks: a crash is logged, counted and the task restarted after
 a back-off; the systemd watchdog is fed only while the supervisor finds every loop healthy.
@@ -39,13 +39,15 @@ from pswd_gateway.config import (
     TlsListenerConfig,
     load_config,
 )
+from pswd_gateway.control.battery import ffr_from_signal
 from pswd_gateway.control.cycle import ControlCycle
 from pswd_gateway.control.grid import Announced, announced_jobs
 from pswd_gateway.control_notices import ControlNotices, GuardListener
-from pswd_gateway.domain.grid_signals import SignalSource
+from pswd_gateway.domain.grid_signals import Effective, SignalSource
 from pswd_gateway.domain.identity import SYSTEM, Identity
 from pswd_gateway.domain.polling import PollStats
-from pswd_gateway.domain.units import to_si
+from pswd_gateway.domain.signals import GRID_POWER, HEAT_EXPORT_POWER
+from pswd_gateway.domain.units import to_mw, to_si
 from pswd_gateway.errors import ConfigError, PswdError
 from pswd_gateway.forecasts.feed import ForecastFeed
 from pswd_gateway.forecasts.providers import build_forecast_provider
@@ -73,7 +75,11 @@ from pswd_gateway.northbound.iec61850.server import MmsHooks
 from pswd_gateway.northbound.iec61850.tls import MmsTls
 from pswd_gateway.northbound.metrics import GatewayCollector, OpsView
 from pswd_gateway.northbound.opcua.server import OpcUaServer
+from pswd_gateway.openadr.site import VenSite
+from pswd_gateway.openadr.ven2b import OpenAdr2bVen
+from pswd_gateway.openadr.ven3 import OpenAdr3Ven
 from pswd_gateway.runtime import Supervisor
+from pswd_gateway.scheduling.model import SiteForecast
 from pswd_gateway.scheduling.scheduler import Scheduler
 from pswd_gateway.scheduling.service import WorkloadService
 from pswd_gateway.security.pki import days_left
@@ -152,6 +158,10 @@ class Gateway:
     workloads: WorkloadService | None = field(default=None, init=False)
     grid_signals: GridSignalService | None = field(default=None, init=False)
     """Grid signals from every door; their import limit is in force through ``settings``."""
+    openadr3: OpenAdr3Ven | None = field(default=None, init=False)
+    """The OpenADR 3 VEN (``[openadr3] enabled``): the VTN's events as grid signals."""
+    openadr2b: OpenAdr2bVen | None = field(default=None, init=False)
+    """The OpenADR 2.0b VEN (``[openadr2b] enabled``): the utility's events as grid signals."""
     southbound: PollerSet = field(init=False)
     metrics_listener: AsgiListener | None = field(default=None, init=False)
     api_listener: AsgiListener | None = field(default=None, init=False)
@@ -223,6 +233,12 @@ class Gateway:
             mms = self.config.listeners.iec61850
             _note_certificate(self._certificate_expiry, "iec61850", mms.tls_cert)
             _note_certificate(self._certificate_expiry, "iec61850-client-ca", mms.tls_client_ca)
+        if self.config.openadr3.enabled and self.grid_signals is not None:
+            self.openadr3 = OpenAdr3Ven(self.config.openadr3, self._ven_site(self.grid_signals))
+            await start(self.openadr3)
+        if self.config.openadr2b.enabled and self.grid_signals is not None:
+            self.openadr2b = self._openadr2b(self.grid_signals)
+            await start(self.openadr2b)
         await self.southbound.first_polls(FIRST_POLLS_TIMEOUT_S)
         await self._start_control()
         if self.heap is not None:
@@ -267,6 +283,7 @@ class Gateway:
             horizon=timedelta(hours=sched.horizon_h),
             slot_s=slot_s,
             refresh_s=sched.forecast.refresh_s,
+            max_age_s=sched.forecast.stale_after_s,
         )
         try:
             async with asyncio.timeout(sched.forecast.timeout_s + 1.0):
@@ -283,6 +300,8 @@ class Gateway:
             self.settings,
             publish=self.workloads.hub.publish,
             planned_import_mw=self._planned_import_mw,
+            measured=self._measured_mw,
+            on_effective=self._on_grid_effective,
         )
         await self.supervisor.start(self.grid_signals)
         self.supervisor.spawn("forecast", self.forecast.run)
@@ -307,6 +326,8 @@ class Gateway:
             on_guard=notices.on_guard,
         )
         await self.supervisor.start(self.control)
+        if self.grid_signals is not None:  # what the signals in force already ask
+            self._on_grid_effective(self.grid_signals.effective())
 
     def _metrics_listener(self) -> AsgiListener:
         collector = GatewayCollector(
@@ -392,6 +413,7 @@ class Gateway:
             on_restart=self._audit_stack_restart,
             log_level=self.config.logging.level,
             log_format=self.config.logging.format,
+            forecast=self._site_forecast,
         )
 
     async def _audit_stack_restart(self, detail: dict[str, Any]) -> None:
@@ -415,6 +437,49 @@ class Gateway:
         if self.grid_signals is None:
             return self.settings.set
         return self.grid_signals.door(source)
+
+    def _measured_mw(self) -> tuple[float | None, float | None]:
+        """The grid import and the heat delivered to the heat network now, MW (``None``: no
+        usable reading)."""
+        snap = self.store.snapshot(time.time())
+        site = self._site()
+        grid = snap.usable(GRID_POWER, site)
+        heat = snap.usable(HEAT_EXPORT_POWER, site)
+        return (
+            None if grid is None else to_mw(grid),
+            None if heat is None else to_mw(heat),
+        )
+
+    def _on_grid_effective(self, effective: Effective) -> None:
+        """The grid signals in force changed: the frequency response and the heat-recovery
+        setpoint follow them (the import limit went through the site settings)."""
+        if self.control is None:
+            return
+        ffr = effective.ffr
+        nominal = float(self._site().nominal_frequency_hz)
+        self.control.shape_ffr(
+            None if ffr is None else ffr_from_signal(ffr, self.config.control.ffr, nominal)
+        )
+        heat = effective.heat_request
+        self.control.request_heat_supply(None if heat is None else heat.supply_temp_c)
+
+    def _site_forecast(self) -> SiteForecast | None:
+        """The plan's site forecast now, for the MMS process's FSCH1 (None without a plan)."""
+        return None if self.workloads is None else self.workloads.site_forecast()
+
+    def _ven_site(self, signals: GridSignalService) -> VenSite:
+        """What a VEN sees of the site: the grid-signal service, the grid meter's import now
+        and the site's plan."""
+        workloads = self.workloads
+        if workloads is None:
+            raise RuntimeError("a VEN needs the workload service (its plan) started first")
+        return VenSite(signals, lambda: self._measured_mw()[0], workloads.site_forecast)
+
+    def _openadr2b(self, signals: GridSignalService) -> OpenAdr2bVen:
+        """The OpenADR 2.0b VEN; its opt-in policy counts the battery's power the plan uses."""
+        battery_mw = self.config.scheduling.bess_power_mw if self.config.site.bess else 0.0
+        site = replace(self._ven_site(signals), battery_power_mw=battery_mw)
+        return OpenAdr2bVen(self.config.openadr2b, site)
 
     def _planned_import_mw(self, start: datetime, end: datetime | None) -> float | None:
         """The highest planned grid import over ``[start, end)`` (a shed's baseline)."""
@@ -592,6 +657,8 @@ class Gateway:
                 if feed is not None and feed.last_update is not None
                 else None
             ),
+            forecast_age_s=feed.age_s() if feed is not None else None,
+            forecast_stale=feed is not None and feed.stale(),
             certificate_expiry=self._certificate_expiry,
             conduit_refusals={(str(a), b): n for (a, b), n in self.gate.refusals.total.items()},
             conduit_admissions={(str(a), b): n for (a, b), n in self.gate.admitted.items()},

@@ -6,6 +6,12 @@ stops both. Logs go to ``<state_dir>/logs/`` so the live view stays readable.
 Playing the ML platform's part, the demo announces a 200 MW training job through the real HTTP
 API (with the demo submitter token), reports its start when the site says it is ready, and
 shows it move through its states next to the plant.
+
+Playing the utility's part (:func:`_play_utility`), it reads the heat offer, turns the fast
+frequency response on over HTTP before the twin's frequency dip (120 s), issues a
+demand-response event from the demo's own OpenADR 2.0b VTN (openleadr's, on loopback; the
+gateway's VEN polls it), and asks for heat at 85 °C; the signals, their delivery reports and
+the frequency response show in the live view.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ import signal
 import time
 from collections import deque
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -35,10 +43,17 @@ from pswd_gateway.ml_platform import play_demo_job, trace_job
 from pswd_gateway.security.certs import OpcUaCertPaths, init_opcua_certs, resolve_certs_dir
 from pswd_gateway.simulation.twin import spawn_twin, stop_process
 from pswd_gateway.simulation.twin import started_at as twin_started_at
+from pswd_gateway.simulation.utility import with_vens
+from pswd_gateway.simulation.vtn2b import Vtn2b
 
 __all__ = ["run_demo"]
 
 TWIN_START_TIMEOUT_S = 30.0
+OPERATOR_TOKEN = "pswd-demo-operator"  # noqa: S105 -- the demo's published token
+UTILITY_SCRIPT_S = {"offer": 20.0, "ffr": 75.0, "dr": 90.0, "heat": 150.0}
+"""Twin time (s) of each of the utility's steps; the twin's frequency dip is at 120 s."""
+DR_DEPTH_MW = 30.0
+DR_HOLD_S = 90.0
 
 
 def _endpoints(cfg: GatewayConfig) -> list[tuple[str, str, int]]:
@@ -88,6 +103,19 @@ async def _wait_for_ports(
     return [name for name, _, _ in pending]
 
 
+class EventLines(deque[str]):
+    """The latest lines of the live view; :attr:`total` counts every line ever added (the
+    plain printer prints each once)."""
+
+    def __init__(self, maxlen: int) -> None:
+        super().__init__(maxlen=maxlen)
+        self.total = 0
+
+    def append(self, line: str) -> None:
+        super().append(line)
+        self.total += 1
+
+
 def _fmt(value: float | None, spec: str) -> str:
     """``value`` formatted with ``spec``; ``—`` when unknown."""
     return "—" if value is None else format(value, spec)
@@ -126,11 +154,12 @@ def _view(gw: Gateway, started: float, events: Sequence[str] = ()) -> Group:
         "heat export MW",
         "heat supply °C",
         "grid Hz",
+        "FFR MW",
     ):
         plant.add_column(col, justify="right")
     plant.add_row(
         _mw(v(sig.GRID_POWER)),
-        _mw(v(sig.GRID_IMPORT_LIMIT), ",.0f"),
+        _mw(v(sig.IMPORT_LIMIT_IN_FORCE), ",.1f"),
         _ramp_cell(ramp, v(sig.GRID_RAMP_LIMIT)),
         _mw(v(sig.IT_POWER)),
         _mw(setpoint),
@@ -140,6 +169,7 @@ def _view(gw: Gateway, started: float, events: Sequence[str] = ()) -> Group:
         _mw(v(sig.HEAT_EXPORT_POWER)),
         _fmt(v(sig.HEAT_SUPPLY_TEMP), ",.1f"),
         _fmt(v(sig.GRID_FREQUENCY), ",.3f"),
+        _mw(control.ffr_response_w if control is not None else None),
     )
     devices = Table(title="devices", title_justify="left")
     for col in (
@@ -212,17 +242,23 @@ def _plain_line(gw: Gateway) -> str:
     def v(signal: sig.Signal) -> float | None:
         return snap.usable(signal, site)
 
-    ramp = gw.control.stats.grid_ramp_w_per_s() if gw.control is not None else None
+    stats = gw.control.stats if gw.control is not None else None
+    ramp = stats.grid_ramp_w_per_s() if stats is not None else None
     return (
-        f"grid {_mw(v(sig.GRID_POWER))} MW  ramp {_mw(ramp)} / "
-        f"{_mw(v(sig.GRID_RAMP_LIMIT), 'g')} MW/s  IT {_mw(v(sig.IT_POWER))} MW  "
-        f"BESS {_mw(v(sig.BESS_POWER))} MW  SoC {_percent(v(sig.BESS_SOC))} %"
+        f"grid {_mw(v(sig.GRID_POWER))} / {_mw(v(sig.IMPORT_LIMIT_IN_FORCE), ',.1f')} MW  "
+        f"ramp {_mw(ramp)} / {_mw(v(sig.GRID_RAMP_LIMIT), 'g')} MW/s  "
+        f"IT {_mw(v(sig.IT_POWER))} MW  BESS {_mw(v(sig.BESS_POWER))} MW  "
+        f"SoC {_percent(v(sig.BESS_SOC))} %  {_fmt(v(sig.GRID_FREQUENCY), ',.3f')} Hz  "
+        f"FFR {_mw(stats.ffr_response_w if stats is not None else None)} MW  "
+        f"heat {_fmt(v(sig.HEAT_SUPPLY_TEMP), ',.1f')} °C"
     )
 
 
 async def run_demo(cfg: GatewayConfig, config_path: Path, duration_s: float | None) -> int:
     """Run twin + gateway until Ctrl-C (or ``duration_s``); returns an exit code."""
     console = Console()
+    if not console.is_terminal:  # a line a second: wide enough not to wrap
+        console = Console(width=max(console.width, 140))
     log_dir = cfg.storage.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     gateway_log = (log_dir / "gateway.log").open("a", encoding="utf-8")
@@ -235,7 +271,10 @@ async def run_demo(cfg: GatewayConfig, config_path: Path, duration_s: float | No
     spawned = time.time() - 1.0  # the twin's own t = 0 comes after this
     proc = await spawn_twin(config_path, twin_log)
     gw: Gateway | None = None
+    vtn = Vtn2b(vtn_id="PSWD-DEMO-VTN")
     try:
+        await vtn.start()
+        cfg = with_vens(cfg, vtn, None)
         missing = await _wait_for_ports(_endpoints(cfg), proc, TWIN_START_TIMEOUT_S)
         if not missing and not await _twin_started(proc, log_dir / "twin.log", spawned):
             missing = ["its own devices: another process may hold the demo's ports"]
@@ -253,19 +292,26 @@ async def run_demo(cfg: GatewayConfig, config_path: Path, duration_s: float | No
         gw = Gateway(cfg, config_path=config_path)
         await gw.start()
         _print_listeners(console, cfg, gw, log_dir)
-        events: deque[str] = deque(maxlen=6)
-        job = asyncio.create_task(
-            _play_ml_platform(gw, events, log_dir / "twin.log"), name="demo-job"
-        )
+        events = EventLines(maxlen=10)
+        twin_t0 = twin_started_at(log_dir / "twin.log")
+        parts = [
+            asyncio.create_task(
+                _play_ml_platform(gw, events, log_dir / "twin.log"), name="demo-job"
+            ),
+            asyncio.create_task(_play_utility(gw, vtn, twin_t0, events), name="demo-utility"),
+        ]
         try:
             await _show(console, gw, duration_s, events)
         finally:
-            job.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await job
+            for part in parts:
+                part.cancel()
+            for part in parts:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await part
     finally:
         if gw is not None:
             await gw.stop()
+        await vtn.stop()
         await stop_process(proc)
         gateway_log.close()
         twin_log.close()
@@ -296,6 +342,8 @@ def _print_listeners(console: Console, cfg: GatewayConfig, gw: Gateway, log_dir:
         )
     if gw.mms is not None:
         table.add_row("IEC 61850 MMS", f"{gw.mms.host}:{gw.mms.port}  (IED {gw.mms.ied_name})")
+    if cfg.openadr2b.enabled and cfg.openadr2b.vtn_url:
+        table.add_row("utility: OpenADR 2.0b VTN", f"{cfg.openadr2b.vtn_url}  (the VEN polls it)")
     for name, host, port in _endpoints(cfg):
         table.add_row(f"twin: {name}", f"{host}:{port}")
     table.add_row("logs", f"{log_dir}/gateway.log, {log_dir}/twin.log")
@@ -319,6 +367,72 @@ async def _play_ml_platform(gw: Gateway, events: deque[str], twin_log: Path) -> 
             await follow
 
 
+async def _play_utility(gw: Gateway, vtn: Vtn2b, twin_t0: float | None, events: deque[str]) -> None:
+    """The utility's part: the heat offer read, the frequency response on (HTTP), a DR event
+    from the VTN, a heat request (HTTP), at the twin times of :data:`UTILITY_SCRIPT_S`."""
+    if gw.api_listener is None:
+        return
+    t0 = twin_t0 if twin_t0 is not None else time.time()
+    url = f"http://{gw.api_listener.host}:{gw.api_listener.port}"
+    auth = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
+    async def at(step: str) -> None:
+        await asyncio.sleep(max(0.0, t0 + UTILITY_SCRIPT_S[step] - time.time()))
+
+    async with httpx.AsyncClient(base_url=url, headers=auth, timeout=10.0) as http:
+        await at("offer")
+        offer = (await http.get("/v1/heat/offer")).json()
+        heat = [s["heat_mw"] for s in offer["slots"]]
+        events.append(
+            f"utility: heat offer, {len(heat)} five-minute slots, {min(heat):.1f}-"
+            f"{max(heat):.1f} MW at {offer['supply_c']:g} °C"
+        )
+        await at("ffr")
+        ffr = {"kind": "ffr", "enabled": True, "max_mw": 40.0, "droop_pct": 1.0}
+        await _send(http, "/v1/grid/signals", ffr, events, "frequency response on, 40 MW")
+        await at("dr")
+        import_mw, _ = gw._measured_mw()  # noqa: SLF001 -- the demo reads the gateway's meter
+        if import_mw is not None:
+            limit = round(max(import_mw - DR_DEPTH_MW, 0.0), 1)
+            now = datetime.now(UTC)
+            await vtn.issue_limit(limit, now, timedelta(seconds=DR_HOLD_S))
+            events.append(
+                f"utility: OpenADR 2.0b event from the VTN, import ≤ {limit:g} MW for "
+                f"{DR_HOLD_S:g} s"
+            )
+        await at("heat")
+        end = datetime.now(UTC) + timedelta(minutes=30)
+        request = {"heat_mw": 10.0, "supply_temp_c": 85.0, "end": end.isoformat()}
+        await _send(http, "/v1/heat/requests", request, events, "10 MW of heat at 85 °C")
+
+
+async def _send(
+    http: httpx.AsyncClient, path: str, body: dict[str, Any], events: deque[str], what: str
+) -> None:
+    r = await http.post(path, json=body)
+    if r.status_code == 201:
+        events.append(f"utility: {what} (HTTP)")
+    else:
+        events.append(f"utility: {what} refused: {r.status_code} {r.text[:120]}")
+
+
+def _describe(event_type: str, data: dict[str, Any]) -> str:
+    """A grid-signal event in a line of the live view."""
+    if event_type == "grid_signal.delivered":
+        ratio = data.get("ratio")
+        return (
+            f"{data.get('kind')} delivered {data.get('delivered_mw', 0):.1f} of "
+            f"{data.get('requested_mw', 0):.1f} MW asked"
+            + ("" if ratio is None else f" (ratio {ratio:.2f})")
+        )
+    signal = data.get("signal") or {}
+    body = signal.get("signal") or {}
+    return (
+        f"{event_type.removeprefix('grid_signal.')} {body.get('kind')} from "
+        f"{signal.get('source')} ({signal.get('issuer')})"
+    )
+
+
 async def _follow_events(gw: Gateway, events: deque[str]) -> None:
     if gw.workloads is None:
         return
@@ -329,6 +443,11 @@ async def _follow_events(gw: Gateway, events: deque[str]) -> None:
                 what = f"{event.data.get('from') or '·'} → {event.data.get('to')}"
                 if event.data.get("reason"):
                     what += f" ({event.data['reason']})"
+            elif event.type.startswith("grid_signal."):
+                if event.type == "grid_signal.effective_changed":
+                    continue
+                events.append(f"{at}  #{event.id}  {_describe(event.type, event.data)}")
+                continue
             else:
                 what = event.type
             events.append(f"{at}  #{event.id}  {event.workload_id}  {what}")
@@ -354,9 +473,10 @@ async def _show(
             printed = 0
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 console.print(_plain_line(gw))
-                while events and printed < len(events):
-                    console.print(events[printed])
-                    printed += 1
+                fresh = getattr(events, "total", len(events)) - printed
+                for line in list(events)[len(events) - min(fresh, len(events)) :]:
+                    console.print(line)
+                printed += fresh
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
             console.print(_view(gw, started, events))

@@ -13,20 +13,31 @@ open after a crash is honoured again; a timer re-resolves at each window's start
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from pswd_gateway.domain.delivery import (
+    LIMIT_TOLERANCE_MW,
+    DeliveryReport,
+    DeliverySample,
+    baseline_of,
+    report,
+)
 from pswd_gateway.domain.grid_signals import (
     Effective,
     GridSignal,
+    HeatRequest,
     ImportLimit,
     Shed,
     SignalRequest,
     SignalSource,
     accept,
+    active_at,
     boundaries,
     resolve,
     superseded,
@@ -41,8 +52,10 @@ from pswd_gateway.tasks import cancel_and_wait
 __all__ = [
     "DR_KEY",
     "OPCUA_IMPORT_KEY",
+    "Delivery",
     "GridSignalService",
     "OperatorLimit",
+    "delivery_json",
     "new_signal_id",
 ]
 
@@ -60,6 +73,14 @@ OperatorLimit = Callable[[str, float | bool, Identity], Coroutine[Any, Any, None
 Publish = Callable[[Sequence[EventRow]], None]
 PlannedImport = Callable[[datetime, datetime | None], float | None]
 """The planned grid import (MW) over a window, the highest of its slots; None without a plan."""
+Measured = Callable[[], tuple[float | None, float | None]]
+"""The grid import and the heat delivered to the heat network now (MW; None: no fresh reading)."""
+HISTORY_S: Final = 120.0
+"""Import measurements kept for baselines (:data:`~pswd_gateway.domain.delivery.BASELINE_S`)."""
+DELIVERY_SAMPLES: Final = 86_400
+"""Samples kept per signal (a day at one a second); older ones are dropped from the series."""
+FINISHED_KEPT: Final = 100
+"""Delivery reports of ended signals kept for ``GET /v1/grid/signals/{id}/delivery``."""
 
 
 def new_signal_id() -> str:
@@ -71,6 +92,19 @@ def utcnow() -> datetime:
 
 
 @dataclass
+class Delivery:
+    """One signal's delivery: its baseline and its samples while in force."""
+
+    signal: GridSignal
+    baseline_mw: float | None
+    samples: deque[DeliverySample] = field(default_factory=lambda: deque(maxlen=DELIVERY_SAMPLES))
+    ended: bool = False
+
+    def report(self) -> DeliveryReport:
+        return report(self.signal.id, self.signal.kind.value, self.baseline_mw, self.samples)
+
+
+@dataclass
 class GridSignalService:
     """Grid signals in, the effective constraints out; one per gateway."""
 
@@ -79,6 +113,12 @@ class GridSignalService:
     publish: Publish = lambda _events: None
     planned_import_mw: PlannedImport = lambda _start, _end: None
     clock: Callable[[], datetime] = utcnow
+    measured: Measured = lambda: (None, None)
+    on_effective: Callable[[Effective], None] = lambda _effective: None
+    """Told what is in force after every change and at every window boundary (the control
+    cycle's frequency response and heat setpoint follow it)."""
+    sample_s: float = 0.25
+    """How often delivery is measured while a limit, shed or heat request is in force."""
     name: str = field(default="grid-signals", init=False)
     accepted_total: int = field(default=0, init=False)
     _signals: dict[str, GridSignal] = field(default_factory=dict, init=False)
@@ -87,6 +127,10 @@ class GridSignalService:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _sampler: asyncio.Task[None] | None = field(default=None, init=False)
+    _history: deque[tuple[datetime, float, bool]] = field(default_factory=deque, init=False)
+    """(when, grid import MW, whether no limit or shed bound the import then)."""
+    _delivery: dict[str, Delivery] = field(default_factory=dict, init=False)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -99,20 +143,28 @@ class GridSignalService:
         await self._restore_demand_response()
         await self._apply(SYSTEM)
         self._task = asyncio.create_task(self._run(), name="grid-signals")
+        self._sampler = asyncio.create_task(self._sample_loop(), name="grid-signal-delivery")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        for task in (self._task, self._sampler):
+            if task is not None:
+                await cancel_and_wait(task)
+        self._task = self._sampler = None
 
     def unhealthy(self, now: float) -> list[str]:  # noqa: ARG002 -- the Checked protocol
-        return ["grid-signals"] if self._task is not None and self._task.done() else []
+        tasks = (self._task, self._sampler)
+        return ["grid-signals"] if any(t is not None and t.done() for t in tasks) else []
 
     # ---- what is in force --------------------------------------------------------------------
 
     def effective(self, at: datetime | None = None) -> Effective:
         """The effective constraints at ``at`` (now by default)."""
         return resolve(self._signals.values(), self.clock() if at is None else at)
+
+    def delivery(self, signal_id: str) -> Delivery | None:
+        """Requested against delivered of a limit, shed or heat request that has been in force
+        (``None``: never in force since the start, or its report was dropped)."""
+        return self._delivery.get(signal_id)
 
     def open_signals(self) -> list[GridSignal]:
         """Signals not withdrawn whose window has not ended, oldest reception first."""
@@ -263,7 +315,75 @@ class GridSignalService:
         await self.settings.apply_signal_limit(
             effective.import_limit_mw, effective.import_limit_by, who
         )
+        self.on_effective(effective)
         return effective
+
+    # ---- delivery ----------------------------------------------------------------------------
+
+    async def _sample_loop(self) -> None:
+        """Measure delivery every ``sample_s``; a signal that ends gets its report journalled."""
+        while True:
+            await asyncio.sleep(self.sample_s)
+            ended = self.sample(self.clock())
+            for delivery in ended:
+                await self._delivered(delivery)
+
+    def sample(self, now: datetime) -> list[Delivery]:
+        """One measurement: the import into the history (baselines), a sample for every limit,
+        shed and heat request in force. The deliveries that ended since the last sample."""
+        import_mw, heat_mw = self.measured()
+        in_force = {s.id: s for s in active_at(self._signals.values(), now)}
+        if import_mw is not None:  # unconstrained: no limit or shed in force binds the import
+            free = not any(
+                isinstance(s.signal, ImportLimit | Shed)
+                and _asked_mw(s.signal) <= import_mw + LIMIT_TOLERANCE_MW
+                for s in in_force.values()
+            )
+            self._history.append((now, import_mw, free))
+            while self._history and (now - self._history[0][0]).total_seconds() > HISTORY_S:
+                self._history.popleft()
+        for signal in in_force.values():
+            body = signal.signal
+            if not isinstance(body, ImportLimit | Shed | HeatRequest):
+                continue
+            delivery = self._delivery.get(signal.id)
+            if delivery is None:
+                baseline = (
+                    body.baseline_mw
+                    if isinstance(body, Shed)
+                    else baseline_of(self._history, signal.start)
+                )
+                delivery = self._delivery[signal.id] = Delivery(signal, baseline)
+            measured = heat_mw if isinstance(body, HeatRequest) else import_mw
+            if measured is not None:
+                delivery.samples.append(DeliverySample(now, _asked_mw(body), measured))
+        ended = [d for k, d in self._delivery.items() if not d.ended and k not in in_force]
+        for delivery in ended:
+            delivery.ended = True
+        finished = [k for k, d in self._delivery.items() if d.ended]
+        for key in finished[: max(0, len(finished) - FINISHED_KEPT)]:
+            del self._delivery[key]
+        return ended
+
+    async def _delivered(self, delivery: Delivery) -> None:
+        """A signal's window ended or it was withdrawn: its report as an event on the stream."""
+        summary = delivery.report()
+        log.info(
+            "grid_signal_delivered",
+            id=summary.signal_id,
+            kind=summary.kind,
+            requested_mw=round(summary.requested_mw, 3),
+            delivered_mw=round(summary.delivered_mw, 3),
+            ratio=None if summary.ratio is None else round(summary.ratio, 4),
+            samples=summary.samples,
+        )
+        event = EventRow("grid_signal.delivered", None, self.clock(), delivery_json(summary))
+        try:
+            events = await self.journal.call(self.journal.sync.append_events, [event])
+        except PswdError as exc:  # the report stays readable over HTTP; only the event is lost
+            log.error("grid_signal_delivery_event_failed", error=str(exc))
+            return
+        self.publish(events)
 
     async def _run(self) -> None:
         """Re-resolve at each window boundary; forget what has ended or been withdrawn."""
@@ -313,6 +433,31 @@ class GridSignalService:
             log.error("grid_signal_notice_failed", error=str(exc))
             return
         self.publish(events)
+
+
+def delivery_json(summary: DeliveryReport) -> dict[str, Any]:
+    """A delivery report as JSON (the event's data, the HTTP answer's summary)."""
+    return {
+        "signal_id": summary.signal_id,
+        "kind": summary.kind,
+        "baseline_mw": summary.baseline_mw,
+        "requested_mw": round(summary.requested_mw, 6),
+        "delivered_mw": round(summary.delivered_mw, 6),
+        "ratio": None if summary.ratio is None else round(summary.ratio, 6),
+        "within_share": None if summary.within_share is None else round(summary.within_share, 6),
+        "samples": summary.samples,
+        "first": None if summary.first is None else summary.first.isoformat(),
+        "last": None if summary.last is None else summary.last.isoformat(),
+    }
+
+
+def _asked_mw(body: ImportLimit | Shed | HeatRequest) -> float:
+    if isinstance(body, ImportLimit):
+        return body.import_limit_mw
+    if isinstance(body, HeatRequest):
+        return body.heat_mw
+    base = body.baseline_mw if body.baseline_mw is not None else math.inf
+    return max(0.0, base - body.shed_mw)
 
 
 def _check(who: Identity) -> None:

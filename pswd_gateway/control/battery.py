@@ -25,12 +25,20 @@ from pswd_gateway.control.controllers import Kind, ProcessImage, SetpointRequest
 from pswd_gateway.control.ffr import Ffr, FfrSettings
 from pswd_gateway.control.grid import Announced, GridSettings
 from pswd_gateway.control.loop import GridLoop, LoopSettings, Outcome
+from pswd_gateway.domain.grid_signals import FastFrequencyResponse
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.domain.signals import BESS_POWER, BESS_SOC, GRID_FREQUENCY, GRID_POWER
 from pswd_gateway.domain.units import from_mw, from_mwh
 from pswd_gateway.store import Snapshot
 
-__all__ = ["ENABLE_POINT", "SETPOINT_POINT", "BatteryController", "ffr_settings", "grid_settings"]
+__all__ = [
+    "ENABLE_POINT",
+    "SETPOINT_POINT",
+    "BatteryController",
+    "ffr_from_signal",
+    "ffr_settings",
+    "grid_settings",
+]
 
 SETPOINT_POINT = "power_setpoint"
 ENABLE_POINT = "power_setpoint_enabled"
@@ -55,6 +63,23 @@ def grid_settings(
         lookahead_s=c.announce_lead_s,
         payback_s=c.payback_s,
         payback_max_fraction=c.payback_max_fraction,
+    )
+
+
+def ffr_from_signal(signal: FastFrequencyResponse, c: FfrConfig, nominal_hz: float) -> FfrSettings:
+    """The response curve a grid signal sets: its deadband, droop and ramp; ``max_mw`` is both
+    the response's bound and the power the droop is a share of (``[control.ffr]`` gives the
+    frequency's maximum age)."""
+    most = from_mw(signal.max_mw)
+    return FfrSettings(
+        enabled=signal.enabled,
+        nominal_hz=nominal_hz,
+        deadband_hz=signal.deadband_hz,
+        droop_pct=signal.droop_pct,
+        p_ref_w=most,
+        max_w=most,
+        ramp_w_per_s=from_mw(signal.ramp_mw_per_s),
+        max_age_s=c.max_frequency_age_ms / 1000.0,
     )
 
 

@@ -3,8 +3,9 @@
 Once a second it asks for the chilled-water supply setpoint from the pure thermal loop
 (:func:`pswd_gateway.control.thermal.thermal_step`: PI on the measured supply temperature, the
 plant model's feed-forward from the IT power, pre-cooling before announced starts), and for the
-heat network's supply setpoint (written once; the cycle's write policy keeps it from being
-written again). It needs no battery: a site with a thermal plant and no battery is cooled too.
+heat network's supply setpoint (``[control] heat_supply_setpoint_c``, or the supply
+temperature of the heat request in force: :meth:`CoolingController.heat_supply_c`; written when
+it changes). It needs no battery: a site with a thermal plant and no battery is cooled too.
 """
 
 from __future__ import annotations
@@ -36,13 +37,22 @@ class CoolingController:
     name: str = "cooling"
     state: ThermalState | None = field(default=None, init=False)
     last_command_c: float | None = field(default=None, init=False)
+    requested_supply_c: float | None = field(default=None, init=False)
+    """The supply temperature the heat network's request in force asks (``None``: none)."""
+
+    @property
+    def heat_supply_c(self) -> float:
+        """The heat network's supply setpoint: the request's, or the configured one."""
+        if self.requested_supply_c is not None:
+            return self.requested_supply_c
+        return self.config.heat_supply_setpoint_c
 
     def step(self, image: ProcessImage) -> list[SetpointRequest]:
         plant = image.site.thermal
         if plant is None:
             return []
         snap, now = image.snap, image.now
-        requests = [SetpointRequest(plant, HEAT_SETPOINT_POINT, self.config.heat_supply_setpoint_c)]
+        requests = [SetpointRequest(plant, HEAT_SETPOINT_POINT, self.heat_supply_c)]
         if self.state is not None and now - self.state.t < THERMAL_EVERY_S:
             return requests
         supply = snap.usable(CHW_SUPPLY_TEMP, image.site)

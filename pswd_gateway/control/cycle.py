@@ -97,6 +97,8 @@ def loop_settings(c: ControlConfig) -> LoopSettings:
             flip_deadband_w=from_mw(g.flip_deadband_mw),
             off_plan_band_w=from_mw(g.off_plan_band_mw),
             off_plan_window_s=g.off_plan_window_s,
+            import_margin_w=from_mw(g.import_margin_mw),
+            import_hold_s=g.import_hold_s,
             rough_window_s=g.rough_window_s,
             rough_margin_w=from_mw(g.rough_margin_mw),
             rearm_s=g.rearm_s,
@@ -217,6 +219,11 @@ class ControlCycle:
         """Enable, disable or reshape the fast frequency response (the operator's grid signal);
         ``None``: back to ``[control.ffr]``. See :meth:`BatteryController.shape_ffr`."""
         self.battery.shape_ffr(settings)
+
+    def request_heat_supply(self, supply_c: float | None) -> None:
+        """The heat network's request in force asks for ``supply_c`` at the heat-recovery plant
+        (``None``: back to ``[control] heat_supply_setpoint_c``); written on the next run."""
+        self.cooling.requested_supply_c = supply_c
 
     # ---- lifecycle ----
 

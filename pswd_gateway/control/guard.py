@@ -21,7 +21,14 @@ when the loop
 - *pushes the grid over its import limit*: the 1 s mean of the grid is above the limit while the
   battery's 1 s mean charges, judged on 1 s means as a contracted import capacity is (a 40 ms
   edge that meets a battery charging through a job's low phase is carried by the grid for the
-  tens of milliseconds the loop needs: physics, not a fault).
+  tens of milliseconds the loop needs: physics, not a fault). A limit that is lowered starts a
+  new window: the readings from before it came into force (a grid signal, an operator's
+  limit) are not the battery's doing. It trips when the mean is over by more than
+  ``import_margin_w`` (2 MW) at every check for ``import_hold_s`` (3 s): a battery holding the
+  grid flat *at* the limit through a training rhythm charges in the low phases, and each rise
+  leaks to the grid for the loop's delay, which puts the 1 s means that hold a rise but not the
+  next fall over the limit for up to a second each period; a loop that keeps charging over
+  the limit keeps every mean over.
 
 Once tripped the loop is in *safe mode*: the battery holds its last good setpoint (the mean of the
 window before the trip), then ramps to zero at the planning ramp rate, and the grid loop's own
@@ -90,6 +97,13 @@ class GuardSettings:
     """A setpoint within this of zero has no sign (noise around idle is not ringing)."""
     off_plan_band_w: float = 30e6
     """Largest mean of (grid - plan) over ``off_plan_window_s``, either way."""
+    import_margin_w: float = 2e6
+    """The grid's 1 s mean may exceed the import limit by this while the battery charges: a
+    battery that holds the grid flat at the limit through a training rhythm charges in the low
+    phases, and the meter's noise and the loop's precision put the mean a little either side."""
+    import_hold_s: float = 3.0
+    """...at every check for this long before the guard trips (longer than the second a rise's
+    leak stays in the 1 s means)."""
     off_plan_window_s: float = 10.0
     rough_window_s: float = 4.0
     """Long enough to hold a whole training rhythm (periods of 1 to 3 s)."""
@@ -120,7 +134,12 @@ class Guard:
     _rough: deque[tuple[float, float, float]] = field(default_factory=deque)
     """(t, grid - plan, grid + battery - plan) over twice ``rough_window_s``."""
     _flows: deque[tuple[float, float, float]] = field(default_factory=deque)
-    """(t, grid, battery) over the last second, for the import-limit test."""
+    """(t, grid, battery) over the last second under the limit in force, for the import-limit
+    test."""
+    _limit_w: float = math.inf
+    """The import limit of the last observation."""
+    _over_since: float | None = None
+    """Since when every 1 s mean has been over the limit while the battery charged."""
     _windows_checked: float = -math.inf
 
     @property
@@ -148,6 +167,10 @@ class Guard:
         s = self.settings
         if not s.enabled or self.tripped:
             return None
+        if import_limit_w < self._limit_w:  # a stricter limit: judged from now on
+            self._flows.clear()
+            self._over_since = None
+        self._limit_w = import_limit_w
         self._record(t, setpoint_w, grid_w - plan_w, grid_w + bess_w - plan_w, grid_w, bess_w)
         checks: tuple[Callable[[], tuple[GuardReason, str] | None], ...] = (
             lambda: self._rails(rated_w),
@@ -159,7 +182,7 @@ class Guard:
             checks += (
                 self._rougher,
                 self._off_plan,
-                lambda: self._over_import_limit(import_limit_w),
+                lambda: self._over_import_limit(t, import_limit_w),
             )
         for check in checks:
             found = check()
@@ -230,17 +253,23 @@ class Guard:
             f"(band {to_mw(s.off_plan_band_w):.1f} MW)"
         )
 
-    def _over_import_limit(self, import_limit_w: float) -> tuple[GuardReason, str] | None:
+    def _over_import_limit(self, t: float, import_limit_w: float) -> tuple[GuardReason, str] | None:
         flows = self._flows
         if flows[-1][0] - flows[0][0] < 0.9 * IMPORT_WINDOW_S:
             return None
         grid = sum(g for _, g, _ in flows) / len(flows)
         bess = sum(b for _, _, b in flows) / len(flows)
-        if grid <= import_limit_w or bess >= 0.0:
+        if grid <= import_limit_w + self.settings.import_margin_w or bess >= 0.0:
+            self._over_since = None
+            return None
+        if self._over_since is None:
+            self._over_since = t
+        if t - self._over_since < self.settings.import_hold_s:
             return None
         return GuardReason.IMPORT_LIMIT_BY_BATTERY, (
             f"grid {to_mw(grid):.1f} MW over the {to_mw(import_limit_w):.1f} MW import limit "
-            f"(1 s mean) while the battery charged at {-to_mw(bess):.1f} MW"
+            f"(1 s mean) while the battery charged at {-to_mw(bess):.1f} MW, every second for "
+            f"{self.settings.import_hold_s:g} s"
         )
 
     def _roughness(self) -> tuple[float, float] | None:

@@ -29,13 +29,17 @@ class ForecastFeed:
     """``current()`` answers at once; ``run()`` refreshes every ``refresh_s`` in the background.
 
     Until the first successful fetch the forecast is flat (source ``unavailable``), so placement
-    falls back to the earliest start; after a failed refresh the last good forecast is kept.
+    falls back to the earliest start; after a failed refresh the last good forecast is kept
+    until it is ``max_age_s`` old, or until it no longer covers the present: then it is
+    **stale** and the flat forecast stands in again (source ``stale``), so that placement does
+    not chase yesterday's low-carbon hours. :meth:`age_s` is the feed's age (a metric).
     """
 
     provider: ForecastProvider
     horizon: timedelta
     slot_s: int
     refresh_s: float
+    max_age_s: float = 3600.0
     on_update: Callable[[], None] = lambda: None
     clock: Callable[[], datetime] = _utcnow
     failures_total: int = field(default=0, init=False)
@@ -44,11 +48,39 @@ class ForecastFeed:
     last_update: datetime | None = field(default=None, init=False)
     """When the forecast was last replaced (``None``: never)."""
     _current: CarbonForecast | None = field(default=None, init=False)
+    _stale_logged: bool = field(default=False, init=False)
+
+    def age_s(self, now: datetime | None = None) -> float | None:
+        """Seconds since the forecast was last replaced (``None``: never)."""
+        if self.last_update is None:
+            return None
+        return ((now or self.clock()) - self.last_update).total_seconds()
+
+    def stale(self, now: datetime | None = None) -> bool:
+        """Whether the last good forecast is too old, or no longer covers ``now``."""
+        now = now or self.clock()
+        forecast = self._current
+        if forecast is None:
+            return False
+        age = self.age_s(now)
+        ends = forecast.start + timedelta(seconds=forecast.slot_s * len(forecast.carbon_g_per_kwh))
+        return (age is not None and age > self.max_age_s) or now >= ends
 
     def current(self) -> CarbonForecast:
-        if self._current is not None:
-            return self._current
         now = self.clock()
+        if self._current is not None:
+            if not self.stale(now):
+                self._stale_logged = False
+                return self._current
+            if not self._stale_logged:
+                self._stale_logged = True
+                log.error(
+                    "forecast_stale",
+                    source=self._current.source,
+                    age_s=self.age_s(now),
+                    max_age_s=self.max_age_s,
+                    fallback="flat",
+                )
         start = now.replace(second=0, microsecond=0) - timedelta(minutes=now.minute % 5)
         n = int(self.horizon.total_seconds() // self.slot_s) + 1
         return CarbonForecast(
@@ -56,7 +88,7 @@ class ForecastFeed:
             slot_s=self.slot_s,
             carbon_g_per_kwh=(FLAT_G_PER_KWH,) * n,
             price_per_mwh=None,
-            source="unavailable",
+            source="unavailable" if self._current is None else "stale",
             generated_at=now,
         )
 

@@ -148,6 +148,10 @@ class OpsView:
     forecast_failures_total: int = 0
     forecast_last_update: float | None = None
     """POSIX time the forecast was last replaced."""
+    forecast_age_s: float | None = None
+    """Seconds since the forecast was last replaced (``None``: never)."""
+    forecast_stale: bool = False
+    """The forecast is too old or no longer covers now: placement uses a flat one."""
     certificate_expiry: Mapping[str, float] = field(default_factory=dict)
     """Listener → POSIX time its certificate expires."""
     workloads_by_state: Mapping[str, int] = field(default_factory=dict)
@@ -469,6 +473,17 @@ def _ops_metrics(o: OpsView) -> Iterator[Metric]:
         "pswd_forecast_last_update_timestamp_seconds",
         "When the carbon/price forecast was last replaced (absent: never).",
         o.forecast_last_update,
+    )
+    yield _gauge(
+        "pswd_forecast_age_seconds",
+        "Seconds since the carbon/price forecast was last replaced (absent: never).",
+        o.forecast_age_s,
+    )
+    yield _gauge(
+        "pswd_forecast_stale",
+        "1 while the forecast is too old ([scheduling.forecast] max_age_s) or no longer covers "
+        "the present, and placement falls back to a flat forecast.",
+        1.0 if o.forecast_stale else 0.0,
     )
     expiry = GaugeMetricFamily(
         "pswd_certificate_expiry_timestamp_seconds",

@@ -36,6 +36,9 @@ class VenSite:
     """The grid meter's active power now (MW, import positive); None without a fresh reading."""
     forecast: Callable[[], SiteForecast]
     """The site's plan: planned import per slot (48 h ahead at the scheduler's slot length)."""
+    battery_power_mw: float = 0.0
+    """The battery's rated discharge power (MW; 0 without a battery): with the plan, what the
+    site can take off its import when a VTN asks (a VEN's opt-in policy)."""
 
     async def submit(
         self, request: SignalRequest, source: SignalSource, who: Identity, *, key: str

@@ -37,6 +37,7 @@ __all__ = [
     "SUPPLY_RANGE_C",
     "HeatOffer",
     "HeatSlot",
+    "Requested",
     "heat_at_supply_mw",
     "heat_offer",
     "heat_pump_cop",
@@ -60,6 +61,18 @@ class HeatSlot:
     end: datetime
     heat_mw: float
     supply_c: float
+    requested_mw: float = 0.0
+    """Heat the network's request in force over the slot asks (0: none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Requested:
+    """A heat request's window, supply temperature and heat (a grid signal's)."""
+
+    start: datetime
+    end: datetime | None
+    supply_c: float
+    heat_mw: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +114,15 @@ def heat_offer(
     site_load_mw: Sequence[float],
     heat: HeatConfig,
     supply_c: float | None = None,
+    requests: Sequence[Requested] = (),
 ) -> HeatOffer:
     """The offer from the site load planned in slots of ``plan_slot_s`` from ``plan_start``.
 
     Each offer slot takes the planned load at its start; before the plan its first slot
     holds, after it its last; no plan at all is no load. ``supply_c`` defaults to
-    ``heat.supply_temp_c``."""
+    ``heat.supply_temp_c``. A slot that overlaps a heat request's window is offered at
+    that request's supply temperature and carries the heat it asks (the last request given
+    wins where windows overlap)."""
     if now.tzinfo is None or plan_start.tzinfo is None:
         raise ValueError("times must carry a timezone")
     if plan_slot_s <= 0:
@@ -126,16 +142,23 @@ def heat_offer(
         else:
             index = math.floor((start - plan_start).total_seconds() / plan_slot_s)
             load = site_load_mw[min(max(index, 0), last)]
-        slots.append(HeatSlot(start, start + step, heat_at_supply_mw(load, supply, heat), supply))
+        end = start + step
+        asked = [r for r in requests if r.start < end and (r.end is None or start < r.end)]
+        at, wanted = (asked[-1].supply_c, asked[-1].heat_mw) if asked else (supply, 0.0)
+        slots.append(HeatSlot(start, end, heat_at_supply_mw(load, at, heat), at, wanted))
     return HeatOffer(now, supply, cop, OFFER_SLOT_S, tuple(slots))
 
 
 def offer_from_plan(
-    now: datetime, plan: SiteForecast, heat: HeatConfig, supply_c: float | None = None
+    now: datetime,
+    plan: SiteForecast,
+    heat: HeatConfig,
+    supply_c: float | None = None,
+    requests: Sequence[Requested] = (),
 ) -> HeatOffer:
     """:func:`heat_offer` from the scheduler's site forecast (the plan's site load)."""
     loads = [s.site_load_mw for s in plan.slots]
-    return heat_offer(now, plan.start, plan.slot_s, loads, heat, supply_c)
+    return heat_offer(now, plan.start, plan.slot_s, loads, heat, supply_c, requests)
 
 
 def _check_supply(supply_c: float) -> None:

@@ -133,8 +133,27 @@ READS = {
     "int64": m.IedConnection_readInt64Value,
     "bool": m.IedConnection_readBooleanValue,
     "quality": m.IedConnection_readQualityValue,
+    "string": m.IedConnection_readStringValue,
 }
 """``[kind, reference, FC]`` → ``[value, error]``."""
+
+
+def floats(con: Any, template: str, count: int, fc: int) -> list[Any]:
+    """``template % i`` for i = 1 … count read as floats (a schedule's entries): the values, and
+    the errors that were not 0."""
+    values, errors = [], []
+    for i in range(1, count + 1):
+        value, err = m.IedConnection_readFloatValue(con, template % i, fc)
+        values.append(value)
+        if err:
+            errors.append(err)
+    return [values, errors]
+
+
+def write_float(con: Any, ref: str, fc: int, value: float) -> int:
+    """Write a float attribute; the error (0: written)."""
+    _, err = m.IedConnection_writeFloatValue(con, ref, fc, value)
+    return int(err)
 
 
 def utc_ms(con: Any, ref: str, fc: int) -> list[Any]:
@@ -159,6 +178,18 @@ def services(con: Any) -> dict[str, int]:
     return {"file_directory": file_err, "create_dataset": dataset_err}
 
 
+MORE_READS = {
+    "utc_ms": lambda con, args, fc: utc_ms(con, args[0], fc),
+    # [template, count, FC]: a schedule's entries
+    "floats": lambda con, args, _: floats(
+        con, args[0], int(args[1]), getattr(m, f"IEC61850_FC_{args[2]}")
+    ),
+    # [reference, FC, value]: the error of writing it
+    "write_float": lambda con, args, fc: write_float(con, args[0], fc, float(args[2])),
+}
+"""``[kind, …]`` → what the function answers (args, and the FC named second where there is one)."""
+
+
 def run(con: Any, command: list[Any]) -> Any:
     kind, *args = command
     if kind == "services":
@@ -168,8 +199,8 @@ def run(con: Any, command: list[Any]) -> Any:
     fc = getattr(m, f"IEC61850_FC_{args[1]}") if len(args) > 1 and isinstance(args[1], str) else 0
     if kind in READS:
         return list(READS[kind](con, args[0], fc))
-    if kind == "utc_ms":
-        return utc_ms(con, args[0], fc)
+    if kind in MORE_READS:
+        return MORE_READS[kind](con, args, fc)
     if kind == "dataset":
         return dataset(con, args[0])
     if kind == "browse":

@@ -279,8 +279,9 @@ async def test_a_contradictory_pair_resolves_to_the_strictest_limit(site: Site) 
         assert listed["effective"]["import_limit_by"] == loose.json()["id"]
         assert site.gw.settings.current.import_limit_mw == 300.0
         assert sorted(s["source"] for s in listed["open"]) == ["http", "opcua"]
-        # a later FFR signal replaces an earlier one
-        for enabled, extra in ((True, {"max_mw": 40}), (False, {})):
+        # a later FFR signal replaces an earlier one; the control cycle takes each curve
+        assert site.gw.control is not None
+        for enabled, extra in ((True, {"max_mw": 40, "droop_pct": 2.0}), (False, {})):
             r = await http.post(
                 "/v1/grid/signals",
                 headers=OPERATOR,
@@ -288,6 +289,11 @@ async def test_a_contradictory_pair_resolves_to_the_strictest_limit(site: Site) 
             )
             assert r.status_code == 201, r.text
             last = r.json()["id"]
+            shape = site.gw.control.battery.ffr_shape
+            assert shape is not None
+            assert shape.enabled is enabled
+            if enabled:
+                assert (shape.max_w, shape.p_ref_w, shape.droop_pct) == (40e6, 40e6, 2.0)
         listed = (await http.get("/v1/grid/signals", headers=VIEWER)).json()
         assert listed["effective"]["ffr"]["enabled"] is False
         assert last in listed["effective"]["in_force"]

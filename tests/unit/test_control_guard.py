@@ -104,8 +104,66 @@ def test_the_import_limit_is_judged_on_one_second_means() -> None:
     assert not feed(guard, 0.0, 1.0, grid=300 * MW, plan=300 * MW, bess=-120 * MW)
     assert not feed(guard, 1.0, 0.06, grid=420 * MW, plan=300 * MW, bess=-120 * MW)
     assert not feed(guard, 1.06, 1.0, grid=300 * MW, plan=300 * MW, bess=-120 * MW)
-    # a whole second over it while charging is the battery's doing
-    events = feed(guard, 2.06, 1.2, grid=330 * MW, plan=330 * MW, bess=-20 * MW)
+    # seconds over it while charging are the battery's doing
+    events = feed(guard, 2.06, 4.5, grid=330 * MW, plan=330 * MW, bess=-20 * MW)
+    assert events[0].reason is GuardReason.IMPORT_LIMIT_BY_BATTERY  # type: ignore[attr-defined]
+
+
+def test_a_battery_holding_the_grid_flat_at_the_limit_does_not_trip_it() -> None:
+    """A training rhythm under a DR limit of 183.7 MW: the battery discharges in the high phase
+    and charges in the low one, the grid flat at the limit but for each edge's leak (the rise:
+    the whole 180 MW step for 60 ms over it; the fall: under it), as on the demo. A grid kept
+    3 MW over while the battery charges is the battery's doing."""
+
+    def run(guard: Guard, over_w: float) -> list[object]:
+        out = []
+        for k in range(round(20.0 / DT)):
+            t = k * DT
+            phase = t % 2.5
+            high = phase < 1.875
+            bess = 72 * MW if high else -108 * MW
+            leak = 180 * MW if phase < 0.06 else (-180 * MW if 1.875 <= phase < 1.935 else 0.0)
+            grid = 183.7 * MW + leak
+            if over_w:  # a wound-up loop: charging, the grid flat over the limit
+                bess, grid = -5 * MW, 183.7 * MW + over_w
+            event = guard.observe(
+                t, setpoint_w=bess, grid_w=grid, plan_w=grid, import_limit_w=183.7 * MW,
+                bess_w=bess, rated_w=RATED,
+            )  # fmt: skip
+            if event is not None:
+                out.append(event)
+        return out
+
+    assert not run(Guard(), 0.0)
+    (event,) = run(Guard(), 3.0 * MW)[:1]
+    assert event.reason is GuardReason.IMPORT_LIMIT_BY_BATTERY  # type: ignore[attr-defined]
+
+
+def test_a_lowered_import_limit_is_judged_only_on_readings_taken_under_it() -> None:
+    """A grid signal lowers the limit from 320 to 110 MW with the grid at 185 MW and the battery
+    idle (a trickle of charge): the second before it is not the battery's doing; the battery
+    takes the step within 0.3 s and the guard stays armed. Had it kept charging under the new
+    limit, it would have tripped."""
+
+    def run(guard: Guard, t0: float, seconds: float, limit: float, bess: float) -> list[object]:
+        out = []
+        for k in range(round(seconds / DT)):
+            t = t0 + k * DT
+            event = guard.observe(
+                t, setpoint_w=bess, grid_w=185 * MW - max(bess, 0.0), plan_w=185 * MW - bess,
+                import_limit_w=limit, bess_w=bess, rated_w=RATED,
+            )  # fmt: skip
+            if event is not None:
+                out.append(event)
+        return out
+
+    guard = Guard()
+    assert not run(guard, 0.0, 5.0, LIMIT, -0.1 * MW)
+    assert not run(guard, 5.0, 0.3, 110 * MW, -0.1 * MW)  # the battery has not moved yet
+    assert not run(guard, 5.3, 5.0, 110 * MW, 76 * MW)
+    stuck = Guard()
+    run(stuck, 0.0, 5.0, LIMIT, -0.1 * MW)
+    events = run(stuck, 5.0, 4.5, 110 * MW, -0.1 * MW)
     assert events[0].reason is GuardReason.IMPORT_LIMIT_BY_BATTERY  # type: ignore[attr-defined]
 
 

@@ -43,9 +43,13 @@ def fake_gateway() -> Gateway:
 
 
 def test_the_plain_line_shows_the_site_in_mw_and_unknown_as_a_dash() -> None:
-    """Grid, IT and battery in MW from their signals; the invalid SoC shows as unknown."""
+    """Grid (and its limit), IT and battery in MW from their signals, the frequency; the
+    invalid SoC and what nobody measured (FFR without a control cycle, heat) show as unknown."""
     line = _plain_line(fake_gateway())
-    assert line == "grid 251.5 MW  ramp — / 2.5 MW/s  IT 150.0 MW  BESS -12.2 MW  SoC — %"
+    assert line == (
+        "grid 251.5 / 320.0 MW  ramp — / 2.5 MW/s  IT 150.0 MW  BESS -12.2 MW  SoC — %  "
+        "50.012 Hz  FFR — MW  heat — °C"
+    )
 
 
 def test_the_live_view_shows_every_column_from_the_catalogue() -> None:

@@ -11,6 +11,7 @@ import pytest
 from pswd_gateway.config import SchedulingConfig, SiteConfig
 from pswd_gateway.domain.workloads import Announcement
 from pswd_gateway.errors import ForecastError
+from pswd_gateway.forecasts.feed import FLAT_G_PER_KWH, ForecastFeed
 from pswd_gateway.forecasts.providers import (
     FileForecast,
     SimulatedForecast,
@@ -136,3 +137,39 @@ def test_grid_ramp_and_battery_reservation(
     assert battery.power_mw == pytest.approx(battery_mw, abs=0.01)
     assert cooling.start_at == T0 - timedelta(seconds=300)
     assert cooling.chw_supply_setpoint_c == pytest.approx(18.0 - 0.5)
+
+
+class _Once:
+    """A provider that answers once with a one-hour forecast, then fails."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def fetch(self, start: datetime, horizon: timedelta) -> CarbonForecast:
+        self.calls += 1
+        if self.calls > 1:
+            raise ForecastError("once", "feed down")
+        return CarbonForecast(start, 300, (100.0,) * 12, None, "once", start)
+
+
+async def test_a_forecast_too_old_or_run_out_falls_back_to_flat_and_says_so() -> None:
+    """After a good fetch the feed keeps it through failures until max_age_s, then a flat
+    forecast (source ``stale``) stands in; a forecast that no longer covers now is stale too."""
+    now = [T0]
+    feed = ForecastFeed(
+        _Once(), timedelta(hours=1), 300, refresh_s=60.0, max_age_s=1800.0, clock=lambda: now[0]
+    )
+    assert feed.current().source == "unavailable"
+    assert feed.age_s() is None
+    assert await feed.refresh()
+    assert feed.current().source == "once"
+    now[0] = T0 + timedelta(minutes=20)
+    assert not await feed.refresh()  # the feed is down: the last good one is kept
+    assert (feed.current().source, feed.age_s(), feed.stale()) == ("once", 1200.0, False)
+    now[0] = T0 + timedelta(minutes=31)
+    assert feed.stale()
+    assert feed.current().source == "stale"
+    assert set(feed.current().carbon_g_per_kwh) == {FLAT_G_PER_KWH}
+    feed.max_age_s = 86_400.0
+    now[0] = T0 + timedelta(minutes=61)  # young enough, but the hour it covered is over
+    assert feed.stale()

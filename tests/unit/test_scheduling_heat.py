@@ -13,6 +13,7 @@ from pswd_gateway.config import HeatConfig
 from pswd_gateway.scheduling.heat import (
     OFFER_SLOT_S,
     OFFER_SLOTS,
+    Requested,
     heat_at_supply_mw,
     heat_offer,
     heat_pump_cop,
@@ -159,3 +160,39 @@ def test_heat_is_never_more_than_the_source_and_the_drive_power_together(
     tolerance = 1e-9 * max(1.0, q)
     assert q * (1 - 1 / cop) <= heat.recovery_fraction * max(load, 0.0) + tolerance
     assert q / cop <= heat.heat_pump_power_mw + tolerance
+
+
+def test_slots_inside_a_heat_request_are_offered_at_its_supply_temperature() -> None:
+    """A request for 20 MW at 88 °C from 12:30 to 13:00: those six slots are offered at 88 °C
+    and carry the 20 MW asked; the slots around it keep the default supply and ask nothing."""
+    heat = HeatConfig()
+    start = datetime(2030, 1, 15, 12, 30, tzinfo=UTC)
+    request = Requested(start, start + timedelta(minutes=30), 88.0, 20.0)
+    plain = heat_offer(NOW, NOW, 300, [150.0], heat)
+    offer = heat_offer(NOW, NOW, 300, [150.0], heat, requests=[request])
+    inside = [s for s in offer.slots if request.start < s.end and s.start < (request.end or s.end)]
+    assert len(inside) == 6
+    assert all(s.supply_c == 88.0 and s.requested_mw == 20.0 for s in inside)
+    outside = [s for s in offer.slots if s not in inside]
+    assert all(s.supply_c == heat.supply_temp_c and s.requested_mw == 0.0 for s in outside)
+    assert [s.heat_mw for s in outside] == [s.heat_mw for s in plain.slots if s.start not in
+                                            {i.start for i in inside}]  # fmt: skip
+    expected = heat_at_supply_mw(150.0, 88.0, heat)
+    assert all(s.heat_mw == pytest.approx(expected) for s in inside)
+
+
+@given(st.lists(st.tuples(st.integers(0, 600), st.integers(1, 600), supplies), max_size=4))
+def test_a_slot_takes_the_last_request_given_that_overlaps_it(
+    windows: list[tuple[int, int, float]],
+) -> None:
+    requests = [
+        Requested(NOW + timedelta(minutes=a), NOW + timedelta(minutes=a + n), supply, 10.0 + i)
+        for i, (a, n, supply) in enumerate(windows)
+    ]
+    offer = heat_offer(NOW, NOW, 300, [100.0], HeatConfig(), requests=requests)
+    for slot in offer.slots:
+        asked = [r for r in requests if r.start < slot.end and slot.start < (r.end or slot.end)]
+        if asked:
+            assert (slot.supply_c, slot.requested_mw) == (asked[-1].supply_c, asked[-1].heat_mw)
+        else:
+            assert slot.requested_mw == 0.0

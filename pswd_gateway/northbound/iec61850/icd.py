@@ -2,7 +2,9 @@
 
 ``pswd-gateway iec61850 icd -o FILE`` writes it; ``docs/pswd-gateway.icd`` is checked in, and
 a test browses the running server with libiec61850's client and compares what it finds with
-this file (logical devices, logical nodes, data objects, datasets, report control blocks).
+this file (logical devices, logical nodes, data objects, datasets, report control blocks). The
+forecast schedule (FSCH1, FSCC1) comes from :data:`.schedule.OBJECTS`, each data object with the
+DOType it names.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Final
 
+from pswd_gateway.northbound.iec61850 import schedule
 from pswd_gateway.northbound.iec61850.model import (
     BUFFER_TIME_MS,
     GOOSE_CB,
@@ -22,6 +25,7 @@ from pswd_gateway.northbound.iec61850.model import (
     REPORT_DATASET,
     TABLE,
     GooseAddress,
+    SIUnit,
     goose_rows,
     report_rows,
 )
@@ -54,15 +58,25 @@ def _split_ln(name: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+def _objects() -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """``{(LD, LN): [(DO, DOType id), …]}`` of every LN but LLN0 and LPHD1, in the order the
+    server builds them: the table's rows, then the forecast schedule's LNs."""
+    out: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for row in TABLE:
+        out.setdefault((row.ld, row.ln), [("Beh", "ENS_T")]).append((row.name, f"{row.cdc}_T"))
+    for obj in schedule.OBJECTS:
+        out.setdefault((schedule.LD, obj.ln), [("Beh", "ENS_T")]).append((obj.name, obj.type_id))
+    return out
+
+
 def served_structure() -> dict[str, dict[str, list[str]]]:
     """``{LD: {LN: [DO, …]}}`` as the server builds it (LLN0 and LPHD1 in every LD)."""
     out: dict[str, dict[str, list[str]]] = {}
-    for row in TABLE:
+    for (ld, ln), objects in _objects().items():
         lns = out.setdefault(
-            row.ld,
-            {"LLN0": [n for n, _ in LLN0_OBJECTS], "LPHD1": [n for n, _ in LPHD_OBJECTS]},
+            ld, {"LLN0": [n for n, _ in LLN0_OBJECTS], "LPHD1": [n for n, _ in LPHD_OBJECTS]}
         )
-        lns.setdefault(row.ln, ["Beh"]).append(row.name)
+        lns[ln] = [name for name, _ in objects]
     return out
 
 
@@ -79,22 +93,16 @@ def _templates(root: ET.Element) -> None:
 
 def _ln_types(dtt: ET.Element) -> None:
     ln_types: dict[str, list[tuple[str, str]]] = {
-        "LLN0_T": list(LLN0_OBJECTS),
-        "LPHD_T": list(LPHD_OBJECTS),
+        "LLN0_T": [(name, f"{cdc}_T") for name, cdc in LLN0_OBJECTS],
+        "LPHD_T": [(name, f"{cdc}_T") for name, cdc in LPHD_OBJECTS],
     }
-    structure = served_structure()
-    for ld, lns in structure.items():
-        for ln in lns:
-            if ln in {"LLN0", "LPHD1"}:
-                continue
-            ln_types[f"{ln}_{ld}_T"] = [("Beh", "ENS")] + [
-                (r.name, r.cdc) for r in TABLE if r.ld == ld and r.ln == ln
-            ]
+    for (ld, ln), objects in _objects().items():
+        ln_types[f"{ln}_{ld}_T"] = objects
     for type_id, objects in ln_types.items():
         ln_class = {"LLN0_T": "LLN0", "LPHD_T": "LPHD"}.get(type_id) or type_id[:4]
         node = _sub(dtt, "LNodeType", id=type_id, lnClass=ln_class)
-        for name, cdc in objects:
-            _sub(node, "DO", name=name, type=f"{cdc}_T")
+        for name, do_type in objects:
+            _sub(node, "DO", name=name, type=do_type)
 
 
 def _do_types(dtt: ET.Element) -> None:
@@ -128,6 +136,39 @@ def _do_types(dtt: ET.Element) -> None:
     for cdc in ("LPL", "DPL"):
         dot = _sub(dtt, "DOType", id=f"{cdc}_T", cdc=cdc)
         _sub(dot, "DA", name="vendor", bType="VisString255", fc="DC")
+    _schedule_do_types(dtt)
+
+
+def _status(dot: ET.Element, btype: str) -> None:
+    """``stVal`` of ``btype``, ``q`` and ``t`` (FC ST)."""
+    _sub(dot, "DA", name="stVal", bType=btype, fc="ST", dchg="true")
+    _sub(dot, "DA", name="q", bType="Quality", fc="ST", qchg="true")
+    _sub(dot, "DA", name="t", bType="Timestamp", fc="ST")
+
+
+def _schedule_do_types(dtt: ET.Element) -> None:
+    """The DOTypes of the forecast schedule (IEC 61850-90-10 FSCH, FSCC) not declared above."""
+    plate = _sub(dtt, "DOType", id="LPLRev_T", cdc="LPL")
+    _sub(plate, "DA", name="vendor", bType="VisString255", fc="DC")
+    _sub(plate, "DA", name="swRev", bType="VisString255", fc="DC")
+    _sub(plate, "DA", name="paramRev", bType="INT32", fc="ST", dchg="true")
+    _status(_sub(dtt, "DOType", id="INS_T", cdc="INS"), "INT32")
+    _status(_sub(dtt, "DOType", id="TSS_T", cdc="TSS"), "Timestamp")
+    _status(_sub(dtt, "DOType", id="ORS_T", cdc="ORS"), "ObjRef")
+    for type_id, units in (("ING_T", False), ("INGUnit_T", True)):
+        ing = _sub(dtt, "DOType", id=type_id, cdc="ING")
+        _sub(ing, "DA", name="setVal", bType="INT32", fc="SP", dchg="true")
+        if units:
+            _sub(ing, "DA", name="units", bType="Struct", type="Unit_T", fc="CF")
+    asg = _sub(dtt, "DOType", id="ASG_T", cdc="ASG")
+    _sub(asg, "DA", name="setMag", bType="Struct", type="AnalogueValue_T", fc="SP", dchg="true")
+    _sub(asg, "DA", name="units", bType="Struct", type="Unit_T", fc="CF")
+    tsg = _sub(dtt, "DOType", id="TSG_T", cdc="TSG")
+    _sub(tsg, "DA", name="setTm", bType="Timestamp", fc="SP", dchg="true")
+    spg = _sub(dtt, "DOType", id="SPG_T", cdc="SPG")
+    _sub(spg, "DA", name="setVal", bType="BOOLEAN", fc="SP", dchg="true")
+    org = _sub(dtt, "DOType", id="ORG_T", cdc="ORG")
+    _sub(org, "DA", name="setSrcRef", bType="ObjRef", fc="SP", dchg="true")
 
 
 def _da_types(dtt: ET.Element) -> None:
@@ -155,7 +196,9 @@ def _da_types(dtt: ET.Element) -> None:
     _sub(unit, "BDA", name="SIUnit", bType="Enum", type="SIUnit")
     _sub(unit, "BDA", name="multiplier", bType="Enum", type="multiplier")
     si = _sub(dtt, "EnumType", id="SIUnit")
-    for code, text in sorted({(row.unit, row.iec_unit.symbol) for row in TABLE}):
+    served = {(row.unit, row.iec_unit.symbol) for row in TABLE}
+    served |= {(SIUnit.WATT, "W"), (SIUnit.SECOND, "s")}  # the schedule's entries and SchdIntv
+    for code, text in sorted(served):
         _sub(si, "EnumVal", ord=str(code)).text = text
     mult = _sub(dtt, "EnumType", id="multiplier")
     for code in sorted({row.multiplier for row in TABLE}):

@@ -32,6 +32,7 @@ from pswd_gateway.domain.points import Point
 from pswd_gateway.errors import PswdError
 from pswd_gateway.logging import LogFormat
 from pswd_gateway.northbound.iec61850.model import GooseAddress
+from pswd_gateway.northbound.iec61850.schedule import ForecastSchedule
 from pswd_gateway.northbound.iec61850.server import MmsStats
 from pswd_gateway.northbound.iec61850.tls import HANDSHAKE, REFUSALS, MmsTls
 from pswd_gateway.security.pki import CertificateHolder
@@ -55,6 +56,7 @@ __all__ = [
     "ProtocolError",
     "Ready",
     "Refused",
+    "ScheduleChanged",
     "SiteChanged",
     "Start",
     "Stop",
@@ -122,6 +124,8 @@ class Start:
     load_step: bool
     log_level: str = "info"
     log_format: LogFormat = "auto"
+    schedule: ScheduleChanged | None = None
+    """The import forecast as it is now (None: no plan to serve)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,17 @@ class UsersChanged:
     """The MMS users were reloaded (SIGHUP): the next associations are judged by these."""
 
     users: tuple[Iec61850UserConfig, ...]
+
+
+@dataclass(frozen=True)
+class ScheduleChanged:
+    """The import forecast changed (the plan did, or its window moved on by an interval): the
+    process writes FSCH1's entries and start time and serves ``revision`` in
+    ``FSCH1.NamPlt.paramRev``."""
+
+    schedule: ForecastSchedule
+    revision: int
+    """Counts the schedules the gateway has sent since it started (1, 2, …)."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +196,7 @@ Down = (
     | UsersChanged
     | GuardChanged
     | LoadStep
+    | ScheduleChanged
     | Answer
     | Stop
 )

@@ -9,7 +9,8 @@ MW, J is served in Wh. Rows that are not site signals (the GGIO1 indications) br
 small source function.
 
 The model built for libiec61850 (:func:`build_model`) and the ICD file (:mod:`.icd`) are both
-generated from this table.
+generated from this table, and from :data:`.schedule.OBJECTS` for the forecast schedule (FSCH1
+and FSCC1 in ``GRID``), whose settings are not site signals.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from pswd_gateway.domain.signals import (
     Signal,
 )
 from pswd_gateway.domain.units import SiUnit, to_si
+from pswd_gateway.northbound.iec61850 import schedule
 from pswd_gateway.store import Snapshot
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "IecUnit",
     "Reading",
     "SIUnit",
+    "ScheduleNodes",
     "build_model",
 ]
 
@@ -96,6 +99,7 @@ class SIUnit:
     """IEC 61850-7-3 SIUnit codes used here."""
 
     DIMENSIONLESS: Final = 1
+    SECOND: Final = 4
     AMPERE: Final = 5
     CELSIUS: Final = 23
     VOLT: Final = 29
@@ -439,6 +443,152 @@ def _create_object(m: Any, row: DataObject, ln: Any) -> Any:
     return data_object
 
 
+Triple = tuple[int, int, int]
+"""The C addresses of a status or measurement's value, q and t."""
+
+
+@dataclass(frozen=True)
+class ScheduleNodes:
+    """The C addresses of what the server writes in FSCH1 and FSCC1 (:mod:`.schedule`)."""
+
+    values: tuple[int, ...]
+    """``ValASG001.setMag.f`` … ``ValASG576.setMag.f``."""
+    start: int
+    """``StrTm01.setTm``."""
+    revision: int
+    """``NamPlt.paramRev``."""
+    state: Triple
+    """``SchdSt``."""
+    error: Triple
+    """``SchdEnaErr``."""
+    entry: Triple
+    """``SchdEntr``."""
+    active_start: Triple
+    """``ActStrTm``."""
+    value: Triple
+    """FSCH1 ``ValMV`` (``mag.f``)."""
+    controller_value: Triple
+    """FSCC1 ``ValMV`` (``mag.f``)."""
+    active_ref: Triple
+    """FSCC1 ``ActSchdRef``."""
+
+
+ScheduleBuilder = Callable[[Any, Any, schedule.ScheduleObject, Any], None]
+"""Builds one data object of FSCH1/FSCC1: (pyiec61850, its LN, the object, its first value)."""
+
+
+def _analogue(m: Any, ln: Any, obj: schedule.ScheduleObject, _first: Any) -> None:
+    """MV or ASG (float), in W x 10^6."""
+    from pswd_gateway.northbound.iec61850 import native  # noqa: PLC0415 - loads libiec61850
+
+    create = m.CDC_MV_create if obj.cdc == "MV" else m.CDC_ASG_create
+    analogue = create(obj.name, ln, 0, False)  # noqa: FBT003 - float, not int
+    native.add_units(m, analogue, SIUnit.WATT, schedule.MULTIPLIER)
+
+
+def _ing(m: Any, ln: Any, obj: schedule.ScheduleObject, first: Any) -> None:
+    """ING with its setting; SchdIntv with units (seconds)."""
+    from pswd_gateway.northbound.iec61850 import native  # noqa: PLC0415 - loads libiec61850
+
+    ing = m.CDC_ING_create(obj.name, ln, 0)
+    set_val = m.ModelNode_getChild(m.toModelNode(ing), "setVal")
+    value = native.int_value(first)
+    native.library().DataAttribute_setValue(native.address(set_val), value)  # a copy
+    native.library().MmsValue_delete(value)
+    if obj.type_id == "INGUnit_T":
+        native.add_units(m, ing, SIUnit.SECOND, 0)
+
+
+def _by_hand(m: Any, ln: Any, obj: schedule.ScheduleObject, first: Any) -> None:
+    """TSG (setTm), ORG (setSrcRef), TSS and ORS (stVal, q, t): no CDC helper in the
+    bindings; and the LPL of FSCH1 with ``paramRev``, which its helper does not add."""
+    from pswd_gateway.northbound.iec61850 import native  # noqa: PLC0415 - loads libiec61850
+
+    sp, st, trg = m.IEC61850_FC_SP, m.IEC61850_FC_ST, m.TRG_OPT_DATA_CHANGED
+    text, stamp = m.IEC61850_VISIBLE_STRING_129, m.IEC61850_TIMESTAMP
+    if obj.cdc == "LPL":
+        plate = native.address(m.CDC_LPL_create(obj.name, ln, 0))
+        native.attribute(plate, "paramRev", m.IEC61850_INT32, st, trg)
+        return
+    parent = native.address(m.DataObject_create(obj.name, ln, 0))
+    if obj.cdc == "TSG":
+        native.attribute(parent, "setTm", stamp, sp, trg)
+    elif obj.cdc == "ORG":
+        native.attribute(parent, "setSrcRef", text, sp, trg, native.text_value(first))
+    else:  # TSS, ORS: a status with quality and time
+        kind, value = (text, native.text_value(first)) if obj.cdc == "ORS" else (stamp, 0)
+        native.attribute(parent, "stVal", kind, st, trg, value)
+        native.attribute(parent, "q", m.IEC61850_QUALITY, st, m.TRG_OPT_QUALITY_CHANGED)
+        native.attribute(parent, "t", stamp, st)
+
+
+SCHEDULE_BUILDERS: Final[dict[str, ScheduleBuilder]] = {
+    "ENS": lambda m, ln, obj, _: m.CDC_ENS_create(obj.name, ln, 0),
+    "INS": lambda m, ln, obj, _: m.CDC_INS_create(obj.name, ln, 0),
+    "SPG": lambda m, ln, obj, _: m.CDC_SPG_create(obj.name, ln, 0),  # false
+    "MV": _analogue,
+    "ASG": _analogue,
+    "ING": _ing,
+    "LPL": _by_hand,
+    "TSG": _by_hand,
+    "TSS": _by_hand,
+    "ORG": _by_hand,
+    "ORS": _by_hand,
+}
+"""How each CDC of :data:`.schedule.OBJECTS` is built."""
+
+
+def _schedule_objects(m: Any, ied_name: str, ld: Any) -> None:
+    """FSCH1 and FSCC1 (:data:`.schedule.OBJECTS`) in the schedule's LD. What the server never
+    changes (NumEntr, SchdIntv, SchdPrio, the object references) gets its value here."""
+    where = f"{ied_name}{schedule.LD}"
+    first: dict[str, Any] = {
+        "SchdPrio": schedule.PRIORITY,
+        "NumEntr": schedule.ENTRIES,
+        "SchdIntv": schedule.INTERVAL_S,
+        "CtlEnt": f"{where}/{schedule.FORECAST_OF}",
+        "Schd01": f"{where}/{schedule.SCHEDULE_LN}",
+        "ActSchdRef": f"{where}/{schedule.SCHEDULE_LN}",
+    }
+    nodes: dict[str, Any] = {}
+    for obj in schedule.OBJECTS:
+        ln = nodes.get(obj.ln)
+        if ln is None:
+            ln = nodes[obj.ln] = m.toModelNode(m.LogicalNode_create(obj.ln, ld))
+            m.CDC_ENS_create("Beh", ln, 0)
+        SCHEDULE_BUILDERS[obj.cdc](m, ln, obj, first.get(obj.name))
+
+
+def _schedule_nodes(m: Any, model: Any, ied_name: str) -> ScheduleNodes:
+    """The addresses of what the server writes in FSCH1 and FSCC1."""
+    from pswd_gateway.northbound.iec61850 import native  # noqa: PLC0415 - loads libiec61850
+
+    def at(ref: str) -> int:
+        node = m.IedModel_getModelNodeByObjectReference(model, f"{ied_name}{schedule.LD}/{ref}")
+        if node is None:
+            raise RuntimeError(f"{ied_name}{schedule.LD}/{ref}: not in the model")
+        return native.address(node)
+
+    def triple(ref: str, leaf: str = "stVal") -> Triple:
+        return at(f"{ref}.{leaf}"), at(f"{ref}.q"), at(f"{ref}.t")
+
+    fsch, fscc = schedule.SCHEDULE_LN, schedule.CONTROLLER_LN
+    return ScheduleNodes(
+        values=tuple(
+            at(f"{fsch}.{schedule.value_name(i)}.setMag.f") for i in range(1, schedule.ENTRIES + 1)
+        ),
+        start=at(f"{fsch}.StrTm01.setTm"),
+        revision=at(f"{fsch}.NamPlt.paramRev"),
+        state=triple(f"{fsch}.SchdSt"),
+        error=triple(f"{fsch}.SchdEnaErr"),
+        entry=triple(f"{fsch}.SchdEntr"),
+        active_start=triple(f"{fsch}.ActStrTm"),
+        value=triple(f"{fsch}.ValMV", "mag.f"),
+        controller_value=triple(f"{fscc}.ValMV", "mag.f"),
+        active_ref=triple(f"{fscc}.ActSchdRef"),
+    )
+
+
 @dataclass
 class BuiltModel:
     model: Any
@@ -446,6 +596,7 @@ class BuiltModel:
     """Per ``LD/LN.DO``: its (value, q, t) attribute nodes."""
     controls: dict[str, Any]
     """Per controllable ``LD/LN.DO``: its DataObject node."""
+    schedule: ScheduleNodes
 
 
 def build_model(
@@ -454,7 +605,8 @@ def build_model(
     goose: tuple[int, int] | None = None,
     goose_address: GooseAddress | None = None,
 ) -> BuiltModel:
-    """A libiec61850 dynamic model for :data:`TABLE` (``m`` is the pyiec61850 module)."""
+    """A libiec61850 dynamic model for :data:`TABLE` and the forecast schedule (FSCH1, FSCC1:
+    :mod:`.schedule`) (``m`` is the pyiec61850 module)."""
     model = m.IedModel_create(ied_name)
     devices: dict[str, Any] = {}
     nodes: dict[tuple[str, str], Any] = {}
@@ -481,6 +633,7 @@ def build_model(
         data_object = _create_object(m, row, ln)
         if row.control is not None:
             controls[row.reference] = data_object
+    _schedule_objects(m, ied_name, devices[schedule.LD])
     _reports(devices, m)
     if goose is not None:
         _goose(devices, m, goose, goose_address or GooseAddress())
@@ -496,4 +649,4 @@ def build_model(
         value, q, t = (m.toDataAttribute(node) for node in found)
         attributes[row.reference] = (value, q, t)
 
-    return BuiltModel(model, attributes, controls)
+    return BuiltModel(model, attributes, controls, _schedule_nodes(m, model, ied_name))

@@ -155,6 +155,9 @@ _SIGNATURES: Final[dict[str, tuple[Any, list[Any]]]] = {
     "DataAttribute_create": (_P, [c_char_p, _P, c_int, c_int, c_uint8, c_int, ctypes.c_uint32]),
     "DataAttribute_setValue": (None, [_P, _P]),
     "MmsValue_newIntegerFromInt32": (_P, [c_int32]),
+    "MmsValue_newVisibleString": (_P, [c_char_p]),
+    "MmsValue_delete": (None, [_P]),
+    "IedServer_setWriteAccessPolicy": (None, [_P, c_int, c_int]),
     "IedServer_updateInt64AttributeValue": (None, [_P, _P, ctypes.c_int64]),
     "PhyComAddress_create": (_P, [c_uint8, c_uint16, c_uint16, POINTER(c_uint8)]),
     "GSEControlBlock_addPhyComAddress": (None, [_P, _P]),
@@ -225,6 +228,28 @@ def add_units(m: Any, data_object: Any, si_unit: int, multiplier: int) -> None:
             name, units, m.IEC61850_ENUMERATED, m.IEC61850_FC_CF, 0, 0, 0
         )
         lib.DataAttribute_setValue(attr, lib.MmsValue_newIntegerFromInt32(code))
+
+
+def attribute(parent: int, name: str, kind: int, fc: int, trigger: int = 0, value: int = 0) -> int:
+    """A data attribute of ``kind`` (``IEC61850_*``) under ``parent`` (an address), with its
+    first value (an MmsValue address, or 0 for the type's zero): for the data objects the
+    bindings have no CDC helper for (TSG, TSS, ORG, ORS, an LPL with paramRev)."""
+    lib = library()
+    attr = int(lib.DataAttribute_create(name.encode(), parent, kind, fc, trigger, 0, 0))
+    if value:
+        lib.DataAttribute_setValue(attr, value)  # a copy
+        lib.MmsValue_delete(value)
+    return attr
+
+
+def text_value(text: str) -> int:
+    """A new VisibleString MmsValue (an attribute's first value)."""
+    return int(library().MmsValue_newVisibleString(text.encode()))
+
+
+def int_value(number: int) -> int:
+    """A new INT32 MmsValue (an attribute's first value)."""
+    return int(library().MmsValue_newIntegerFromInt32(number))
 
 
 def float_of(value: int | None) -> float | None:

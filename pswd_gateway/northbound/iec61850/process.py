@@ -9,8 +9,9 @@ same surface: ``start``/``stop``/``unhealthy``, ``control_guard``, ``stats``.
 - **Down.** The gateway subscribes to the store and sends what changed at most every
   ``interval_s`` (at once on a quality change), the latest value per point: a child that falls
   behind costs a dictionary of points here, never a growing queue. Site settings, the zone
-  policy, guard events and the load-step state follow as they change; a new child gets all of
-  it in its first frame.
+  policy, guard events and the load-step state follow as they change; so does the import
+  forecast (FSCH1, :mod:`.schedule`), read from ``forecast`` every ``forecast_every_s`` and sent
+  when it differs from the last one sent. A new child gets all of it in its first frame.
 - **Up.** The child asks for an operate (the gateway checks the caller against its own users,
   or a certificate holder's certificate against the client CA and the CRL, and its conduits,
   and the value against :func:`~.controls.judge` again, carries it out through
@@ -45,6 +46,7 @@ from pswd_gateway.config import LOCAL_ZONE, LOOPBACK_NETWORKS, Iec61850UserConfi
 from pswd_gateway.control.guard import GuardEvent
 from pswd_gateway.domain.identity import Identity
 from pswd_gateway.domain.points import Point, Quality
+from pswd_gateway.domain.units import to_mw
 from pswd_gateway.logging import LogFormat, get_logger
 from pswd_gateway.northbound.iec61850.controls import judge
 from pswd_gateway.northbound.iec61850.link import (
@@ -64,6 +66,7 @@ from pswd_gateway.northbound.iec61850.link import (
     ProtocolError,
     Ready,
     Refused,
+    ScheduleChanged,
     SiteChanged,
     Start,
     Stop,
@@ -74,7 +77,9 @@ from pswd_gateway.northbound.iec61850.link import (
     read_frame,
 )
 from pswd_gateway.northbound.iec61850.model import CONTROLS, DataObject
+from pswd_gateway.northbound.iec61850.schedule import forecast_schedule
 from pswd_gateway.northbound.iec61850.server import MmsHooks, MmsStats
+from pswd_gateway.scheduling.model import SiteForecast
 from pswd_gateway.security.pki import ClientCertificates
 from pswd_gateway.security.zones import Admission, Conduit, Gatekeeper, Policy, Zone
 from pswd_gateway.store import PointStore
@@ -98,6 +103,8 @@ MAX_UNSENT_BYTES: Final = 1 << 20
 """Points wait here (the latest per point) while this much is still unsent to the child."""
 SETTLE_S: Final = 1.0
 """At stop, operates in flight get this long to be journalled before they are cancelled."""
+FORECAST_EVERY_S: Final = 5.0
+"""How often the plan's import forecast is read for FSCH1 (~2.5 ms on the loop each time)."""
 
 LOOPBACK_POLICY: Final = Policy(
     {LOCAL_ZONE: Zone(LOCAL_ZONE, "control", LOOPBACK_NETWORKS, "this machine")},
@@ -171,6 +178,7 @@ class Child:
     policy: Policy | None = None
     users: tuple[Iec61850UserConfig, ...] | None = None
     load_step: bool | None = None
+    schedule: ScheduleChanged | None = None
 
     @property
     def pid(self) -> int:
@@ -207,6 +215,10 @@ async def _no_audit(_detail: dict[str, Any]) -> None:
     return None
 
 
+Forecast = Callable[[], SiteForecast | None]
+"""The plan's site forecast now (``WorkloadService.site_forecast``); None without a plan."""
+
+
 class MmsProcess:
     """The daemon's IEC 61850 component: the MMS server in a child process, supervised."""
 
@@ -225,6 +237,8 @@ class MmsProcess:
         log_format: LogFormat = "auto",
         backoff: Backoff | None = None,
         hang_after_s: float = HANG_AFTER_S,
+        forecast: Forecast | None = None,
+        forecast_every_s: float = FORECAST_EVERY_S,
     ) -> None:
         self.store = store
         self.site = site
@@ -238,6 +252,13 @@ class MmsProcess:
         self.log_format: LogFormat = log_format
         self.backoff = backoff or Backoff()
         self.hang_after_s = hang_after_s
+        self.forecast = forecast
+        """Where FSCH1's import forecast comes from (none: FSCH1 stays not ready)."""
+        self.forecast_every_s = forecast_every_s
+        self.forecast_errors_total = 0
+        self._schedule: ScheduleChanged | None = None
+        """The last forecast schedule made (sent to every child that serves)."""
+        self._forecast_due = 0.0
         tls = settings.tls
         self.certificates = ClientCertificates(tls.client_ca, tls.crl) if tls is not None else None
         """What a certificate holder's operate is checked against again (MMS over TLS)."""
@@ -378,6 +399,34 @@ class MmsProcess:
         if imminent != child.load_step:
             child.load_step = imminent
             child.send(LoadStep(imminent))
+        schedule = self._forecast_schedule()
+        if schedule is not child.schedule and schedule is not None:
+            child.schedule = schedule
+            child.send(schedule)
+
+    def _forecast_schedule(self, *, now: bool = False) -> ScheduleChanged | None:
+        """The import forecast as a schedule, read again from ``forecast`` when
+        ``forecast_every_s`` has passed (or ``now``); a new :class:`ScheduleChanged` (the next
+        revision) only when its start or a value differs from the last one's."""
+        due = time.monotonic()
+        if self.forecast is None or (due < self._forecast_due and not now):
+            return self._schedule
+        self._forecast_due = due + self.forecast_every_s
+        try:
+            plan = self.forecast()
+            made = None if plan is None else forecast_schedule(plan, time.time())
+        except Exception:  # the last schedule stays served; the next read may do better
+            self.forecast_errors_total += 1
+            log.exception("mms_forecast_failed", errors=self.forecast_errors_total)
+            return self._schedule
+        last = self._schedule
+        if made is not None and (last is None or made != last.schedule):
+            revision = 1 if last is None else last.revision + 1
+            self._schedule = ScheduleChanged(made, revision)
+            peak_mw = round(to_mw(max(made.values_w)), 3)
+            log.info("mms_schedule_changed", revision=revision, start_ts=made.start_ts,
+                     entries=len(made.values_w), peak_mw=peak_mw)  # fmt: skip
+        return self._schedule
 
     async def _feed(self) -> None:
         while True:
@@ -399,6 +448,7 @@ class MmsProcess:
         child.site, child.policy = self.site(), self.gate.policy
         child.users = self.settings.users
         child.load_step = self.hooks.load_step_imminent()
+        child.schedule = self._forecast_schedule(now=True)
         return Start(
             self.settings,
             child.policy,
@@ -409,6 +459,7 @@ class MmsProcess:
             child.load_step,
             self.log_level,
             self.log_format,
+            child.schedule,
         )
 
     # ---- the child's life ----

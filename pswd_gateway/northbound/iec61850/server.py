@@ -7,6 +7,10 @@ cycle. Values are served in the table's units with the point's quality (good / q
 invalid validity, and the detailQual of a doubtful reading: :data:`DETAIL_QUAL`) and source
 timestamp; an invalid device is served as invalid, never as a stale good value.
 
+The import forecast (FSCH1/FSCC1, :mod:`.schedule`) is handed over the same way: a new schedule
+(:meth:`MmsServer.replace_schedule`) is written whole by :class:`ScheduleWriter` under one model
+lock; the entry in force (``SchdEntr``, ``ValMV``) follows the clock in each batch.
+
 Everything after the model is built goes through :mod:`native` (ctypes, which lets go of the
 interpreter lock during each call): libiec61850's thread calls back into Python for
 associations (ACSE password → user, or over TLS the client certificate → its holder),
@@ -43,14 +47,20 @@ from pswd_gateway.control.guard import GuardEvent
 from pswd_gateway.domain.identity import Identity, Permission
 from pswd_gateway.domain.points import NOT_AVAILABLE, OUT_OF_RANGE, Point, Quality
 from pswd_gateway.logging import get_logger
-from pswd_gateway.northbound.iec61850 import native
+from pswd_gateway.northbound.iec61850 import native, schedule
 from pswd_gateway.northbound.iec61850.controls import ANONYMOUS, Verdict, judge
 from pswd_gateway.northbound.iec61850.model import (
     CONTROLS,
     TABLE,
     Context,
     GooseAddress,
+    ScheduleNodes,
     build_model,
+)
+from pswd_gateway.northbound.iec61850.schedule import (
+    EnablingError,
+    ForecastSchedule,
+    ScheduleState,
 )
 from pswd_gateway.northbound.iec61850.tls import Handshakes, MmsTls, add_crl, configure
 from pswd_gateway.security.passwords import verify_password
@@ -76,6 +86,95 @@ value was not updated in time, which is a late device's questionable quality, no
 
 Update = tuple[str, float, int, int]
 """(LD/LN.DO, value, quality bits, timestamp ms)."""
+
+SCHEDULE_ENTRY: Final = f"{schedule.LD}/{schedule.SCHEDULE_LN}.SchdEntr"
+SCHEDULE_VALUE: Final = f"{schedule.LD}/{schedule.SCHEDULE_LN}.ValMV"
+CONTROLLER_VALUE: Final = f"{schedule.LD}/{schedule.CONTROLLER_LN}.ValMV"
+SCHEDULE_KINDS: Final = {SCHEDULE_ENTRY: "INS", SCHEDULE_VALUE: "MV", CONTROLLER_VALUE: "MV"}
+"""The schedule's data objects that change with time (the entry in force), served like rows."""
+
+
+@dataclass(frozen=True)
+class ScheduleWrite:
+    """A new forecast schedule for the worker thread: every entry, the start time and the
+    revision, under one model lock."""
+
+    schedule: ForecastSchedule
+    revision: int
+
+
+Work = list[Update] | ScheduleWrite | None
+"""What the worker thread takes from its queue (None: stop)."""
+
+
+@dataclass
+class ScheduleWriter:
+    """Writes FSCH1 and FSCC1 on the worker thread: their state before the first schedule, and
+    each new schedule under one model lock."""
+
+    nodes: ScheduleNodes
+    running: bool = False
+    """FSCH1 serves a schedule (SchdSt running)."""
+
+    def idle(self, lib: Any, server: int) -> None:
+        """Before the first schedule: FSCH1 not ready (no valid values), its value and the
+        controller's invalid."""
+        nodes = self.nodes
+        now_ms = int(time.time() * 1000)
+        invalid = VALIDITY[Quality.INVALID]
+        lib.IedServer_lockDataModel(server)
+        try:
+            for (value, q, t), code in (
+                (nodes.state, ScheduleState.NOT_READY),
+                (nodes.error, EnablingError.MISSING_VALID_VALUES),
+            ):
+                lib.IedServer_updateInt32AttributeValue(server, value, code)
+                lib.IedServer_updateQuality(server, q, VALIDITY[Quality.GOOD])
+                lib.IedServer_updateUTCTimeAttributeValue(server, t, now_ms)
+            for _, q, t in (nodes.value, nodes.controller_value, nodes.active_start,
+                            nodes.active_ref):  # fmt: skip
+                lib.IedServer_updateQuality(server, q, invalid)
+                lib.IedServer_updateUTCTimeAttributeValue(server, t, now_ms)
+        finally:
+            lib.IedServer_unlockDataModel(server)
+
+    def write(self, lib: Any, server: int, work: ScheduleWrite) -> None:
+        """Every entry (MW), StrTm01, the revision, and the state running, under one lock."""
+        nodes = self.nodes
+        t0 = time.perf_counter()
+        forecast = work.schedule
+        scale = 10.0**schedule.MULTIPLIER
+        start_ms = round(forecast.start_ts * 1000)
+        now_ms = int(time.time() * 1000)
+        good = VALIDITY[Quality.GOOD]
+        lib.IedServer_lockDataModel(server)
+        try:
+            for attr, value_w in zip(nodes.values, forecast.values_w, strict=True):
+                lib.IedServer_updateFloatAttributeValue(server, attr, value_w / scale)
+            lib.IedServer_updateUTCTimeAttributeValue(server, nodes.start, start_ms)
+            lib.IedServer_updateInt32AttributeValue(server, nodes.revision, work.revision)
+            stamp, q, t = nodes.active_start
+            lib.IedServer_updateUTCTimeAttributeValue(server, stamp, start_ms)
+            lib.IedServer_updateQuality(server, q, good)
+            lib.IedServer_updateUTCTimeAttributeValue(server, t, now_ms)
+            if not self.running:  # the state changes once: not ready → running
+                for (value, q, t), code in (
+                    (nodes.state, ScheduleState.RUNNING),
+                    (nodes.error, EnablingError.NONE),
+                ):
+                    lib.IedServer_updateInt32AttributeValue(server, value, code)
+                    lib.IedServer_updateQuality(server, q, good)
+                    lib.IedServer_updateUTCTimeAttributeValue(server, t, now_ms)
+                _, q, t = nodes.active_ref
+                lib.IedServer_updateQuality(server, q, good)
+                lib.IedServer_updateUTCTimeAttributeValue(server, t, now_ms)
+                self.running = True
+        finally:
+            lib.IedServer_unlockDataModel(server)
+        took_ms = round((time.perf_counter() - t0) * 1000, 2)
+        log.debug("mms_schedule_written", revision=work.revision, start_ts=forecast.start_ts,
+                 entries=len(forecast.values_w), took_ms=took_ms)  # fmt: skip
+
 
 CERTIFICATE_TOKENS: Final = 1 << 32
 """Security tokens of certificate holders start here (a password user's is its index + 1)."""
@@ -219,7 +318,7 @@ class MmsServer:
         self.interval_s = interval_s
         self.hooks = hooks or MmsHooks()
         self.stats = MmsStats()
-        self._queue: queue.Queue[list[Update] | None] = queue.Queue(maxsize=4)
+        self._queue: queue.Queue[Work] = queue.Queue(maxsize=4)
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -254,6 +353,10 @@ class MmsServer:
         self.rounds = 0
         """Items the worker thread has taken from its queue: batches, and empty ones that only
         take the model lock (the MMS process's heartbeat probes, see ``worker.py``)."""
+        # the forecast schedule to serve (replace_schedule), the one handed to the worker last
+        self._schedule: ScheduleWrite | None = None
+        self._written: ScheduleWrite | None = None
+        self._schedule_writer: ScheduleWriter | None = None
 
     # ---- lifecycle ----
 
@@ -265,6 +368,7 @@ class MmsServer:
         await asyncio.to_thread(self._ready.wait, 10.0)
         if self._error is not None:
             raise self._error
+        self._submit_schedule()  # before the first batch, which serves its entry in force
         self._subscription = self.store.subscribe(self._on_points)
         self._task = asyncio.create_task(self._feed(), name="iec61850-feed")
         if self._handshakes is not None:
@@ -292,6 +396,12 @@ class MmsServer:
         """Publish now rather than at the next cycle (an event: a setting changed)."""
         if self._wake is not None:
             self._wake.set()
+
+    def replace_schedule(self, forecast: ForecastSchedule, revision: int) -> None:
+        """Serve ``forecast`` in FSCH1 (its entries, StrTm01, ``NamPlt.paramRev`` = ``revision``)
+        from the next cycle. Call on the event loop (or before :meth:`start`)."""
+        self._schedule = ScheduleWrite(forecast, revision)
+        self.wake()
 
     def control_guard(self, event: GuardEvent) -> None:
         """The control guard tripped or re-armed: ``GGIO1.Ind4`` follows at once (by report and
@@ -370,6 +480,17 @@ class MmsServer:
             ref: (native.address(value), native.address(q), native.address(t))
             for ref, (value, q, t) in built.attributes.items()
         }
+        nodes = built.schedule
+        self._schedule_writer = ScheduleWriter(nodes)
+        self._refs |= {
+            SCHEDULE_ENTRY: nodes.entry,
+            SCHEDULE_VALUE: nodes.value,
+            CONTROLLER_VALUE: nodes.controller_value,
+        }
+        # Nothing here is a client's to write: the schedule (SP, which libiec61850 1.6.1 lets
+        # any association write by default), units (CF) and name plates (DC, denied already).
+        for fc in (m.IEC61850_FC_SP, m.IEC61850_FC_CF, m.IEC61850_FC_DC):
+            lib.IedServer_setWriteAccessPolicy(server, fc, m.ACCESS_POLICY_DENY)
         return server, built.model
 
     def _run(self) -> None:
@@ -392,11 +513,17 @@ class MmsServer:
             self._error = OSError(f"IEC 61850 server did not start on {self.host}:{self.port}")
             self._ready.set()
             return
+        writer = self._schedule_writer
+        assert writer is not None
+        writer.idle(lib, server)
         self._ready.set()
-        kinds = {row.reference: row.cdc for row in TABLE}
+        kinds = {row.reference: row.cdc for row in TABLE} | SCHEDULE_KINDS
         try:
-            while (batch := self._queue.get()) is not None:
-                self._apply(lib, server, kinds, batch)
+            while (work := self._queue.get()) is not None:
+                if isinstance(work, ScheduleWrite):
+                    writer.write(lib, server, work)
+                else:
+                    self._apply(lib, server, kinds, work)
                 self.rounds += 1
         finally:
             lib.IedServer_stop(server)
@@ -433,6 +560,8 @@ class MmsServer:
                 kind = kinds[ref]
                 if kind in {"SPS", "SPC"}:
                     lib.IedServer_updateBooleanAttributeValue(server, attr, value >= 0.5)
+                elif kind == "INS":
+                    lib.IedServer_updateInt32AttributeValue(server, attr, round(value))
                 elif kind == "BCR":
                     lib.IedServer_updateInt64AttributeValue(server, attr, round(value))
                 else:
@@ -679,9 +808,40 @@ class MmsServer:
                 continue
             self._last[row.reference] = (value, bits)
             out.append((row.reference, float(value), bits, int(ts * 1000)))
+        for update in self._schedule_updates(snap.taken_at):
+            ref, value, bits, _ = update
+            if self._last.get(ref) != (value, bits):
+                self._last[ref] = (value, bits)
+                out.append(update)
         return out
 
-    def submit(self, batch: list[Update]) -> bool:
+    def _schedule_updates(self, now: float) -> list[Update]:
+        """The entry in force at ``now`` of the schedule handed to the worker, and its value
+        (MW; invalid outside the schedule), stamped with the entry's start."""
+        written = self._written
+        if written is None:
+            return []
+        forecast = written.schedule
+        entry = forecast.entry(now)
+        value_w = forecast.value_w(entry)
+        since = forecast.start_ts + (entry - 1) * forecast.interval_s if entry else now
+        ts_ms = int(since * 1000)
+        good, invalid = VALIDITY[Quality.GOOD], VALIDITY[Quality.INVALID]
+        value = 0.0 if value_w is None else value_w / 10.0**schedule.MULTIPLIER
+        bits = invalid if value_w is None else good
+        return [
+            (SCHEDULE_ENTRY, float(entry), good, ts_ms),
+            (SCHEDULE_VALUE, value, bits, ts_ms),
+            (CONTROLLER_VALUE, value, bits, ts_ms),
+        ]
+
+    def _submit_schedule(self) -> None:
+        """Hand a new schedule to the worker (again next cycle when it is behind)."""
+        pending = self._schedule
+        if pending is not None and pending is not self._written and self.submit(pending):
+            self._written = pending
+
+    def submit(self, batch: list[Update] | ScheduleWrite) -> bool:
         """Hand a batch to the worker; False when it is behind (four batches queued)."""
         try:
             self._queue.put_nowait(batch)
@@ -691,6 +851,7 @@ class MmsServer:
 
     async def _feed(self) -> None:
         while True:
+            self._submit_schedule()
             batch = self.batch()
             if batch and not self.submit(batch):
                 # the worker is behind: this cycle's values wait for the next

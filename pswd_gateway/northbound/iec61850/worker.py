@@ -49,6 +49,7 @@ from pswd_gateway.northbound.iec61850.link import (
     ProtocolError,
     Ready,
     Refused,
+    ScheduleChanged,
     SiteChanged,
     Start,
     Up,
@@ -235,6 +236,9 @@ class Receiver:
         self.shared.load_step = message.imminent
         self.server.wake()
 
+    def _schedule(self, message: ScheduleChanged) -> None:
+        self.server.replace_schedule(message.schedule, message.revision)
+
     def _answer(self, message: Answer) -> None:
         self.link.answer(message)
 
@@ -245,6 +249,7 @@ class Receiver:
         UsersChanged: _users,
         GuardChanged: _guard,
         LoadStep: _load_step,
+        ScheduleChanged: _schedule,
         Answer: _answer,
     }
 
@@ -308,6 +313,8 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> i
     )
     if start.guard is not None:
         server.control_guard(start.guard)
+    if start.schedule is not None:
+        server.replace_schedule(start.schedule.schedule, start.schedule.revision)
     try:
         await server.start()
     except Exception as exc:  # noqa: BLE001 - reported to the gateway, which logs and audits it

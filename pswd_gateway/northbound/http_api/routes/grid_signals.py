@@ -11,7 +11,13 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 
 from pswd_gateway.domain.grid_signals import (
+    CarbonLevel,
+    FastFrequencyResponse,
     GridSignal,
+    HeatRequest,
+    ImportLimit,
+    PriceLevel,
+    Shed,
     SignalInvalidError,
     SignalKind,
     SignalRequest,
@@ -19,12 +25,12 @@ from pswd_gateway.domain.grid_signals import (
 )
 from pswd_gateway.domain.identity import Identity, Permission
 from pswd_gateway.errors import ForbiddenError, NotFoundError
-from pswd_gateway.grid_signals import GridSignalService
-from pswd_gateway.northbound.http_api.deps import Context, Reader, require
+from pswd_gateway.grid_signals import GridSignalService, delivery_json
+from pswd_gateway.northbound.http_api.deps import ApiContext, Context, Reader, require
 from pswd_gateway.northbound.http_api.problems import FieldProblem, ProblemError
 from pswd_gateway.northbound.http_api.routes import problem_answer
 
-__all__ = ["EffectiveOut", "GridSignalsOut", "router"]
+__all__ = ["EffectiveOut", "GridSignalsOut", "Operator", "Signals", "router", "submit_signal"]
 
 _KINDS = frozenset(k.value for k in SignalKind)
 
@@ -111,8 +117,20 @@ async def send(
     signals: Signals,
     context: Context,
 ) -> GridSignal:
+    signal = await submit_signal(body, who, signals, context)
+    response.headers["Location"] = f"/v1/grid/signals/{signal.id}"
+    return signal
+
+
+async def submit_signal(
+    body: ImportLimit | Shed | FastFrequencyResponse | PriceLevel | CarbonLevel | HeatRequest,
+    who: Identity,
+    signals: GridSignalService,
+    context: ApiContext,
+) -> GridSignal:
+    """A signal sent over HTTP: accepted, or a problem answer naming what was wrong."""
     try:
-        signal = await signals.submit(body, SignalSource.HTTP, who)
+        return await signals.submit(body, SignalSource.HTTP, who)
     except ForbiddenError as exc:
         raise ProblemError(403, "forbidden", "Forbidden", str(exc)) from None
     except SignalInvalidError as exc:
@@ -124,8 +142,6 @@ async def send(
             str(exc),
             errors=[FieldProblem(pointer="#" + exc.field, detail=exc.message, rule="window")],
         ) from None
-    response.headers["Location"] = f"/v1/grid/signals/{signal.id}"
-    return signal
 
 
 @router.get("/v1/grid/signals", summary="Grid signals: open, recent, and what is in force")
@@ -168,6 +184,38 @@ async def withdraw(signal_id: str, who: Operator, signals: Signals) -> GridSigna
         raise ProblemError(404, "not-found", "Not found", str(exc)) from None
     except ForbiddenError as exc:
         raise ProblemError(403, "forbidden", "Forbidden", str(exc)) from None
+
+
+@router.get(
+    "/v1/grid/signals/{signal_id}/delivery",
+    summary="Requested against delivered of a limit, shed or heat request, over its window",
+    responses={404: problem_answer("No delivery measured for that id")},
+)
+async def delivery(
+    signal_id: str,
+    _: Reader,
+    signals: Signals,
+    series: Annotated[
+        bool, Query(description="Include every sample (time, asked, measured)")
+    ] = False,
+) -> dict[str, Any]:
+    kept = signals.delivery(signal_id)
+    if kept is None:
+        raise ProblemError(
+            404,
+            "not-found",
+            "Not found",
+            f"no delivery measured for {signal_id!r}: not a limit, shed or heat request, not in "
+            "force yet, or ended before the last hundred",
+        )
+    out = delivery_json(kept.report())
+    out["ended"] = kept.ended
+    if series:
+        out["series"] = [
+            {"at": s.at.isoformat(), "asked_mw": s.asked_mw, "measured_mw": s.measured_mw}
+            for s in kept.samples
+        ]
+    return out
 
 
 def _dump(body: BaseModel | None) -> dict[str, Any] | None:

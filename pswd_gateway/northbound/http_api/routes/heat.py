@@ -1,21 +1,32 @@
-"""``GET /v1/heat/offer``: heat for the municipal network, 48 h in 5-minute slots.
+"""``/v1/heat``: heat for the municipal network — the offer, and the network's requests.
 
-The offer is worked out on request from the current plan (the scheduler's site forecast) and
-``[heat]`` by :func:`~pswd_gateway.scheduling.heat.offer_from_plan`.
+``GET /v1/heat/offer``: the offer, 48 h in 5-minute slots, worked out on request from the
+current plan (the scheduler's site forecast), ``[heat]`` and the heat requests open, by
+:func:`~pswd_gateway.scheduling.heat.offer_from_plan`.
+
+``POST /v1/heat/requests`` (operator): the heat network asks for MW at a supply temperature over
+a window. It is a grid signal of kind ``heat_request`` (``POST /v1/grid/signals`` takes the same
+body with ``"kind": "heat_request"``): journalled and audited before the answer, the heat-
+recovery setpoint follows its supply temperature while it is in force, and the offer shows it.
+``GET /v1/heat/requests``: the open ones with the heat delivered against each.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
+from pswd_gateway.domain.grid_signals import GridSignal, HeatRequest
+from pswd_gateway.grid_signals import delivery_json
 from pswd_gateway.northbound.http_api.deps import Context, Reader
-from pswd_gateway.scheduling.heat import SUPPLY_RANGE_C, HeatOffer, offer_from_plan
+from pswd_gateway.northbound.http_api.routes import problem_answer
+from pswd_gateway.northbound.http_api.routes.grid_signals import Operator, Signals, submit_signal
+from pswd_gateway.scheduling.heat import SUPPLY_RANGE_C, HeatOffer, Requested, offer_from_plan
 
-__all__ = ["HeatOfferOut", "HeatSlotOut", "router"]
+__all__ = ["HeatOfferOut", "HeatRequestOut", "HeatSlotOut", "router"]
 
 router = APIRouter(tags=["heat"])
 
@@ -26,6 +37,8 @@ class HeatSlotOut(BaseModel):
     heat_mw: float
     """Heat available at ``supply_c`` over the slot."""
     supply_c: float
+    requested_mw: float
+    """Heat the network's request in force over the slot asks (0: none)."""
 
 
 class HeatOfferOut(BaseModel):
@@ -44,7 +57,11 @@ class HeatOfferOut(BaseModel):
             slot_s=offer.slot_s,
             slots=[
                 HeatSlotOut(
-                    start=s.start, end=s.end, heat_mw=round(s.heat_mw, 3), supply_c=s.supply_c
+                    start=s.start,
+                    end=s.end,
+                    heat_mw=round(s.heat_mw, 3),
+                    supply_c=s.supply_c,
+                    requested_mw=s.requested_mw,
                 )
                 for s in offer.slots
             ],
@@ -58,15 +75,66 @@ class HeatOfferOut(BaseModel):
 async def heat_offer(
     _: Reader,
     context: Context,
+    signals: Signals,
     supply_c: Annotated[
         float | None,
         Query(
             ge=SUPPLY_RANGE_C[0],
             le=SUPPLY_RANGE_C[1],
-            description="Supply temperature the network asks, °C (default: heat.supply_temp_c)",
+            description="Supply temperature the network asks, °C (default: heat.supply_temp_c;"
+            " slots inside an open heat request's window are at the request's)",
         ),
     ] = None,
 ) -> HeatOfferOut:
     service = context.service
-    offer = offer_from_plan(service.clock(), service.site_forecast(), service.config.heat, supply_c)
+    requests = [
+        Requested(s.start, s.end, s.signal.supply_temp_c, s.signal.heat_mw)
+        for s in signals.open_signals()
+        if isinstance(s.signal, HeatRequest)
+    ]
+    offer = offer_from_plan(
+        service.clock(), service.site_forecast(), service.config.heat, supply_c, requests
+    )
     return HeatOfferOut.of(offer)
+
+
+class HeatRequestOut(BaseModel):
+    """An open heat request and the heat delivered against it so far."""
+
+    signal: GridSignal
+    delivery: dict[str, Any] | None
+    """Requested against delivered (MW, mean over the samples while in force); null before
+    its window opens."""
+
+
+@router.post(
+    "/v1/heat/requests",
+    status_code=201,
+    summary="Ask for heat over a window (operator): MW at a supply temperature",
+    responses={422: problem_answer("Not a valid heat request (the field and the rule are named)")},
+)
+async def request_heat(
+    body: HeatRequest,
+    response: Response,
+    who: Operator,
+    signals: Signals,
+    context: Context,
+) -> GridSignal:
+    signal = await submit_signal(body, who, signals, context)
+    response.headers["Location"] = f"/v1/grid/signals/{signal.id}"
+    return signal
+
+
+@router.get("/v1/heat/requests", summary="Open heat requests and the heat delivered against each")
+async def heat_requests(_: Reader, signals: Signals) -> list[HeatRequestOut]:
+    out = []
+    for s in signals.open_signals():
+        if not isinstance(s.signal, HeatRequest):
+            continue
+        delivery = signals.delivery(s.id)
+        out.append(
+            HeatRequestOut(
+                signal=s, delivery=None if delivery is None else delivery_json(delivery.report())
+            )
+        )
+    return out
