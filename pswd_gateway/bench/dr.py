@@ -467,11 +467,12 @@ async def measure_dr(
                         await _close_door(door)
             finally:
                 await stop_site(site)
+            ffr = await measure_ffr(cases=ffr_cases) if ffr_cases > 0 else {}
         finally:
             for vtn in vtns.values():
                 await vtn.stop()
+            configure_logging("warning", "json", stream=sys.stderr)  # off the file, it closes
             log.close()
-    ffr = await measure_ffr(cases=ffr_cases) if ffr_cases > 0 else {}
     ratios = [r for d in results.values() for r in d.ratios]
     return {
         "doors": {name: r.summary() for name, r in results.items()},
