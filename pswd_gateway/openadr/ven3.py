@@ -28,22 +28,19 @@ that connects to the VTN, then polls and reports:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
 import math
 import secrets
-import socket
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
-import uvicorn
 from openadr3.entities.raw import RawProgram, RawReport, RawSubscription, RawVen
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
@@ -58,6 +55,7 @@ from pswd_gateway.domain.identity import Identity
 from pswd_gateway.errors import ConfigError, NotFoundError, PswdError
 from pswd_gateway.journal import AuditEntry
 from pswd_gateway.logging import get_logger
+from pswd_gateway.northbound.asgi import AsgiListener
 from pswd_gateway.openadr.mapping3 import (
     EventRefusedError,
     EventRequest,
@@ -197,7 +195,7 @@ class OpenAdr3Ven:
         self._token_expires = 0.0
         self._token_url: str | None = config.token_url
         self._http: httpx.AsyncClient | None = None
-        self._listener: _Listener | None = None
+        self._listener: AsgiListener | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._seen: dict[str, str] = {}
@@ -231,11 +229,13 @@ class OpenAdr3Ven:
             trust_env=False,
         )
         if self.config.webhook:
-            self._listener = _Listener(
+            self._listener = AsgiListener(
                 self._app(),
                 self.config.callback_host,
                 self.config.callback_port,
-                self._server_tls(),
+                name="openadr3-callback",
+                tls_cert=self.config.callback_tls_cert,
+                tls_key=self.config.callback_tls_key,
             )
             try:
                 await self._listener.start()
@@ -273,13 +273,13 @@ class OpenAdr3Ven:
         self.connected.clear()
         log.info("openadr3_stopped")
 
-    def unhealthy(self, now: float) -> list[str]:  # noqa: ARG002 -- the Checked protocol
+    def unhealthy(self, now: float) -> list[str]:
         """The VEN's task or its listener, when either ended without being stopped (an
         unreachable VTN is not unhealthy: the VEN keeps trying, and says so in the log)."""
         bad = []
         if self._task is not None and self._task.done():
             bad.append("openadr3")
-        if self._listener is not None and self._listener.ended():
+        if self._listener is not None and self._listener.unhealthy(now):
             bad.append("listener:openadr3")
         return bad
 
@@ -299,15 +299,6 @@ class OpenAdr3Ven:
             return default_client_context()
         context = ssl.create_default_context(cafile=str(self.config.ca_file))
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return context
-
-    def _server_tls(self) -> ssl.SSLContext | None:
-        cert, key = self.config.callback_tls_cert, self.config.callback_tls_key
-        if cert is None or key is None:
-            return None
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(cert, key)
         return context
 
     async def _run(self) -> None:
@@ -906,79 +897,3 @@ def _first_error(exc: ValidationError) -> str:
 
 def _excerpt(data: bytes) -> str:
     return data[:200].decode("utf-8", "replace") or "(empty)"
-
-
-# ---- the callback listener ---------------------------------------------------------------------
-
-
-class _Server(uvicorn.Server):
-    """uvicorn inside the gateway's event loop: the daemon owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class _Listener:
-    """The callback listener: uvicorn on a socket bound here (``port`` 0: a free one)."""
-
-    def __init__(self, app: Starlette, host: str, port: int, tls: ssl.SSLContext | None) -> None:
-        self.app = app
-        self.host = host
-        self.port = port
-        self.tls = tls
-        self._server: _Server | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(
-                exc.errno, f"openadr3 callback cannot bind {self.host}:{self.port}: {exc.strerror}"
-            ) from exc
-        sock.listen(64)
-        sock.setblocking(False)  # noqa: FBT003 -- socket API
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-            timeout_graceful_shutdown=1,
-        )
-        config.load()
-        config.ssl = self.tls
-        self._server = _Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="openadr3-hook")
-        deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-                raise RuntimeError("the openadr3 callback listener stopped during start-up")
-            if asyncio.get_running_loop().time() > deadline:
-                await self.stop()
-                raise RuntimeError(
-                    f"the openadr3 callback listener did not start in {START_TIMEOUT_S} s"
-                )
-            await asyncio.sleep(0.01)
-
-    def ended(self) -> bool:
-        return self._task is not None and self._task.done()
-
-    async def stop(self) -> None:
-        if self._server is None or self._task is None:
-            return
-        self._server.should_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT_S * 2)
-        except TimeoutError:
-            self._server.force_exit = True
-            await cancel_and_wait(self._task)
-        self._server = None
-        self._task = None

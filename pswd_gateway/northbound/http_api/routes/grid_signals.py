@@ -117,9 +117,7 @@ async def send(
     signals: Signals,
     context: Context,
 ) -> GridSignal:
-    signal = await submit_signal(body, who, signals, context)
-    response.headers["Location"] = f"/v1/grid/signals/{signal.id}"
-    return signal
+    return await submit_signal(body, who, signals, context, response)
 
 
 async def submit_signal(
@@ -127,10 +125,12 @@ async def submit_signal(
     who: Identity,
     signals: GridSignalService,
     context: ApiContext,
+    response: Response,
 ) -> GridSignal:
-    """A signal sent over HTTP: accepted, or a problem answer naming what was wrong."""
+    """A signal sent over HTTP: accepted (``Location`` names it), or a problem answer naming
+    what was wrong."""
     try:
-        return await signals.submit(body, SignalSource.HTTP, who)
+        signal = await signals.submit(body, SignalSource.HTTP, who)
     except ForbiddenError as exc:
         raise ProblemError(403, "forbidden", "Forbidden", str(exc)) from None
     except SignalInvalidError as exc:
@@ -142,6 +142,8 @@ async def submit_signal(
             str(exc),
             errors=[FieldProblem(pointer="#" + exc.field, detail=exc.message, rule="window")],
         ) from None
+    response.headers["Location"] = f"/v1/grid/signals/{signal.id}"
+    return signal
 
 
 @router.get("/v1/grid/signals", summary="Grid signals: open, recent, and what is in force")

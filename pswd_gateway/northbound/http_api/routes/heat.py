@@ -120,9 +120,7 @@ async def request_heat(
     signals: Signals,
     context: Context,
 ) -> GridSignal:
-    signal = await submit_signal(body, who, signals, context)
-    response.headers["Location"] = f"/v1/grid/signals/{signal.id}"
-    return signal
+    return await submit_signal(body, who, signals, context, response)
 
 
 @router.get("/v1/heat/requests", summary="Open heat requests and the heat delivered against each")
