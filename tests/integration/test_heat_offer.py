@@ -98,7 +98,8 @@ async def test_the_offer_answers_576_five_minute_slots_each_with_mw_and_supply_c
     assert (offer["supply_c"], offer["slot_s"]) == (75.0, 300)
     slots = offer["slots"]
     assert len(slots) == 576
-    assert all(set(s) == {"start", "end", "heat_mw", "supply_c"} for s in slots)
+    assert all(set(s) == {"start", "end", "heat_mw", "supply_c", "requested_mw"} for s in slots)
+    assert all(s["requested_mw"] == 0.0 for s in slots)  # no heat request open
     assert all(s["supply_c"] == 75.0 for s in slots)
     assert all(0.0 <= s["heat_mw"] <= CAPACITY_MW for s in slots)
     spans = times(slots)
