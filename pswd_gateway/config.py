@@ -29,6 +29,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from pswd_gateway.domain.grid_signals import (
+    DeadbandHz,
+    DroopPct,
+    FastFrequencyResponse,
+    PositiveMw,
+)
 from pswd_gateway.domain.points import point_key
 from pswd_gateway.domain.signals import Role as SignalRole
 from pswd_gateway.domain.units import from_mw
@@ -133,6 +139,19 @@ class SiteConfig(_Strict):
     grid_signal_limit_mw: Annotated[float, Field(ge=0, le=10_000)] | None = None
     """The strictest import limit of the grid signals in force (docs/grid.md): kept by the
     grid-signal service through the site settings, not read from the file (a reload keeps it)."""
+    ffr_active: bool = False
+    """Whether the fast frequency response of IEC 61850 ``GAPC2.FFRAct`` is switched on. With
+    the four ``ffr_*`` values below it is the IEC 61850 door's state, kept by the grid-signal
+    service in line with its standing signal (docs/grid.md), not read from the file: a reload
+    keeps them, a restart takes them from the signal."""
+    ffr_max_mw: PositiveMw | None = None
+    """``GAPC2.FFRMaxW``: that response's most power; None: not set (``FFRAct`` on is refused)."""
+    ffr_deadband_hz: DeadbandHz = FastFrequencyResponse.model_fields["deadband_hz"].default
+    """``GAPC2.FFRDbHz`` (the grid signal's default until operated)."""
+    ffr_droop_pct: DroopPct = FastFrequencyResponse.model_fields["droop_pct"].default
+    """``GAPC2.FFRDroop`` (the grid signal's default until operated)."""
+    ffr_ramp_mw_per_s: PositiveMw = FastFrequencyResponse.model_fields["ramp_mw_per_s"].default
+    """``GAPC2.FFRRmpW`` (the grid signal's default until operated)."""
     grid_meter: DeviceName = "grid_meter"
     bess: DeviceName | None = "bess"
     thermal: DeviceName | None = "thermal"
@@ -155,6 +174,12 @@ class SiteConfig(_Strict):
             )
             raise ValueError(msg)
         return roles
+
+    @model_validator(mode="after")
+    def _ffr_sized(self) -> SiteConfig:
+        if self.ffr_active and self.ffr_max_mw is None:
+            raise ValueError("ffr_active needs ffr_max_mw (IEC 61850: operate GAPC2.FFRMaxW first)")
+        return self
 
     def point_key(self, role: SiteRole, point: str) -> str | None:
         """The store key of ``point`` on the device playing ``role``; None without one."""
@@ -193,6 +218,33 @@ class SiteConfig(_Strict):
         limit = self.demand_response_limit_mw
         return 0.0 if limit is None else from_mw(limit)
 
+    @property
+    def ffr(self) -> FastFrequencyResponse:
+        """The fast frequency response of ``GAPC2`` as operated: on or off (``ffr_active``) with
+        its curve (a maximum never set is 0, which only an off response may have)."""
+        return FastFrequencyResponse(
+            enabled=self.ffr_active,
+            max_mw=self.ffr_max_mw or 0.0,
+            deadband_hz=self.ffr_deadband_hz,
+            droop_pct=self.ffr_droop_pct,
+            ramp_mw_per_s=self.ffr_ramp_mw_per_s,
+        )
+
+    @property
+    def ffr_max_w(self) -> float:
+        """``ffr_max_mw`` in W; 0 when none is set."""
+        return 0.0 if self.ffr_max_mw is None else from_mw(self.ffr_max_mw)
+
+    @property
+    def ffr_droop(self) -> float:
+        """``ffr_droop_pct`` as a ratio (4 % is 0.04)."""
+        return self.ffr_droop_pct / 100.0
+
+    @property
+    def ffr_ramp_w_per_s(self) -> float:
+        """``ffr_ramp_mw_per_s`` in W/s."""
+        return from_mw(self.ffr_ramp_mw_per_s)
+
     def devices(self, role: SignalRole) -> tuple[str, ...]:
         """The devices playing ``role`` (:class:`pswd_gateway.domain.signals.SiteMap`)."""
         if role is SignalRole.IT_LOAD:
@@ -205,7 +257,9 @@ class SiteConfig(_Strict):
     def setting(self, name: str) -> float:
         """A site setting in SI units, by name (:class:`~pswd_gateway.domain.signals.SiteMap`):
         ``grid_import_limit_w``, ``grid_ramp_limit_w_per_s``, ``demand_response_limit_w``,
-        ``demand_response_active`` (0 or 1), ``import_limit_w``."""
+        ``demand_response_active`` (0 or 1), ``import_limit_w``, and the IEC 61850 door's fast
+        frequency response: ``ffr_active`` (0 or 1), ``ffr_max_w``, ``ffr_deadband_hz``,
+        ``ffr_droop`` (a ratio), ``ffr_ramp_w_per_s``."""
         if name not in _SI_SETTINGS:
             msg = f"unknown site setting {name!r}; known: {', '.join(sorted(_SI_SETTINGS))}"
             raise KeyError(msg)
@@ -224,6 +278,11 @@ _SI_SETTINGS = frozenset(
         "demand_response_limit_w",
         "demand_response_active",
         "import_limit_w",
+        "ffr_active",
+        "ffr_max_w",
+        "ffr_deadband_hz",
+        "ffr_droop",
+        "ffr_ramp_w_per_s",
     }
 )
 
@@ -634,7 +693,7 @@ class ForecastConfig(_Strict):
 
     source: Literal["simulated", "file", "carbon_aware_sdk"] = "simulated"
     path: Path | None = None
-    """``file``: a CSV (``time,carbon_g_per_kwh[,price_per_mwh]``) or JSON file."""
+    """``file``: a CSV (``time,carbon_g_per_kwh[,price_per_mwh][,renewable_mw]``) or JSON file."""
     url: str | None = None
     """``carbon_aware_sdk``: base URL of a Green Software Foundation Carbon Aware SDK WebAPI."""
     location: str = "pswd-demo"
@@ -807,6 +866,9 @@ class ControlConfig(_Strict):
     """Time constant of the pay-back of what the grid drew beyond its plan (0: off)."""
     payback_max_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     """The pay-back never asks for more than this fraction of the inverter rating."""
+    import_hold_margin_mw: Annotated[float, Field(ge=0.0, le=100.0)] = 1.0
+    """Where the import limit binds, the plan holds the grid this far under it: what a load
+    step leaks in one loop delay lands under the limit, not over it (docs/control.md)."""
     battery_skew_ms: Annotated[float, Field(ge=0.0, le=5_000.0)] = 5.0
     """How far past its newest reading the battery's power may be held to meet a meter
     measurement; a meter reading further ahead waits for the battery's next reading."""
@@ -900,6 +962,12 @@ class HeatConfig(_Strict):
     """Electrical rating of the heat pump's compressors."""
     capacity_mw: Annotated[float, Field(ge=0.0, le=10_000.0)] = 40.0
     """Largest heat the recovery plant delivers to the network (condensers, connection)."""
+    displaced_kg_per_mwh: Annotated[float, Field(ge=0.0, le=2_000.0)] = 220.0
+    """CO2e (kg) of each MWh of heat the network would make itself were it not the site's: a
+    gas boiler's by default (natural gas 202 kg CO2 per MWh of fuel, IPCC 2006 default, at 92 %
+    efficiency). While a heat request is open, placement credits a flexible workload with this
+    for the heat its load lets the site deliver against the request (docs/grid.md, "Heat
+    requests"); 0 places workloads by the grid's carbon alone."""
 
 
 OpenAdr3Name = Annotated[str, Field(min_length=1, max_length=128)]

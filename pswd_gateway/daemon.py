@@ -79,9 +79,10 @@ from pswd_gateway.openadr.site import VenSite
 from pswd_gateway.openadr.ven2b import OpenAdr2bVen
 from pswd_gateway.openadr.ven3 import OpenAdr3Ven
 from pswd_gateway.runtime import Supervisor
+from pswd_gateway.scheduling.heat import requested_of
 from pswd_gateway.scheduling.model import SiteForecast
 from pswd_gateway.scheduling.scheduler import Scheduler
-from pswd_gateway.scheduling.service import WorkloadService
+from pswd_gateway.scheduling.service import GridLimit, WorkloadService
 from pswd_gateway.security.pki import days_left
 from pswd_gateway.security.zones import Gatekeeper, Listener, Refusals, peer_ip
 from pswd_gateway.site_settings import SiteSettings
@@ -291,7 +292,7 @@ class Gateway:
         except TimeoutError:
             log.warning("forecast_first_fetch_slow", timeout_s=sched.forecast.timeout_s)
         self.workloads = WorkloadService(
-            cfg, self.journal, Scheduler(sched, cfg.site), self.forecast.current
+            cfg, self.journal, Scheduler(sched, cfg.site, heat=cfg.heat), self.forecast.current
         )
         self.forecast.on_update = self.workloads.mark_dirty
         await self.supervisor.start(self.workloads)
@@ -381,6 +382,7 @@ class Gateway:
             self._door(SignalSource.OPCUA),
             ramp=lambda: self.control.stats.grid_ramp_w_per_s() if self.control else None,
             door=self.gate.door("opcua"),
+            signals=self.grid_signals,
         )
 
     def _mms_server(self) -> MmsProcess:
@@ -452,7 +454,10 @@ class Gateway:
 
     def _on_grid_effective(self, effective: Effective) -> None:
         """The grid signals in force changed: the frequency response and the heat-recovery
-        setpoint follow them (the import limit went through the site settings)."""
+        setpoint follow them (the import limit went through the site settings), and the
+        plan's placement follows the heat requests open now or ahead."""
+        self._follow_heat_requests()
+        self._follow_grid_limit(effective)
         if self.control is None:
             return
         ffr = effective.ffr
@@ -463,17 +468,49 @@ class Gateway:
         heat = effective.heat_request
         self.control.request_heat_supply(None if heat is None else heat.supply_temp_c)
 
+    def _follow_heat_requests(self) -> None:
+        """The scheduler places flexible workloads towards open heat requests' windows: a
+        changed set of requests re-plans the movable ones at the next chance."""
+        if self.workloads is None or self.grid_signals is None:
+            return
+        requests = requested_of(self.grid_signals.open_signals())
+        scheduler = self.workloads.scheduler
+        if requests != scheduler.heat_requests:
+            scheduler.heat_requests = requests
+            self.workloads.mark_dirty()
+
+    def _follow_grid_limit(self, effective: Effective) -> None:
+        """Running flexible workloads are asked to cap their power while a grid signal's
+        limit binds (in the background: the events are journalled first)."""
+        workloads, signals = self.workloads, self.grid_signals
+        if workloads is None or signals is None:
+            return
+        limit = None
+        if effective.import_limit_mw is not None:
+            binding = {s.id: s for s in signals.open_signals()}.get(effective.import_limit_by or "")
+            until = None if binding is None else binding.end
+            limit = GridLimit(effective.import_limit_mw, effective.import_limit_by, until)
+        task = asyncio.create_task(workloads.follow_grid_limit(limit), name="power-caps")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _site_forecast(self) -> SiteForecast | None:
         """The plan's site forecast now, for the MMS process's FSCH1 (None without a plan)."""
         return None if self.workloads is None else self.workloads.site_forecast()
 
     def _ven_site(self, signals: GridSignalService) -> VenSite:
-        """What a VEN sees of the site: the grid-signal service, the grid meter's import now
-        and the site's plan."""
+        """What a VEN sees of the site: the grid-signal service, the grid meter's import now,
+        the site's plan and the municipal heat offer (``[heat]`` as reloaded)."""
         workloads = self.workloads
         if workloads is None:
             raise RuntimeError("a VEN needs the workload service (its plan) started first")
-        return VenSite(signals, lambda: self._measured_mw()[0], workloads.site_forecast)
+        plan = workloads.site_forecast
+        heat = (  # no heat plant (capacity 0): no heat report offered
+            VenSite.heat_offer_from(signals, plan, lambda: self.config.heat)
+            if self.config.heat.capacity_mw > 0
+            else None
+        )
+        return VenSite(signals, lambda: self._measured_mw()[0], plan, heat_offer=heat)
 
     def _openadr2b(self, signals: GridSignalService) -> OpenAdr2bVen:
         """The OpenADR 2.0b VEN; its opt-in policy counts the battery's power the plan uses."""

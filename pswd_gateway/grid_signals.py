@@ -1,8 +1,9 @@
 """The grid-signal service: every door's grid signals through one place, journalled first.
 
 HTTP (``/v1/grid/signals``), OPC UA (``SetGridImportLimit``) and IEC 61850 (``GAPC1.DRLimW`` with
-``GAPC1.DRAct``) hand their requests to one :class:`GridSignalService`. It checks the caller may
-operate, makes the :class:`~pswd_gateway.domain.grid_signals.GridSignal`, journals it with its
+``GAPC1.DRAct``; ``GAPC2.FFRAct`` with its curve) hand their requests to one
+:class:`GridSignalService`. It checks the caller may operate, makes the
+:class:`~pswd_gateway.domain.grid_signals.GridSignal`, journals it with its
 audit line and its event in one transaction (nothing is acknowledged before that commit),
 then resolves the signals in force (:func:`~pswd_gateway.domain.grid_signals.resolve`) and
 hands the effective import limit to the site settings, the one owner the control cycle and the
@@ -30,6 +31,7 @@ from pswd_gateway.domain.delivery import (
 )
 from pswd_gateway.domain.grid_signals import (
     Effective,
+    FastFrequencyResponse,
     GridSignal,
     HeatRequest,
     ImportLimit,
@@ -51,6 +53,8 @@ from pswd_gateway.tasks import cancel_and_wait
 
 __all__ = [
     "DR_KEY",
+    "FFR_KEY",
+    "FFR_SETTINGS",
     "OPCUA_IMPORT_KEY",
     "Delivery",
     "GridSignalService",
@@ -65,6 +69,19 @@ OPCUA_IMPORT_KEY: Final = "opcua:SetGridImportLimit"
 """The standing import limit set by OPC UA ``SetGridImportLimit``: a new call replaces it."""
 DR_KEY: Final = "iec61850:GAPC1.DRAct"
 """The demand-response limit switched on by IEC 61850 ``GAPC1.DRAct`` (at ``GAPC1.DRLimW``)."""
+DR_SETTINGS: Final = frozenset({"demand_response_limit_mw", "demand_response_active"})
+FFR_KEY: Final = "iec61850:GAPC2.FFRAct"
+"""The fast frequency response switched on by IEC 61850 ``GAPC2.FFRAct`` (with the curve of
+``GAPC2.FFRMaxW``, ``FFRDbHz``, ``FFRDroop`` and ``FFRRmpW``)."""
+FFR_SETTINGS: Final = {
+    "ffr_max_mw": "max_mw",
+    "ffr_deadband_hz": "deadband_hz",
+    "ffr_droop_pct": "droop_pct",
+    "ffr_ramp_mw_per_s": "ramp_mw_per_s",
+    "ffr_active": "enabled",
+}
+"""The site settings of ``GAPC2`` → the :class:`FastFrequencyResponse` field each one is (the
+switch last: it needs the maximum before it may go on)."""
 MAX_SLEEP_S: Final = 3600.0
 """The boundary timer wakes at least this often (a clock step is caught within the hour)."""
 
@@ -141,6 +158,7 @@ class GridSignalService:
         self._signals = {s.id: s for s in kept}
         log.info("grid_signals_loaded", open=len(kept), ids=[s.id for s in kept])
         await self._restore_demand_response()
+        await self._restore_ffr()
         await self._apply(SYSTEM)
         self._task = asyncio.create_task(self._run(), name="grid-signals")
         self._sampler = asyncio.create_task(self._sample_loop(), name="grid-signal-delivery")
@@ -250,9 +268,10 @@ class GridSignalService:
 
     def door(self, source: SignalSource) -> OperatorLimit:
         """The operator-limit callable of an OPC UA or IEC 61850 server (``set_limit``,
-        ``MmsHooks.operate``): its import limit and demand response become grid signals of
-        ``source``; other settings (the ramp limit, the site's own limit over MMS) go to the
-        site settings as before. ``ValueError`` names a value out of range."""
+        ``MmsHooks.operate``): its import limit, demand response and fast frequency response
+        become grid signals of ``source``; other settings (the ramp limit, the site's own limit
+        over MMS) go to the site settings as before. ``ValueError`` names a value out of
+        range."""
 
         async def set_limit(what: str, value: float | bool, who: Identity) -> None:
             if source is SignalSource.OPCUA and what == "grid_import_limit_mw":
@@ -260,11 +279,10 @@ class GridSignalService:
                 await self.submit(limit, source, who, key=OPCUA_IMPORT_KEY)
                 return
             await self.settings.set(what, value, who)
-            if source is SignalSource.IEC61850 and what in {
-                "demand_response_limit_mw",
-                "demand_response_active",
-            }:
+            if source is SignalSource.IEC61850 and what in DR_SETTINGS:
                 await self._follow_demand_response(who)
+            elif source is SignalSource.IEC61850 and what in FFR_SETTINGS:
+                await self._follow_ffr(who)
 
         return set_limit
 
@@ -298,6 +316,35 @@ class GridSignalService:
             await self.settings.set("demand_response_limit_mw", limit, SYSTEM)
         if not site.demand_response_active:
             await self.settings.set("demand_response_active", True, SYSTEM)  # noqa: FBT003
+
+    async def _follow_ffr(self, who: Identity) -> None:
+        """``GAPC2.FFRAct`` on: the standing FFR signal with the curve as operated (defaults
+        where a value never was), a changed curve value replacing it; off: the signal withdrawn,
+        so what the other doors ask is in force again (rule 4 of ``resolve``)."""
+        site = self.settings.current
+        standing = [s for s in self.open_signals() if s.key == FFR_KEY]
+        if not site.ffr_active:
+            for signal in standing:
+                await self.withdraw(signal.id, who)
+            return
+        request = site.ffr
+        body = standing[-1].signal if standing else None
+        if isinstance(body, FastFrequencyResponse) and _curve(body) == _curve(request):
+            return
+        await self.submit(request, SignalSource.IEC61850, who, key=FFR_KEY)
+
+    async def _restore_ffr(self) -> None:
+        """After a restart the standing FFR signal switches ``GAPC2.FFRAct`` on again with its
+        curve, and without one ``FFRAct`` is off: what the MMS clients read matches what is
+        in force."""
+        standing = [s for s in self.open_signals() if s.key == FFR_KEY]
+        body = standing[-1].signal if standing else None
+        wanted: dict[str, float | bool] = {"ffr_active": False}
+        if isinstance(body, FastFrequencyResponse) and body.enabled:
+            wanted = {name: getattr(body, field) for name, field in FFR_SETTINGS.items()}
+        for name, value in wanted.items():
+            if getattr(self.settings.current, name) != value:
+                await self.settings.set(name, value, SYSTEM)
 
     def _others(self, leaving: Sequence[str]) -> list[GridSignal]:
         return [s for s in self._signals.values() if s.id not in leaving]
@@ -458,6 +505,11 @@ def _asked_mw(body: ImportLimit | Shed | HeatRequest) -> float:
         return body.heat_mw
     base = body.baseline_mw if body.baseline_mw is not None else math.inf
     return max(0.0, base - body.shed_mw)
+
+
+def _curve(body: FastFrequencyResponse) -> dict[str, Any]:
+    """A response without its window: what two standing signals are compared by."""
+    return body.model_dump(exclude={"start", "end"})
 
 
 def _check(who: Identity) -> None:

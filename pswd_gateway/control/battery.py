@@ -63,6 +63,7 @@ def grid_settings(
         lookahead_s=c.announce_lead_s,
         payback_s=c.payback_s,
         payback_max_fraction=c.payback_max_fraction,
+        import_hold_margin_w=from_mw(c.import_hold_margin_mw),
     )
 
 

@@ -97,6 +97,13 @@ class GridSettings:
     """The pay-back never asks for more than this fraction of the inverter rating."""
     max_gap_s: float = 1.0
     """Readings further apart than this restart the pay-back (nothing is known in between)."""
+    import_hold_margin_w: float = 0.0
+    """Where the import limit binds, the plan holds the grid this far under it."""
+
+    @property
+    def import_hold_w(self) -> float:
+        """The highest grid plan: the import limit less the hold margin."""
+        return self.import_limit_w - self.import_hold_margin_w
 
     @property
     def payback_max_w(self) -> float:
@@ -401,12 +408,13 @@ def _payback(
 ) -> tuple[float, float]:
     """(energy still owed, pay-back power): the grid's draw beyond its plan at this reading,
     held over the reading's interval, added to what is owed and given back over
-    ``payback_s`` within ``payback_max_w`` (never through the import limit)."""
+    ``payback_s`` within ``payback_max_w`` (never through the import limit less its hold
+    margin)."""
     if s.payback_s <= 0.0 or not 0.0 < dt <= s.max_gap_s:
         return 0.0, 0.0
     cap = s.payback_max_w * s.payback_s
     leak = min(max(leak_j + over_plan_w * dt, -cap), cap)
-    return leak, max(leak / s.payback_s, plan_w - s.import_limit_w)
+    return leak, max(leak / s.payback_s, plan_w - s.import_hold_w)
 
 
 def announced_jobs(
@@ -451,8 +459,8 @@ def grid_step(
     grid = state.grid_w + min(max(target - state.grid_w, -step), step)
     # Arbiter: hard limits win.
     binding: str | None = None
-    if grid > s.import_limit_w:
-        grid, binding = s.import_limit_w, "import_limit"
+    if grid > s.import_hold_w:
+        grid, binding = s.import_hold_w, "import_limit"
     wanted = load + ahead - grid
     bess = _clamp_bess(wanted, reading, s)
     if bess is None:

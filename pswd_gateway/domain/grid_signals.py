@@ -24,11 +24,14 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 __all__ = [
     "MAX_MW",
     "CarbonLevel",
+    "DeadbandHz",
+    "DroopPct",
     "Effective",
     "FastFrequencyResponse",
     "GridSignal",
     "HeatRequest",
     "ImportLimit",
+    "PositiveMw",
     "PriceLevel",
     "Shed",
     "SignalInvalidError",
@@ -79,6 +82,11 @@ class SignalInvalidError(ValueError):
 
 Mw = Annotated[float, Field(ge=0, le=MAX_MW, allow_inf_nan=False)]
 PositiveMw = Annotated[float, Field(gt=0, le=MAX_MW, allow_inf_nan=False)]
+DeadbandHz = Annotated[float, Field(ge=0, le=0.5, allow_inf_nan=False)]
+"""A fast frequency response's deadband around the nominal frequency."""
+DroopPct = Annotated[float, Field(gt=0, le=20, allow_inf_nan=False)]
+"""A fast frequency response's droop: the frequency deviation, in % of nominal, that gives the
+whole ``max_mw``."""
 
 
 class _Windowed(BaseModel):
@@ -121,8 +129,8 @@ class FastFrequencyResponse(_Windowed):
 
     kind: Literal["ffr"] = "ffr"
     enabled: bool
-    deadband_hz: Annotated[float, Field(ge=0, le=0.5, allow_inf_nan=False)] = 0.015
-    droop_pct: Annotated[float, Field(gt=0, le=20, allow_inf_nan=False)] = 4.0
+    deadband_hz: DeadbandHz = 0.015
+    droop_pct: DroopPct = 4.0
     max_mw: Mw = 0.0
     ramp_mw_per_s: PositiveMw = 10.0
 

@@ -40,6 +40,12 @@ __all__ = [
     "CHW_SUPPLY_TEMP",
     "DEMAND_RESPONSE_ACTIVE",
     "DEMAND_RESPONSE_LIMIT",
+    "FFR_ACTIVE",
+    "FFR_DEADBAND",
+    "FFR_DROOP",
+    "FFR_MAX_POWER",
+    "FFR_RAMP",
+    "FFR_SWITCH",
     "GRID_ENERGY_EXPORTED",
     "GRID_ENERGY_IMPORTED",
     "GRID_FREQUENCY",
@@ -277,6 +283,46 @@ IMPORT_LIMIT_IN_FORCE: Final = Signal(
     description="The import limit in force: the site's, or a lower demand-response limit",
     setting="import_limit_w",
 )  # fmt: skip
+FFR_ACTIVE: Final = Signal(
+    key="site.ffr_active", unit=SiUnit.ONE, low=0.0, high=1.0,
+    description="1 while the fast frequency response switched on over IEC 61850 is asked for "
+    "(a grid signal of the iec61850 door)",
+    setting="ffr_active", writable=True,
+)  # fmt: skip
+FFR_MAX_POWER: Final = Signal(
+    key="site.ffr_max_power", unit=SiUnit.WATT, low=0.0, high=1e10,
+    description="The most power of that fast frequency response, and the power its droop is a "
+    "share of (0 when none is set)",
+    setting="ffr_max_w", writable=True,
+)  # fmt: skip
+FFR_DEADBAND: Final = Signal(
+    key="site.ffr_deadband", unit=SiUnit.HERTZ, low=0.0, high=0.5,
+    description="Its deadband around the nominal frequency",
+    setting="ffr_deadband_hz", writable=True,
+)  # fmt: skip
+FFR_DROOP: Final = Signal(
+    key="site.ffr_droop", unit=SiUnit.RATIO, low=0.0, high=0.2,
+    description="Its droop: the frequency deviation, as a share of nominal, that gives the most "
+    "power",
+    setting="ffr_droop", writable=True,
+)  # fmt: skip
+FFR_RAMP: Final = Signal(
+    key="site.ffr_ramp", unit=SiUnit.WATT_PER_SECOND, low=0.0, high=1e10,
+    description="How fast its power may change",
+    setting="ffr_ramp_w_per_s", writable=True,
+)  # fmt: skip
+FFR_SWITCH: Final[tuple[Signal, ...]] = (
+    FFR_MAX_POWER,
+    FFR_DEADBAND,
+    FFR_DROOP,
+    FFR_RAMP,
+    FFR_ACTIVE,
+)
+"""The fast frequency response an IEC 61850 operator switches and shapes (``GAPC2``): the
+door's own settings, served by IEC 61850 only. What is in force is the grid signal's
+(``GET /v1/grid/signals``), whichever door sent it. Not in :data:`SIGNALS` (yet): listing them
+there would publish them on OPC UA (``PSWD.Signals``, the checked-in NodeSet2) and in the
+HTTP site view as well."""
 
 SIGNALS: Final[tuple[Signal, ...]] = (
     GRID_POWER,

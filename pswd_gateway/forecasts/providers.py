@@ -2,7 +2,7 @@
 
 - ``simulated``: a deterministic curve for the demo and tests (evening peak, midday solar dip,
   seeded day-to-day variation);
-- ``file``: a CSV (``time,carbon_g_per_kwh[,price_per_mwh]``) or JSON file;
+- ``file``: a CSV (``time,carbon_g_per_kwh[,price_per_mwh][,renewable_mw]``) or JSON file;
 - ``carbon_aware_sdk``: the Green Software Foundation Carbon Aware SDK WebAPI,
   ``GET /emissions/forecasts/current?location=…&dataStartAt=…&dataEndAt=…``.
 
@@ -97,6 +97,7 @@ class _Point(BaseModel):
     time: AwareDatetime
     carbon_g_per_kwh: float = Field(ge=0.0, le=5000.0)
     price_per_mwh: float | None = Field(default=None, ge=-10_000.0, le=100_000.0)
+    renewable_mw: float | None = Field(default=None, ge=0.0, le=100_000.0)
 
 
 class _SdkPoint(BaseModel):
@@ -117,15 +118,21 @@ class _SdkForecast(BaseModel):
 
 
 def _from_points(
-    times: list[datetime], carbon: list[float], price: list[float | None], source: str
+    times: list[datetime],
+    carbon: list[float],
+    price: list[float | None],
+    source: str,
+    renewable: list[float | None] | None = None,
 ) -> CarbonForecast:
     """Irregular points → a regular grid at the smallest spacing (each value holds until next)."""
     try:
         times = [t.astimezone(UTC) for t in times]
     except OverflowError:  # 9999-12-31T23:00-05:00 is in the year 10000 in UTC
         raise ForecastError(source, "times must lie between the years 1 and 9999 in UTC") from None
+    green = renewable if renewable is not None and all(r is not None for r in renewable) else None
     if len(times) == 1:
-        return CarbonForecast(times[0], 3600, (carbon[0],), None, source, times[0])
+        once = None if green is None else (float(green[0] or 0.0),)
+        return CarbonForecast(times[0], 3600, (carbon[0],), None, source, times[0], once)
     steps = [(b - a).total_seconds() for a, b in pairwise(times)]
     slot_s = int(min(steps))
     if slot_s < 1:
@@ -142,6 +149,7 @@ def _from_points(
         )
     values: list[float] = []
     prices: list[float] = []
+    renewables: list[float] = []
     j = 0
     for i in range(n):
         t = times[0] + timedelta(seconds=i * slot_s)
@@ -150,9 +158,17 @@ def _from_points(
         values.append(carbon[j])
         p = price[j]
         prices.append(p if p is not None else math.nan)
+        if green is not None:
+            renewables.append(float(green[j] or 0.0))
     has_price = all(p is not None for p in price)
     return CarbonForecast(
-        times[0], slot_s, tuple(values), tuple(prices) if has_price else None, source, times[0]
+        times[0],
+        slot_s,
+        tuple(values),
+        tuple(prices) if has_price else None,
+        source,
+        times[0],
+        tuple(renewables) if green is not None else None,
     )
 
 
@@ -182,8 +198,19 @@ def parse_forecast_text(text: str, source: str, *, kind: str) -> CarbonForecast:
         if b <= a:
             where = f"line {i + 3}" if kind == "csv" else f"item {i + 1}"
             raise ForecastError(source, f"{where}: times must increase ({b.isoformat()})")
+    renewable = [p.renewable_mw for p in points]
+    if any(r is not None for r in renewable) and not all(r is not None for r in renewable):
+        at = next(i for i, r in enumerate(renewable) if r is None)
+        where = f"line {at + 2}" if kind == "csv" else f"item {at}"
+        raise ForecastError(
+            source, f"{where}: renewable_mw is given for some points: give it for all"
+        )
     return _from_points(
-        times, [p.carbon_g_per_kwh for p in points], [p.price_per_mwh for p in points], source
+        times,
+        [p.carbon_g_per_kwh for p in points],
+        [p.price_per_mwh for p in points],
+        source,
+        renewable,
     )
 
 

@@ -11,9 +11,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from pswd_gateway.config import HeatConfig
 from pswd_gateway.domain.grid_signals import GridSignal, SignalRequest, SignalSource
 from pswd_gateway.domain.identity import Identity
 from pswd_gateway.grid_signals import GridSignalService
+from pswd_gateway.scheduling.heat import HeatOffer, offer_from_plan, requested_of
 from pswd_gateway.scheduling.model import SiteForecast
 
 __all__ = ["VTN_ROLE", "VenSite", "vtn_identity"]
@@ -39,6 +41,26 @@ class VenSite:
     battery_power_mw: float = 0.0
     """The battery's rated discharge power (MW; 0 without a battery): with the plan, what the
     site can take off its import when a VTN asks (a VEN's opt-in policy)."""
+    heat_offer: Callable[[], HeatOffer] | None = None
+    """The municipal heat offer now (docs/grid.md, "Municipal heat"): 48 h of 5-minute slots
+    from the plan, at the supply temperature of the heat requests open over each slot. None:
+    no heat plant, and no heat report is offered."""
+
+    @staticmethod
+    def heat_offer_from(
+        signals: GridSignalService,
+        forecast: Callable[[], SiteForecast],
+        heat: Callable[[], HeatConfig],
+    ) -> Callable[[], HeatOffer]:
+        """The offer as ``GET /v1/heat/offer`` serves it: the plan now, ``[heat]`` now (a
+        reload is followed), and the heat requests open at the grid-signal service (their
+        slots at the requests' supply temperatures)."""
+
+        def offer() -> HeatOffer:
+            requests = requested_of(signals.open_signals())
+            return offer_from_plan(signals.clock(), forecast(), heat(), requests=requests)
+
+        return offer
 
     async def submit(
         self, request: SignalRequest, source: SignalSource, who: Identity, *, key: str

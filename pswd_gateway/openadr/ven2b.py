@@ -11,8 +11,9 @@ logged, and opted out; it never changes what is in force.
 Each interval of each signal of an event becomes a signal of its own, keyed
 ``openadr2b:<event id>:<signal>.<interval uid>``: a modified event replaces its earlier
 version's signals (same key: in the same transaction), a cancelled one withdraws them. The VEN
-reports the measured grid import (``TELEMETRY_USAGE``, reading type ``Direct Read``) and the
-planned import (``TELEMETRY_USAGE``, reading type ``Projected``) as the VTN requests them.
+reports the measured grid import (``TELEMETRY_USAGE``, reading type ``Direct Read``), the
+planned import (``TELEMETRY_USAGE``, reading type ``Projected``) and, with a heat plant, the
+municipal heat offer (:func:`heat_offer_values`) as the VTN requests them.
 
 openleadr has no type hints; it is used through a small subclass (``_Client``) that sets the
 poll interval, builds its HTTP session (timeout, TLS) and lets :meth:`OpenAdr2bVen.stop` wait for
@@ -52,17 +53,20 @@ from pswd_gateway.errors import ConfigError, PswdError
 from pswd_gateway.journal import AuditEntry
 from pswd_gateway.logging import get_logger
 from pswd_gateway.openadr.site import VenSite, vtn_identity
+from pswd_gateway.scheduling.heat import HeatOffer
 from pswd_gateway.scheduling.model import SiteForecast
 from pswd_gateway.tasks import cancel_and_wait
 
 __all__ = [
     "FORECAST_REPORT",
+    "HEAT_REPORT",
     "KEY_PREFIX",
     "MAX_INTERVALS",
     "TELEMETRY_REPORT",
     "EventVersion",
     "OpenAdr2bVen",
     "event_key",
+    "heat_offer_values",
     "infeasible",
     "map_event",
 ]
@@ -81,6 +85,10 @@ TELEMETRY_REPORT: Final = ("pswd-delivered-load", "delivered_load")
 """(reportSpecifierID, rID) of the delivered-load report: the measured grid import, MW."""
 FORECAST_REPORT: Final = ("pswd-planned-import", "planned_import")
 """(reportSpecifierID, rID) of the forecast report: the planned grid import per slot, MW."""
+HEAT_REPORT: Final = ("pswd-heat-offer", "heat_offer", "supply_temperature")
+"""(reportSpecifierID, rID of the heat, rID of the supply temperature) of the heat-offer
+report: per 5-minute slot the heat available (MW, an ``oadr:customUnit`` of thermal power) at
+the network's supply temperature (°C, ``oadr:temperature``)."""
 OPT_IN: Final = "optIn"
 OPT_OUT: Final = "optOut"
 REGISTER_TIMEOUTS: Final = 8
@@ -501,6 +509,22 @@ def _slots(plan: SiteForecast, start: datetime, end: datetime | None) -> list[An
     return [s for s in plan.slots if s.start + slot > start and (end is None or s.start < end)]
 
 
+# ---- the heat offer as report values (pure) ---------------------------------------------------
+
+
+def heat_offer_values(
+    offer: HeatOffer, until: datetime
+) -> tuple[list[tuple[datetime, float]], list[tuple[datetime, float]]]:
+    """The heat-offer report's two series, one value per offer slot that starts before
+    ``until``: (slot start, heat available MW, to the kW) and (slot start, supply °C, to a
+    hundredth). The slots are the offer's own (from the 5-minute boundary at or before its
+    ``generated_at``); heat is never below 0."""
+    slots = [s for s in offer.slots if s.start < until]
+    heat = [(s.start, round(max(0.0, s.heat_mw), 3)) for s in slots]
+    supply = [(s.start, round(s.supply_c, 2)) for s in slots]
+    return heat, supply
+
+
 # ---- the client -------------------------------------------------------------------------------
 
 
@@ -862,6 +886,52 @@ class OpenAdr2bVen:
             ),
             scale="M",
         )
+        if self.site.heat_offer is not None:
+            self._add_heat_report(client, forecast)
+
+    def _add_heat_report(self, client: _Client, period: timedelta) -> None:
+        """The heat offer: one ``TELEMETRY_USAGE`` report (openleadr's VTN requests no other
+        name but ``TELEMETRY_STATUS``) of two ``Projected`` series. OpenADR 2.0b has no heat
+        measurement: the heat is an ``oadr:customUnit`` (itemDescription ``thermalPower``,
+        ``W`` at scale ``M``) of report type ``x-heatOffer``; the supply temperature the
+        standard ``oadr:temperature`` (``celsius``) of report type ``setPoint`` (what the heat
+        pump holds for that offer)."""
+        specifier, heat_r_id, supply_r_id = HEAT_REPORT
+        common: dict[str, Any] = {
+            "resource_id": self.config.ven_name,
+            "data_collection_mode": "full",
+            "report_specifier_id": specifier,
+            "report_name": "TELEMETRY_USAGE",
+            "reading_type": "Projected",
+            "report_duration": timedelta(hours=self.config.forecast_horizon_h),
+            "sampling_rate": objects.SamplingRate(
+                min_period=period, max_period=max(timedelta(days=1), period), on_change=False
+            ),
+        }
+        client.add_report(
+            callback=self._heat_offered,
+            measurement=objects.Measurement(
+                name="customUnit", description="thermalPower", unit="W", scale="M"
+            ),
+            r_id=heat_r_id,
+            report_type="x-heatOffer",
+            scale="M",
+            **common,
+        )
+        client.add_report(
+            callback=self._supply_temperature,
+            measurement=objects.Measurement(
+                name="temperature",
+                description="temperature",
+                unit="celsius",
+                acceptable_units=["celsius"],
+                scale="none",
+            ),
+            r_id=supply_r_id,
+            report_type="setPoint",
+            scale="none",
+            **common,
+        )
 
     def _power(self) -> Any:
         """Real power in MW (openleadr's own enum entry is shared, and it changes its scale)."""
@@ -884,6 +954,8 @@ class OpenAdr2bVen:
             return not self._delivered_load()
         if specifier == FORECAST_REPORT[0]:
             return not self._planned_import()
+        if specifier == HEAT_REPORT[0]:
+            return not self._heat_offered()
         return False
 
     def _delivered_load(self) -> list[tuple[datetime, float]]:
@@ -905,6 +977,41 @@ class OpenAdr2bVen:
         return [
             (s.start, round(s.grid_import_mw, 6)) for s in _slots(self.site.forecast(), now, until)
         ]
+
+    def _heat_offered(
+        self,
+        date_from: datetime | None = None,
+        date_to: datetime | None = None,
+        sampling_interval: timedelta | None = None,
+    ) -> list[tuple[datetime, float]]:
+        """The heat offer (MW) per 5-minute slot, from the current slot to
+        ``forecast_horizon_h`` ahead (a look ahead, whatever window openleadr asks)."""
+        del date_from, date_to, sampling_interval
+        return self._heat_offer_values()[0]
+
+    def _supply_temperature(
+        self,
+        date_from: datetime | None = None,
+        date_to: datetime | None = None,
+        sampling_interval: timedelta | None = None,
+    ) -> list[tuple[datetime, float]]:
+        """The supply temperature (°C) of each slot of the heat offer."""
+        del date_from, date_to, sampling_interval
+        return self._heat_offer_values()[1]
+
+    def _heat_offer_values(
+        self,
+    ) -> tuple[list[tuple[datetime, float]], list[tuple[datetime, float]]]:
+        """Both series of the offer now; none when it cannot be worked out (logged)."""
+        if self.site.heat_offer is None:
+            return [], []
+        try:
+            offer = self.site.heat_offer()
+        except ValueError as exc:  # [heat] and a request's supply are validated: not expected
+            log.error("openadr2b_heat_offer_failed", error=str(exc))
+            return [], []
+        until = self.site.signals.clock() + timedelta(hours=self.config.forecast_horizon_h)
+        return heat_offer_values(offer, until)
 
     # ---- events ------------------------------------------------------------------------------
 

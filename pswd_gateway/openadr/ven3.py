@@ -22,7 +22,8 @@ that connects to the VTN, then polls and reports:
    (webhook), logged (``openadr3_event_refused``), audited (``openadr3 event refused``) and
    counted; no signal changes.
 4. **Reports** every ``report_interval_s`` for each event with a signal in force
-   (:mod:`pswd_gateway.openadr.reports3`).
+   (:mod:`pswd_gateway.openadr.reports3`): usage and forecast each time; the heat offer (with
+   a heat plant) when it differs from the one that event last received.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ from pswd_gateway.openadr.mapping3 import (
     interval_of_key,
     map_event,
 )
-from pswd_gateway.openadr.reports3 import forecast_report, usage_report
+from pswd_gateway.openadr.reports3 import forecast_report, heat_offer_report, usage_report
 from pswd_gateway.openadr.site import VenSite, vtn_identity
 from pswd_gateway.security.tls import default_client_context
 from pswd_gateway.tasks import cancel_and_wait
@@ -202,6 +203,8 @@ class OpenAdr3Ven:
         """Event id → fingerprint of the version last handled (accepted or refused)."""
         self._touched: dict[str, float] = {}
         """Event id → when (monotonic) a version of it was last accepted."""
+        self._heat_sent: dict[str, object] = {}
+        """Event id → the heat offer (its report's resources) the VTN last accepted for it."""
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -706,14 +709,15 @@ class OpenAdr3Ven:
                 log.warning("openadr3_report_failed", error=str(exc))
 
     async def report(self) -> int:
-        """Usage and forecast reports of every event with a signal in force now; how many
-        reports were sent."""
+        """Usage and forecast reports of every event with a signal in force now, and its heat
+        offer when that changed; how many reports were sent."""
         now = self.site.signals.clock()
         active: dict[str, list[GridSignal]] = {}
         for signal in self.site.signals.open_signals():
             event_id = event_of_key(signal.key)
             if event_id is not None and signal.in_force(now):
                 active.setdefault(event_id, []).append(signal)
+        self._heat_sent = {e: sent for e, sent in self._heat_sent.items() if e in active}
         if not active:
             return 0
         measured = self.site.measured_import_mw()
@@ -749,7 +753,37 @@ class OpenAdr3Ven:
                 await self._call("POST", "/reports", body=body, expect=(200, 201))
                 self.reports_sent_total += 1
                 sent += 1
-        log.info("openadr3_reported", events=sorted(active), reports=sent, measured_mw=measured)
+        heat = await self._report_heat(sorted(active))
+        log.info(
+            "openadr3_reported",
+            events=sorted(active),
+            reports=sent + heat,
+            heat_offers=heat,
+            measured_mw=measured,
+        )
+        return sent + heat
+
+    async def _report_heat(self, event_ids: list[str]) -> int:
+        """The heat offer to each event whose last one differs (the first, a new 5-minute
+        slot, a new plan or heat request): a report period sends it at most once per event,
+        and an offer that did not change is not sent again. How many were sent."""
+        if self.site.heat_offer is None:
+            return 0
+        try:
+            offer = self.site.heat_offer()
+        except ValueError as exc:  # [heat] and a request's supply are validated: not expected
+            log.error("openadr3_heat_offer_failed", error=str(exc))
+            return 0
+        sent = 0
+        for event_id in event_ids:
+            body = heat_offer_report(event_id=event_id, ven_name=self.config.ven_name, offer=offer)
+            if self._heat_sent.get(event_id) == body["resources"]:
+                continue
+            RawReport.model_validate(body, strict=True)
+            await self._call("POST", "/reports", body=body, expect=(200, 201))
+            self._heat_sent[event_id] = body["resources"]
+            self.reports_sent_total += 1
+            sent += 1
         return sent
 
     # ---- the webhook -------------------------------------------------------------------------

@@ -23,12 +23,13 @@ power, so the heat it delivers there rises (docs/grid.md works an example).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from pswd_gateway.config import HeatConfig
+from pswd_gateway.domain.grid_signals import GridSignal, HeatRequest
 from pswd_gateway.scheduling.model import SiteForecast
 
 __all__ = [
@@ -40,8 +41,11 @@ __all__ = [
     "Requested",
     "heat_at_supply_mw",
     "heat_offer",
+    "heat_per_site_mwh",
     "heat_pump_cop",
     "offer_from_plan",
+    "requested_of",
+    "site_load_for_heat_mw",
 ]
 
 OFFER_SLOT_S: Final = 300
@@ -105,6 +109,36 @@ def heat_at_supply_mw(site_load_mw: float, supply_c: float, heat: HeatConfig) ->
     source_mw = heat.recovery_fraction * max(site_load_mw, 0.0)
     from_source = source_mw * cop / (cop - 1.0)
     return max(0.0, min(from_source, heat.heat_pump_power_mw * cop, heat.capacity_mw))
+
+
+def heat_per_site_mwh(supply_c: float, heat: HeatConfig) -> float:
+    """Heat (MWh at ``supply_c``) each MWh the site draws gives the network while the source
+    binds (below the compressor and plant limits): ``recovery_fraction · COP / (COP - 1)``."""
+    _check_supply(supply_c)
+    cop = heat_pump_cop(supply_c, heat.source_temp_c, heat.carnot_efficiency)
+    return heat.recovery_fraction * cop / (cop - 1.0)
+
+
+def site_load_for_heat_mw(heat_mw: float, supply_c: float, heat: HeatConfig) -> float:
+    """The site load (MW) at which the recovery plant delivers ``heat_mw`` at ``supply_c``, or
+    the most it can deliver there (the compressor and plant limits); ``inf`` when no heat is
+    recovered at all (``recovery_fraction`` 0)."""
+    per_mwh = heat_per_site_mwh(supply_c, heat)
+    if per_mwh <= 0.0:
+        return math.inf
+    cop = heat_pump_cop(supply_c, heat.source_temp_c, heat.carnot_efficiency)
+    reachable = min(heat_mw, heat.heat_pump_power_mw * cop, heat.capacity_mw)
+    return max(reachable, 0.0) / per_mwh
+
+
+def requested_of(signals: Iterable[GridSignal]) -> tuple[Requested, ...]:
+    """The heat requests among grid signals (open ones, as the grid-signal service lists them),
+    in the order given."""
+    return tuple(
+        Requested(s.start, s.end, s.signal.supply_temp_c, s.signal.heat_mw)
+        for s in signals
+        if isinstance(s.signal, HeatRequest)
+    )
 
 
 def heat_offer(

@@ -21,7 +21,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CarbonForecast:
-    """Carbon intensity (g/kWh = kg/MWh) and optionally price per slot from ``start``."""
+    """Carbon intensity (g/kWh = kg/MWh) and optionally price and renewable supply per slot
+    from ``start``."""
 
     start: datetime
     slot_s: int
@@ -29,6 +30,9 @@ class CarbonForecast:
     price_per_mwh: tuple[float, ...] | None
     source: str
     generated_at: datetime
+    renewable_mw: tuple[float, ...] | None = None
+    """Renewable power available to the site (on-site plant or contracted supply, MW): load up
+    to it draws no grid carbon (docs/grid.md, "Forecast inputs")."""
 
     @property
     def end(self) -> datetime:
@@ -47,6 +51,11 @@ class CarbonForecast:
             ),
             source=self.source,
             generated_at=self.generated_at,
+            renewable_mw=(
+                tuple(self._resample(self.renewable_mw, start, slot_s, n))
+                if self.renewable_mw is not None
+                else None
+            ),
         )
 
     def _resample(

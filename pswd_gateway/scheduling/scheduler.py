@@ -9,8 +9,14 @@ mean power in every slot it overlaps, in proportion to the overlap. Per slot:
   ``Σ d·Δt ≤ bess_usable_energy_mwh`` (no recharge credited: a conservative budget);
 - cooling: ``base + Σ jobs ≤ cooling_capacity_mw``.
 
-The objective is the jobs' carbon (kg CO2e from the forecast) plus ``price_weight x cost``, a
-tiny penalty on battery use, and a tiny earliness tie-break.
+The objective is the jobs' carbon (kg CO2e from the forecast; load within the renewable supply
+the forecast gives, beyond what the plan already draws there, draws none) plus
+``price_weight x cost``, a tiny penalty on battery use, and a tiny earliness tie-break, less a
+credit for heat: while the district-heating network has asked for heat (a heat request,
+:attr:`Scheduler.heat_requests`), each MWh a job draws in the request's window up to the load
+the request still needs earns ``heat_per_site_mwh x [heat] displaced_kg_per_mwh`` (the boiler
+heat it displaces), so a flexible job moves into the window when the heat is worth more than
+the carbon it costs there.
 
 Two entry points:
 
@@ -39,7 +45,7 @@ import highspy
 import numpy as np
 import numpy.typing as npt
 
-from pswd_gateway.config import SchedulingConfig, SiteConfig
+from pswd_gateway.config import HeatConfig, SchedulingConfig, SiteConfig
 from pswd_gateway.domain.workloads import (
     Allocation,
     Announcement,
@@ -48,6 +54,7 @@ from pswd_gateway.domain.workloads import (
     Flexibility,
 )
 from pswd_gateway.errors import DoesNotFitError
+from pswd_gateway.scheduling.heat import Requested, heat_per_site_mwh, site_load_for_heat_mw
 from pswd_gateway.scheduling.model import (
     CarbonForecast,
     OptimiseResult,
@@ -106,6 +113,31 @@ class _Horizon:
     fixed: Array
     """Base load plus every job held where it is."""
     source: str
+    heat_room: Array | None = None
+    """Site load (MW) heat requests still want over each slot, beyond ``fixed`` (None: no
+    request, or no credit for heat)."""
+    heat_credit: Array | None = None
+    """kg CO2e credited per MWh of load inside ``heat_room``, per slot."""
+    green_room: Array | None = None
+    """Renewable supply (MW) the plan does not draw yet, per slot (None: the forecast gives
+    none): load within it draws no grid carbon."""
+
+    def grid_carbon_kg(self, load_mw: Array, lo: int, hi: int) -> Array:
+        """The grid carbon of loads (rows: candidates, columns: slots ``lo`` to ``hi``), kg:
+        what they draw beyond the renewable supply left, at the slot's intensity."""
+        drawn = load_mw
+        if self.green_room is not None:
+            drawn = load_mw - np.minimum(load_mw, self.green_room[None, lo:hi])
+        carbon: Array = (drawn @ self.carbon[lo:hi]) * self.slots.slot_h
+        return carbon
+
+    def heat_credit_kg(self, load_mw: Array, lo: int, hi: int) -> Array:
+        """The heat credit of loads (rows: candidates, columns: slots ``lo`` to ``hi``), kg."""
+        if self.heat_room is None or self.heat_credit is None:
+            return np.zeros(load_mw.shape[0])
+        served = np.minimum(load_mw, self.heat_room[None, lo:hi])
+        credit: Array = (served @ self.heat_credit[lo:hi]) * self.slots.slot_h
+        return credit
 
     @property
     def base_excess_mwh(self) -> float:
@@ -132,11 +164,19 @@ class Scheduler:
     """Places workloads; stateless apart from its configuration (safe from several threads)."""
 
     def __init__(
-        self, scheduling: SchedulingConfig, site: SiteConfig, max_candidates: int = 48
+        self,
+        scheduling: SchedulingConfig,
+        site: SiteConfig,
+        max_candidates: int = 48,
+        heat: HeatConfig | None = None,
     ) -> None:
         self.cfg = scheduling
         self.site = site
         self.max_candidates = max_candidates
+        self.heat = heat
+        self.heat_requests: tuple[Requested, ...] = ()
+        """The heat requests open now or ahead (the grid-signal service's): they bias
+        placement towards their windows (None of it without ``heat``)."""
         self._cache = _LoadCache()
         self._cache_lock = threading.Lock()
 
@@ -217,7 +257,34 @@ class Scheduler:
             price = np.asarray(sampled.price_per_mwh)
         load = self._held_load(slots, fixed)
         carbon = np.asarray(sampled.carbon_g_per_kwh)
-        return _Horizon(slots, limit, dr, carbon, price, load, forecast.source)
+        room, credit = self._heat_room(slots, load)
+        green = None
+        if sampled.renewable_mw is not None:
+            green = np.maximum(np.asarray(sampled.renewable_mw) - load, 0.0)
+        return _Horizon(slots, limit, dr, carbon, price, load, forecast.source, room, credit, green)
+
+    def _heat_room(self, slots: _Slots, load: Array) -> tuple[Array | None, Array | None]:
+        """Per slot: the site load the heat requests still want beyond ``load`` (MW, in
+        proportion to the part of the slot a request covers), and the credit per MWh of it."""
+        heat, requests = self.heat, self.heat_requests
+        if heat is None or not requests or heat.displaced_kg_per_mwh <= 0.0:
+            return None, None
+        room, credit = np.zeros(slots.n), np.zeros(slots.n)
+        for r in requests:  # the last request given wins where windows overlap (as the offer)
+            a = max(0.0, slots.offset(r.start))
+            b = float(slots.n) if r.end is None else min(float(slots.n), slots.offset(r.end))
+            if a >= b:
+                continue
+            k = np.arange(math.floor(a), math.ceil(b))
+            covered = np.minimum(k + 1.0, b) - np.maximum(k.astype(float), a)
+            wanted = site_load_for_heat_mw(r.heat_mw, r.supply_c, heat)
+            if not math.isfinite(wanted):
+                continue
+            room[k] = np.maximum(wanted - load[k], 0.0) * covered
+            credit[k] = heat_per_site_mwh(r.supply_c, heat) * heat.displaced_kg_per_mwh
+        if not room.any():
+            return None, None
+        return room, credit
 
     @staticmethod
     def _job_load(a: Announcement, start_offset: float, slots: _Slots) -> Array:
@@ -273,10 +340,11 @@ class Scheduler:
         )
         dr_hit: Mask = np.asarray(((excess > TOL) & horizon.dr[None, lo:hi] & touched).any(axis=1))
         energy_mwh = mean * cov * slots.slot_h
-        carbon = energy_mwh @ horizon.carbon[lo:hi]
+        carbon = horizon.grid_carbon_kg(mean * cov, lo, hi)
         cost = carbon.copy()
         if horizon.price is not None and self.cfg.price_weight_kg_per_currency > 0:
             cost += self.cfg.price_weight_kg_per_currency * (energy_mwh @ horizon.price[lo:hi])
+        cost -= horizon.heat_credit_kg(mean * cov, lo, hi)
         cost += battery_energy * BATTERY_PENALTY_KG_PER_MWH
         cost += starts * EARLINESS_KG_PER_SLOT
         violations: dict[BindingConstraint, npt.NDArray[np.bool_]] = {
@@ -446,6 +514,19 @@ class Scheduler:
         if a.flexibility is Flexibility.FIXED:
             return "fixed_start", f"fixed start at {start} as announced"
         cleanest = int(np.argmin(cost))
+        heat = self._heat_served(a, float(starts[chosen]), horizon)
+        if cost[chosen] <= cost[cleanest] + 1e-6 and heat is not None:
+            heat_mwh, credit_kg = heat
+            grid = (
+                f"saving {saved:,.0f} kg CO2e of grid carbon against starting at once"
+                if saved >= 0
+                else f"for {-saved:,.0f} kg CO2e more grid carbon than starting at once"
+            )
+            return "none", (
+                f"start {start}: its load lets the site deliver {heat_mwh:,.1f} MWh of the heat "
+                f"the district-heating network asked for, displacing {credit_kg:,.0f} kg CO2e "
+                f"of boiler heat ({grid})"
+            )
         if cost[chosen] <= cost[cleanest] + 1e-6:
             later = self._cleaner_after_window(a, horizon, float(carbon[chosen]))
             if later is not None:
@@ -467,6 +548,22 @@ class Scheduler:
             f"start {start} (saves {saved:,.0f} kg CO2e against starting at once); every "
             f"lower-carbon start would break the {binding.replace('_', ' ')}"
         )
+
+    def _heat_served(
+        self, a: Announcement, start: float, horizon: _Horizon
+    ) -> tuple[float, float] | None:
+        """Heat (MWh) a job starting at ``start`` lets the site deliver against the heat
+        requests, and its credit (kg CO2e); None when it serves none."""
+        if self.heat is None or self.heat.displaced_kg_per_mwh <= 0.0:
+            return None
+        slots = horizon.slots
+        cov = _coverage(
+            np.array([start]), a.power_profile.duration_estimate_sec / slots.slot_s, slots.n
+        )
+        credit = float(horizon.heat_credit_kg(a.power_profile.mean_power_mw() * cov, 0, slots.n)[0])
+        if credit < 0.5:
+            return None
+        return credit / self.heat.displaced_kg_per_mwh, credit
 
     def _cleaner_after_window(
         self, a: Announcement, horizon: _Horizon, chosen_carbon: float
@@ -669,10 +766,11 @@ class Scheduler:
     ) -> tuple[Array, None, Array, None]:
         slots = horizon.slots
         energy = power * slots.slot_h
-        carbon = energy @ horizon.carbon
+        carbon = horizon.grid_carbon_kg(power, 0, slots.n)
         cost = carbon + starts * EARLINESS_KG_PER_SLOT
         if horizon.price is not None and self.cfg.price_weight_kg_per_currency > 0:
             cost = cost + self.cfg.price_weight_kg_per_currency * (energy @ horizon.price)
+        cost = cost - horizon.heat_credit_kg(power, 0, slots.n)
         del a
         return cost, None, carbon, None
 
@@ -687,7 +785,9 @@ class Scheduler:
         if len(starts) <= self.max_candidates:
             return starts
         cov = _coverage(starts, a.power_profile.duration_estimate_sec / slots.slot_s, slots.n)
-        carbon = (cov * slots.slot_h) @ horizon.carbon
+        mean = a.power_profile.mean_power_mw()
+        carbon = horizon.grid_carbon_kg(mean * cov, 0, slots.n)
+        carbon -= horizon.heat_credit_kg(mean * cov, 0, slots.n)
         keep = {0, len(starts) - 1}
         if current is not None:
             keep.add(int(np.argmin(np.abs(starts - slots.offset(current)))))

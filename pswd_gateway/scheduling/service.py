@@ -50,11 +50,12 @@ from pswd_gateway.journal import (
     Transition,
 )
 from pswd_gateway.logging import get_logger
+from pswd_gateway.scheduling.caps import Running, battery_sustains_mw, power_caps
 from pswd_gateway.scheduling.model import CarbonForecast, PlacedJob, SiteForecast
 from pswd_gateway.scheduling.scheduler import Scheduler
 from pswd_gateway.tasks import cancel_and_wait
 
-__all__ = ["EventHub", "WorkloadService", "new_workload_id", "utcnow"]
+__all__ = ["EventHub", "GridLimit", "WorkloadService", "new_workload_id", "utcnow"]
 
 log = get_logger("workloads")
 
@@ -117,6 +118,17 @@ class EventHub:
         return len(self._queues)
 
 
+@dataclass(frozen=True, slots=True)
+class GridLimit:
+    """A grid signal's import limit in force: what running flexible workloads are capped
+    against (:mod:`pswd_gateway.scheduling.caps`)."""
+
+    limit_mw: float
+    signal_id: str | None
+    until: datetime | None
+    """The end of the signal's window; None: until withdrawn."""
+
+
 @dataclass
 class WorkloadService:
     """Announcements, lifecycle and re-planning over one journal."""
@@ -141,6 +153,11 @@ class WorkloadService:
     _planned_version: int = field(default=0, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     _load_step: tuple[float, float, bool] = field(default=(-1.0, 0.0, False), init=False)
+    _grid_limit: GridLimit | None = field(default=None, init=False)
+    _battery_mw: float = field(default=0.0, init=False)
+    """What the battery sustains to the end of ``_grid_limit`` (MW)."""
+    _caps: dict[str, float] = field(default_factory=dict, init=False)
+    """The power cap each running workload was last asked to hold (MW)."""
     name: str = field(default="workloads", init=False)
 
     # ---- lifecycle of the service ----
@@ -494,10 +511,89 @@ class WorkloadService:
     def site_forecast(self) -> SiteForecast:
         return self.scheduler.site_forecast(None, self.forecast(), self.clock())
 
+    # ---- power caps while a grid limit binds ----
+
+    @property
+    def caps(self) -> dict[str, float]:
+        """The power cap (MW) each running workload is asked to hold now."""
+        return dict(self._caps)
+
+    async def follow_grid_limit(self, limit: GridLimit | None) -> None:
+        """A grid signal's import limit came into force, changed or ended: the flexible
+        workloads that run are asked to cap their power where the battery cannot hold the
+        limit to its end, and the movable ones are placed again."""
+        if limit != self._grid_limit:
+            self._grid_limit = limit
+            self._battery_mw = self._battery_sustains(limit)
+            self.mark_dirty()
+        await self.update_caps()
+
+    def _battery_sustains(self, limit: GridLimit | None) -> float:
+        """What the battery holds from now to the limit's end (MW), worked out once when the
+        limit comes into force (so caps change when workloads do, not as the window runs)."""
+        sched = self.config.scheduling
+        if limit is None or not self.config.site.bess:
+            return 0.0
+        remaining = None if limit.until is None else (limit.until - self.clock()).total_seconds()
+        return battery_sustains_mw(sched.bess_power_mw, sched.bess_usable_energy_mwh, remaining)
+
+    async def update_caps(self) -> None:
+        """Ask each running workload for its cap (a ``power_cap`` event on its stream) when
+        it changed; a cap no longer needed is lifted (``cap_mw`` null)."""
+        now, limit = self.clock(), self._grid_limit
+        running = [w for w in self._active.values() if w.state is WorkloadState.RUNNING]
+        caps: dict[str, float] = {}
+        if limit is not None:
+            caps = power_caps(
+                [
+                    Running(
+                        w.id,
+                        w.announcement.power_profile.mean_power_mw(),
+                        w.announcement.flexibility is Flexibility.FLEXIBLE,
+                    )
+                    for w in running
+                ],
+                self.config.scheduling.base_load_mw,
+                limit.limit_mw,
+                self._battery_mw,
+            )
+        events = []
+        for w in running:
+            cap, asked = caps.get(w.id), self._caps.get(w.id)
+            if cap == asked:
+                continue
+            data: dict[str, Any] = {
+                "cap_mw": cap,
+                "mean_power_mw": round(w.announcement.power_profile.mean_power_mw(), 6),
+            }
+            if cap is not None and limit is not None:
+                data |= {
+                    "import_limit_mw": limit.limit_mw,
+                    "signal_id": limit.signal_id,
+                    "until": None if limit.until is None else limit.until.isoformat(),
+                    "reason": "a grid import limit the battery cannot hold to its end: hold "
+                    f"{cap:g} MW until it ends",
+                }
+            else:
+                data["reason"] = "the grid limit no longer needs a cap"
+            events.append(EventRow("power_cap", w.id, now, data))
+        if events:  # kept only once committed: a failed commit asks again at the next tick
+            committed = await self.journal.call(self.journal.sync.append_events, events)
+            self.hub.publish(committed)
+            log.warning(
+                "power_caps",
+                caps={e.workload_id: e.data["cap_mw"] for e in events},
+                limit_mw=None if limit is None else limit.limit_mw,
+            )
+        self._caps = caps
+
     # ---- timers ----
 
     async def tick(self) -> None:
-        """Move workloads whose time has come: prepare, ready, expire."""
+        """Move workloads whose time has come: prepare, ready, expire; caps follow the
+        workloads that start or stop running under a grid limit."""
+        if self._grid_limit is not None or self._caps:
+            await self.update_caps()
         now = self.clock()
         sched = self.config.scheduling
         for workload in list(self._active.values()):

@@ -2,10 +2,11 @@
 
 :class:`Vtn2b` is openleadr's ``OpenADRServer`` with one registered VEN: it issues events
 (:meth:`Vtn2b.issue_limit`, :meth:`Vtn2b.issue`), modifies and cancels them, and records what
-the VEN answers (:attr:`Vtn2b.opts`) and reports (:attr:`Vtn2b.reports`), so a test can assert
-the site opted in and reported its delivered load and its forecast. It binds 127.0.0.1 (or
-another loopback address) only, at a given port or a free one; with :class:`VtnTls` it speaks
-HTTPS with client certificates and signs every message, as a utility's VTN does.
+the VEN answers (:attr:`Vtn2b.opts`), the reports it offers (:attr:`Vtn2b.offered`, every one
+requested) and the values it reports (:attr:`Vtn2b.reports`), so a test can assert the site
+opted in and reported its delivered load, its forecast and its heat offer. It binds 127.0.0.1
+(or another loopback address) only, at a given port or a free one; with :class:`VtnTls` it
+speaks HTTPS with client certificates and signs every message, as a utility's VTN does.
 
 openleadr keeps a server's signing key and its VEN lookup on the service *class*, so a second
 server in the same process would sign with the first one's key; each service of this VTN gets
@@ -88,6 +89,9 @@ class Vtn2b:
     """The poll frequency asked of the VEN at registration (a VEN may poll faster)."""
     opts: list[OptAnswer] = field(default_factory=list, init=False)
     reports: list[ReportValues] = field(default_factory=list, init=False)
+    offered: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, init=False)
+    """(reportSpecifierID, rID) → the report description the VEN registered (openleadr's
+    reading of its ``oadrReportDescription``: measurement, reportType, readingType, …)."""
     registrations: int = field(default=0, init=False)
     """``oadrCreatePartyRegistration`` requests accepted."""
     refused_registrations: int = field(default=0, init=False)
@@ -314,6 +318,7 @@ class Vtn2b:
         wanted: list[tuple[Any, ...]] = []
         for description in report.get("report_descriptions") or []:
             r_id = str(description["r_id"])
+            self.offered[specifier, r_id] = dict(description)
             reading = str(description.get("reading_type"))
             period = description["sampling_rate"]["min_period"]
             wanted.append((r_id, partial(self._report, specifier, r_id, reading), period))

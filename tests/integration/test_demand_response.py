@@ -90,6 +90,10 @@ async def test_a_heat_request_moves_the_heat_recovery_setpoint_and_the_offer() -
                 first = offer["slots"][0]
                 assert (first["supply_c"], first["requested_mw"]) == (88.0, 15.0)
                 assert offer["slots"][-1]["requested_mw"] == 0.0  # 48 h on: outside the window
+                workloads = site.gw.workloads
+                assert workloads is not None
+                (placing,) = workloads.scheduler.heat_requests  # placement follows the request
+                assert (placing.supply_c, placing.heat_mw, placing.end) == (88.0, 15.0, end)
                 await asyncio.sleep(1.0)  # a few delivery samples
                 listed = (await http.get("/v1/heat/requests", headers=OPERATOR)).json()
                 (kept,) = listed
@@ -99,6 +103,7 @@ async def test_a_heat_request_moves_the_heat_recovery_setpoint_and_the_offer() -
                 gone = await http.delete(f"/v1/grid/signals/{signal['id']}", headers=OPERATOR)
                 assert gone.status_code == 200, gone.text
                 await _thermal_point(site, "heat_supply_setpoint", default_c)
+                assert workloads.scheduler.heat_requests == ()
                 report = (
                     await http.get(f"/v1/grid/signals/{signal['id']}/delivery", headers=OPERATOR)
                 ).json()

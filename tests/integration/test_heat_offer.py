@@ -5,6 +5,7 @@ free loopback ports."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,8 +44,10 @@ class Running:
         return httpx.AsyncClient(base_url=self.api_url, headers=headers, timeout=10.0)
 
 
-@pytest.fixture
-async def running(tmp_path: Path) -> AsyncIterator[Running]:
+@contextlib.asynccontextmanager
+async def api_and_opcua(tmp_path: Path) -> AsyncIterator[tuple[Gateway, str, Site]]:
+    """A gateway with the HTTP API and OPC UA (a trusted client certificate) on free loopback
+    ports: (the gateway, the API's URL, the OPC UA site)."""
     certs = tmp_path / "certs"
     init_opcua_certs(certs, ["127.0.0.1", "localhost"])
     cert, key = client_certificate(tmp_path, "scada")
@@ -64,9 +67,15 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     try:
         assert gw.api_listener is not None
         site = Site(gw, f"opc.tcp://127.0.0.1:{opcua_port}/pswd", certs, cert, key)
-        yield Running(gw, f"http://127.0.0.1:{gw.api_listener.port}", site)
+        yield gw, f"http://127.0.0.1:{gw.api_listener.port}", site
     finally:
         await gw.stop()
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    async with api_and_opcua(tmp_path) as (gw, url, site):
+        yield Running(gw, url, site)
 
 
 async def announce_fixed_job(running: Running) -> tuple[datetime, datetime]:

@@ -7,7 +7,8 @@ and reads. A message that declares more than the receive buffer, or cannot be de
 connection with an Error message.
 
 Method calls by a signed-in operator with hypothesis-drawn arguments (wrong types and counts,
-NaN and infinities, huge strings, negative durations, absurd powers): each is answered with a
+NaN and infinities, huge strings, negative durations, absurd powers, grid signals with a field
+spoiled): each is answered with a
 precise Bad status code, nothing of a refused call is stored, and nothing is logged as an
 error by the server.
 """
@@ -34,16 +35,17 @@ from asyncua.crypto.security_policies import SecurityPolicyNone
 from asyncua.ua.ua_binary import struct_to_binary
 from hypothesis import example, given
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from test_opcua import Site, announcement, client_certificate, config, secure_client
 
 from fuzzing import bounded, long_run_marks
 from pswd_gateway.config import GatewayConfig
 from pswd_gateway.daemon import Gateway
+from pswd_gateway.domain.grid_signals import SignalRequest
 from pswd_gateway.domain.identity import SYSTEM
 from pswd_gateway.domain.workloads import Announcement
 from pswd_gateway.northbound.opcua.guard import GuardedProcessor
-from pswd_gateway.northbound.opcua.methods import LIMIT_RANGE_MW
+from pswd_gateway.northbound.opcua.methods import LIMIT_RANGE_MW, MAX_SIGNAL_JSON_BYTES
 from pswd_gateway.security.certs import init_opcua_certs, trust_opcua_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.fuzz, *long_run_marks()]
@@ -337,6 +339,8 @@ METHODS: dict[str, list[ua.VariantType]] = {
     "AcknowledgeDemandResponse": [STRING],
     "SetGridImportLimit": [DOUBLE],
     "SetGridRampLimit": [DOUBLE],
+    "SubmitGridSignal": [STRING],
+    "WithdrawGridSignal": [STRING],
 }
 """Each method's arguments as declared."""
 
@@ -398,6 +402,37 @@ hostile_announcements = st.builds(
 ).map(lambda text: ua.Variant(text, STRING))
 
 
+SIGNALS: dict[str, dict[str, Any]] = {
+    "import_limit": {"kind": "import_limit", "import_limit_mw": 250},
+    "shed": {"kind": "shed", "shed_mw": 20, "baseline_mw": 300},
+    "ffr": {"kind": "ffr", "enabled": True, "max_mw": 40},
+    "heat_request": {"kind": "heat_request", "heat_mw": 10, "supply_temp_c": 80},
+}
+"""A valid grid signal of some kinds, for ``SubmitGridSignal`` to be given with a field spoiled."""
+
+
+def _signal_with(kind: str, field: str, value: Any) -> str:
+    return json.dumps(SIGNALS[kind] | {field: value})  # NaN and Infinity as JavaScript spells them
+
+
+hostile_signals = st.builds(
+    _signal_with,
+    st.sampled_from(sorted(SIGNALS)),
+    st.sampled_from(
+        ["kind", "import_limit_mw", "shed_mw", "baseline_mw", "max_mw", "droop_pct",
+         "deadband_hz", "ramp_mw_per_s", "heat_mw", "supply_temp_c", "start", "end", "enabled"]
+    ),
+    st.one_of(
+        nasty_floats,
+        st.sampled_from([-1, 0, 10**12, 2**63, "2020-01-01T00:00:00Z", "2030-01-01T00:00:00"]),
+        huge_text,
+        st.text(max_size=20),
+        st.none(),
+        st.booleans(),
+    ),
+).map(lambda text: ua.Variant(text, STRING))  # fmt: skip
+
+
 def arguments(method: str) -> st.SearchStrategy[list[ua.Variant]]:
     """Arguments of the right count and declared types with hostile values, or any values of
     any type and count."""
@@ -415,6 +450,10 @@ def arguments(method: str) -> st.SearchStrategy[list[ua.Variant]]:
             list
         ),
         "SetGridRampLimit": st.tuples(nasty_floats.map(lambda v: ua.Variant(v, DOUBLE))).map(list),
+        "SubmitGridSignal": st.tuples(hostile_signals).map(list),
+        "WithdrawGridSignal": st.tuples(
+            (st.text(max_size=30) | huge_text).map(lambda v: ua.Variant(v, STRING))
+        ).map(list),
     }[method]
     anything = st.lists(variants, min_size=0, max_size=len(declared) + 2)
     return right | anything
@@ -434,6 +473,7 @@ class Stored:
     import_limit_mw: float
     ramp_limit_mw_per_s: float
     acknowledged: frozenset[str]
+    open_signals: int
 
 
 def stored(live: LiveOpcUa) -> Stored:
@@ -448,6 +488,7 @@ def stored(live: LiveOpcUa) -> Stored:
         site.import_limit_mw,
         site.grid_ramp_limit_mw_per_s,
         frozenset(gw.opcua.acknowledged),
+        len(gw.grid_signals.open_signals()) if gw.grid_signals is not None else 0,
     )
 
 
@@ -471,6 +512,18 @@ def valid_limit(args: list[ua.Variant]) -> bool:
         and math.isfinite(args[0].Value)
         and low < args[0].Value <= high
     )
+
+
+def valid_signal(args: list[ua.Variant]) -> bool:
+    if len(args) != 1 or not isinstance(args[0].Value, str):
+        return False
+    if len(args[0].Value.encode("utf-8", "surrogatepass")) > MAX_SIGNAL_JSON_BYTES:
+        return False
+    try:
+        TypeAdapter(SignalRequest).validate_json(args[0].Value)
+    except ValidationError:
+        return False
+    return True
 
 
 def valid_announcement(args: list[ua.Variant]) -> bool:
@@ -503,6 +556,9 @@ REFUSALS = frozenset(
 @example(call=("SetGridRampLimit", [ua.Variant(1.0, DOUBLE), ua.Variant(2.0, DOUBLE)]))
 @example(call=("SetGridImportLimit", [ua.Variant(math.nan, DOUBLE)]))
 @example(call=("CancelWorkload", [ua.Variant("wl_x", STRING)]))
+@example(call=("SubmitGridSignal", [ua.Variant(_signal_with("ffr", "max_mw", math.nan), STRING)]))
+@example(call=("SubmitGridSignal", [ua.Variant(" " * (MAX_SIGNAL_JSON_BYTES + 1), STRING)]))
+@example(call=("WithdrawGridSignal", [ua.Variant("x" * 200_000, STRING)]))
 @example(call=("AnnounceWorkload", [ua.Variant("x" * 200_000, STRING)]))
 @example(
     call=(
@@ -539,6 +595,11 @@ def test_hostile_method_arguments_get_a_bad_status_and_store_nothing(
         assert after.workloads == before.workloads + 1
         assert isinstance(result, str)
         assert result.startswith("wl_")
+    elif method == "SubmitGridSignal":
+        assert valid_signal(args), args
+        assert after.open_signals == before.open_signals + 1
+        assert isinstance(result, str)
+        assert result.startswith("gs_")
     else:
         assert method == "AcknowledgeDemandResponse", (method, args)
         assert after.acknowledged - before.acknowledged <= {args[0].Value}

@@ -553,6 +553,8 @@ async def test_the_role_table_every_method_for_every_role(site: Site) -> None:
         "AcknowledgeDemandResponse": ["dr-unknown"],
         "SetGridImportLimit": [320.0],
         "SetGridRampLimit": [20.0],
+        "SubmitGridSignal": ['{"kind": "brownout"}'],
+        "WithdrawGridSignal": ["gs_unknown"],
     }
     assert set(args) == set(METHOD_PERMISSIONS)
     table: dict[tuple[str, str], bool] = {}

@@ -4,14 +4,16 @@ A real VTN (``pswd_gateway.simulation.vtn2b``), the real VEN, and a real grid-si
 over a SQLite journal in ``tmp_path``: an event becomes an import limit in force with the
 event's window, journalled and audited as ``openadr2b`` from ``vtn:<name>`` before the VTN hears
 the opt-in; a cancel withdraws it; a modification replaces it; hostile or infeasible events are
-refused, audited, opted out and change nothing; the VEN reports its delivered load and its
-forecast; TLS with signed messages works and a wrong VTN fingerprint is refused; a signal in
-force survives a restart. Servers are always stopped. Latency is printed, never asserted.
+refused, audited, opted out and change nothing; the VEN reports its delivered load, its
+forecast and the heat offer; TLS with signed messages works and a wrong VTN fingerprint is
+refused; a signal in force survives a restart. Servers are always stopped. Latency is printed,
+never asserted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,14 +24,21 @@ from typing import Any
 
 import pytest
 
-from pswd_gateway.config import GatewayConfig, OpenAdr2bConfig, SiteConfig
+from pswd_gateway.config import GatewayConfig, HeatConfig, OpenAdr2bConfig, SiteConfig
 from pswd_gateway.daemon import Gateway
-from pswd_gateway.domain.grid_signals import GridSignal, ImportLimit, SignalSource
+from pswd_gateway.domain.grid_signals import GridSignal, HeatRequest, ImportLimit, SignalSource
+from pswd_gateway.domain.identity import Identity
 from pswd_gateway.errors import ConfigError
 from pswd_gateway.grid_signals import GridSignalService
 from pswd_gateway.journal import AsyncJournal
 from pswd_gateway.openadr.site import VenSite
-from pswd_gateway.openadr.ven2b import FORECAST_REPORT, TELEMETRY_REPORT, OpenAdr2bVen
+from pswd_gateway.openadr.ven2b import (
+    FORECAST_REPORT,
+    HEAT_REPORT,
+    TELEMETRY_REPORT,
+    OpenAdr2bVen,
+)
+from pswd_gateway.scheduling.heat import offer_from_plan, requested_of
 from pswd_gateway.scheduling.model import SiteForecast, SiteForecastSlot
 from pswd_gateway.security.pki import SiteCa
 from pswd_gateway.simulation.vtn2b import Vtn2b, VtnTls, openadr_fingerprint
@@ -112,14 +121,23 @@ def ven_config(vtn: Vtn2b, **overrides: Any) -> OpenAdr2bConfig:
 
 @asynccontextmanager
 async def running_site(
-    journal_path: Path, vtn: Vtn2b, *, register: bool = True, **overrides: Any
+    journal_path: Path,
+    vtn: Vtn2b,
+    *,
+    register: bool = True,
+    heat: HeatConfig | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Site]:
-    """Journal, site settings, grid-signal service and VEN, started; always stopped."""
+    """Journal, site settings, grid-signal service and VEN, started; always stopped. With
+    ``heat`` the site has a heat plant (and offers the heat-offer report)."""
     journal = AsyncJournal.open(journal_path, "normal")
     settings = SiteSettings(SiteConfig(grid_import_limit_mw=SITE_LIMIT_MW))
     service = GridSignalService(journal, settings)
     site_plan = plan()
-    ven_site = VenSite(service, lambda: MEASURED_MW, lambda: site_plan, BATTERY_MW)
+    offer = None
+    if heat is not None:
+        offer = VenSite.heat_offer_from(service, lambda: site_plan, lambda: heat)
+    ven_site = VenSite(service, lambda: MEASURED_MW, lambda: site_plan, BATTERY_MW, offer)
     ven = OpenAdr2bVen(ven_config(vtn, **overrides), ven_site)
     await service.start()
     try:
@@ -355,6 +373,72 @@ async def test_the_ven_reports_its_delivered_load_and_its_forecast(tmp_path: Pat
         assert site.ven.registered
 
 
+HEAT = HeatConfig(heat_pump_power_mw=200.0, capacity_mw=500.0)
+"""A heat plant the 300 MW site load does not fill: the heat follows the supply temperature."""
+
+
+async def test_the_ven_reports_the_heat_offer_at_the_supply_temperature_of_a_heat_request(
+    tmp_path: Path,
+) -> None:
+    """The VEN offers a third report, registered cleanly with openleadr's VTN: per 5-minute
+    slot the heat available (customUnit thermalPower, MW) and the supply temperature
+    (temperature, celsius), both Projected. The VTN requests and receives it; its values are
+    the site's own offer, and the slots of an open heat request are at that request's 85 °C."""
+    start = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=10)
+    heat_request = HeatRequest(
+        heat_mw=30.0, supply_temp_c=85.0, start=start, end=start + timedelta(minutes=20)
+    )
+    async with (
+        running_vtn() as vtn,
+        running_site(tmp_path / "journal.db", vtn, heat=HEAT) as site,
+    ):
+        specifier, heat_r_id, supply_r_id = HEAT_REPORT
+        heat_rd = vtn.offered[specifier, heat_r_id]
+        assert heat_rd["measurement"] == {
+            "name": "customUnit",
+            "description": "thermalPower",
+            "unit": "W",
+            "scale": "M",
+        }
+        assert (heat_rd["report_type"], heat_rd["reading_type"]) == ("x-heatOffer", "Projected")
+        supply_rd = vtn.offered[specifier, supply_r_id]
+        assert supply_rd["measurement"]["name"] == "temperature"
+        assert supply_rd["measurement"]["unit"] == "celsius"
+        assert (supply_rd["report_type"], supply_rd["reading_type"]) == ("setPoint", "Projected")
+
+        await site.service.submit(heat_request, SignalSource.HTTP, Identity("heat-net", "operator"))
+        sent_before = len(vtn.reports)
+
+        def received(r_id: str) -> list[Any]:
+            return [r for r in vtn.reports[sent_before:] if r.r_id == r_id]
+
+        await until(lambda: received(heat_r_id) and received(supply_r_id), "the heat offer")
+        heat_sent, supply_sent = received(heat_r_id)[0], received(supply_r_id)[0]
+        assert heat_sent.report_specifier_id == supply_sent.report_specifier_id == specifier
+        assert heat_sent.reading_type == "Projected"
+
+        starts = [at for at, _ in heat_sent.values]
+        offer = offer_from_plan(  # the site's offer, from the first slot the VEN sent
+            starts[0], plan(), HEAT, requests=requested_of(site.service.open_signals())
+        )
+        by_start = {s.start: s for s in offer.slots}
+        assert starts == [at for at, _ in supply_sent.values]
+        assert 12 <= len(starts) <= 13  # the current 5-minute slot to forecast_horizon_h = 1
+        assert starts == sorted(starts)
+        assert all(b - a == timedelta(minutes=5) for a, b in itertools.pairwise(starts))
+        for at, mw in heat_sent.values:
+            assert mw == pytest.approx(by_start[at].heat_mw, abs=1e-3)
+        supply = dict(supply_sent.values)
+        for at, celsius in supply.items():
+            assert celsius == pytest.approx(by_start[at].supply_c, abs=0.01)
+            in_request = at < start + timedelta(minutes=20) and at + timedelta(minutes=5) > start
+            assert celsius == (85.0 if in_request else HEAT.supply_temp_c)
+        assert sorted(set(supply.values())) == [75.0, 85.0]
+        heat_at = dict(heat_sent.values)
+        at_85 = [heat_at[at] for at, celsius in supply.items() if celsius == 85.0]
+        assert min(at_85) > heat_at[starts[0]]  # the source binds: more heat at 85 °C
+
+
 @pytest.fixture
 def pki(tmp_path: Path) -> SiteCa:
     """The site CA: the VTN's TLS certificate (it signs messages too), a VEN certificate."""
@@ -435,7 +519,8 @@ async def test_a_signal_in_force_survives_a_restart_of_the_ven_and_the_service(
 
 async def test_the_gateway_runs_the_ven_when_enabled(tmp_path: Path) -> None:
     """``[openadr2b] enabled``: the daemon starts the VEN under its supervisor, on the gateway's
-    own grid-signal service; with no grid meter, no delivered-load report is sent."""
+    own grid-signal service; with no grid meter, no delivered-load report is sent; the heat
+    offer of ``[heat]`` is."""
     async with running_vtn() as vtn:
         config = GatewayConfig.model_validate({
             "site": {"grid_import_limit_mw": SITE_LIMIT_MW},
@@ -457,6 +542,7 @@ async def test_the_gateway_runs_the_ven_when_enabled(tmp_path: Path) -> None:
             await until(lambda: vtn.opt_of(event_id) == "optIn", "the opt-in")
             assert gateway.settings.current.grid_signal_limit_mw == 260.0
             await until(lambda: any(r.r_id == FORECAST_REPORT[1] for r in vtn.reports), "plan")
+            await until(lambda: any(r.r_id == HEAT_REPORT[1] for r in vtn.reports), "heat offer")
             assert gateway.loops_healthy()[0]
         finally:
             await gateway.stop()

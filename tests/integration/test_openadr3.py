@@ -3,13 +3,15 @@
 A real grid-signal service over a real SQLite journal: an event comes in by webhook (or by
 polling alone) and is an import limit in force with its window, journalled and audited as the
 VTN's; an update replaces it, a deletion withdraws it; hostile notifications are refused with
-an RFC 9457 problem, audited, and change nothing; the VEN reports usage and forecast; an expired
-token is replaced. No test depends on how fast anything is: each waits for what it checks.
+an RFC 9457 problem, audited, and change nothing; the VEN reports usage and forecast, and the
+heat offer when it changes; an expired token is replaced. No test depends on how fast anything
+is: each waits for what it checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -20,13 +22,23 @@ import httpx
 import pytest
 from openadr3.entities.raw import RawReport
 
-from pswd_gateway.config import GatewayConfig, OpenAdr3Config, SiteConfig
+from pswd_gateway.config import GatewayConfig, HeatConfig, OpenAdr3Config, SiteConfig
 from pswd_gateway.daemon import Gateway
-from pswd_gateway.domain.grid_signals import GridSignal, ImportLimit, PriceLevel, Shed
+from pswd_gateway.domain.grid_signals import (
+    GridSignal,
+    HeatRequest,
+    ImportLimit,
+    PriceLevel,
+    Shed,
+    SignalSource,
+)
+from pswd_gateway.domain.identity import Identity
 from pswd_gateway.grid_signals import GridSignalService
 from pswd_gateway.journal import AsyncJournal
+from pswd_gateway.openadr.reports3 import HEAT_OFFER_PAYLOAD, MAX_HEAT_SLOTS, SUPPLY_TEMP_PAYLOAD
 from pswd_gateway.openadr.site import VenSite
 from pswd_gateway.openadr.ven3 import OpenAdr3Ven, VtnError
+from pswd_gateway.scheduling.heat import offer_from_plan, requested_of
 from pswd_gateway.scheduling.model import SiteForecast, SiteForecastSlot
 from pswd_gateway.security.pki import SiteCa
 from pswd_gateway.simulation.vtn3 import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, OpenAdr3Vtn
@@ -96,7 +108,7 @@ async def start_ven(signals: GridSignalService, vtn: OpenAdr3Vtn) -> AsyncIterat
     started: list[OpenAdr3Ven] = []
     forecast = plan()
 
-    async def start(**overrides: Any) -> OpenAdr3Ven:
+    async def start(*, heat: HeatConfig | None = None, **overrides: Any) -> OpenAdr3Ven:
         settings: dict[str, Any] = {
             "enabled": True,
             "vtn_url": vtn.url,
@@ -110,7 +122,10 @@ async def start_ven(signals: GridSignalService, vtn: OpenAdr3Vtn) -> AsyncIterat
             "max_notification_bytes": 16_384,
         }
         config = OpenAdr3Config.model_validate({**settings, **overrides})
-        site = VenSite(signals, lambda: MEASURED_MW, lambda: forecast)
+        offer = None
+        if heat is not None:
+            offer = VenSite.heat_offer_from(signals, lambda: forecast, lambda: heat)
+        site = VenSite(signals, lambda: MEASURED_MW, lambda: forecast, heat_offer=offer)
         ven = OpenAdr3Ven(config, site)
         await ven.start()
         started.append(ven)
@@ -369,6 +384,70 @@ async def test_the_ven_reports_usage_and_forecast_while_an_event_is_in_force(
     assert {i["payloads"][0]["values"][0] for i in planned["intervals"]} == {PLANNED_MW * 1000}
 
 
+HEAT = HeatConfig(heat_pump_power_mw=200.0, capacity_mw=500.0)
+"""A heat plant the 150 MW site load does not fill: the heat follows the supply temperature."""
+
+
+async def test_the_ven_reports_the_heat_offer_when_it_changes_at_a_heat_requests_supply_temperature(
+    signals: GridSignalService, vtn: OpenAdr3Vtn, start_ven: StartVen
+) -> None:
+    """A third report per event in force: X_HEAT_OFFER (kW) and X_HEAT_SUPPLY_TEMPERATURE (°C)
+    per 5-minute slot, 48 h, the site's own offer; the VTN keeps it. The slots of an open heat
+    request are at its 85 °C; the same offer is not sent twice; withdrawing the request sends
+    the changed offer."""
+    ven = await start_ven(report_interval_s=0.2, heat=HEAT)
+    start = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=10)
+    end = start + timedelta(minutes=20)
+    who = Identity("heat-net", "operator")
+    request = await signals.submit(
+        HeatRequest(heat_mw=30.0, supply_temp_c=85.0, start=start, end=end), SignalSource.HTTP, who
+    )
+    event_id = await vtn.issue_limit(250.0, None, timedelta(minutes=30))
+    name = f"site-ven:heat:{event_id}"
+
+    def heat_reports() -> list[dict[str, Any]]:
+        return [r for r in vtn.reports if r["reportName"] == name]
+
+    def supplies(report: dict[str, Any]) -> set[float]:
+        (resource,) = report["resources"]
+        return {i["payloads"][1]["values"][0] for i in resource["intervals"]}
+
+    await until(heat_reports, "a heat-offer report")
+    sent = heat_reports()[0]
+    RawReport.model_validate(sent, strict=True)
+    assert (sent["eventID"], sent["clientName"]) == (event_id, "site-ven")
+    descriptors = sent["payloadDescriptors"]
+    described = [(d["payloadType"], d["readingType"], d["units"]) for d in descriptors]
+    assert described == [
+        (HEAT_OFFER_PAYLOAD, "FORECAST", "KW"),
+        (SUPPLY_TEMP_PAYLOAD, "FORECAST", "CELSIUS"),
+    ]
+    (resource,) = sent["resources"]
+    assert resource["resourceName"] == "heat-recovery"
+    intervals = resource["intervals"]
+    assert len(intervals) == MAX_HEAT_SLOTS == 576
+    first = datetime.fromisoformat(intervals[0]["intervalPeriod"]["start"])
+    offer = offer_from_plan(first, plan(), HEAT, requests=requested_of(signals.open_signals()))
+    for interval, slot in zip(intervals, offer.slots, strict=True):
+        assert datetime.fromisoformat(interval["intervalPeriod"]["start"]) == slot.start
+        assert interval["intervalPeriod"]["duration"] == "PT300S"
+        heat, supply = interval["payloads"]
+        assert heat["type"] == HEAT_OFFER_PAYLOAD
+        assert heat["values"][0] == pytest.approx(slot.heat_mw * 1000.0, abs=1e-3)
+        assert supply["type"] == SUPPLY_TEMP_PAYLOAD
+        in_request = slot.start < end and slot.end > start
+        assert supply["values"] == [85.0 if in_request else HEAT.supply_temp_c]
+    assert supplies(sent) == {75.0, 85.0}
+    periods = ven.reports_sent_total
+    await until(lambda: ven.reports_sent_total >= periods + 6, "three more report periods")
+
+    await signals.withdraw(request.id, who)
+    await until(lambda: supplies(heat_reports()[-1]) == {75.0}, "the offer without the request")
+    kept = heat_reports()
+    for earlier, later in itertools.pairwise(kept):
+        assert earlier["resources"] != later["resources"]  # an unchanged offer is not sent again
+
+
 async def test_an_expired_token_is_replaced_when_the_vtn_answers_401(
     signals: GridSignalService, vtn: OpenAdr3Vtn, start_ven: StartVen
 ) -> None:
@@ -417,6 +496,9 @@ async def test_the_gateway_runs_the_ven_when_openadr3_is_enabled(
         assert signal.issuer == ISSUER
         assert gw.settings.current.import_limit_mw == 222.0
         assert gw.openadr3.site.measured_import_mw() is None  # no meter in this gateway
+        heat_offer = gw.openadr3.site.heat_offer  # [heat]'s offer, as GET /v1/heat/offer's
+        assert heat_offer is not None
+        assert len(heat_offer().slots) == MAX_HEAT_SLOTS
     finally:
         await gw.stop()
     assert vtn.subscriptions == {}  # the VEN deleted its subscription on the way out

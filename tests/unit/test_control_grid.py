@@ -132,6 +132,14 @@ def test_the_import_limit_beats_the_ramp_limit() -> None:
     assert d.bess_setpoint_w == pytest.approx(500 * MW - d.grid_plan_w)
 
 
+def test_a_binding_limit_is_held_its_margin_under_and_the_pay_back_keeps_to_it() -> None:
+    held = dataclasses.replace(S, import_hold_margin_w=1 * MW)
+    for d in run([300.0] * 10 + [500.0] * 40, s=held)[30:]:  # past the ramp up to the limit
+        assert d.binding == "import_limit"
+        assert d.grid_plan_w == pytest.approx(319 * MW)
+        assert d.grid_plan_w - d.payback_w <= 319 * MW + 1.0
+
+
 def test_beyond_the_inverter_rating_the_grid_takes_the_rest_and_a_fallback_is_raised() -> None:
     d = run([50.0] * 10 + [350.0] * 2)[10]
     assert d.bess_setpoint_w == S.bess_rated_w

@@ -37,9 +37,40 @@ def test_csv_forecasts_parse_with_prices() -> None:
     assert f.price_per_mwh == (50.0, 40.0)
 
 
+def test_renewable_supply_is_read_from_csv_and_json_and_resampled() -> None:
+    f = parse_forecast_text(
+        "time,carbon_g_per_kwh,renewable_mw\n"
+        "2026-11-25T00:00:00Z,300,0\n"
+        "2026-11-25T01:00:00Z,100,80\n",
+        "f.csv",
+        kind="csv",
+    )
+    assert f.renewable_mw == (0.0, 80.0)
+    assert f.price_per_mwh is None
+    j = parse_forecast_text(
+        '[{"time": "2026-11-25T00:00:00Z", "carbon_g_per_kwh": 300, "renewable_mw": 10}]',
+        "f.json",
+        kind="json",
+    )
+    assert j.renewable_mw == (10.0,)
+    r = f.resampled(T0 + timedelta(minutes=30), 3600, 2)
+    assert r.renewable_mw == pytest.approx((40.0, 80.0))
+    assert parse_forecast_text(CSV, "f.csv", kind="csv").renewable_mw is None
+
+
 @pytest.mark.parametrize(
     ("text", "kind", "message"),
     [
+        (
+            "time,carbon_g_per_kwh,renewable_mw\n2026-11-25T00:00:00Z,300,5\n2026-11-25T01:00:00Z,300,\n",
+            "csv",
+            "line 3: renewable_mw is given for some points: give it for all",
+        ),
+        (
+            "time,carbon_g_per_kwh,renewable_mw\n2026-11-25T00:00:00Z,300,-5\n",
+            "csv",
+            "line 2: renewable_mw",
+        ),
         ("when,value\n", "csv", "line 1: header must have time,carbon_g_per_kwh"),
         ("time,carbon_g_per_kwh\n2026-11-25T00:00:00,300\n", "csv", "line 2: time"),
         ("time,carbon_g_per_kwh\n2026-11-25T00:00:00Z,lots\n", "csv", "line 2: carbon_g_per_kwh"),

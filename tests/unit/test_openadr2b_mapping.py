@@ -3,7 +3,8 @@
 
 The mapping is pure: the event as openleadr parses it in, the requests (or a refusal naming the
 field) out. The table of docs/grid.md is checked row by row; Hypothesis hands it hostile
-payloads, which must give valid requests or a clear refusal, never anything else.
+payloads, which must give valid requests or a clear refusal, never anything else. The heat-offer
+report's values (``heat_offer_values``) are any offer's slots up to the horizon.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from fuzzing import bounded
-from pswd_gateway.config import OpenAdr2bConfig
+from pswd_gateway.config import HeatConfig, OpenAdr2bConfig
 from pswd_gateway.domain.grid_signals import (
     ImportLimit,
     PriceLevel,
@@ -30,9 +31,11 @@ from pswd_gateway.openadr.ven2b import (
     MAX_INTERVALS,
     EventVersion,
     event_key,
+    heat_offer_values,
     infeasible,
     map_event,
 )
+from pswd_gateway.scheduling.heat import OFFER_SLOT_S, Requested, heat_offer
 from pswd_gateway.scheduling.model import SiteForecast, SiteForecastSlot
 
 NOW = datetime(2030, 1, 15, 17, 0, tzinfo=UTC)
@@ -394,6 +397,46 @@ def test_a_valid_event_with_any_field_replaced_or_removed_is_never_anything_else
         else:
             parent[where[-1]] = data.draw(values)
         check(copy.deepcopy(raw))
+
+
+# ---- the heat-offer report's values ----------------------------------------------------------
+
+
+@bounded(100)
+@given(
+    now_s=st.integers(0, 86_400),
+    loads=st.lists(st.floats(-100, 10_000), max_size=48),
+    horizon_h=st.floats(0.01, 48),
+    supply_c=st.floats(70, 90),
+    request=st.none() | st.tuples(st.integers(-60, 3000), st.integers(1, 600), st.floats(70, 90)),
+)
+def test_the_heat_offer_values_are_the_offers_slots_up_to_the_horizon(
+    now_s: int,
+    loads: list[float],
+    horizon_h: float,
+    supply_c: float,
+    request: tuple[int, int, float] | None,
+) -> None:
+    """Two series on the same slot starts (5 minutes apart, from the offer's first slot, before
+    the horizon): heat in MW to the kW, never negative; the slot's supply temperature."""
+    now = NOW + timedelta(seconds=now_s)
+    requests = []
+    if request is not None:
+        offset, length, asked_c = request
+        begin = NOW + timedelta(minutes=offset)
+        requests.append(Requested(begin, begin + timedelta(minutes=length), asked_c, 10.0))
+    offer = heat_offer(now, NOW, 900, loads, HeatConfig(), supply_c, requests)
+    until = now + timedelta(hours=horizon_h)
+    heat, supply = heat_offer_values(offer, until)
+    slots = [s for s in offer.slots if s.start < until]
+    assert [at for at, _ in heat] == [at for at, _ in supply] == [s.start for s in slots]
+    assert heat[0][0] <= now < heat[0][0] + timedelta(seconds=OFFER_SLOT_S)
+    asked = {round(c, 2) for c in (supply_c, *(r.supply_c for r in requests))}
+    for (_, mw), (_, celsius), slot in zip(heat, supply, slots, strict=True):
+        assert mw >= 0
+        assert mw == pytest.approx(max(0.0, slot.heat_mw), abs=5e-4)
+        assert celsius == pytest.approx(slot.supply_c, abs=5e-3)
+        assert celsius in asked  # the network's temperature, or a request's
 
 
 # ---- the configuration ---------------------------------------------------------------------------

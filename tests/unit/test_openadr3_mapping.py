@@ -4,10 +4,13 @@ A table of events and what they become (payload types, units, windows and their 
 then Hostile events (Hypothesis): any decoded JSON, and event-shaped documents whose every field
 may be junk, are a valid set of requests or an :class:`EventRefusedError` naming a field, never
 any other exception; what is accepted is always in range, in the future, with unique keys.
+The heat-offer report (``reports3.heat_offer_report``) is any offer, slot by slot, in a shape
+the specification's model takes.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,8 +18,10 @@ from typing import Any
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from openadr3.entities.raw import RawReport
 
 from fuzzing import bounded, long_run_marks
+from pswd_gateway.config import HeatConfig
 from pswd_gateway.domain.grid_signals import MAX_MW, CarbonLevel, ImportLimit, PriceLevel, Shed
 from pswd_gateway.openadr.mapping3 import (
     ACTED_ON,
@@ -28,6 +33,13 @@ from pswd_gateway.openadr.mapping3 import (
     interval_of_key,
     map_event,
 )
+from pswd_gateway.openadr.reports3 import (
+    HEAT_OFFER_PAYLOAD,
+    MAX_HEAT_SLOTS,
+    SUPPLY_TEMP_PAYLOAD,
+    heat_offer_report,
+)
+from pswd_gateway.scheduling.heat import HeatOffer, HeatSlot, Requested, heat_offer
 
 pytestmark = [pytest.mark.fuzz, *long_run_marks()]
 
@@ -474,3 +486,88 @@ def test_a_limit_in_kw_is_that_many_thousandths_of_a_mw_or_refused_above_10_gw(k
     (signal,) = mapped(event(("IMPORT_CAPACITY_LIMIT", kw))).signals
     assert isinstance(signal.request, ImportLimit)
     assert signal.request.import_limit_mw == pytest.approx(kw / 1000)
+
+
+# ---- the heat-offer report (reports3.heat_offer_report) -----------------------------------------
+
+heat_requests = st.builds(
+    lambda offset_min, length_min, supply_c, heat_mw: Requested(
+        NOW + timedelta(minutes=offset_min),
+        None if length_min is None else NOW + timedelta(minutes=offset_min + length_min),
+        supply_c,
+        heat_mw,
+    ),
+    st.integers(-600, 3000),
+    st.none() | st.integers(1, 600),
+    st.floats(70, 90),
+    st.floats(0.1, 10_000),
+)
+heat_configs = st.builds(
+    HeatConfig,
+    source_temp_c=st.floats(20, 50),
+    recovery_fraction=st.floats(0, 1),
+    heat_pump_power_mw=st.floats(0, 10_000),
+    capacity_mw=st.floats(0, 10_000),
+)
+heat_offers = st.builds(
+    lambda now_s, slot_s, loads, heat, supply_c, requests: heat_offer(
+        NOW + timedelta(seconds=now_s), NOW, slot_s, loads, heat, supply_c, requests
+    ),
+    st.integers(-3600, 86_400),
+    st.sampled_from([60, 300, 900, 3600]),
+    st.lists(st.floats(-100, 10_000), max_size=60),
+    heat_configs,
+    st.none() | st.floats(70, 90),
+    st.lists(heat_requests, max_size=3),
+)
+
+
+@bounded(100)
+@given(heat_offers)
+def test_the_heat_offer_report_is_the_offer_slot_by_slot_in_kw_and_celsius(offer: HeatOffer):
+    """Any offer is a report the specification's model takes (strict), plain JSON (no NaN), of
+    at most 576 intervals: one per slot in order, its own 5-minute period, the heat in kW (to
+    the watt, never negative) and the slot's supply temperature."""
+    body = heat_offer_report(event_id="evt-1", ven_name="site-ven", offer=offer)
+    RawReport.model_validate(body, strict=True)
+    assert json.loads(json.dumps(body, allow_nan=False)) == body
+    assert body["reportName"] == "site-ven:heat:evt-1"
+    assert [d["payloadType"] for d in body["payloadDescriptors"]] == [
+        HEAT_OFFER_PAYLOAD,
+        SUPPLY_TEMP_PAYLOAD,
+    ]
+    (resource,) = body["resources"]
+    intervals = resource["intervals"]
+    assert len(intervals) == min(len(offer.slots), MAX_HEAT_SLOTS) == 576
+    for i, (interval, slot) in enumerate(zip(intervals, offer.slots, strict=False)):
+        assert interval["id"] == i
+        assert interval["intervalPeriod"] == {
+            "start": slot.start.isoformat(),
+            "duration": "PT300S",
+        }
+        heat, supply = interval["payloads"]
+        assert heat["type"] == HEAT_OFFER_PAYLOAD
+        assert supply["type"] == SUPPLY_TEMP_PAYLOAD
+        (kw,) = heat["values"]
+        assert kw >= 0
+        assert kw == pytest.approx(max(0.0, slot.heat_mw) * 1000, abs=5e-4)
+        (celsius,) = supply["values"]
+        assert 70 <= celsius <= 90
+        assert celsius == pytest.approx(slot.supply_c, abs=5e-3)
+
+
+def test_a_heat_offer_report_is_cut_at_576_intervals_and_never_offers_negative_heat() -> None:
+    step = timedelta(minutes=5)
+    slots = tuple(
+        HeatSlot(NOW + k * step, NOW + (k + 1) * step, -1.0 if k == 0 else 12.3456789, 80.004)
+        for k in range(700)
+    )
+    offer = HeatOffer(NOW, 80.0, 3.8, 300, slots)
+    (resource,) = heat_offer_report(event_id="e", ven_name="v", offer=offer)["resources"]
+    intervals = resource["intervals"]
+    assert len(intervals) == MAX_HEAT_SLOTS
+    assert intervals[0]["payloads"][0]["values"] == [0.0]
+    assert intervals[1]["payloads"] == [
+        {"type": HEAT_OFFER_PAYLOAD, "values": [12345.679]},
+        {"type": SUPPLY_TEMP_PAYLOAD, "values": [80.0]},
+    ]

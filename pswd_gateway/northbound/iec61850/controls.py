@@ -9,6 +9,7 @@ audited first, in force from the next control cycle).
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from typing import Final
 
@@ -17,7 +18,7 @@ from pswd_gateway.domain.identity import ROLE_PERMISSIONS, Identity
 from pswd_gateway.northbound.iec61850.model import Control, DataObject
 from pswd_gateway.northbound.iec61850.native import AddCause, Check
 
-__all__ = ["ANONYMOUS", "Verdict", "judge"]
+__all__ = ["ANONYMOUS", "SWITCH_NEEDS", "Verdict", "float32_decimal", "judge"]
 
 
 ANONYMOUS: Final = Identity("anonymous", "viewer")
@@ -36,6 +37,39 @@ class Verdict:
 
 
 ACCEPTED: Final = Verdict(Check.ACCEPTED, AddCause.UNKNOWN)
+
+SWITCH_NEEDS: Final[dict[str, tuple[str, str]]] = {
+    "demand_response_active": (
+        "demand_response_limit_mw",
+        "no demand-response limit is set: operate GAPC1.DRLimW first",
+    ),
+    "ffr_active": (
+        "ffr_max_mw",
+        "no fast-frequency-response maximum power is set: operate GAPC2.FFRMaxW first",
+    ),
+}
+"""A switch's action → the site setting it needs before it may go on, and the refusal's words
+(AddCause Blocked-by-process)."""
+
+
+def float32_decimal(value: float) -> float:
+    """The shortest decimal that is the same FLOAT32 as ``value``: what a client meant by an
+    APC ctlVal (0.02 Hz arrives as the FLOAT32 nearest it, 0.019999999552965164, and is taken
+    as 0.02, as the HTTP API would take it). Not finite: unchanged, for :func:`judge` to refuse."""
+    if not math.isfinite(value):
+        return value
+    try:
+        packed = struct.pack("<f", value)
+    except OverflowError:  # not a FLOAT32 at all (no ctlVal is): as it is
+        return value
+    for digits in range(1, 10):  # 9 significant digits tell every FLOAT32 apart
+        candidate = float(f"{value:.{digits}g}")
+        try:
+            if struct.pack("<f", candidate) == packed:
+                return candidate
+        except OverflowError:  # rounded past the largest FLOAT32: more digits
+            continue
+    return value
 
 
 def judge(
@@ -69,12 +103,9 @@ def _judge_switch(ctl: Control, value: float | bool | None, site: SiteConfig) ->
         return Verdict(
             Check.VALUE_INVALID, AddCause.INCONSISTENT_PARAMETERS, "ctlVal must be a BOOLEAN"
         )
-    if value and ctl.action == "demand_response_active" and site.demand_response_limit_mw is None:
-        return Verdict(
-            Check.VALUE_INVALID,
-            AddCause.BLOCKED_BY_PROCESS,
-            "no demand-response limit is set: operate GAPC1.DRLimW first",
-        )
+    needs = SWITCH_NEEDS.get(ctl.action)
+    if value and needs is not None and getattr(site, needs[0]) is None:
+        return Verdict(Check.VALUE_INVALID, AddCause.BLOCKED_BY_PROCESS, needs[1])
     return ACCEPTED
 
 

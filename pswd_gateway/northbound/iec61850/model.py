@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from pswd_gateway.config import MIN_RAMP_LIMIT_MW_PER_S, SiteConfig
+from pswd_gateway.domain.grid_signals import FastFrequencyResponse
 from pswd_gateway.domain.identity import Permission
 from pswd_gateway.domain.points import Quality, point_key
 from pswd_gateway.domain.signals import (
@@ -40,6 +41,11 @@ from pswd_gateway.domain.signals import (
     CHW_SUPPLY_TEMP,
     DEMAND_RESPONSE_ACTIVE,
     DEMAND_RESPONSE_LIMIT,
+    FFR_ACTIVE,
+    FFR_DEADBAND,
+    FFR_DROOP,
+    FFR_MAX_POWER,
+    FFR_RAMP,
     GRID_ENERGY_EXPORTED,
     GRID_ENERGY_IMPORTED,
     GRID_FREQUENCY,
@@ -157,7 +163,8 @@ class Control:
     ctl_model: int
     action: str
     """The site setting it changes: ``grid_import_limit_mw``, ``grid_ramp_limit_mw_per_s``,
-    ``demand_response_limit_mw`` or ``demand_response_active``."""
+    ``demand_response_limit_mw``, ``demand_response_active``, or one of the fast frequency
+    response's ``ffr_*``."""
     low: float = 0.0
     high: float = 0.0
     low_inclusive: bool = False
@@ -295,6 +302,23 @@ LIMIT_MW: Final = 10_000.0
 """The highest setpoint an operator may give (ctlVal, MW or MW/s)."""
 _DIRECT: Final = CtlModel.DIRECT_ENHANCED
 
+
+def _ffr_control(action: str, curve_field: str) -> Control:
+    """A curve value of the fast frequency response (``GAPC2``), direct with enhanced security,
+    in the range the grid signal itself accepts for ``curve_field`` (its pydantic bounds, in the
+    field's unit, which is the row's served unit): one range for every door. The maximum power
+    must be above 0, as an enabled response's must."""
+    low, high, inclusive = 0.0, LIMIT_MW, True
+    for bound in FastFrequencyResponse.model_fields[curve_field].metadata:  # annotated-types
+        if getattr(bound, "ge", None) is not None:
+            low, inclusive = float(bound.ge), True
+        if getattr(bound, "gt", None) is not None:
+            low, inclusive = float(bound.gt), False
+        if getattr(bound, "le", None) is not None:
+            high = float(bound.le)
+    return Control(_DIRECT, action, low, high, low_inclusive=inclusive and curve_field != "max_mw")
+
+
 TABLE: Final[tuple[DataObject, ...]] = (
     DataObject(reference="GRID/MMXU1.TotW", cdc="MV", signal=GRID_POWER, multiplier=6),
     DataObject(reference="GRID/MMXU1.TotVAr", cdc="MV", signal=GRID_REACTIVE_POWER,
@@ -325,6 +349,23 @@ TABLE: Final[tuple[DataObject, ...]] = (
     DataObject(reference="GRID/GAPC1.DRAct", cdc="SPC", signal=DEMAND_RESPONSE_ACTIVE,
                description="False releases the limit (GOOSE)",
                control=Control(CtlModel.SBO_ENHANCED, "demand_response_active")),
+    DataObject(reference="GRID/GAPC2.FFRMaxW", cdc="APC", signal=FFR_MAX_POWER, multiplier=6,
+               description="Fast frequency response: its most power, and the power its droop "
+               "is a share of; in force while FFRAct is on",
+               control=_ffr_control("ffr_max_mw", "max_mw")),
+    DataObject(reference="GRID/GAPC2.FFRDbHz", cdc="APC", signal=FFR_DEADBAND,
+               description="Its deadband around the nominal frequency",
+               control=_ffr_control("ffr_deadband_hz", "deadband_hz")),
+    DataObject(reference="GRID/GAPC2.FFRDroop", cdc="APC", signal=FFR_DROOP, multiplier=-2,
+               description="Its droop, % of the nominal frequency for the most power",
+               control=_ffr_control("ffr_droop_pct", "droop_pct")),
+    DataObject(reference="GRID/GAPC2.FFRRmpW", cdc="APC", signal=FFR_RAMP, multiplier=6,
+               description="How fast its power may change",
+               control=_ffr_control("ffr_ramp_mw_per_s", "ramp_mw_per_s")),
+    DataObject(reference="GRID/GAPC2.FFRAct", cdc="SPC", signal=FFR_ACTIVE,
+               description="Fast frequency response on (a grid signal); false withdraws it "
+               "(GOOSE)",
+               control=Control(CtlModel.SBO_ENHANCED, "ffr_active")),
     DataObject(reference="ITLOAD/MMXU1.TotW", cdc="MV", signal=IT_POWER, multiplier=6),
     DataObject(reference="BESS/MMXU1.TotW", cdc="MV", signal=BESS_POWER, multiplier=6),
     DataObject(reference="BESS/MMXU1.TotVAr", cdc="MV", signal=BESS_REACTIVE_POWER,
@@ -360,12 +401,13 @@ GOOSE_CB: Final = "gcbEvents"
 
 def report_rows(ld: str) -> list[DataObject]:
     """The members of an LD's ``Meas`` dataset: every row of the LD (measurements, status,
-    setpoints in force and the demand-response state)."""
+    setpoints in force, the demand-response and fast-frequency-response state)."""
     return [row for row in TABLE if row.ld == ld]
 
 
 def goose_rows() -> list[DataObject]:
-    """The members of ``Events``: the fast indications and the demand-response state."""
+    """The members of ``Events``: the fast indications, the demand-response and the fast
+    frequency response's switch."""
     return [row for row in TABLE if row.ld == GOOSE_LD and row.cdc in {"SPS", "SPC"}]
 
 

@@ -48,7 +48,12 @@ from pswd_gateway.domain.identity import Identity, Permission
 from pswd_gateway.domain.points import NOT_AVAILABLE, OUT_OF_RANGE, Point, Quality
 from pswd_gateway.logging import get_logger
 from pswd_gateway.northbound.iec61850 import native, schedule
-from pswd_gateway.northbound.iec61850.controls import ANONYMOUS, Verdict, judge
+from pswd_gateway.northbound.iec61850.controls import (
+    ANONYMOUS,
+    Verdict,
+    float32_decimal,
+    judge,
+)
 from pswd_gateway.northbound.iec61850.model import (
     CONTROLS,
     TABLE,
@@ -726,9 +731,12 @@ class MmsServer:
         return str(raw.decode()).removeprefix(self.ied_name)
 
     def _value(self, ref: str, ctl_val: Any) -> float | bool | None:
+        """ctlVal as the gateway takes it: an SPC's BOOLEAN; an APC's FLOAT32 as the decimal
+        the client meant (:func:`.controls.float32_decimal`)."""
         if CONTROLS[ref].cdc == "SPC":
             return native.bool_of(ctl_val)
-        return native.float_of(ctl_val)
+        value = native.float_of(ctl_val)
+        return None if value is None else float32_decimal(value)
 
     def _check(self, action: Any, _param: Any, ctl_val: Any, _test: bool, _interlock: bool) -> int:
         lib = native.library()

@@ -1,10 +1,10 @@
-"""The methods on ``PSWD``: announce and cancel workloads, set the grid limits, acknowledge a
-demand-response window.
+"""The methods on ``PSWD``: announce and cancel workloads, set the grid limits, send and
+withdraw grid signals, acknowledge a demand-response window.
 
 Every call is checked against the caller's role (:data:`METHOD_PERMISSIONS`, from the one role
 model in :mod:`pswd_gateway.domain.identity`); a refusal is answered with its own status code
-and audited. Accepted limit changes are audited by whoever applies them (``set_limit``), an
-acknowledgement here, before it takes effect.
+and audited. Accepted limit changes are audited by whoever applies them (``set_limit``), grid
+signals by the grid-signal service, an acknowledgement here, before it takes effect.
 """
 
 from __future__ import annotations
@@ -14,9 +14,16 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from asyncua import Node, ua
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 from pswd_gateway.config import DemandResponseWindow
+from pswd_gateway.domain.grid_signals import (
+    SignalInvalidError,
+    SignalKind,
+    SignalRequest,
+    SignalSource,
+)
 from pswd_gateway.domain.identity import Identity, Permission
 from pswd_gateway.domain.workloads import (
     MAX_REASON_CHARS,
@@ -25,7 +32,8 @@ from pswd_gateway.domain.workloads import (
     IllegalTransitionError,
 )
 from pswd_gateway.errors import ForbiddenError, NotFoundError, PswdError
-from pswd_gateway.journal import AuditEntry
+from pswd_gateway.grid_signals import GridSignalService
+from pswd_gateway.journal import AuditEntry, JournalError
 from pswd_gateway.logging import get_logger
 from pswd_gateway.northbound.opcua import guard
 from pswd_gateway.northbound.opcua.security import RoleUserManager
@@ -33,6 +41,7 @@ from pswd_gateway.scheduling.service import WorkloadService
 
 __all__ = [
     "LIMIT_RANGE_MW",
+    "MAX_SIGNAL_JSON_BYTES",
     "METHOD_PERMISSIONS",
     "LimitSetter",
     "Methods",
@@ -48,6 +57,8 @@ METHOD_PERMISSIONS: Final[dict[str, Permission]] = {
     "AcknowledgeDemandResponse": Permission.OPERATE,
     "SetGridImportLimit": Permission.OPERATE,
     "SetGridRampLimit": Permission.OPERATE,
+    "SubmitGridSignal": Permission.OPERATE,
+    "WithdrawGridSignal": Permission.OPERATE,
 }
 """What each method needs, from the one role model (``domain.identity``): the same roles as
 the HTTP API and IEC 61850. Cancelling someone else's workload needs ``act_any`` as well
@@ -57,11 +68,30 @@ LIMIT_RANGE_MW: Final = (0.0, 10_000.0)
 """A grid limit set over OPC UA is above the first and at most the second (MW or MW/s), as in
 the configuration."""
 
+MAX_SIGNAL_JSON_BYTES: Final = 64 * 1024
+"""The longest grid signal ``SubmitGridSignal`` takes (UTF-8 bytes of its JSON); a longer one is
+BadOutOfRange before it is parsed (a valid signal is well under 1 KiB)."""
+
+_SIGNAL: Final[TypeAdapter[SignalRequest]] = TypeAdapter(SignalRequest)
+"""One grid signal of any kind, chosen by ``kind``: the body of ``POST /v1/grid/signals``."""
+
 LimitSetter = Callable[[str, float, Identity], Awaitable[None]]
 """Applies and audits an operator's limit: (``grid_import_limit_mw`` or
 ``grid_ramp_limit_mw_per_s``, value, who)."""
 Handler = Callable[..., Awaitable[list[ua.Variant]]]
 Refusal = Callable[[str, str, str], Awaitable[None]]
+
+
+def _pointer(error: ErrorDetails) -> str:
+    """The field of a grid signal's validation error as ``POST /v1/grid/signals`` names it:
+    ``/shed_mw``, not under the kind pydantic chose (``shed.shed_mw``); ``/kind`` for an
+    unknown or missing kind; ``/`` for text that is not JSON."""
+    loc = error["loc"]
+    if loc and loc[0] in SignalKind.__members__.values():
+        loc = loc[1:]
+    elif not loc and str(error["type"]).startswith("union_tag"):
+        loc = ("kind",)
+    return "/" + "/".join(str(part) for part in loc)
 
 
 def dr_event_id(start: datetime) -> str:
@@ -108,11 +138,14 @@ class Methods:
         workloads: WorkloadService | None,
         set_limit: LimitSetter,
         windows: Sequence[DemandResponseWindow],
+        signals: GridSignalService | None = None,
     ) -> None:
         self.users = users
         self.workloads = workloads
         self.set_limit = set_limit
         self.windows = windows
+        self.signals = signals
+        """Where ``SubmitGridSignal`` and ``WithdrawGridSignal`` go (None: BadNotSupported)."""
         self.acknowledged: set[str] = set()
         """The demand-response windows acknowledged since start, by id."""
 
@@ -125,6 +158,8 @@ class Methods:
             ("SetGridImportLimit", self._set_import_limit, [double], []),
             ("SetGridRampLimit", self._set_ramp_limit, [double], []),
             ("AcknowledgeDemandResponse", self._acknowledge_dr, [string], []),
+            ("SubmitGridSignal", self._submit_signal, [string], [string]),
+            ("WithdrawGridSignal", self._withdraw_signal, [string], []),
         ):
             await root.add_method(
                 ua.NodeId(f"PSWD.{name}", idx),
@@ -255,6 +290,9 @@ class Methods:
         except ValueError as exc:  # the site's own range ([site] in the configuration)
             log.info("opcua_limit_refused", limit=what, value=v, error=str(exc))
             raise ua.uaerrors.BadOutOfRange from None
+        except JournalError as exc:  # not kept: not in force
+            log.warning("opcua_limit_not_kept", limit=what, error=str(exc))
+            raise ua.uaerrors.BadResourceUnavailable from None
         return []
 
     async def _set_import_limit(
@@ -270,3 +308,57 @@ class Methods:
         mw_per_s: ua.Variant,
     ) -> list[ua.Variant]:
         return await self._set_limit("SetGridRampLimit", "grid_ramp_limit_mw_per_s", mw_per_s)
+
+    async def _submit_signal(
+        self,
+        parent: ua.NodeId,  # noqa: ARG002 - asyncua passes the object
+        body: ua.Variant,
+    ) -> list[ua.Variant]:
+        """A grid signal of any kind, the JSON body of ``POST /v1/grid/signals``: accepted as
+        source ``opcua``, issuer ``opcua:<user>``; its id is the answer."""
+        who = self._caller("SubmitGridSignal")
+        if self.signals is None:
+            raise ua.uaerrors.BadNotSupported
+        if not isinstance(body.Value, str):
+            raise ua.uaerrors.BadTypeMismatch
+        if len(body.Value.encode("utf-8", "surrogatepass")) > MAX_SIGNAL_JSON_BYTES:
+            raise ua.uaerrors.BadOutOfRange
+        try:
+            request = _SIGNAL.validate_json(body.Value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            log.info("opcua_grid_signal_invalid", field=_pointer(first), rule=first["type"])
+            raise ua.uaerrors.BadInvalidArgument from None
+        try:
+            signal = await self.signals.submit(request, SignalSource.OPCUA, who)
+        except ForbiddenError:
+            raise ua.uaerrors.BadUserAccessDenied from None
+        except SignalInvalidError as exc:  # a window that has already ended
+            log.info("opcua_grid_signal_invalid", field=exc.field, rule="window")
+            raise ua.uaerrors.BadInvalidArgument from None
+        except JournalError as exc:  # not kept: not accepted
+            log.warning("opcua_grid_signal_not_kept", error=str(exc))
+            raise ua.uaerrors.BadResourceUnavailable from None
+        return [ua.Variant(signal.id, ua.VariantType.String)]
+
+    async def _withdraw_signal(
+        self,
+        parent: ua.NodeId,  # noqa: ARG002 - asyncua passes the object
+        signal_id: ua.Variant,
+    ) -> list[ua.Variant]:
+        """Withdraw an open grid signal, whichever door it came through."""
+        who = self._caller("WithdrawGridSignal")
+        if self.signals is None:
+            raise ua.uaerrors.BadNotSupported
+        if not isinstance(signal_id.Value, str):
+            raise ua.uaerrors.BadTypeMismatch
+        try:
+            await self.signals.withdraw(signal_id.Value, who)
+        except NotFoundError:
+            raise ua.uaerrors.BadNotFound from None
+        except ForbiddenError:
+            raise ua.uaerrors.BadUserAccessDenied from None
+        except JournalError as exc:  # not kept: still open
+            log.warning("opcua_grid_signal_not_kept", error=str(exc))
+            raise ua.uaerrors.BadResourceUnavailable from None
+        return []

@@ -7,10 +7,11 @@
   through on a None channel;
 - :mod:`.model` — the variables, each a row naming a signal of the catalogue, with their
   engineering units and ranges;
-- :mod:`.methods` — the methods on ``PSWD`` with their role checks and audit;
+- :mod:`.methods` — the methods on ``PSWD`` with their role checks and audit (grid signals go
+  to the grid-signal service, :mod:`pswd_gateway.grid_signals`);
 - :mod:`.alarms` — alarm conditions and the control guard's alarm;
 - :mod:`.workloads` — one object per active workload and their state-change events;
-- :mod:`.heat` — the municipal heat offer (``PSWD.HeatOffer``).
+- :mod:`.heat` — the municipal heat offer (``PSWD.HeatOffer``), with the open heat requests.
 
 This module starts and stops the asyncua server, builds the address space from those parts and
 publishes: values come from the store once per ``opcua.publish_interval_ms`` as one batch
@@ -33,6 +34,7 @@ from asyncua.server.internal_session import InternalSession
 
 from pswd_gateway.config import GatewayConfig, SiteConfig
 from pswd_gateway.control.guard import GuardEvent
+from pswd_gateway.grid_signals import GridSignalService
 from pswd_gateway.logging import get_logger
 from pswd_gateway.northbound.opcua import guard
 from pswd_gateway.northbound.opcua.alarms import GUARD_ALARM, GUARD_SEVERITY, Alarms
@@ -97,6 +99,7 @@ class OpcUaServer:
         set_limit: LimitSetter,
         ramp: Callable[[], float | None] | None = None,
         door: Callable[[object], Admission | None] | None = None,
+        signals: GridSignalService | None = None,
     ) -> None:
         self.door = door or Gatekeeper(config.policy()).door("opcua")
         """The zone policy at accept: a connection from outside every conduit is closed."""
@@ -111,10 +114,15 @@ class OpcUaServer:
         self.set_limit = set_limit
         self.users = RoleUserManager(config.opcua.users, config.opcua.certificate_users)
         self.users.on_refusal = self._login_refused
-        self.methods = Methods(self.users, workloads, set_limit, config.scheduling.demand_response)
+        self.signals = signals
+        """The grid-signal service (``SubmitGridSignal``, ``WithdrawGridSignal``, the heat
+        requests on ``HeatOffer``); None: those methods are BadNotSupported."""
+        self.methods = Methods(
+            self.users, workloads, set_limit, config.scheduling.demand_response, signals
+        )
         self.alarms = Alarms(config.control.soc_min)
         self.workload_objects = WorkloadObjects(workloads)
-        self.heat_offer = HeatOfferObject(workloads, config.heat)
+        self.heat_offer = HeatOfferObject(workloads, config.heat, signals)
         self.model = model(config.scheduling.demand_response, self.alarms.guard_active)
         self.server: Server | None = None
         self.idx = 0

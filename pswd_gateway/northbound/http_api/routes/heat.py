@@ -24,7 +24,7 @@ from pswd_gateway.grid_signals import delivery_json
 from pswd_gateway.northbound.http_api.deps import Context, Reader
 from pswd_gateway.northbound.http_api.routes import problem_answer
 from pswd_gateway.northbound.http_api.routes.grid_signals import Operator, Signals, submit_signal
-from pswd_gateway.scheduling.heat import SUPPLY_RANGE_C, HeatOffer, Requested, offer_from_plan
+from pswd_gateway.scheduling.heat import SUPPLY_RANGE_C, HeatOffer, offer_from_plan, requested_of
 
 __all__ = ["HeatOfferOut", "HeatRequestOut", "HeatSlotOut", "router"]
 
@@ -87,11 +87,7 @@ async def heat_offer(
     ] = None,
 ) -> HeatOfferOut:
     service = context.service
-    requests = [
-        Requested(s.start, s.end, s.signal.supply_temp_c, s.signal.heat_mw)
-        for s in signals.open_signals()
-        if isinstance(s.signal, HeatRequest)
-    ]
+    requests = requested_of(signals.open_signals())
     offer = offer_from_plan(
         service.clock(), service.site_forecast(), service.config.heat, supply_c, requests
     )
