@@ -56,7 +56,7 @@ test-tools: | $(BIN)/python
 	scripts/test-tools $(VENV)/tools
 
 pytest: $(STAMP_DEV) test-tools
-	PATH="$(abspath $(VENV))/tools/usr/bin:$$PATH" $(BIN)/pytest -q tests/unit tests/integration
+	PATH="$(abspath $(VENV))/tools/usr/bin:$$PATH" $(BIN)/pytest -q --durations=15 tests/unit tests/integration
 
 ## bench: the benchmarks behind docs/benchmarks.md
 bench: $(STAMP_DEV)

@@ -303,6 +303,7 @@ class Gateway:
             planned_import_mw=self._planned_import_mw,
             measured=self._measured_mw,
             on_effective=self._on_grid_effective,
+            hold_margin_mw=self.config.control.import_hold_margin_mw,
         )
         await self.supervisor.start(self.grid_signals)
         self.supervisor.spawn("forecast", self.forecast.run)

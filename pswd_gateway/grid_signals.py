@@ -136,6 +136,10 @@ class GridSignalService:
     cycle's frequency response and heat setpoint follow it)."""
     sample_s: float = 0.25
     """How often delivery is measured while a limit, shed or heat request is in force."""
+    hold_margin_mw: float = 0.0
+    """How far under a binding import limit the control cycle holds the grid
+    (``[control] import_hold_margin_mw``): an import that close to a limit is bound by it, and
+    not taken into a later signal's baseline."""
     name: str = field(default="grid-signals", init=False)
     accepted_total: int = field(default=0, init=False)
     _signals: dict[str, GridSignal] = field(default_factory=dict, init=False)
@@ -381,9 +385,9 @@ class GridSignalService:
         import_mw, heat_mw = self.measured()
         in_force = {s.id: s for s in active_at(self._signals.values(), now)}
         if import_mw is not None:  # unconstrained: no limit or shed in force binds the import
+            near = import_mw + LIMIT_TOLERANCE_MW + self.hold_margin_mw
             free = not any(
-                isinstance(s.signal, ImportLimit | Shed)
-                and _asked_mw(s.signal) <= import_mw + LIMIT_TOLERANCE_MW
+                isinstance(s.signal, ImportLimit | Shed) and _asked_mw(s.signal) <= near
                 for s in in_force.values()
             )
             self._history.append((now, import_mw, free))

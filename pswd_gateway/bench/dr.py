@@ -479,6 +479,7 @@ async def measure_dr(
         "ffr": {
             "step_response_p99_s": ffr.get("step_response_p99_s"),
             "max_error_ratio": ffr.get("max_error_ratio"),
+            "cases": ffr.get("cases", []),  # each event's expected, response, error
         },
         "delivered_ratio": round(min(ratios), 4) if ratios else None,
         "delivered_ratio_mean": round(sum(ratios) / len(ratios), 4) if ratios else None,
