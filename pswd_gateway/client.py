@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Self
@@ -155,6 +155,17 @@ class _AsyncWorkloads:
 
     async def cancel(self, workload_id: str, reason: str | None = None) -> Workload:
         return await self._act(workload_id, "cancel", reason)
+
+    async def tell_rhythm(self, workload_id: str, edges: Sequence[tuple[datetime, bool]]) -> int:
+        """Tell the running job's next rhythm edges ``(middle, rise)``; the edges taken."""
+        body = {
+            "edges": [
+                {"at": at.isoformat(), "direction": "rise" if rise else "fall"}
+                for at, rise in edges
+            ]
+        }
+        response = await self._http.post(f"/v1/workloads/{workload_id}/rhythm", json=body)
+        return int(_check(response).json()["edges"])
 
 
 class AsyncPswdClient:

@@ -295,6 +295,7 @@ class Gateway:
             cfg, self.journal, Scheduler(sched, cfg.site, heat=cfg.heat), self.forecast.current
         )
         self.forecast.on_update = self.workloads.mark_dirty
+        self.workloads.on_rhythm = self._tell_rhythm
         await self.supervisor.start(self.workloads)
         self.grid_signals = GridSignalService(
             self.journal,
@@ -531,6 +532,11 @@ class Gateway:
             if r.start + slot > start and (end is None or r.start < end)
         ]
         return max(rows) if rows else None
+
+    def _tell_rhythm(self, edges: Sequence[tuple[float, bool]]) -> None:
+        """A running job's told rhythm edges, to the grid loop (none without control)."""
+        if self.control is not None:
+            self.control.tell_rhythm(edges)
 
     def _announced_jobs(self, now: float) -> list[Announced]:
         if self.workloads is None:

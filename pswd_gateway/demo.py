@@ -39,7 +39,7 @@ from pswd_gateway.domain import signals as sig
 from pswd_gateway.domain.points import Quality
 from pswd_gateway.domain.units import to_mw
 from pswd_gateway.logging import configure_logging
-from pswd_gateway.ml_platform import play_demo_job, trace_job
+from pswd_gateway.ml_platform import play_demo_job, trace_job, twin_rhythm
 from pswd_gateway.security.certs import OpcUaCertPaths, init_opcua_certs, resolve_certs_dir
 from pswd_gateway.simulation.twin import spawn_twin, stop_process
 from pswd_gateway.simulation.twin import started_at as twin_started_at
@@ -360,7 +360,9 @@ async def _play_ml_platform(gw: Gateway, events: deque[str], twin_log: Path) -> 
     job_start_s = job.start_s if job is not None else 0.0  # none: announced for now + 30 s
     follow = asyncio.create_task(_follow_events(gw, events))
     try:
-        await play_demo_job(url, twin_started_at(twin_log), job_start_s, on_refused=events.append)
+        t0 = twin_started_at(twin_log)
+        rhythm = twin_rhythm(gw.config.simulation, t0) if t0 is not None else None
+        await play_demo_job(url, t0, job_start_s, on_refused=events.append, rhythm=rhythm)
     finally:
         follow.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -14,6 +14,7 @@ __all__ = [
     "IdempotencyConflictError",
     "NotFoundError",
     "PswdError",
+    "RhythmRefusedError",
     "SecurityPolicyError",
     "WriteRefusedError",
 ]
@@ -90,6 +91,17 @@ class NotFoundError(PswdError):
 
 class ForbiddenError(PswdError):
     """The caller's role does not allow this; the message says which role would."""
+
+
+class RhythmRefusedError(PswdError):
+    """A rhythm hint that cannot be taken: the workload does not run (``not-running``), announced
+    no training rhythm (``no-rhythm``), or an edge lies outside the window a hint may tell
+    (``out-of-window``, ``field`` names it as a JSON pointer)."""
+
+    def __init__(self, kind: str, message: str, field: str | None = None) -> None:
+        self.kind = kind
+        self.field = field
+        super().__init__(message)
 
 
 class IdempotencyConflictError(PswdError):

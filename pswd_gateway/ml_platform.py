@@ -2,16 +2,19 @@
 
 The platform announces the demo's 200 MW training job through the workload HTTP API (with the
 demo submitter token) for the moment the twin will start it, reports its start once the site
-says it is ready, and cancels it when it is stopped while the job is still open. Everything
-goes over HTTP, as a real platform's would; nothing here reaches into the gateway.
+says it is ready, tells the edges of its training rhythm a moment ahead while it runs (its
+framework knows when each backward pass ends; here the twin's trace stands in for it, each
+edge told within ±5 ms), and cancels it when it is stopped while the job is still open.
+Everything goes over HTTP, as a real platform's would; nothing here reaches into the gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -19,6 +22,7 @@ from typing import Any, Final
 from pswd_gateway.client import ApiError, AsyncPswdClient
 from pswd_gateway.domain.workloads import PowerProfile, WorkloadState
 from pswd_gateway.simulation.config import JobConfig, SimulationConfig
+from pswd_gateway.simulation.trace import TrainingTrace, build_trace
 
 __all__ = [
     "DEMO_JOB",
@@ -28,6 +32,7 @@ __all__ = [
     "demo_job_start",
     "play_demo_job",
     "trace_job",
+    "twin_rhythm",
 ]
 
 DEMO_TOKEN: Final = "pswd-demo-submitter"  # noqa: S105 - the published demo token, loopback only
@@ -48,6 +53,16 @@ ACTIVE: Final = (
     WorkloadState.RUNNING,
 )
 MAX_LIST_PAGES: Final = 10
+RHYTHM_EVERY_S: Final = 0.1
+RHYTHM_AHEAD_S: Final = 0.3
+"""The rhythm's edges are told every RHYTHM_EVERY_S, those due within RHYTHM_AHEAD_S: each
+some 0.2-0.3 s before its middle (a framework knows when its backward pass will end about
+that far ahead)."""
+RHYTHM_ERROR_S: Final = 0.005
+"""How far off a told edge may be (uniform, seeded)."""
+
+Rhythm = Callable[[float, float], Sequence[tuple[float, bool]]]
+"""The job's edges with middles in [a, b): ``(middle, rise)``, POSIX seconds."""
 DEMO_JOB: Final[Mapping[str, Any]] = {
     "workload_type": "ai_training",
     "name": "llm-pretrain-demo",
@@ -69,6 +84,22 @@ def trace_job(simulation: Mapping[str, Any]) -> JobConfig | None:
     (``None`` when it has none)."""
     jobs = SimulationConfig.model_validate(simulation).trace.jobs
     return jobs[0] if jobs else None
+
+
+def twin_rhythm(simulation: Mapping[str, Any], twin_t0: float) -> Rhythm | None:
+    """The edges of the twin's first job (the one the platform announces), on the POSIX clock
+    (``None``: no job, or a replayed trace)."""
+    cfg = SimulationConfig.model_validate(simulation)
+    trace = build_trace(cfg)
+    job = trace_job(simulation)
+    if job is None or not isinstance(trace, TrainingTrace):
+        return None
+    name = job.name
+
+    def edges(a: float, b: float) -> list[tuple[float, bool]]:
+        return [(t + twin_t0, rise) for t, rise in trace.job_edges(name, a - twin_t0, b - twin_t0)]
+
+    return edges
 
 
 def demo_job_level_mw() -> float:
@@ -94,6 +125,10 @@ class PlatformRun:
     """When the platform reported the job's start (``None``: not reported)."""
     refused: str | None = None
     """Why the announcement or the start was refused."""
+    edges_told: int = 0
+    """Rhythm edges the gateway took."""
+    rhythm_refused: str | None = None
+    """Why the gateway stopped taking them (the job ended, …)."""
 
 
 async def play_demo_job(
@@ -104,10 +139,12 @@ async def play_demo_job(
     token: str = DEMO_TOKEN,
     run: PlatformRun | None = None,
     on_refused: Callable[[str], object] | None = None,
+    rhythm: Rhythm | None = None,
 ) -> None:
     """Announce the demo job for ``twin_t0 + job_start_s``, report its start when the site is
-    ready (or its start is due), then hold until cancelled; on the way out, cancel the job if
-    it is still open. Returns early when the API refuses the announcement.
+    ready (or its start is due), then tell its ``rhythm`` ahead while it runs (if given) and
+    hold until cancelled; on the way out, cancel the job if it is still open. Returns early
+    when the API refuses the announcement.
 
     Leftovers of the same name from an earlier run (a kept journal) are cancelled first.
     """
@@ -138,6 +175,8 @@ async def play_demo_job(
                 run.refused = f"start refused: {exc}"
                 if on_refused is not None:
                     on_refused(run.refused)
+            if rhythm is not None and run.started_at is not None:
+                await _tell_rhythm(pswd, workload.id, rhythm, run)
             await asyncio.Event().wait()
         finally:
             with contextlib.suppress(ApiError, OSError, TimeoutError):
@@ -145,6 +184,29 @@ async def play_demo_job(
                     current = await pswd.workload.get(workload.id)
                     if current.state in ACTIVE:
                         await pswd.workload.cancel(workload.id, "demo stopped")
+
+
+async def _tell_rhythm(
+    pswd: AsyncPswdClient, workload_id: str, rhythm: Rhythm, run: PlatformRun
+) -> None:
+    """Tell the job's edges ahead until the gateway refuses them (the job ended)."""
+    jitter = random.Random(workload_id)  # noqa: S311 -- timing error of a simulated job
+    told_to = time.time()
+    while True:
+        now = time.time()
+        error = RHYTHM_ERROR_S
+        edges = [
+            (datetime.fromtimestamp(at + jitter.uniform(-error, error), UTC), rise)
+            for at, rise in rhythm(told_to, now + RHYTHM_AHEAD_S)
+        ]
+        told_to = now + RHYTHM_AHEAD_S
+        if edges:
+            try:
+                run.edges_told += await pswd.workload.tell_rhythm(workload_id, edges)
+            except ApiError as exc:
+                run.rhythm_refused = str(exc)
+                return
+        await asyncio.sleep(RHYTHM_EVERY_S)
 
 
 async def _cancel_leftovers(pswd: AsyncPswdClient) -> None:

@@ -74,6 +74,7 @@ from pswd_gateway.ml_platform import (
     demo_job_level_mw,
     play_demo_job,
     trace_job,
+    twin_rhythm,
 )
 from pswd_gateway.security.certs import init_opcua_certs
 from pswd_gateway.security.tls import default_client_context
@@ -203,6 +204,9 @@ class JobInfo:
     """When the platform reported its start over the API, twin seconds."""
     workload_id: str | None
     refused: str | None
+    edges_told: int = 0
+    """Rhythm edges the platform told ahead and the gateway took."""
+    rhythm_refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -776,7 +780,10 @@ async def _measure(
         if gw.api_listener is not None:
             url = f"http://{gw.api_listener.host}:{gw.api_listener.port}"
             platform_task = asyncio.create_task(
-                play_demo_job(url, t0, job.start_s, run=run), name="soak-ml-platform"
+                play_demo_job(
+                    url, t0, job.start_s, run=run, rhythm=twin_rhythm(cfg.simulation, t0)
+                ),
+                name="soak-ml-platform",
             )
             started.push_async_callback(_cancel, platform_task)
         else:
@@ -829,6 +836,8 @@ async def _measure(
             start_reported_s=_r(_since(run.started_at, t0), 2),
             workload_id=run.workload_id,
             refused=run.refused,
+            edges_told=run.edges_told,
+            rhythm_refused=run.rhythm_refused,
         ),
         figures=result_figures,
         devices=devices,
@@ -965,7 +974,9 @@ def render(result: SoakResult) -> str:
         ("battery throughput", f"{f.battery_throughput_mwh:.3f} MWh", "whole run"),
         ("guard trips / fallbacks / write failures",
          f"{f.guard_trips} / {f.fallbacks} / {f.write_failures}", ""),
-        ("rhythm edges led", str(f.rhythm_leads), "put on the battery ahead of them"),
+        ("rhythm edges led", str(f.rhythm_leads),
+         f"put on the battery ahead of them; {result.job.edges_told} told by the job"
+         + (f" (then refused: {refused})" if (refused := result.job.rhythm_refused) else "")),
         ("poll overruns", ", ".join(f"{n} {d.overruns}" for n, d in result.devices.items()), ""),
         ("polls (errors)", ", ".join(f"{n} {d.polls} ({d.errors})"
                                      for n, d in result.devices.items()),

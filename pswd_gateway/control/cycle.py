@@ -45,7 +45,7 @@ from pswd_gateway.control.ffr import FfrSettings
 from pswd_gateway.control.grid import Announced, Fallback, GridDecision
 from pswd_gateway.control.guard import GuardEvent, GuardSettings
 from pswd_gateway.control.loop import GridLoop, LoopSettings
-from pswd_gateway.control.rhythm import RhythmSettings
+from pswd_gateway.control.rhythm import Edge, RhythmSettings
 from pswd_gateway.domain.histogram import LatencyHistogram
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.domain.units import from_mw
@@ -147,6 +147,8 @@ class ControlStats:
     """Training-rhythm edges put on the battery ahead of them."""
     rhythm_drops_total: int = 0
     """Predicted training-rhythm edges that did not come."""
+    rhythm_edges_told_total: int = 0
+    """Training-rhythm edges the running job told ahead of them."""
     guard_active: bool = False
     """Safe mode: the guard tripped and has not re-armed yet."""
     guard_reason: str | None = None
@@ -219,6 +221,12 @@ class ControlCycle:
         """Enable, disable or reshape the fast frequency response (the operator's grid signal);
         ``None``: back to ``[control.ffr]``. See :meth:`BatteryController.shape_ffr`."""
         self.battery.shape_ffr(settings)
+
+    def tell_rhythm(self, edges: Sequence[tuple[float, bool]]) -> None:
+        """A running job told its next edges: ``(middle, rise)``, POSIX seconds (see
+        :meth:`pswd_gateway.control.rhythm.Rhythm.hint`); led from the next run on."""
+        self.loop.rhythm.hint([Edge(at, rise=rise) for at, rise in edges])
+        self.stats.rhythm_edges_told_total += len(edges)
 
     def request_heat_supply(self, supply_c: float | None) -> None:
         """The heat network's request in force asks for ``supply_c`` at the heat-recovery plant

@@ -26,6 +26,12 @@ at one instant, so the battery's own moves do not show):
   edge shows keeps it there (:meth:`ahead_w`: what the edge will have done by the instant the
   setpoint acts, less what the measurement shows of it already). Once an edge has shown, what is
   left of it (the load between its middle and its new level) is on the battery at once.
+- **Told.** The job may tell its own next edges (``POST /v1/workloads/{id}/rhythm``: its
+  framework knows when a backward pass will end): :meth:`hint` puts them first. A told edge of
+  the direction the load's phase turns next is predicted whether or not that kind keeps time
+  (a compute phase that varies is led all the same), corrected by the learnt timing like a
+  predicted one; it is consumed when the load shows it and dropped like one when it does not
+  come (without forgetting what was learnt).
 - **Giving up.** An edge not shown ``give_up_s`` after its middle was due is dropped and its
   kind learnt afresh (a checkpoint, a rhythm that stopped): the battery goes back to what the
   load shows, which costs one pulse of that length (what a late edge costs the reactive loop).
@@ -41,6 +47,7 @@ import itertools
 import math
 import statistics
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["Edge", "Rhythm", "RhythmSettings"]
@@ -69,6 +76,10 @@ TIMING_GAIN = 0.3
 TIMING_LIMIT_S = 0.1
 """The lead's correction stays within this (a larger error is not a timing error)."""
 BATTERY_SAMPLES = 128
+MAX_HINTS = 16
+"""Told edges kept ahead (the newest win)."""
+HINT_MATCH_S = 0.1
+"""A told edge this close to where the load showed an edge of its direction was that edge."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +145,10 @@ class Rhythm:
     """The predicted edge on the battery, and when it was told."""
     _check: tuple[float, float, bool] | None = field(default=None, init=False)
     """(the load's middle, when the battery was told, rise) of a led edge that has shown."""
+    _hints: list[Edge] = field(default_factory=list, init=False)
+    """Edges the job told, in time order (:meth:`hint`)."""
+    hints_dropped_total: int = field(default=0, init=False)
+    """Told edges that did not come."""
 
     # ---- what is followed ----
 
@@ -148,6 +163,16 @@ class Rhythm:
         self._computes.clear()
         self._phase, self._armed, self._levels = None, False, {}
         self._plateau.clear()
+        self._hints.clear()
+
+    def hint(self, edges: Sequence[Edge]) -> None:
+        """The job told its next edges (middles on the measurements' clock): they replace
+        the ones told before from the first of them on."""
+        if self.period_s is None or not edges:
+            return
+        first = min(e.at for e in edges)
+        kept = [e for e in self._hints if e.at < first - HINT_MATCH_S]
+        self._hints = sorted([*kept, *edges], key=lambda e: e.at)[-MAX_HINTS:]
 
     @property
     def swing_w(self) -> float:
@@ -219,6 +244,8 @@ class Rhythm:
         if self._phase is not None and len(self._plateau) >= PLATEAU_SAMPLES:
             self._levels[self._phase.high] = statistics.median(self._plateau)
         self._plateau.clear()
+        # the told edges up to this one have passed (this one among them)
+        self._hints = [h for h in self._hints if h.at > at + HINT_MATCH_S]
         led, self._led = self._led, None
         if timed and led is not None and led[0].rise == rise and abs(led[0].at - at) <= SETTLE_S:
             self._check = (at, led[1], rise)
@@ -229,6 +256,11 @@ class Rhythm:
         learnt afresh from its next edges (a rise is predicted again one period after the next
         one seen, from the announced period)."""
         self.drops_total += 1
+        told = self._told()
+        if told is not None and abs(told.at + self.timing_s - edge.at) <= TIME_EPS_S:
+            self._hints.remove(told)  # a told edge that did not come: what was learnt stays
+            self.hints_dropped_total += 1
+            return
         (self._rises if edge.rise else self._computes).clear()
 
     def battery(self, t: float, w: float) -> None:
@@ -291,6 +323,9 @@ class Rhythm:
     def pending(self) -> Edge | None:
         """The next edge, where it is predicted: the end of the phase the load is in."""
         phase = self._phase
+        told = self._told()
+        if told is not None:
+            return Edge(told.at + self.timing_s, rise=told.rise)
         if phase is None or not self._rises:
             return None
         last = self._rises[-1]
@@ -305,6 +340,14 @@ class Rhythm:
                 return None
             at = last + period * (math.floor((max(phase.since, last) - last) / period) + 1)
         return Edge(at + self.timing_s, rise=not phase.high)
+
+    def _told(self) -> Edge | None:
+        """The first told edge of the direction the load's phase turns next (one told for
+        before this phase began came too late: it is not this phase's end)."""
+        phase = self._phase
+        if phase is None:
+            return None
+        return next((h for h in self._hints if h.rise != phase.high and h.at > phase.since), None)
 
     def next_edge(self, after: float) -> Edge | None:
         """The predicted edge whose middle comes after ``after``, if the rhythm keeps time."""

@@ -31,6 +31,8 @@ __all__ = [
     "IllegalTransitionError",
     "PowerProfile",
     "ProfilePoint",
+    "RhythmEdge",
+    "RhythmHint",
     "StateChange",
     "TimingConstraints",
     "Workload",
@@ -225,6 +227,27 @@ class Announcement(_In):
 
 
 # ---- lifecycle -------------------------------------------------------------------------------
+
+
+MAX_TOLD_EDGES = 16
+"""The most edges one rhythm hint tells."""
+
+
+class RhythmEdge(_In):
+    """One edge of a running job's training rhythm, told ahead of it."""
+
+    at: AwareDatetime
+    """The middle of the edge: when the job's power is halfway between its levels."""
+    direction: Literal["rise", "fall"]
+    """``rise``: into a compute phase; ``fall``: into communication (the all-reduce)."""
+
+
+class RhythmHint(_In):
+    """``POST /v1/workloads/{id}/rhythm``: the next edges of a running job's training rhythm,
+    as its framework knows them (e.g. when the backward pass will end); they replace those told
+    before from the first of them on."""
+
+    edges: list[RhythmEdge] = Field(min_length=1, max_length=MAX_TOLD_EDGES)
 
 
 class WorkloadState(StrEnum):

@@ -298,6 +298,11 @@ def _control_metrics(c: ControlStats) -> Iterator[Metric]:
             "Predicted training-rhythm edges that did not come.",
             c.rhythm_drops_total,
         ),
+        (
+            "pswd_control_rhythm_edges_told",
+            "Training-rhythm edges the running job told ahead of them.",
+            c.rhythm_edges_told_total,
+        ),
     ):
         counter = CounterMetricFamily(name, help_text)
         counter.add_metric([], value)

@@ -31,6 +31,7 @@ from pswd_gateway.domain.workloads import (
     Flexibility,
     IllegalTransitionError,
     PowerProfile,
+    RhythmHint,
     StateChange,
     Workload,
     WorkloadState,
@@ -41,6 +42,7 @@ from pswd_gateway.errors import (
     ForbiddenError,
     IdempotencyConflictError,
     NotFoundError,
+    RhythmRefusedError,
 )
 from pswd_gateway.journal import (
     AsyncJournal,
@@ -60,6 +62,12 @@ __all__ = ["EventHub", "GridLimit", "WorkloadService", "new_workload_id", "utcno
 log = get_logger("workloads")
 
 LIFECYCLE_TICK_S = 1.0
+RHYTHM_LATE_S = 1.0
+"""A told edge may lie this far in the past (a hint delayed on its way): it is then ignored
+by the loop, not refused."""
+RHYTHM_AHEAD_PERIODS = 4
+RHYTHM_AHEAD_MIN_S = 10.0
+"""A told edge lies at most this many periods (and at least this long) ahead."""
 EXPIRE_GRACE_S = 60.0
 """A workload that has not started this long after its latest start expires."""
 SUBSCRIBER_QUEUE = 2048
@@ -139,6 +147,9 @@ class WorkloadService:
     forecast: Callable[[], CarbonForecast]
     clock: Callable[[], datetime] = utcnow
     hub: EventHub = field(default_factory=EventHub)
+    on_rhythm: Callable[[Sequence[tuple[float, bool]]], None] | None = None
+    """Where a running job's told rhythm edges go (``(middle, rise)``, POSIX seconds): the
+    control cycle's grid loop."""
     announcements_total: int = field(default=0, init=False)
     refusals_total: int = field(default=0, init=False)
     replans_total: int = field(default=0, init=False)
@@ -156,6 +167,8 @@ class WorkloadService:
     _grid_limit: GridLimit | None = field(default=None, init=False)
     _battery_mw: float = field(default=0.0, init=False)
     """What the battery sustains to the end of ``_grid_limit`` (MW)."""
+    _told: set[str] = field(default_factory=set, init=False)
+    """Workloads whose rhythm hints were audited (the first of each stream)."""
     _caps: dict[str, float] = field(default_factory=dict, init=False)
     """The power cap each running workload was last asked to hold (MW)."""
     name: str = field(default="workloads", init=False)
@@ -391,6 +404,78 @@ class WorkloadService:
         except IllegalTransitionError as exc:
             await self._refuse(who, f"workload.{action.value}", workload_id, str(exc))
             raise
+
+    async def tell_rhythm(self, workload_id: str, hint: RhythmHint, who: Identity) -> int:
+        """A running job tells its next rhythm edges; they go to the grid loop at once. Raises
+        NotFound, Forbidden (owner rule, as for the lifecycle actions) or RhythmRefused; each
+        refusal is audited. Accepted hints are not journalled (they are worth seconds: after a
+        restart the edges have passed) and only the first of each workload is audited; the
+        rest are counted (``pswd_control_rhythm_edges_told_total``). Returns the edges taken."""
+        action = "workload.rhythm"
+        workload = self._active.get(workload_id) or await self.get(workload_id)
+        own = workload.owner == who.name and who.can(Permission.ACT_OWN)
+        if not (own or who.can(Permission.ACT_ANY)):
+            why = (
+                f"cannot tell a workload's rhythm: {who.why_not(Permission.ACT_OWN)}"
+                if not who.can(Permission.ACT_OWN)
+                else f"workload {workload_id} belongs to {workload.owner!r}; only its owner "
+                "or an operator may tell its rhythm"
+            )
+            await self._refuse(who, action, workload_id, why)
+            raise ForbiddenError(why)
+        try:
+            edges = self._told_edges(workload, hint)
+        except RhythmRefusedError as exc:
+            await self._refuse(who, action, workload_id, str(exc), field=exc.field)
+            raise
+        if workload_id not in self._told:
+            self._told.add(workload_id)
+            await self.journal.call(
+                self.journal.sync.audit,
+                AuditEntry(
+                    actor=who.name,
+                    role=who.role,
+                    action=action,
+                    target=workload_id,
+                    outcome="accepted",
+                    detail={"edges": len(edges), "note": "first rhythm hint; later ones are "
+                            "counted, not audited", **who.via},
+                    at=self.clock(),
+                ),
+            )  # fmt: skip
+        if self.on_rhythm is not None:
+            self.on_rhythm(edges)
+        return len(edges)
+
+    def _told_edges(self, workload: Workload, hint: RhythmHint) -> list[tuple[float, bool]]:
+        """The hint's edges as ``(middle, rise)`` (POSIX seconds), or why not."""
+        if workload.state is not WorkloadState.RUNNING:
+            raise RhythmRefusedError(
+                "not-running",
+                f"workload {workload.id} is {workload.state.value}: only a running job's "
+                "rhythm is followed (report its start first)",
+            )
+        period = workload.announcement.power_profile.oscillation_period_sec
+        if period is None:
+            raise RhythmRefusedError(
+                "no-rhythm",
+                f"workload {workload.id} announced no training rhythm "
+                "(power_profile.oscillation_period_sec)",
+            )
+        now = self.clock().timestamp()
+        ahead = max(RHYTHM_AHEAD_PERIODS * period, RHYTHM_AHEAD_MIN_S)
+        out = []
+        for i, edge in enumerate(hint.edges):
+            at = edge.at.timestamp()
+            if not now - RHYTHM_LATE_S <= at <= now + ahead:
+                raise RhythmRefusedError(
+                    "out-of-window",
+                    f"edges[{i}].at {edge.at.isoformat()} is {at - now:+.3f} s from now: an "
+                    f"edge is told at most {RHYTHM_LATE_S:g} s late and {ahead:g} s ahead",
+                    field=f"#/edges/{i}/at",
+                )
+            out.append((at, edge.direction == "rise"))
+        return out
 
     async def _transition(
         self,

@@ -141,6 +141,22 @@ class _Job:
             out.extend(base + x for x in kinks if a < base + x < b)
         return out
 
+    def edges(self, a: float, b: float, seed: int) -> list[tuple[float, bool]]:
+        """The middles of the rhythm's edges in [a, b) as ``(t, rise)`` (what the job's own
+        framework knows of its iterations; a checkpoint's iterations have none)."""
+        out: list[tuple[float, bool]] = []
+        first = max(math.floor((a - self.start) / self.period), 0)
+        last = math.floor((min(b, self.end) - self.start) / self.period)
+        every = self.cycle_iterations + self.checkpoint_iterations
+        for k in range(first, last + 1):
+            if self.checkpoint_iterations and k % every >= self.cycle_iterations:
+                continue
+            base = self.start + k * self.period
+            rise = base + self.edge / 2.0
+            fall = base + 1.5 * self.edge + self._compute(k, seed)
+            out.extend((t, up) for t, up in ((rise, True), (fall, False)) if a <= t < b)
+        return out
+
     def _compute(self, k: int, seed: int) -> float:
         # the compute phase varies a little from one iteration to the next (seeded)
         compute = self.compute * (1.0 + self.jitter * (2.0 * uniform(seed, self.stream, k) - 1.0))
@@ -203,6 +219,13 @@ class TrainingTrace:
         for job in self._jobs:
             out.update(job.breakpoints(a, b, self.seed))
         return sorted(out)
+
+    def job_edges(self, name: str, a: float, b: float) -> list[tuple[float, bool]]:
+        """The middles of one job's rhythm edges in [a, b): ``(t, rise)``, time order."""
+        for job in self._jobs:
+            if job.name == name:
+                return sorted(job.edges(a, b, self.seed))
+        raise KeyError(f"no job named {name!r}")
 
     def active_jobs(self, t: float) -> list[str]:
         """Names of the jobs running at ``t``."""

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pswd_gateway.control.grid import Announced, GridSettings
 from pswd_gateway.control.loop import GridLoop, LoopSettings, rhythm_of
-from pswd_gateway.control.rhythm import Rhythm, RhythmSettings
+from pswd_gateway.control.rhythm import Edge, Rhythm, RhythmSettings
 
 MW = 1e6
 DEPTH = 180 * MW
@@ -277,3 +277,80 @@ def test_a_tolerance_of_zero_turns_the_rhythm_off() -> None:
         assert rhythm.pending() is None
         assert rhythm.ahead_w(t, square(t, 2.5, 1.8), t + 0.05) == 0.0
         t += SAMPLE
+
+
+# ---- edges the job tells ------------------------------------------------------------------------
+
+
+def varying(seed: int, iterations: int) -> list[float]:
+    """Compute phases of the twin's default rhythm: 1.875 s ± 5 %."""
+    rng = random.Random(seed)
+    return [1.875 * (1 + 0.05 * rng.uniform(-1, 1)) for _ in range(iterations)]
+
+
+def fall_middle(k: int, computes: list[float]) -> float:
+    return k * 2.5 + EDGE + computes[k] + EDGE / 2
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), error=st.floats(-0.01, 0.01))
+def test_a_told_fall_is_predicted_though_compute_phases_vary(seed: int, error: float) -> None:
+    """Falls that do not keep time are never learnt, but one the job told (10 ms off at most)
+    is what is pending through its compute phase, and is consumed once the load shows it."""
+    computes = varying(seed, 12)
+    rhythm = follow(2.5)
+    t = 0.0
+    for k in range(12):
+        start = k * 2.5
+        if k >= 2:  # from the third iteration on, the job tells each fall at its rise
+            rhythm.hint([Edge(fall_middle(k, computes) + error, rise=False)])
+        told = k >= 2
+        while t < start + 2.5:
+            rhythm.observe(t, square(t - start, 2.5, computes[k]))
+            edge = rhythm.pending()
+            in_compute = start + EDGE + 2 * SAMPLE < t < start + EDGE + computes[k]
+            if told and in_compute:
+                assert edge is not None, (k, t)
+                assert not edge.rise
+                assert edge.at == pytest.approx(fall_middle(k, computes) + error, abs=1e-9)
+            elif in_compute:
+                assert edge is None or edge.rise
+            t += SAMPLE
+    assert rhythm.compute_s() is None  # still not learnt: told, not predicted
+    assert rhythm.hints_dropped_total == 0
+
+
+def test_a_told_edge_that_does_not_come_is_dropped_and_what_was_learnt_stays() -> None:
+    """The job told a fall that did not come (its iteration ran long): it is dropped
+    ``give_up_s`` after it was due; what was learnt (here steady falls too) is predicted
+    again."""
+    rhythm = follow(2.5)
+    t = play(rhythm, 25.2)  # into the high phase of the iteration from 25 s
+    assert rhythm.period() is not None
+    rhythm.hint([Edge(25.5, rise=False)])
+    pending = rhythm.pending()
+    assert pending is not None
+    assert pending.at == pytest.approx(25.5)
+    while t < 25.8:  # the load stays high
+        rhythm.observe(t, LOW + DEPTH)
+        t += SAMPLE
+    assert rhythm.hints_dropped_total == 1
+    assert rhythm.drops_total == 1  # counted among the predicted edges that did not come
+    assert rhythm.pending() == Edge(25.0 + EDGE + 1.8 + EDGE / 2, rise=False)
+    assert rhythm.period() is not None
+
+
+def test_a_told_edge_from_before_the_phase_began_is_not_its_end() -> None:
+    """A fall told too late (after the load fell) is not taken for the next high phase's end;
+    a new job (another rhythm followed) forgets every told edge."""
+    rhythm = follow(2.5)
+    t = play(rhythm, 24.5)  # low phase after the fall near 21.9
+    rhythm.hint([Edge(21.9, rise=False)])
+    t = play(rhythm, 25.3, t)  # the rise at 25.02: high phase
+    learnt = Edge(25.0 + EDGE + 1.8 + EDGE / 2, rise=False)
+    assert rhythm.pending() == learnt
+    rhythm.hint([Edge(26.9, rise=False)])
+    assert rhythm.pending() == Edge(26.9, rise=False)
+    rhythm.follow(1.2, DEPTH)
+    rhythm.follow(2.5, DEPTH)
+    assert rhythm._hints == []

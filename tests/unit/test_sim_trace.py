@@ -244,3 +244,37 @@ def test_a_looped_recording_breaks_at_its_samples_in_every_cycle() -> None:
     assert trace.breakpoints(3.5, 7.5) == pytest.approx([4.0, 6.0, 7.0])
     once = CsvTrace([0.0, 1.0, 3.0], [10e6, 30e6, 20e6], loop=False)
     assert once.breakpoints(0.5, 10.0) == pytest.approx([1.0, 3.0])  # then it holds
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 1000),
+    jitter=st.sampled_from([0.0, 0.05]),
+    checkpoint=st.booleans(),
+    a=st.floats(15.0, 60.0),
+)
+def test_the_edges_a_job_tells_are_where_its_power_crosses_halfway(
+    seed: int, jitter: float, checkpoint: bool, a: float
+) -> None:
+    """What the ML platform tells of the twin's job: each edge's middle is where the job's power
+    is halfway between its levels, rising or falling as told; none while a checkpoint holds it
+    low, and every crossing of the window is told."""
+    cfg = one_job(
+        ramp_up_s=0.0,
+        jitter=jitter,
+        checkpoint_every_s=10.0 if checkpoint else None,
+        checkpoint_s=4.0,
+    )
+    trace = TrainingTrace(cfg, seed=seed)
+    half = (200e6 + 20e6) / 2
+    edges = trace.job_edges("job", a, a + 8.0)
+    for t, rise in edges:
+        assert trace.job_power_w("job", t) == pytest.approx(half, rel=1e-9)
+        later = trace.job_power_w("job", t + 0.005)
+        assert (later > half) == rise
+    crossings = sum(
+        (trace.job_power_w("job", t0) > half) != (trace.job_power_w("job", t1) > half)
+        for t0, t1 in itertools.pairwise(a + 0.001 * i for i in range(8001))
+    )
+    assert len(edges) == crossings
+    assert [t for t, _ in edges] == sorted(t for t, _ in edges)

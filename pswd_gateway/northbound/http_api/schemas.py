@@ -27,6 +27,13 @@ class ActionRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS)
 
 
+class RhythmAccepted(BaseModel):
+    """Answer of ``POST /v1/workloads/{id}/rhythm``."""
+
+    edges: int
+    """How many edges the grid loop took."""
+
+
 class WorkloadPage(BaseModel):
     items: list[Workload]
     next_cursor: str | None

@@ -1,4 +1,5 @@
-"""``/v1/workloads``: announce, list, read, and the lifecycle actions start/complete/cancel."""
+"""``/v1/workloads``: announce, list, read, the lifecycle actions start/complete/cancel, and a
+running job's told rhythm."""
 
 import base64
 import binascii
@@ -12,6 +13,7 @@ from pswd_gateway.domain.workloads import (
     Action,
     Announcement,
     IllegalTransitionError,
+    RhythmHint,
     Workload,
     WorkloadState,
 )
@@ -20,11 +22,12 @@ from pswd_gateway.errors import (
     ForbiddenError,
     IdempotencyConflictError,
     NotFoundError,
+    RhythmRefusedError,
 )
 from pswd_gateway.northbound.http_api.deps import Announcer, Caller, Context, Reader
-from pswd_gateway.northbound.http_api.problems import ProblemError
+from pswd_gateway.northbound.http_api.problems import FieldProblem, ProblemError
 from pswd_gateway.northbound.http_api.routes import param_problem, problem_answer
-from pswd_gateway.northbound.http_api.schemas import ActionRequest, WorkloadPage
+from pswd_gateway.northbound.http_api.schemas import ActionRequest, RhythmAccepted, WorkloadPage
 
 __all__ = ["router"]
 
@@ -181,6 +184,40 @@ def _action_route(action: Action, summary: str) -> None:
 _action_route(Action.START, "The workload has started")
 _action_route(Action.COMPLETE, "The workload has finished")
 _action_route(Action.CANCEL, "Cancel the workload (before or while it runs)")
+
+
+@router.post(
+    "/v1/workloads/{workload_id}/rhythm",
+    status_code=202,
+    summary="A running job tells the next edges of its training rhythm",
+    responses={
+        403: problem_answer("Neither the workload's owner nor an operator"),
+        404: problem_answer(),
+        409: problem_answer("The workload does not run, or announced no training rhythm"),
+    },
+)
+async def tell_rhythm(
+    workload_id: str, hint: RhythmHint, who: Caller, context: Context
+) -> RhythmAccepted:
+    """The battery leads each told edge as it leads the rises it learnt (docs/control.md);
+    a job whose compute phases vary is led on its falls too."""
+    try:
+        edges = await context.service.tell_rhythm(workload_id, hint, who)
+    except NotFoundError as exc:
+        raise ProblemError(404, "not-found", "Not found", str(exc)) from None
+    except ForbiddenError as exc:
+        raise ProblemError(403, "forbidden", "Forbidden", str(exc)) from None
+    except RhythmRefusedError as exc:
+        if exc.field is None:
+            raise ProblemError(409, exc.kind, "The rhythm cannot be followed", str(exc)) from None
+        raise ProblemError(
+            422,
+            "validation",
+            "The request is not valid",
+            str(exc),
+            errors=[FieldProblem(pointer=exc.field, detail=str(exc), rule=exc.kind)],
+        ) from None
+    return RhythmAccepted(edges=edges)
 
 
 def _encode_cursor(seq: int | None) -> str | None:
