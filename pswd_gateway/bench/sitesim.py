@@ -19,6 +19,7 @@ run it, so what they judge is what the live site does, only faster and repeatabl
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import math
@@ -38,11 +39,13 @@ from pswd_gateway.control.cycle import REWRITE_EVERY_S, SETPOINT_DEADBAND_W, gri
 from pswd_gateway.control.cycle import loop_settings as make_loop_settings
 from pswd_gateway.control.grid import Announced, GridSettings, announced_edges
 from pswd_gateway.control.loop import FAST_EDGE_S, GridLoop
+from pswd_gateway.control.rhythm import Edge
 from pswd_gateway.simulation.config import JobConfig, SimulationConfig
 from pswd_gateway.simulation.faults import DeviceFaults
 from pswd_gateway.simulation.measurement import BessView, MeterView
 from pswd_gateway.simulation.noise import uniform
 from pswd_gateway.simulation.physics import SitePhysics
+from pswd_gateway.simulation.trace import TrainingTrace
 from pswd_gateway.southbound.source_time import SourceClock
 
 __all__ = [
@@ -59,6 +62,10 @@ SAMPLE_S: Final = 0.02
 NET_S: Final = 0.0002
 """One way over loopback."""
 _GW_STREAM: Final = 0x6A7E
+_TOLD_STREAM: Final = 0x7E11
+TOLD_ERROR_S: Final = 0.005
+TOLD_LATENCY_S: Final = 0.005
+"""A hint's way over the API (``bench soak``: a few ms on loopback)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +191,7 @@ class SiteSim:
         timing: GatewayTiming = GatewayTiming(),
         announced: Sequence[Announced] = (),
         visible_from: Sequence[float] | None = None,
+        told_ahead_s: float | None = None,
     ) -> None:
         self.cfg = simulation
         self.physics = SitePhysics(simulation)
@@ -205,6 +213,9 @@ class SiteSim:
             else [a.start_s - control.announce_lead_s for a in announced]
         )
         """When each announcement reaches the gateway (default: as early as it looks ahead)."""
+        self.told_ahead_s = told_ahead_s
+        """The first job tells each edge of its rhythm this long ahead (``None``: it does not;
+        ``bench soak``'s ML platform tells them ~0.25 s ahead within ±5 ms)."""
         self.run_record = SiteRun()
         self._queue: list[tuple[float, int, Callable[[float], None]]] = []
         self._seq = itertools.count()
@@ -333,6 +344,25 @@ class SiteSim:
             self._leads.add(due)
             self._at(self._gateway_time(due), self._lead)
 
+    def _tell_rhythm(self, duration_s: float) -> None:
+        """The ML platform's hints: each edge of the first job, ``told_ahead_s`` before its
+        middle, off by up to ``TOLD_ERROR_S`` (seeded)."""
+        ahead = self.told_ahead_s
+        trace = self.physics.trace
+        jobs = self.cfg.trace.jobs
+        if ahead is None or not jobs or not isinstance(trace, TrainingTrace):
+            return
+        for k, (at, rise) in enumerate(trace.job_edges(jobs[0].name, 0.0, duration_s)):
+            error = TOLD_ERROR_S * uniform(self.cfg.seed, _TOLD_STREAM, k)
+            edge = Edge(at + error, rise=rise)
+            told = self._gateway_time(max(at - ahead, 0.0) + TOLD_LATENCY_S)
+            self._at(told, functools.partial(self._told, edge=edge))
+
+    def _told(self, now: float, *, edge: Edge) -> None:
+        self.loop.rhythm.hint([edge])
+        jobs = [a for a, t in zip(self.announced, self._visible_from, strict=True) if t <= now]
+        self._next_lead(now, jobs)
+
     def _tick(self, now: float) -> None:
         outcome = self.loop.idle(now, self.settings)
         self._write(now, outcome.setpoint_w)
@@ -372,6 +402,7 @@ class SiteSim:
                 due = (begin + end) / 2.0 - self.loop.settings.actuation_s
                 self._at(self._gateway_time(max(due, 0.0)), self._lead)
         self._at(0.0, self._sample)
+        self._tell_rhythm(duration_s)
         while self._queue:
             t, _, action = heapq.heappop(self._queue)
             if t > duration_s:
@@ -388,8 +419,17 @@ def simulate_site(
     timing: GatewayTiming = GatewayTiming(),
     duration_s: float,
     announce: bool = True,
+    told_ahead_s: float | None = None,
 ) -> SiteRun:
-    """Run the site for ``duration_s`` with its trace's jobs announced (or not)."""
+    """Run the site for ``duration_s`` with its trace's jobs announced (or not), the first
+    telling its rhythm's edges ``told_ahead_s`` ahead (or not)."""
     announced = announce_jobs(simulation.trace.jobs) if announce else []
-    sim = SiteSim(simulation, control=control, site=site, timing=timing, announced=announced)
+    sim = SiteSim(
+        simulation,
+        control=control,
+        site=site,
+        timing=timing,
+        announced=announced,
+        told_ahead_s=told_ahead_s,
+    )
     return sim.run(duration_s)

@@ -514,7 +514,9 @@ class BessBehaviour:
             changes["running"] = running
         if changes:
             self.site.physics.command_bess(self.site.now(), **changes)
-            log.info("bess_command", **changes)
+            # a setpoint alone comes 50 times a second from the control loop: debug
+            emit = log.debug if changes.keys() == {"setpoint_w"} else log.info
+            emit("bess_command", **changes)
         return None
 
     def _write_handlers(
