@@ -69,7 +69,7 @@ DEMO_JOB: Final[Mapping[str, Any]] = {
     "flexibility": "fixed",
     "power_profile": {
         "peak_power_mw": 200,
-        "ramp_rate_mw_per_sec": 50,
+        "ramp_rate_mw_per_sec": 5000,  # 200 MW in the twin's 40 ms edge: no soft start
         "duration_estimate_sec": 1800,
         "oscillation_period_sec": 2.5,
         "oscillation_depth_mw": 180,

@@ -202,8 +202,9 @@ def test_a_duty_is_a_share_strictly_between_nothing_and_all(duty: float) -> None
 
 
 def test_the_demo_announces_the_twins_job_as_it_runs() -> None:
-    """The ML platform's announcement and the twin's job agree: peak, period, depth and duty
-    (a mean promised below the real one left the plan climbing after the job's start)."""
+    """The ML platform's announcement and the twin's job agree: peak, ramp, period, depth and
+    duty (a mean promised below the real one left the plan climbing after the job's start; a
+    ramp of 50 MW/s promised for a 40 ms edge spread the start's feed-forward over 4 s)."""
     from pswd_gateway.config import DEFAULT_CONFIG, load_config  # noqa: PLC0415
     from pswd_gateway.ml_platform import DEMO_JOB, demo_job_level_mw, trace_job  # noqa: PLC0415
 
@@ -211,6 +212,8 @@ def test_the_demo_announces_the_twins_job_as_it_runs() -> None:
     assert job is not None
     profile = DEMO_JOB["power_profile"]
     assert profile["peak_power_mw"] == job.peak_mw
+    edge_s = max(job.ramp_up_s, job.edge_ms / 1000.0)
+    assert profile["ramp_rate_mw_per_sec"] == pytest.approx(job.peak_mw / edge_s)
     assert profile["oscillation_period_sec"] == job.period_s
     assert profile["oscillation_depth_mw"] == pytest.approx(job.peak_mw * job.depth)
     assert profile["oscillation_duty"] == job.duty
