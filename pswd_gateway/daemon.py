@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import time
@@ -78,7 +77,7 @@ from pswd_gateway.northbound.opcua.server import OpcUaServer
 from pswd_gateway.openadr.site import VenSite
 from pswd_gateway.openadr.ven2b import OpenAdr2bVen
 from pswd_gateway.openadr.ven3 import OpenAdr3Ven
-from pswd_gateway.runtime import Supervisor
+from pswd_gateway.runtime import HeapKeeper, Supervisor
 from pswd_gateway.scheduling.heat import requested_of
 from pswd_gateway.scheduling.model import SiteForecast
 from pswd_gateway.scheduling.scheduler import Scheduler
@@ -120,8 +119,6 @@ def _note_certificate(expiry: dict[str, float], name: str, cert: Path | None) ->
 
 
 FIRST_POLLS_TIMEOUT_S = 5.0
-GC_GEN0_THRESHOLD = 10_000
-GC_UNFREEZE_INTERVAL_S = 3600.0
 
 
 class SystemdNotifier:
@@ -844,47 +841,6 @@ class _Closing:
 
     async def stop(self) -> None:
         await self.resource.close()
-
-
-class HeapKeeper:
-    """Keep the cyclic garbage collector off the request path.
-
-    A full (generation 2) collection walks every tracked object; with thousands of workloads in
-    memory that is a 50 to 200 ms stop of the event loop every few seconds under load. Survivors of
-    a full collection are long-lived by definition, so they are frozen (``gc.freeze``) right
-    after it and later full collections walk only what is new. Once an hour the frozen heap is
-    released again, so cyclic garbage among once-long-lived objects is still reclaimed: one
-    long pause per hour instead of one every few seconds.
-    """
-
-    def __init__(self, refreeze_after_s: float = GC_UNFREEZE_INTERVAL_S) -> None:
-        self.refreeze_after_s = refreeze_after_s
-        self.full_collections = 0
-        self._thawed_at = time.monotonic()
-        self._threshold = gc.get_threshold()
-
-    def install(self) -> None:
-        self._threshold = gc.get_threshold()
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
-        gc.callbacks.append(self._on_gc)
-
-    def uninstall(self) -> None:
-        with contextlib.suppress(ValueError):
-            gc.callbacks.remove(self._on_gc)
-        gc.unfreeze()
-        gc.set_threshold(*self._threshold)
-
-    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
-        if phase != "stop" or info["generation"] != 2:  # the oldest generation
-            return
-        self.full_collections += 1
-        if time.monotonic() - self._thawed_at >= self.refreeze_after_s:
-            gc.unfreeze()  # the next full collection sees everything once more
-            self._thawed_at = time.monotonic()
-        else:
-            gc.freeze()  # young generations are empty now: this freezes only survivors
 
 
 async def run_gateway(config_path: Path | None) -> int:

@@ -40,6 +40,7 @@ from pswd_gateway.domain.points import Quality
 from pswd_gateway.domain.units import to_mw
 from pswd_gateway.logging import configure_logging
 from pswd_gateway.ml_platform import play_demo_job, trace_job, twin_rhythm
+from pswd_gateway.runtime import HeapKeeper
 from pswd_gateway.security.certs import OpcUaCertPaths, init_opcua_certs, resolve_certs_dir
 from pswd_gateway.simulation.twin import spawn_twin, stop_process
 from pswd_gateway.simulation.twin import started_at as twin_started_at
@@ -289,7 +290,7 @@ async def run_demo(cfg: GatewayConfig, config_path: Path, duration_s: float | No
             if not paths.exists():
                 init_opcua_certs(paths.root)
                 console.print(f"wrote the OPC UA server certificate to {paths.cert}")
-        gw = Gateway(cfg, config_path=config_path)
+        gw = Gateway(cfg, config_path=config_path, heap=HeapKeeper())
         await gw.start()
         _print_listeners(console, cfg, gw, log_dir)
         events = EventLines(maxlen=10)

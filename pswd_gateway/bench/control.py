@@ -22,6 +22,7 @@ from pswd_gateway.bench.api import free_port, percentile
 from pswd_gateway.config import DEFAULT_CONFIG, load_config
 from pswd_gateway.daemon import Gateway
 from pswd_gateway.logging import configure_logging
+from pswd_gateway.runtime import HeapKeeper
 from pswd_gateway.simulation.twin import spawn_twin, stop_process
 
 __all__ = ["run_control_bench"]
@@ -112,7 +113,7 @@ async def measure_control(
         load: asyncio.subprocess.Process | None = None
         try:
             await wait_port(ports["rf_b"], twin)
-            gw = Gateway(cfg, config_path=config_path)
+            gw = Gateway(cfg, config_path=config_path, heap=HeapKeeper())
             await gw.start()
             await asyncio.sleep(2.0)  # first polls, limiter settled
             quiet = await _phase(gw, duration_s)

@@ -48,6 +48,7 @@ from pswd_gateway.control.battery import SETPOINT_POINT
 from pswd_gateway.daemon import Gateway
 from pswd_gateway.grid_signals import delivery_json
 from pswd_gateway.logging import configure_logging
+from pswd_gateway.runtime import HeapKeeper
 from pswd_gateway.security.certs import (
     init_opcua_certs,
     make_client_certificate,
@@ -348,7 +349,7 @@ async def start_site(root: Path, cfg: GatewayConfig, ports: dict[str, int]) -> D
     except BaseException:
         await stop_process(twin)
         raise
-    gw = Gateway(cfg)
+    gw = Gateway(cfg, heap=HeapKeeper())
     site = DrSite(root, cfg, twin, gw, Setpoints(), ports)
     try:
         await gw.start()

@@ -39,6 +39,7 @@ from pswd_gateway.control.battery import ffr_settings
 from pswd_gateway.control.ffr import FfrSettings, droop_w
 from pswd_gateway.daemon import Gateway
 from pswd_gateway.domain.units import from_mw
+from pswd_gateway.runtime import HeapKeeper
 from pswd_gateway.simulation.config import SimulationConfig
 from pswd_gateway.simulation.twin import Twin
 
@@ -269,7 +270,7 @@ async def run_case(case: FfrCase) -> CaseResult:
     with tempfile.TemporaryDirectory(prefix="pswd-bench-ffr-") as tmp:
         try:
             await twin.start()
-            gw = Gateway(gateway_config(case, twin, Path(tmp) / "state"))
+            gw = Gateway(gateway_config(case, twin, Path(tmp) / "state"), heap=HeapKeeper())
             await gw.start()
             await asyncio.sleep(max(0.0, case.end_s - twin.now()) + 0.1)
             grid = []

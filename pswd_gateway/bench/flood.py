@@ -49,8 +49,9 @@ from pswd_gateway.bench.soak import (
     twin_t0,
 )
 from pswd_gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
-from pswd_gateway.daemon import Gateway, HeapKeeper
+from pswd_gateway.daemon import Gateway
 from pswd_gateway.domain.histogram import LatencyHistogram
+from pswd_gateway.runtime import HeapKeeper
 from pswd_gateway.simulation.twin import spawn_twin, stop_process
 
 __all__ = ["FloodResult", "flood", "run_flood_bench"]

@@ -25,6 +25,7 @@ from pswd_gateway.bench.control import demo_config_text, percentiles, wait_port
 from pswd_gateway.config import load_config
 from pswd_gateway.daemon import Gateway
 from pswd_gateway.logging import configure_logging
+from pswd_gateway.runtime import HeapKeeper
 from pswd_gateway.security.certs import (
     init_opcua_certs,
     make_client_certificate,
@@ -61,7 +62,7 @@ async def measure_opcua(duration_s: float, items: int, calls: int) -> dict[str, 
         gw: Gateway | None = None
         try:
             await wait_port(ports["rf_b"], twin)
-            gw = Gateway(cfg, config_path=config_path)
+            gw = Gateway(cfg, config_path=config_path, heap=HeapKeeper())
             await gw.start()
             await asyncio.sleep(2.0)
             assert gw.control is not None

@@ -76,6 +76,7 @@ from pswd_gateway.ml_platform import (
     trace_job,
     twin_rhythm,
 )
+from pswd_gateway.runtime import HeapKeeper
 from pswd_gateway.security.certs import init_opcua_certs
 from pswd_gateway.security.tls import default_client_context
 from pswd_gateway.simulation.config import HALLS, SimulationConfig
@@ -769,7 +770,7 @@ async def _measure(
         meter = site.point_key("grid_meter", "active_power")
         assert meter is not None  # the grid meter is not optional
         rec = Recording(t0, meter, site.point_key("bess", "active_power"), site.it_load_points)
-        gw = Gateway(gateway_cfg)
+        gw = Gateway(gateway_cfg, heap=HeapKeeper())  # as `pswd-gateway run` has it
         recording = gw.store.subscribe(rec.record, rec.keys)
         started.push_async_callback(gw.stop)
         await gw.start()

@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import IO, Final, Protocol, Self
 
 from pswd_gateway.logging import get_logger
+from pswd_gateway.runtime import HeapKeeper
 from pswd_gateway.simulation.clock import SimClock
 from pswd_gateway.simulation.config import HALLS, SimulationConfig
 from pswd_gateway.simulation.devices import (
@@ -449,6 +450,7 @@ async def run_twin(
     ``on_started`` is called with the running twin (tests use it to learn the bound ports).
     """
     twin = Twin(cfg)
+    heap = HeapKeeper()  # the plant's loop does not stall on the collector either
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
@@ -461,10 +463,12 @@ async def run_twin(
             handled.append(sig)
     try:
         await twin.start()
+        heap.install()
         if on_started is not None:
             on_started(twin)
         await stop.wait()
     finally:
+        heap.uninstall()
         for sig in handled:
             loop.remove_signal_handler(sig)
         await twin.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from pswd_gateway.daemon import HeapKeeper
+from pswd_gateway.runtime import HeapKeeper
 
 
 def test_survivors_of_a_full_collection_are_frozen_and_thawed_on_schedule() -> None:
