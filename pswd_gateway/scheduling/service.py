@@ -388,17 +388,9 @@ class WorkloadService:
         self, workload_id: str, action: Action, who: Identity, reason: str | None = None
     ) -> Workload:
         """Apply a lifecycle action; raises NotFound, Forbidden or IllegalTransition."""
-        workload = self._active.get(workload_id) or await self.get(workload_id)
-        own = workload.owner == who.name and who.can(Permission.ACT_OWN)
-        if not (own or who.can(Permission.ACT_ANY)):
-            why = (
-                f"cannot {action.value} workloads: {who.why_not(Permission.ACT_OWN)}"
-                if not who.can(Permission.ACT_OWN)
-                else f"workload {workload_id} belongs to {workload.owner!r}; only its owner "
-                "or an operator may change it"
-            )
-            await self._refuse(who, f"workload.{action.value}", workload_id, why)
-            raise ForbiddenError(why)
+        workload = await self._owned(
+            workload_id, who, f"workload.{action.value}", f"{action.value} workloads", "change it"
+        )
         try:
             return await self._transition(workload, action, who, reason)
         except IllegalTransitionError as exc:
@@ -412,17 +404,9 @@ class WorkloadService:
         restart the edges have passed) and only the first of each workload is audited; the
         rest are counted (``pswd_control_rhythm_edges_told_total``). Returns the edges taken."""
         action = "workload.rhythm"
-        workload = self._active.get(workload_id) or await self.get(workload_id)
-        own = workload.owner == who.name and who.can(Permission.ACT_OWN)
-        if not (own or who.can(Permission.ACT_ANY)):
-            why = (
-                f"cannot tell a workload's rhythm: {who.why_not(Permission.ACT_OWN)}"
-                if not who.can(Permission.ACT_OWN)
-                else f"workload {workload_id} belongs to {workload.owner!r}; only its owner "
-                "or an operator may tell its rhythm"
-            )
-            await self._refuse(who, action, workload_id, why)
-            raise ForbiddenError(why)
+        workload = await self._owned(
+            workload_id, who, action, "tell a workload's rhythm", "tell its rhythm"
+        )
         try:
             edges = self._told_edges(workload, hint)
         except RhythmRefusedError as exc:
@@ -476,6 +460,25 @@ class WorkloadService:
                 )
             out.append((at, edge.direction == "rise"))
         return out
+
+    async def _owned(
+        self, workload_id: str, who: Identity, action: str, doing: str, changing: str
+    ) -> Workload:
+        """The workload, if ``who`` may act on it (its owner, or an operator); otherwise the
+        refusal is audited under ``action`` and raised as Forbidden ("cannot ``doing``: …",
+        "only its owner or an operator may ``changing``")."""
+        workload = self._active.get(workload_id) or await self.get(workload_id)
+        own = workload.owner == who.name and who.can(Permission.ACT_OWN)
+        if not (own or who.can(Permission.ACT_ANY)):
+            why = (
+                f"cannot {doing}: {who.why_not(Permission.ACT_OWN)}"
+                if not who.can(Permission.ACT_OWN)
+                else f"workload {workload_id} belongs to {workload.owner!r}; only its owner "
+                f"or an operator may {changing}"
+            )
+            await self._refuse(who, action, workload_id, why)
+            raise ForbiddenError(why)
+        return workload
 
     async def _transition(
         self,
