@@ -188,7 +188,13 @@ class BatteryController:
             and settings is not None
             and self.loop.is_new(meter.source_ts)
         ):
-            return self._step(image, meter, settings)
+            stepped = self._step(image, meter, settings)
+            if self.loop.waiting is None or not self.config.predictive:
+                return stepped
+            # The reading waits for the battery's (a lost battery poll): a lead due now still
+            # goes on the battery, or the edge would wait for that poll's timeout.
+            lead = self.loop.lead(now, self.last_jobs, settings)
+            return lead if lead.setpoint_w is not None else stepped
         if settings is not None and self.config.predictive:
             lead = self.loop.lead(now, self.jobs(now), settings)
             if lead.setpoint_w is not None:
@@ -214,6 +220,7 @@ class BatteryController:
             meter.source_ts,
             meter.value,
             received=meter.received_ts,
+            now=image.now,
             soc=soc,
             bess_available=available,
             jobs=jobs,

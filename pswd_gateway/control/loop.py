@@ -38,8 +38,8 @@ from pswd_gateway.control.grid import (
     grid_step,
 )
 from pswd_gateway.control.guard import Guard, GuardEvent, GuardSettings
+from pswd_gateway.control.rhythm import SETTLE_S, Rhythm, RhythmSettings
 from pswd_gateway.control.rhythm import WINDOW_PERIODS as RHYTHM_WINDOW
-from pswd_gateway.control.rhythm import Rhythm, RhythmSettings
 
 __all__ = ["FAST_EDGE_S", "GridLoop", "LoopSettings", "Outcome", "rhythm_of"]
 
@@ -176,10 +176,11 @@ class GridLoop:
         jobs: Sequence[Announced],
         settings: GridSettings,
         ffr_w: float = 0.0,
+        now: float | None = None,
     ) -> Outcome:
-        """A new meter measurement ``grid_w`` taken at ``t`` (arrived at ``received``);
-        ``ffr_w``: the fast frequency response in force (a shift of the plan, see
-        :mod:`pswd_gateway.control.ffr`)."""
+        """A new meter measurement ``grid_w`` taken at ``t`` (arrived at ``received``, stepped at
+        ``now``, default ``received``); ``ffr_w``: the fast frequency response in force (a shift
+        of the plan, see :mod:`pswd_gateway.control.ffr`)."""
         if not self.is_new(t):
             return Outcome(None, skipped="not a new measurement")
         bess_w = self.battery_at(t) if bess_available else 0.0
@@ -199,7 +200,14 @@ class GridLoop:
         load_w = grid_w + bess_w
         self.rhythm.follow(*rhythm_of(jobs, t))
         self.rhythm.observe(t, load_w)
-        acting_at = max(self._reach(received, jobs), self.ahead_to or -math.inf)
+        # a setpoint decided now acts from now (a run held up decides later than it received)
+        decided = received if now is None else max(received, now)
+        acting_at = max(self._reach(decided, jobs), self.ahead_to or -math.inf)
+        rhythm_w = self.rhythm.ahead_w(t, load_w, acting_at)
+        if _announced_near(jobs, t - SETTLE_S, acting_at):
+            # A job's start or end the announcement shapes: its feed-forward has what is left
+            # of the edge; the rhythm would count it twice (it saw the start as a rise).
+            rhythm_w = 0.0
         reading = GridReading(
             t,
             grid_w,
@@ -207,7 +215,7 @@ class GridLoop:
             soc,
             bess_available and soc is not None,
             acting_at=acting_at,
-            rhythm_w=self.rhythm.ahead_w(t, load_w, acting_at),
+            rhythm_w=rhythm_w,
             ffr_w=ffr_w,
         )
         edge = self.rhythm.pending()
@@ -268,7 +276,10 @@ class GridLoop:
         self.rhythm_led = edge.at
         self.rhythm_leads_total += 1
         self.rhythm.led(edge, now)
-        return self.rhythm.swing_w if edge.rise else -self.rhythm.swing_w
+        # never more than the job said it swings (as ahead_w): before its first low phase was
+        # seen the rhythm's low is the load before the job, and its swing the start's height
+        swing = min(self.rhythm.swing_w, self.rhythm.depth_w)
+        return swing if edge.rise else -swing
 
     def _reach(self, now: float, jobs: Sequence[Announced]) -> float:
         """The instant a setpoint decided at ``now`` acts, and the feed-forward covers: ``now +
@@ -280,16 +291,27 @@ class GridLoop:
                 acting = end
         return acting
 
-    def next_edge(self, now: float, jobs: Sequence[Announced]) -> float | None:
+    def next_edge(
+        self, now: float, jobs: Sequence[Announced], *, led_to: float | None = None
+    ) -> float | None:
         """When the next lead is due (the clock of ``received``): ``actuation_s`` before the
-        middle of a fast announced edge, if one comes after ``now``."""
+        middle of a fast announced edge or of the rhythm's next edge.
+
+        Without ``led_to`` only a lead due after ``now`` counts. With it (the due time of the
+        last lead the timer ran), a lead due after ``led_to`` counts while its edge's middle is
+        still ahead, even if its time has passed: a cycle held up (a write waiting out a lost
+        reply) puts the edge on the battery late rather than not at all."""
         lead = self.settings.actuation_s
+        after = now if led_to is None else led_to
+        on = self.ahead_to if self.ahead_to is not None else -math.inf  # already on the battery
         due = [
             (begin + end) / 2.0 - lead
             for begin, end in announced_edges(jobs)
-            if end - begin <= FAST_EDGE_S and (begin + end) / 2.0 - lead > now
+            if end - begin <= FAST_EDGE_S
+            and (begin + end) / 2.0 - lead > after
+            and (begin + end) / 2.0 > max(now, on)
         ]
-        edge = self.rhythm.next_edge(now + lead)
+        edge = self.rhythm.next_edge(max(now, after + lead))
         if edge is not None and edge.at != self.rhythm_led:
             due.append(edge.at - lead)
         return min(due, default=None)
@@ -318,3 +340,11 @@ class GridLoop:
         self.state = None
         self._set(self.guard.safe_setpoint(t, settings.planning_ramp_w_per_s), t)
         return Outcome(self.setpoint_w, skipped="safe mode")
+
+
+def _announced_near(jobs: Sequence[Announced], a: float, b: float) -> bool:
+    """Whether a fast announced edge (a job's start or end) overlaps ``[a, b]``."""
+    return any(
+        end - begin <= FAST_EDGE_S and begin <= b and end >= a
+        for begin, end in announced_edges(jobs)
+    )

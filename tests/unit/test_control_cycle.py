@@ -8,6 +8,7 @@ import pytest
 
 from pswd_gateway.config import ControlConfig, SiteConfig
 from pswd_gateway.control.cycle import ControlCycle, SetpointWrite
+from pswd_gateway.control.grid import Announced
 from pswd_gateway.control.thermal import ThermalSettings, thermal_step
 from pswd_gateway.domain.points import Point, Quality
 from pswd_gateway.errors import DeviceError
@@ -197,3 +198,89 @@ def test_the_thermal_loop_corrects_towards_its_setpoint_within_its_range(
     for i in range(1, 2000):  # a stuck sensor cannot wind the command out of range
         command, state = thermal_step(state, float(i), 30.0, 50 * MW, (), s)
     assert command == s.low_c
+
+
+async def test_a_lead_falls_due_while_the_meter_reading_waits_for_a_lost_battery_poll() -> None:
+    """The battery's poll before an announced 40 ms edge is lost, so the meter's readings wait
+    for its next one; the lead due meanwhile still goes on the battery (not one poll timeout
+    after the edge)."""
+    cycle, writes, clock, store = make()
+    t0 = clock.now
+    job = Announced(t0 + 0.1, t0 + 600.0, 200 * MW, 5000 * MW, peak_w=200 * MW)
+    cycle.battery.jobs = lambda _now: (job,)
+    feed(store, t0, 100.0)
+    await cycle.run_once(t0)
+    before = [v for _, p, v in writes if p == "power_setpoint"][-1]
+    clock.now = t0 + 0.02  # the battery moved (told to) and its next reading is lost
+    store.update([Point("meter.active_power", 100 * MW - before, "W", Quality.GOOD, t0 + 0.02,
+                        clock.now)])  # fmt: skip
+    await cycle.run_once(clock.now)
+    assert cycle.loop.waiting == t0 + 0.02
+    clock.now = t0 + 0.12 - 0.03 + 0.001  # the lead is due (edge middle at +0.12 s)
+    store.update([Point("meter.active_power", 100 * MW - before, "W", Quality.GOOD, clock.now,
+                        clock.now)])  # fmt: skip
+    await cycle.run_once(clock.now)
+    assert cycle.loop.waiting == clock.now
+    led = [v for _, p, v in writes if p == "power_setpoint"][-1]
+    assert led - before == pytest.approx(200 * MW, rel=0.02)
+
+
+async def test_a_write_whose_reply_is_lost_is_given_up_when_a_lead_falls_due() -> None:
+    """A setpoint write whose reply never comes is waited for until the next lead is due (20 ms
+    here), not the whole write timeout: the lead goes out on time."""
+    store, clock = PointStore(), Clock()
+    t0 = clock.now
+    setpoints: list[float] = []
+    lost = asyncio.Event()
+
+    async def write(device: str, point: str, value: float) -> None:
+        if point == "power_setpoint" and setpoints:
+            await lost.wait()  # never set: the reply is lost
+        if point == "power_setpoint":
+            setpoints.append(value)
+
+    config = ControlConfig(enabled=True, write_timeout_ms=500)
+    cycle = ControlCycle(config, SITE, store, write, clock=clock)
+    job = Announced(t0 + 0.1, t0 + 600.0, 200 * MW, 5000 * MW, peak_w=200 * MW)
+    cycle.battery.jobs = lambda _now: (job,)
+    feed(store, t0, 100.0)
+    await cycle.run_once(t0)
+    clock.now = t0 + 0.07  # the lead (edge middle at +0.12 s) is due in 20 ms
+    feed(store, clock.now, 150.0)
+    await cycle.run_once(clock.now)
+    assert cycle.stats.write_failures_total == 1
+    assert cycle.stats.last_error == (
+        "bess.power_setpoint: timed out after 20 ms (a lead ahead of an edge was due)"
+    )
+
+
+async def test_a_leads_write_left_unanswered_is_sent_once_more_at_once() -> None:
+    """The lead's setpoint write gets no reply (lost): after 20 ms it is sent again, not left
+    for the whole write timeout; the second is answered and is what counts."""
+    store, clock = PointStore(), Clock()
+    t0 = clock.now
+    sent: list[float] = []
+    lost = asyncio.Event()
+
+    async def write(device: str, point: str, value: float) -> None:
+        if point != "power_setpoint":
+            return
+        sent.append(value)
+        if len(sent) == 2:
+            await lost.wait()  # the lead's first write: its reply never comes
+
+    cycle = ControlCycle(ControlConfig(enabled=True), SITE, store, write, clock=clock)
+    job = Announced(t0 + 0.1, t0 + 600.0, 200 * MW, 5000 * MW, peak_w=200 * MW)
+    cycle.battery.jobs = lambda _now: (job,)
+    feed(store, t0, 100.0)
+    await cycle.run_once(t0)
+    clock.now = t0 + 0.12 - 0.03  # the lead is due (edge middle at +0.12 s)
+    await cycle.run_once(None, lead=True)
+    assert len(sent) == 3
+    assert sent[2] == sent[1]
+    assert sent[1] - sent[0] == pytest.approx(200 * MW, rel=0.02)
+    assert cycle.stats.last_error == (
+        "bess.power_setpoint: timed out after 20 ms (a lead: sent again)"
+    )
+    assert cycle.stats.write_failures_total == 1
+    assert cycle._written[("bess", "power_setpoint")][0] == sent[2]

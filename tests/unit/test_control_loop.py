@@ -214,6 +214,49 @@ def test_a_lead_puts_an_announced_edge_on_the_battery_without_waiting_for_a_read
     assert loop.next_edge(100.0, (job,)) == pytest.approx(700.0 - job.rise_s / 2 - 0.03)
 
 
+def test_a_lead_whose_time_passed_while_the_cycle_was_held_up_is_run_late_not_dropped() -> None:
+    """The cycle was waiting out a lost write's reply when a lead fell due: while the edge's
+    middle is still ahead the lead is due at once (and once); after its middle it is not."""
+    job = Announced(100.0, 700.0, 110 * MW, 5000 * MW, peak_w=200 * MW)
+    loop = GridLoop(LoopSettings(actuation_s=0.03))
+    loop.battery(99.90, 0.0)
+    loop.step(
+        99.90, 100 * MW, received=99.92, soc=0.5, bess_available=True, jobs=(job,), settings=S
+    )
+    due = 100.02 - 0.03
+    assert loop.next_edge(100.0, (job,)) != pytest.approx(due)  # the old question: none ahead
+    late = loop.next_edge(100.0, (job,), led_to=99.0)
+    assert late == pytest.approx(due)  # late, not lost
+    assert loop.next_edge(100.0, (job,), led_to=late) != pytest.approx(due)  # run already
+    assert loop.next_edge(100.03, (job,), led_to=99.0) != pytest.approx(due)  # edge is past
+    assert loop.lead(100.0, (job,), S).setpoint_w is not None
+
+
+def test_a_step_held_up_decides_for_when_its_setpoint_acts_not_for_when_its_reading_came() -> None:
+    """A reading received 40 ms before the run that steps it (the cycle was held up): the
+    setpoint acts ``actuation_s`` after the run, past the announced edge's middle, so the edge
+    is in it."""
+    job = Announced(100.0, 700.0, 110 * MW, 5000 * MW, peak_w=200 * MW)
+
+    def stepped(now: float | None) -> float:
+        loop = GridLoop(LoopSettings(actuation_s=0.03))
+        for k in range(20):
+            t = 99.5 + 0.02 * k
+            loop.battery(t, 0.0)
+            loop.step(t, 100 * MW, received=t + 0.005, soc=0.5, bess_available=True,
+                      jobs=(job,), settings=S)  # fmt: skip
+        loop.battery(99.94, 0.0)
+        out = loop.step(
+            99.94, 100 * MW, received=99.95, now=now, soc=0.5, bess_available=True,
+            jobs=(job,), settings=S,
+        )  # fmt: skip
+        assert out.setpoint_w is not None
+        return out.setpoint_w / MW
+
+    on_time, held_up = stepped(None), stepped(99.99)
+    assert held_up - on_time == pytest.approx(200.0, abs=2.0)
+
+
 def test_no_lead_before_the_loop_has_decided_or_in_safe_mode() -> None:
     job = Announced(100.0, 700.0, 110 * MW, 5000 * MW)
     loop = GridLoop()

@@ -354,3 +354,33 @@ def test_a_told_edge_from_before_the_phase_began_is_not_its_end() -> None:
     rhythm.follow(1.2, DEPTH)
     rhythm.follow(2.5, DEPTH)
     assert rhythm._hints == []
+
+
+def test_the_first_rise_after_the_start_is_led_by_the_announced_depth_not_the_starts_height() -> (
+    None
+):
+    """Before the rhythm's first low phase has settled its low is the load before the job: the
+    swing it measures is the start's height (220 MW here). The lead puts no more than the
+    announced depth on the battery."""
+    job = Announced(1.0, 1000.0, 110 * MW, 50 * MW, peak_w=220 * MW, period_s=2.5, depth_w=DEPTH)
+    loop = GridLoop(LoopSettings(actuation_s=0.03))
+    t, battery = 0.0, 0.0
+    while t < 3.3:
+        load = 20 * MW + (square(t - 1.0, 2.5, 1.8) if t >= 1.0 else 0.0)
+        loop.battery(t, battery)
+        out = loop.step(
+            t, load - battery, received=t + 0.005, soc=0.5, bess_available=True,
+            jobs=[job], settings=S,
+        )  # fmt: skip
+        if out.setpoint_w is not None:
+            battery = out.setpoint_w
+        t += SAMPLE
+    assert loop.rhythm.swing_w > DEPTH  # the start's height
+    due = loop.next_edge(t, [job])
+    assert due is not None
+    assert due == pytest.approx(3.52 - 0.03, abs=0.02)
+    before = loop.setpoint_w
+    lead = loop.lead(due, [job], S)
+    assert lead.setpoint_w is not None
+    # the swing, and what the announced mean adds meanwhile (50 MW/s)
+    assert lead.setpoint_w - before == pytest.approx(DEPTH, abs=8 * MW)
