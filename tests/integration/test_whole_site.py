@@ -11,14 +11,14 @@ rhythm). The same run is made on a quiet machine and with one core kept busy by 
 Every figure comes from the grid meter's readings as the gateway received them, through
 :mod:`pswd_gateway.bench.figures` (the one definition of a 1 s-mean step and of a band).
 
-What is asserted through the job's swings is that the battery takes them: the grid's largest
-1 s-mean step, and the share of sliding 1 s windows over the ramp limit (whole seconds depend
-on where the rhythm's edges fall against them), are at most half of what the IT load's rhythm
-makes by itself (from the twin's own trace), and the edges the job tells ahead
-(``POST /v1/workloads/{id}/rhythm``, by the demo's ML platform) are led. The job's first
-seconds and the device stalls of a shared 2-core machine still reach the grid for a loop delay,
-so not every 1 s mean stays inside the 20 MW/s limit: the figures are printed with every run
-and discussed in docs/control.md ("What physics leaves on the grid") and docs/benchmarks.md.
+What is asserted from the job's start through its swings is what a grid operator asks: no
+whole second's mean grid power moves by more than the ramp limit from the second before (the
+issue's criterion; the seconds count from the job's start on the twin's clock). The stricter
+sliding reading (a 1 s window ending every 100 ms) is printed and must be at most half of what
+the IT load's rhythm makes by itself (its 90th percentile and its share of windows over the
+limit, from the twin's own trace): a lead lost to a plant hiccup can still leave one sliding
+window a few MW/s over (docs/control.md, "What physics leaves on the grid"). The edges the job
+tells ahead (``POST /v1/workloads/{id}/rhythm``, by the demo's ML platform) must be led.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from pswd_gateway.bench import figures
-from pswd_gateway.bench.soak import SoakResult, first_job_at, measure_soak, render
+from pswd_gateway.bench.soak import SoakFigures, SoakResult, first_job_at, measure_soak, render
 from pswd_gateway.config import DEFAULT_CONFIG, load_config
 from pswd_gateway.simulation.config import SimulationConfig
 from pswd_gateway.simulation.trace import build_trace
@@ -100,6 +100,37 @@ def it_load_steps(
     )
 
 
+def ramp_problems(
+    f: SoakFigures, window: tuple[float, float], alone: tuple[float, float, int, float]
+) -> list[str]:
+    """The ramp limit from the job's start: whole seconds (none over), sliding windows (at most
+    half of the IT load's alone)."""
+    (start, end), (it_step, it_p90, it_over, it_share) = window, alone
+    p90, share = f.p90_step_mw_per_s or 0.0, f.share_over_ramp_limit or 0.0
+    problems = []
+    if f.seconds_over_ramp_limit:
+        seconds = ", ".join(f"{t:g} s ({w:g})" for t, w in f.steps_over_limit[:8])
+        problems.append(
+            f"from the job's start at {start:g} s to {end:g} s the grid's 1 s mean moved by more "
+            f"than the {f.ramp_limit_mw_per_s:g} MW/s limit in {f.seconds_over_ramp_limit} whole "
+            f"seconds (the IT load alone: {it_over}); largest sliding step "
+            f"{f.max_step_mw_per_s} MW/s (alone: {it_step:.1f}); the seconds whose sliding "
+            f"step was over, MW/s: {seconds}"
+        )
+    if p90 > 0.5 * it_p90 or share > 0.5 * it_share:
+        seconds = ", ".join(f"{t:g} s ({w:g})" for t, w in f.steps_over_limit[:8])
+        problems.append(
+            f"from the job's start at {start:g} s to {end:g} s the battery did not take the "
+            f"job's swings: the grid's sliding 1 s-mean steps, p90 {p90:.1f} MW/s (the IT load "
+            f"alone: {it_p90:.1f}), largest {f.max_step_mw_per_s} (alone: {it_step:.1f}); "
+            f"{share:.1%} of the sliding 1 s windows over the "
+            f"{f.ramp_limit_mw_per_s:g} MW/s limit (the IT load alone: {it_share:.1%}; whole "
+            f"seconds {f.seconds_over_ramp_limit} against {it_over}); the first seconds over "
+            f"it, MW/s: {seconds}"
+        )
+    return problems
+
+
 def stability_problems(result: SoakResult) -> list[str]:
     """Where the grid did what the operator forbids, in figures and twin times."""
     f = result.figures
@@ -120,17 +151,8 @@ def stability_problems(result: SoakResult) -> list[str]:
           f"{it_share}")  # fmt: skip
     if p90 is None or share is None or it_share is None or it_p90 is None:
         problems.append(f"no grid reading between {start:g} and {end:g} s")
-    elif p90 > 0.5 * it_p90 or share > 0.5 * it_share:
-        seconds = ", ".join(f"{t:g} s ({w:g})" for t, w in f.steps_over_limit[:8])
-        problems.append(
-            f"from the job's start at {start:g} s to {end:g} s the battery did not take the "
-            f"job's swings: the grid's sliding 1 s-mean steps, p90 {p90:.1f} MW/s (the IT load "
-            f"alone: {it_p90:.1f}), largest {f.max_step_mw_per_s} (alone: {it_step:.1f}); "
-            f"{share:.1%} of the sliding 1 s windows over the "
-            f"{f.ramp_limit_mw_per_s:g} MW/s limit (the IT load alone: {it_share:.1%}; whole "
-            f"seconds {f.seconds_over_ramp_limit} against {it_over}); the first seconds over "
-            f"it, MW/s: {seconds}"
-        )
+    else:
+        problems += ramp_problems(f, (start, end), (it_step, it_p90, it_over, it_share))
     edges = 2 * int((RUN_TO_S - JOB_START_S) / RHYTHM_PERIOD_S)
     told = result.job.edges_told
     print(f"rhythm edges: {told} told by the job, {f.rhythm_leads} led, of ~{edges}")
@@ -164,9 +186,10 @@ async def test_the_whole_demo_site_keeps_the_grid_flat_smooth_and_under_its_impo
     busy_core: bool, tmp_path: Path
 ) -> None:
     """With the IT load flat the grid stays within ±5 MW; from the 200 MW job's start through
-    its training swings the battery takes at least half of the rhythm's 1 s-mean steps and of
-    its sliding windows over the ramp limit; the battery never pushes the grid over its import
-    limit by charging (1 s means); the guard never trips. Every device is polled and every listener
+    its training swings no whole second's mean moves by more than the ramp limit, and the
+    battery takes at least half of the rhythm's sliding 1 s-mean steps and windows over it; the
+    battery never pushes the grid over its import limit by charging (1 s means); the guard
+    never trips. Every device is polled and every listener
     (metrics, API, OPC UA, MMS) answers."""
     started = time.monotonic()
     result = await measure_soak(
