@@ -38,8 +38,8 @@ from pswd_gateway.control.grid import (
     grid_step,
 )
 from pswd_gateway.control.guard import Guard, GuardEvent, GuardSettings
-from pswd_gateway.control.rhythm import SETTLE_S, Rhythm, RhythmSettings
 from pswd_gateway.control.rhythm import WINDOW_PERIODS as RHYTHM_WINDOW
+from pswd_gateway.control.rhythm import Rhythm, RhythmSettings
 
 __all__ = ["FAST_EDGE_S", "GridLoop", "LoopSettings", "Outcome", "rhythm_of"]
 
@@ -204,10 +204,6 @@ class GridLoop:
         decided = received if now is None else max(received, now)
         acting_at = max(self._reach(decided, jobs), self.ahead_to or -math.inf)
         rhythm_w = self.rhythm.ahead_w(t, load_w, acting_at)
-        if _announced_near(jobs, t - SETTLE_S, acting_at):
-            # A job's start or end the announcement shapes: its feed-forward has what is left
-            # of the edge; the rhythm would count it twice (it saw the start as a rise).
-            rhythm_w = 0.0
         reading = GridReading(
             t,
             grid_w,
@@ -341,10 +337,3 @@ class GridLoop:
         self._set(self.guard.safe_setpoint(t, settings.planning_ramp_w_per_s), t)
         return Outcome(self.setpoint_w, skipped="safe mode")
 
-
-def _announced_near(jobs: Sequence[Announced], a: float, b: float) -> bool:
-    """Whether a fast announced edge (a job's start or end) overlaps ``[a, b]``."""
-    return any(
-        end - begin <= FAST_EDGE_S and begin <= b and end >= a
-        for begin, end in announced_edges(jobs)
-    )
