@@ -336,4 +336,3 @@ class GridLoop:
         self.state = None
         self._set(self.guard.safe_setpoint(t, settings.planning_ramp_w_per_s), t)
         return Outcome(self.setpoint_w, skipped="safe mode")
-
