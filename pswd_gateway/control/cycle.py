@@ -326,10 +326,8 @@ class ControlCycle:
 
     def _next_lead(self, loop_now: float) -> float:
         """Loop time of the next lead ahead of an announced edge (inf: none)."""
-        if not self.config.predictive:
-            return math.inf
         now = self.clock()
-        due = self.loop.next_edge(now, self.battery.last_jobs, led_to=self._led_to)
+        due = self._next_due(now)
         if due is None:
             return math.inf
         self._lead_due = due
@@ -337,11 +335,15 @@ class ControlCycle:
 
     def _lead_in(self) -> float:
         """Seconds until the next lead is due (``inf``: none; 0: due now)."""
-        if not self.config.predictive:
-            return math.inf
         now = self.clock()
-        due = self.loop.next_edge(now, self.battery.last_jobs, led_to=self._led_to)
+        due = self._next_due(now)
         return math.inf if due is None else max(due - now, 0.0)
+
+    def _next_due(self, now: float) -> float | None:
+        """When the next lead is due on the cycle's clock (``None``: none, or not predictive)."""
+        if not self.config.predictive:
+            return None
+        return self.loop.next_edge(now, self.battery.last_jobs, led_to=self._led_to)
 
     async def _run_guarded(self, received: float | None, *, lead: bool = False) -> None:
         try:

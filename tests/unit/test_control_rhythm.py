@@ -220,14 +220,13 @@ S = GridSettings(
 )
 
 
-def test_the_loop_puts_a_predicted_rise_on_the_battery_ahead_of_it() -> None:
-    """The grid loop with a steady job: once its rhythm is learnt, the cycle's timer is due
-    ``actuation_s`` before the next rise's middle, and that lead puts the whole swing on the
-    battery (once); the readings after it keep it there."""
+def run_steady_job(until: float) -> tuple[Announced, GridLoop, float]:
+    """The grid loop with a steady job (announced, rhythm 2.5 s, from 1 s) and a battery that
+    follows at once, stepped every 20 ms up to ``until``; returns the job, the loop, the time."""
     job = Announced(1.0, 1000.0, 110 * MW, 50 * MW, peak_w=220 * MW, period_s=2.5, depth_w=DEPTH)
     loop = GridLoop(LoopSettings(actuation_s=0.03))
     t, battery = 0.0, 0.0
-    while t < 13.2:
+    while t < until:
         load = 20 * MW + (square(t - 1.0, 2.5, 1.8) if t >= 1.0 else 0.0)
         loop.battery(t, battery)
         out = loop.step(
@@ -235,8 +234,16 @@ def test_the_loop_puts_a_predicted_rise_on_the_battery_ahead_of_it() -> None:
             jobs=[job], settings=S,
         )  # fmt: skip
         if out.setpoint_w is not None:
-            battery = out.setpoint_w  # a battery that follows at once
+            battery = out.setpoint_w
         t += SAMPLE
+    return job, loop, t
+
+
+def test_the_loop_puts_a_predicted_rise_on_the_battery_ahead_of_it() -> None:
+    """The grid loop with a steady job: once its rhythm is learnt, the cycle's timer is due
+    ``actuation_s`` before the next rise's middle, and that lead puts the whole swing on the
+    battery (once); the readings after it keep it there."""
+    job, loop, t = run_steady_job(until=13.2)
     due = loop.next_edge(t, [job])
     assert due is not None
     assert due == pytest.approx(13.52 - 0.03, abs=0.02)
@@ -362,19 +369,7 @@ def test_the_first_rise_after_the_start_is_led_by_the_announced_depth_not_the_st
     """Before the rhythm's first low phase has settled its low is the load before the job: the
     swing it measures is the start's height (220 MW here). The lead puts no more than the
     announced depth on the battery."""
-    job = Announced(1.0, 1000.0, 110 * MW, 50 * MW, peak_w=220 * MW, period_s=2.5, depth_w=DEPTH)
-    loop = GridLoop(LoopSettings(actuation_s=0.03))
-    t, battery = 0.0, 0.0
-    while t < 3.3:
-        load = 20 * MW + (square(t - 1.0, 2.5, 1.8) if t >= 1.0 else 0.0)
-        loop.battery(t, battery)
-        out = loop.step(
-            t, load - battery, received=t + 0.005, soc=0.5, bess_available=True,
-            jobs=[job], settings=S,
-        )  # fmt: skip
-        if out.setpoint_w is not None:
-            battery = out.setpoint_w
-        t += SAMPLE
+    job, loop, t = run_steady_job(until=3.3)
     assert loop.rhythm.swing_w > DEPTH  # the start's height
     due = loop.next_edge(t, [job])
     assert due is not None
