@@ -85,7 +85,22 @@ async def served() -> AsyncIterator[Served]:
 
 
 async def read_schedule(port: int) -> dict[str, Any]:
-    """Everything of FSCH1 and FSCC1 a grid operator reads, by name."""
+    """Everything of FSCH1 and FSCC1 a grid operator reads, by name, from one revision.
+
+    The client reads one attribute at a time (the entries alone are 576 reads), so a new
+    schedule written meanwhile would mix two revisions: the revision and start time are read
+    again after the entries, and a read they changed under is taken again."""
+    for _ in range(5):
+        got = await _read_schedule_once(port)
+        if (got.pop("param_rev_after"), got.pop("str_tm_after")) == (
+            got["param_rev"],
+            got["str_tm"],
+        ):
+            return got
+    raise AssertionError(f"the schedule changed under five reads in a row: {got}")
+
+
+async def _read_schedule_once(port: int) -> dict[str, Any]:
     reads: dict[str, list[Any]] = {
         "num_entr": ["int", f"{FSCH}.NumEntr.setVal", "SP"],
         "schd_intv": ["int", f"{FSCH}.SchdIntv.setVal", "SP"],
@@ -102,6 +117,8 @@ async def read_schedule(port: int) -> dict[str, Any]:
         "ctl_ent": ["string", f"{FSCC}.CtlEnt.setSrcRef", "SP"],
         "controller_mv": ["float", f"{FSCC}.ValMV.mag.f", "MX"],
         "entries": ENTRIES_READ,
+        "param_rev_after": ["int", f"{FSCH}.NamPlt.paramRev", "ST"],
+        "str_tm_after": ["utc_ms", f"{FSCH}.StrTm01.setTm", "SP"],
     }
     got = await client(port, list(reads.values()))
     assert got["connect"] == 0, got
@@ -171,14 +188,26 @@ async def test_a_new_plan_reaches_the_client_with_a_new_revision(served: Served)
 
 
 async def test_a_client_cannot_write_the_schedule(served: Served) -> None:
+    """The write is refused and the entry keeps the gateway's value. The window moves on every
+    5 minutes (and the first entry with it at a slot's start), so the value is compared only
+    where the revision read around it is the one ``before`` was read at."""
     before = await until(served.port, lambda g: g["schd_st"] == ScheduleState.RUNNING)
-    got = await client(served.port, [
-        ["write_float", f"{FSCH}.ValASG001.setMag.f", "SP", 999.0],
-        ["float", f"{FSCH}.ValASG001.setMag.f", "SP"],
-    ])  # fmt: skip
-    written, (value, _) = got["results"]
-    assert written == ACCESS_DENIED
-    assert value == pytest.approx(before["entries"][0])
+    revision = ["int", f"{FSCH}.NamPlt.paramRev", "ST"]
+    for _ in range(3):
+        got = await client(served.port, [
+            revision,
+            ["write_float", f"{FSCH}.ValASG001.setMag.f", "SP", 999.0],
+            ["float", f"{FSCH}.ValASG001.setMag.f", "SP"],
+            revision,
+        ])  # fmt: skip
+        (rev_before, _), written, (value, _), (rev_after, _) = got["results"]
+        assert written == ACCESS_DENIED
+        assert value != pytest.approx(999.0)
+        if rev_before == rev_after == before["param_rev"]:
+            assert value == pytest.approx(before["entries"][0])
+            return
+        before = await read_schedule(served.port)
+    raise AssertionError("the schedule changed under three writes in a row")
 
 
 async def test_a_restarted_mms_process_serves_the_schedule_from_its_first_frame(
