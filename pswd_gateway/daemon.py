@@ -34,6 +34,7 @@ from pswd_gateway import __version__
 from pswd_gateway.config import (
     GatewayConfig,
     MmsListenerConfig,
+    ModbusDeviceConfig,
     SiteConfig,
     TlsListenerConfig,
     load_config,
@@ -324,6 +325,7 @@ class Gateway:
             record=self.recorder.record if self.recorder is not None else None,
             on_fallback=notices.on_fallback,
             on_guard=notices.on_guard,
+            measure_window_s=self._measure_window_s(),
         )
         await self.supervisor.start(self.control)
         if self.grid_signals is not None:  # what the signals in force already ask
@@ -715,6 +717,16 @@ class Gateway:
         )
 
     # ---- site settings -----------------------------------------------------------------------
+
+    def _measure_window_s(self) -> float:
+        """The grid meter's and the battery's measurement window, the longer (s)."""
+        site = self._site()
+        windows = [0.0]
+        for name in (site.grid_meter, site.bess):
+            device = next((d for d in self.config.devices if d.name == name), None)
+            if isinstance(device, ModbusDeviceConfig):
+                windows.append(device.measurement_refresh_s)
+        return max(windows)
 
     def _site(self) -> SiteConfig:
         return self.settings.current

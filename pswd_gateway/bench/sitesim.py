@@ -205,7 +205,9 @@ class SiteSim:
             simulation.bess.power_mw * 1e6,
             simulation.bess.energy_mwh * 3.6e9,
         )
-        self.loop = GridLoop(make_loop_settings(control))
+        self.loop = GridLoop(
+            make_loop_settings(control, max(timing.meter_refresh_s, timing.bess_refresh_s))
+        )
         self.announced = list(announced)
         self._visible_from = (
             list(visible_from)

@@ -87,10 +87,12 @@ POLICIES: Final = {
 """How each point is written; any other point: when it changes (enable, heat setpoint)."""
 
 
-def loop_settings(c: ControlConfig) -> LoopSettings:
-    """The grid loop's alignment, staleness and guard settings from ``[control]``."""
+def loop_settings(c: ControlConfig, measure_window_s: float = 0.0) -> LoopSettings:
+    """The grid loop's alignment, staleness and guard settings from ``[control]``;
+    ``measure_window_s``: the meter's and the battery's ``measurement_refresh_ms``, the longer."""
     g = c.guard
     return LoopSettings(
+        measure_window_s=measure_window_s,
         max_skew_s=c.battery_skew_ms / 1000.0,
         stale_s=c.meter_stale_ms / 1000.0,
         actuation_s=c.actuation_ms / 1000.0,
@@ -192,6 +194,9 @@ class ControlCycle:
     on_guard: Callable[[GuardEvent], None] | None = None
     """Called on each guard trip and re-arm (see :mod:`pswd_gateway.control.guard`)."""
     clock: Callable[[], float] = time.time
+    measure_window_s: float = 0.0
+    """The grid meter's and the battery's measurement window, the longer (their devices'
+    ``measurement_refresh_ms``): see :attr:`LoopSettings.measure_window_s`."""
     stats: ControlStats = field(default_factory=ControlStats)
     name: str = "control"
     battery: BatteryController = field(init=False)
@@ -216,7 +221,8 @@ class ControlCycle:
     """The run under way is a lead's (the timer's, ahead of an edge)."""
 
     def __post_init__(self) -> None:
-        self.battery = BatteryController(self.config, loop_settings(self.config), self.jobs)
+        settings = loop_settings(self.config, self.measure_window_s)
+        self.battery = BatteryController(self.config, settings, self.jobs)
         self.cooling = CoolingController(self.config, self.jobs)
         self.controllers = [self.battery, self.cooling]
 

@@ -41,7 +41,7 @@ from pswd_gateway.control.guard import Guard, GuardEvent, GuardSettings
 from pswd_gateway.control.rhythm import WINDOW_PERIODS as RHYTHM_WINDOW
 from pswd_gateway.control.rhythm import Rhythm, RhythmSettings
 
-__all__ = ["FAST_EDGE_S", "GridLoop", "LoopSettings", "Outcome", "rhythm_of"]
+__all__ = ["FAST_EDGE_S", "GridLoop", "LoopSettings", "Outcome", "rhythm_of", "rhythmic_job"]
 
 FAST_EDGE_S = 0.1
 """An announced edge this short goes on the battery at once, timed to its middle (a lead);
@@ -54,18 +54,22 @@ HOLD_DEADBAND_W = 1e6
 """A setpoint move smaller than this leaves the battery settled (a held reading errs by less)."""
 
 
-def rhythm_of(jobs: Sequence[Announced], t: float) -> tuple[float | None, float]:
-    """(period, depth) of the one announced job with a training rhythm that runs (or starts
-    within the rhythm's window, so its start is seen as its first rise); ``(None, 0)`` when none
-    has one, or more than one (their rhythms would add up out of phase)."""
+def rhythmic_job(jobs: Sequence[Announced], t: float) -> Announced | None:
+    """The one announced job with a training rhythm that runs (or starts within the rhythm's
+    window, so its start is seen as its first rise); ``None`` when none has one, or more than
+    one (their rhythms would add up out of phase)."""
     running = [
         j
         for j in jobs
         if j.period_s is not None and j.start_s - RHYTHM_WINDOW * j.period_s <= t < j.end_s
     ]
-    if len(running) != 1:
-        return None, 0.0
-    return running[0].period_s, running[0].depth_w
+    return running[0] if len(running) == 1 else None
+
+
+def rhythm_of(jobs: Sequence[Announced], t: float) -> tuple[float | None, float]:
+    """(period, depth) of :func:`rhythmic_job`; ``(None, 0)`` without one."""
+    job = rhythmic_job(jobs, t)
+    return (None, 0.0) if job is None else (job.period_s, job.depth_w)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,12 @@ class LoopSettings:
     actuation_s: float = 0.03
     """From a reading's arrival to its setpoint acting: the write, the PCS's dead time and its
     response. Announced edges go on the battery this much ahead (:class:`GridReading`)."""
+    measure_window_s: float = 0.0
+    """The meter's and the battery's measurement window, the longer of the two (each reading is
+    the mean over one, see :mod:`pswd_gateway.southbound.source_time`; 0: measured when asked).
+    A reading whose window can reach into an announced fast edge already on the battery mixes
+    the load before and after it, unlike the battery's reading it is added to: it is not
+    stepped (:attr:`GridLoop.held_total`)."""
     guard: GuardSettings = field(default_factory=GuardSettings)
     rhythm: RhythmSettings = field(default_factory=RhythmSettings)
 
@@ -124,6 +134,9 @@ class GridLoop:
     """The middle of the last rhythm edge a lead put on the battery."""
     rhythm_leads_total: int = field(default=0, init=False)
     """Rhythm edges put on the battery ahead of them (by a lead or a step's feed-forward)."""
+    held_total: int = field(default=0, init=False)
+    """Meter measurements not stepped: their windows reach into an announced edge already on
+    the battery (:attr:`LoopSettings.measure_window_s`)."""
 
     def __post_init__(self) -> None:
         self.guard = Guard(self.settings.guard)
@@ -200,6 +213,9 @@ class GridLoop:
         load_w = grid_w + bess_w
         self.rhythm.follow(*rhythm_of(jobs, t))
         self.rhythm.observe(t, load_w)
+        if self._across_led_edge(t, jobs):
+            self.held_total += 1
+            return Outcome(None, skipped="measured across an edge already on the battery")
         # a setpoint decided now acts from now (a run held up decides later than it received)
         decided = received if now is None else max(received, now)
         acting_at = max(self._reach(decided, jobs), self.ahead_to or -math.inf)
@@ -243,6 +259,35 @@ class GridLoop:
             return Outcome(outcome.setpoint_w, decision, trip)
         self._set(decision.bess_setpoint_w, received)
         return Outcome(self.setpoint_w, decision, event)
+
+    def _across_led_edge(self, t: float, jobs: Sequence[Announced]) -> bool:
+        """Whether the measurement at ``t`` can have been taken across a fast announced edge,
+        or the rhythm's edge, that a lead (or an earlier step) already put on the battery. Its
+        grid reading and the battery's are means over windows that do not line up, and across
+        a 180 MW edge their sum misjudges the load by up to the edge: a step would move the
+        battery by that for a reading's delay (the reactive correction of an edge that was
+        already taken). The setpoint is held until a reading's window is past the edge. An
+        edge that did not go on the battery (a lead lost) is stepped as any reading."""
+        if self.ahead_to is None or self.state is None:
+            return False
+        window = self.settings.measure_window_s
+        if any(
+            end - begin <= FAST_EDGE_S
+            and self.ahead_to >= end - TIME_EPS_S
+            and t - window < end
+            and t + window > begin
+            for begin, end in announced_edges(jobs)
+        ):
+            return True
+        # The rhythm's last led edge: the load's middle it was predicted at (the lead went out
+        # the learnt timing away from it), as long as the job's announced ramp makes the edge.
+        # A predicted edge that does not come is on the battery until the rhythm gives it up
+        # 40 ms after its middle in any case.
+        job = rhythmic_job(jobs, t)
+        if self.rhythm_led is None or job is None or job.ramp_w_per_s <= 0.0:
+            return False
+        half = min(job.depth_w / job.ramp_w_per_s, FAST_EDGE_S) / 2.0
+        return abs(t - (self.rhythm_led - self.rhythm.timing_s)) < half + window
 
     def lead(self, now: float, jobs: Sequence[Announced], settings: GridSettings) -> Outcome:
         """A timer run at ``now`` (the clock of ``received``) ahead of an announced edge: what the

@@ -232,6 +232,41 @@ def test_a_lead_whose_time_passed_while_the_cycle_was_held_up_is_run_late_not_dr
     assert loop.lead(100.0, (job,), S).setpoint_w is not None
 
 
+def test_a_reading_measured_across_a_led_edge_is_not_a_correction() -> None:
+    """The lead put a 40 ms, 200 MW start on the battery. The meter's 20 ms mean across the
+    edge shows half of it while the battery's reading shows all of it: their sum says the load
+    is 100 MW short, and a step would take 100 MW off the battery just after the edge (the
+    grid's spike after a led start). Readings whose windows reach into the edge are held; the
+    first one past it is stepped, and keeps the lead. Without the lead the first is stepped."""
+    job = Announced(100.0, 700.0, 110 * MW, 5000 * MW, peak_w=200 * MW)  # edge 100.00-100.04
+
+    def run(*, lead: bool) -> list[float | None]:
+        loop = GridLoop(LoopSettings(actuation_s=0.03, measure_window_s=0.02))
+
+        def at(t: float, grid_mw: float, bess_mw: float) -> float | None:
+            loop.battery(t, bess_mw * MW)
+            out = loop.step(t, grid_mw * MW, received=t + 0.005, soc=0.5, bess_available=True,
+                            jobs=(job,), settings=S)  # fmt: skip
+            return None if out.setpoint_w is None else out.setpoint_w / MW
+
+        got = [at(99.90, 100.0, 0.0)]
+        if lead:
+            assert loop.lead(99.99, (job,), S).setpoint_w is not None
+        got += [at(100.03, 0.0, 200.0), at(100.05, 100.0, 200.0), at(100.07, 100.0, 200.0)]
+        # unled, the first reading across the edge is stepped, and its feed-forward puts the
+        # edge's rest on the battery: the next one is held as after a lead
+        assert loop.held_total == (2 if lead else 1)
+        return got
+
+    before, across, closing, past = run(lead=True)
+    assert before is not None
+    assert across is None  # not stepped: held at the lead's setpoint
+    assert closing is None  # its window still reaches the edge's end
+    assert past == pytest.approx(before + 200.0, abs=4.0)  # the plan moved 170 ms on
+    _, unled, _, _ = run(lead=False)
+    assert unled is not None  # an edge that is not on the battery is the reactive loop's
+
+
 def test_a_step_held_up_decides_for_when_its_setpoint_acts_not_for_when_its_reading_came() -> None:
     """A reading received 40 ms before the run that steps it (the cycle was held up): the
     setpoint acts ``actuation_s`` after the run, past the announced edge's middle, so the edge

@@ -254,6 +254,33 @@ def test_the_loop_puts_a_predicted_rise_on_the_battery_ahead_of_it() -> None:
     assert loop.lead(due + 0.001, [job], S).setpoint_w is None  # once
 
 
+def test_a_reading_across_a_led_rhythm_edge_is_held_not_stepped() -> None:
+    """After the lead, a meter reading whose window took half the rise, added to a battery
+    reading that shows the whole lead, says the load is half a swing short: stepping it would
+    take 90 MW back off the battery until the next reading (the grid's spike after a led edge;
+    with a device stall, for 200 ms). It is held; the first reading past the edge is stepped
+    and keeps the lead."""
+    job, loop, t = run_steady_job(until=13.2)
+    due = loop.next_edge(t, [job])
+    assert due is not None
+    led = loop.lead(due, [job], S).setpoint_w
+    assert led is not None
+    middle = due + 0.03
+    high = 20 * MW + LOW + DEPTH
+    held = loop.held_total  # the readings across the edges led so far
+
+    def at(t: float, load_w: float) -> float | None:
+        loop.battery(t, led)
+        out = loop.step(t, load_w - led, received=t + 0.005, soc=0.5, bess_available=True,
+                        jobs=[job], settings=S)  # fmt: skip
+        return out.setpoint_w
+
+    assert at(middle, high - DEPTH / 2) is None
+    assert loop.held_total == held + 1
+    past = at(middle + 0.08, high)
+    assert past == pytest.approx(led, abs=1 * MW)
+
+
 def test_a_settled_battery_is_held_while_its_reading_is_late() -> None:
     """A lost battery poll: a battery that had settled on its command is held at its newest
     reading (the loop keeps deciding); one told to move since is not (the loop waits)."""
