@@ -157,6 +157,8 @@ class ControlStats:
     """Predicted training-rhythm edges that did not come."""
     rhythm_edges_told_total: int = 0
     """Training-rhythm edges the running job told ahead of them."""
+    readings_held_total: int = 0
+    """Meter readings not stepped: measured across an edge already on the battery."""
     guard_active: bool = False
     """Safe mode: the guard tripped and has not re-armed yet."""
     guard_reason: str | None = None
@@ -394,6 +396,7 @@ class ControlCycle:
         decision = outcome.decision
         self.stats.rhythm_leads_total = self.loop.rhythm_leads_total
         self.stats.rhythm_drops_total = self.loop.rhythm.drops_total
+        self.stats.readings_held_total = self.loop.held_total
         if decision is not None:
             self.stats.last = decision
             if decision.fallback is not None and not self.loop.guard.tripped:

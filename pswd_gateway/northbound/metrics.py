@@ -299,6 +299,11 @@ def _control_metrics(c: ControlStats) -> Iterator[Metric]:
             c.rhythm_drops_total,
         ),
         (
+            "pswd_control_readings_held",
+            "Meter readings not stepped: measured across an edge already on the battery.",
+            c.readings_held_total,
+        ),
+        (
             "pswd_control_rhythm_edges_told",
             "Training-rhythm edges the running job told ahead of them.",
             c.rhythm_edges_told_total,
