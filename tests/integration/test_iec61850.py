@@ -73,8 +73,10 @@ async def client(port: int, commands: list[list[Any]], password: str = "") -> di
     """Run libiec61850's client in its own process (see mms_client.py).
 
     A list of reads is run again (up to twice) when the association is lost right after it was
-    made and every read fails with CONNECTION_LOST: seen intermittently on a loaded machine
-    (also before the guard indication existed), and a read changes nothing. Controls are run
+    made and every read fails with CONNECTION_LOST: on a loaded machine the client library
+    closes its first association in a fresh process now and then before sending a request (the
+    server answered the association and then read the client's end; see
+    ``pswd_gateway.bench.soak._probe_mms``), and a read changes nothing. Controls are run
     again only when the client could not even create a control object (nothing was sent).
     """
     result = await _client_once(port, commands, password)

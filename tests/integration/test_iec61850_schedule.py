@@ -276,3 +276,14 @@ async def test_the_gateways_plan_is_served_and_a_new_workload_changes_it(tmp_pat
     assert expected is not None
     assert_serves(after, expected)
     assert max(after["entries"]) == pytest.approx(50.0)  # 30 MW base + the 20 MW job
+
+
+async def test_the_soak_probe_reads_the_served_grid_power(served: Served) -> None:
+    """``bench soak``'s MMS probe (its own process, libiec61850's client) reads MMXU1.TotW and
+    says so; one whose first association the client lost says how many it made again."""
+    from pswd_gateway.bench.soak import probe_mms_once  # noqa: PLC0415
+
+    await until(served.port, lambda g: g["schd_st"] == ScheduleState.RUNNING)
+    ok, detail = await probe_mms_once("127.0.0.1", served.port, "PSWDGRID/MMXU1.TotW.mag.f")
+    assert ok, detail
+    assert detail.startswith("connect 0, read PSWDGRID/MMXU1.TotW.mag.f error 0"), detail
