@@ -89,9 +89,9 @@ class LoopSettings:
     measure_window_s: float = 0.0
     """The meter's and the battery's measurement window, the longer of the two (each reading is
     the mean over one, see :mod:`pswd_gateway.southbound.source_time`; 0: measured when asked).
-    A reading whose window can reach into an announced fast edge already on the battery mixes
-    the load before and after it, unlike the battery's reading it is added to: it is not
-    stepped (:attr:`GridLoop.held_total`)."""
+    A reading whose window can reach into a fast edge already on the battery (announced, or the
+    rhythm's led edge) mixes the load before and after it, unlike the battery's reading it is
+    added to: it is not stepped (:attr:`GridLoop.held_total`)."""
     guard: GuardSettings = field(default_factory=GuardSettings)
     rhythm: RhythmSettings = field(default_factory=RhythmSettings)
 
@@ -135,8 +135,8 @@ class GridLoop:
     rhythm_leads_total: int = field(default=0, init=False)
     """Rhythm edges put on the battery ahead of them (by a lead or a step's feed-forward)."""
     held_total: int = field(default=0, init=False)
-    """Meter measurements not stepped: their windows reach into an announced edge already on
-    the battery (:attr:`LoopSettings.measure_window_s`)."""
+    """Meter measurements not stepped: their windows reach into a fast edge already on the
+    battery (:attr:`LoopSettings.measure_window_s`)."""
 
     def __post_init__(self) -> None:
         self.guard = Guard(self.settings.guard)

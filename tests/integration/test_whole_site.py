@@ -107,9 +107,9 @@ def ramp_problems(
     half of the IT load's alone)."""
     (start, end), (it_step, it_p90, it_over, it_share) = window, alone
     p90, share = f.p90_step_mw_per_s or 0.0, f.share_over_ramp_limit or 0.0
+    seconds = ", ".join(f"{t:g} s ({w:g})" for t, w in f.steps_over_limit[:8])
     problems = []
     if f.seconds_over_ramp_limit:
-        seconds = ", ".join(f"{t:g} s ({w:g})" for t, w in f.steps_over_limit[:8])
         problems.append(
             f"from the job's start at {start:g} s to {end:g} s the grid's 1 s mean moved by more "
             f"than the {f.ramp_limit_mw_per_s:g} MW/s limit in {f.seconds_over_ramp_limit} whole "
@@ -118,7 +118,6 @@ def ramp_problems(
             f"step was over, MW/s: {seconds}"
         )
     if p90 > 0.5 * it_p90 or share > 0.5 * it_share:
-        seconds = ", ".join(f"{t:g} s ({w:g})" for t, w in f.steps_over_limit[:8])
         problems.append(
             f"from the job's start at {start:g} s to {end:g} s the battery did not take the "
             f"job's swings: the grid's sliding 1 s-mean steps, p90 {p90:.1f} MW/s (the IT load "

@@ -200,16 +200,22 @@ def test_the_thermal_loop_corrects_towards_its_setpoint_within_its_range(
     assert command == s.low_c
 
 
+async def start_before_an_edge(cycle: ControlCycle, store: PointStore, t0: float) -> None:
+    """A 200 MW job announced to start 0.1 s after ``t0`` with a 40 ms edge (its middle at
+    +0.12 s), and a first run at ``t0`` on a 100 MW grid reading."""
+    job = Announced(t0 + 0.1, t0 + 600.0, 200 * MW, 5000 * MW, peak_w=200 * MW)
+    cycle.battery.jobs = lambda _now: (job,)
+    feed(store, t0, 100.0)
+    await cycle.run_once(t0)
+
+
 async def test_a_lead_falls_due_while_the_meter_reading_waits_for_a_lost_battery_poll() -> None:
     """The battery's poll before an announced 40 ms edge is lost, so the meter's readings wait
     for its next one; the lead due meanwhile still goes on the battery (not one poll timeout
     after the edge)."""
     cycle, writes, clock, store = make()
     t0 = clock.now
-    job = Announced(t0 + 0.1, t0 + 600.0, 200 * MW, 5000 * MW, peak_w=200 * MW)
-    cycle.battery.jobs = lambda _now: (job,)
-    feed(store, t0, 100.0)
-    await cycle.run_once(t0)
+    await start_before_an_edge(cycle, store, t0)
     before = [v for _, p, v in writes if p == "power_setpoint"][-1]
     clock.now = t0 + 0.02  # the battery moved (told to) and its next reading is lost
     store.update([Point("meter.active_power", 100 * MW - before, "W", Quality.GOOD, t0 + 0.02,
@@ -241,10 +247,7 @@ async def test_a_write_whose_reply_is_lost_is_given_up_when_a_lead_falls_due() -
 
     config = ControlConfig(enabled=True, write_timeout_ms=500)
     cycle = ControlCycle(config, SITE, store, write, clock=clock)
-    job = Announced(t0 + 0.1, t0 + 600.0, 200 * MW, 5000 * MW, peak_w=200 * MW)
-    cycle.battery.jobs = lambda _now: (job,)
-    feed(store, t0, 100.0)
-    await cycle.run_once(t0)
+    await start_before_an_edge(cycle, store, t0)
     clock.now = t0 + 0.07  # the lead (edge middle at +0.12 s) is due in 20 ms
     feed(store, clock.now, 150.0)
     await cycle.run_once(clock.now)
@@ -270,10 +273,7 @@ async def test_a_leads_write_left_unanswered_is_sent_once_more_at_once() -> None
             await lost.wait()  # the lead's first write: its reply never comes
 
     cycle = ControlCycle(ControlConfig(enabled=True), SITE, store, write, clock=clock)
-    job = Announced(t0 + 0.1, t0 + 600.0, 200 * MW, 5000 * MW, peak_w=200 * MW)
-    cycle.battery.jobs = lambda _now: (job,)
-    feed(store, t0, 100.0)
-    await cycle.run_once(t0)
+    await start_before_an_edge(cycle, store, t0)
     clock.now = t0 + 0.12 - 0.03  # the lead is due (edge middle at +0.12 s)
     await cycle.run_once(None, lead=True)
     assert len(sent) == 3

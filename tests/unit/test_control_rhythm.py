@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import example, given, settings
@@ -239,18 +240,40 @@ def run_steady_job(until: float) -> tuple[Announced, GridLoop, float]:
     return job, loop, t
 
 
+@dataclass(frozen=True)
+class Led:
+    """The cycle's timer ran the lead ahead of the steady job's next rise."""
+
+    job: Announced
+    loop: GridLoop
+    due: float
+    """When the lead was due (``actuation_s`` before the rise's middle)."""
+    before_w: float
+    """The setpoint before the lead."""
+    led_w: float
+    """The lead's setpoint."""
+
+
+def lead_next_rise(until: float, middle: float) -> Led:
+    """:func:`run_steady_job` up to ``until``; the next lead is due ``actuation_s`` (30 ms)
+    before the rise whose middle is at ``middle``, and the timer runs it."""
+    job, loop, t = run_steady_job(until=until)
+    due = loop.next_edge(t, [job])
+    assert due is not None
+    assert due == pytest.approx(middle - 0.03, abs=0.02)
+    before = loop.setpoint_w
+    lead = loop.lead(due, [job], S)
+    assert lead.setpoint_w is not None
+    return Led(job, loop, due, before, lead.setpoint_w)
+
+
 def test_the_loop_puts_a_predicted_rise_on_the_battery_ahead_of_it() -> None:
     """The grid loop with a steady job: once its rhythm is learnt, the cycle's timer is due
     ``actuation_s`` before the next rise's middle, and that lead puts the whole swing on the
     battery (once); the readings after it keep it there."""
-    job, loop, t = run_steady_job(until=13.2)
-    due = loop.next_edge(t, [job])
-    assert due is not None
-    assert due == pytest.approx(13.52 - 0.03, abs=0.02)
-    before = loop.setpoint_w
-    lead = loop.lead(due, [job], S)
-    assert lead.setpoint_w is not None
-    assert lead.setpoint_w - before == pytest.approx(DEPTH, rel=0.02)
+    led = lead_next_rise(until=13.2, middle=13.52)
+    job, loop, due = led.job, led.loop, led.due
+    assert led.led_w - led.before_w == pytest.approx(DEPTH, rel=0.02)
     assert loop.lead(due + 0.001, [job], S).setpoint_w is None  # once
 
 
@@ -260,12 +283,9 @@ def test_a_reading_across_a_led_rhythm_edge_is_held_not_stepped() -> None:
     take 90 MW back off the battery until the next reading (the grid's spike after a led edge;
     with a device stall, for 200 ms). It is held; the first reading past the edge is stepped
     and keeps the lead."""
-    job, loop, t = run_steady_job(until=13.2)
-    due = loop.next_edge(t, [job])
-    assert due is not None
-    led = loop.lead(due, [job], S).setpoint_w
-    assert led is not None
-    middle = due + 0.03
+    lead = lead_next_rise(until=13.2, middle=13.52)
+    job, loop, led = lead.job, lead.loop, lead.led_w
+    middle = lead.due + 0.03
     high = 20 * MW + LOW + DEPTH
     held = loop.held_total  # the readings across the edges led so far
 
@@ -396,13 +416,7 @@ def test_the_first_rise_after_the_start_is_led_by_the_announced_depth_not_the_st
     """Before the rhythm's first low phase has settled its low is the load before the job: the
     swing it measures is the start's height (220 MW here). The lead puts no more than the
     announced depth on the battery."""
-    job, loop, t = run_steady_job(until=3.3)
-    assert loop.rhythm.swing_w > DEPTH  # the start's height
-    due = loop.next_edge(t, [job])
-    assert due is not None
-    assert due == pytest.approx(3.52 - 0.03, abs=0.02)
-    before = loop.setpoint_w
-    lead = loop.lead(due, [job], S)
-    assert lead.setpoint_w is not None
+    led = lead_next_rise(until=3.3, middle=3.52)
+    assert led.loop.rhythm.swing_w > DEPTH  # the start's height
     # the swing, and what the announced mean adds meanwhile (50 MW/s)
-    assert lead.setpoint_w - before == pytest.approx(DEPTH, abs=8 * MW)
+    assert led.led_w - led.before_w == pytest.approx(DEPTH, abs=8 * MW)
